@@ -1,0 +1,2 @@
+//! Runnable demos of shm-channel; see the `[[example]]` targets of this package.
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! shm-channel: typed IPC at memory speed.

@@ -1,0 +1,2 @@
+//! Byte layout of shm-channel rings, messages and objects.
+#![forbid(unsafe_code)]
