@@ -95,7 +95,7 @@ impl RingPos {
     /// boundary inside `capacity` (hostile or corrupt contents).
     pub const fn unpack(word: u64, capacity: u64) -> Option<RingPos> {
         let offset = word & Self::OFFSET_MASK;
-        if offset < RING_HEADER_SIZE || offset > capacity || offset % RECORD_ALIGN != 0 {
+        if offset < RING_HEADER_SIZE || offset > capacity || !offset.is_multiple_of(RECORD_ALIGN) {
             return None;
         }
         Some(RingPos {
@@ -214,7 +214,7 @@ impl RingHeader {
                 "protocol name longer than 64 bytes",
             ));
         }
-        if self.max_size < PAGE_SIZE || self.max_size % PAGE_SIZE != 0 {
+        if self.max_size < PAGE_SIZE || !self.max_size.is_multiple_of(PAGE_SIZE) {
             return Err(LayoutError::BadRingHeader(
                 "maximum is not a whole number of pages",
             ));
@@ -222,7 +222,7 @@ impl RingHeader {
         if self.max_size >= 1 << POS_OFFSET_BITS {
             return Err(LayoutError::BadRingHeader("maximum beyond 1 TiB"));
         }
-        if capacity < PAGE_SIZE || capacity > self.max_size || capacity % PAGE_SIZE != 0 {
+        if capacity < PAGE_SIZE || capacity > self.max_size || !capacity.is_multiple_of(PAGE_SIZE) {
             return Err(LayoutError::BadRingHeader(
                 "capacity outside one page..=maximum",
             ));
