@@ -381,3 +381,282 @@ fn seal_names(seals: sys::SealFlags) -> String {
         names.join(" | ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU32;
+
+    use super::*;
+
+    /// A memfd name unique within this machine's test runs (parallel tests, parallel binaries).
+    fn unique_name(what: &str) -> String {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        format!("shm-channel-test-{what}-{}-{n}", std::process::id())
+    }
+
+    fn page() -> usize {
+        sys::page_size()
+    }
+
+    /// Writes `bytes` at `offset` of the region (must be mapped).
+    fn write(region: &dyn Region, offset: usize, bytes: &[u8]) {
+        assert!(offset + bytes.len() <= region.mapped_len());
+        // SAFETY: the range is inside the mapped prefix (asserted), and the test accesses the
+        // region from this thread only.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), region.base().add(offset), bytes.len())
+        }
+    }
+
+    /// Reads `len` bytes at `offset` of the region (must be mapped).
+    fn read(region: &dyn Region, offset: usize, len: usize) -> Vec<u8> {
+        assert!(offset + len <= region.mapped_len());
+        let mut out = vec![0; len];
+        // SAFETY: as in `write`.
+        unsafe { std::ptr::copy_nonoverlapping(region.base().add(offset), out.as_mut_ptr(), len) };
+        out
+    }
+
+    #[test]
+    fn regions_are_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<HeapRegion>();
+        assert_send_sync::<MemfdRegion>();
+        assert_send_sync::<RegionError>();
+    }
+
+    #[test]
+    fn bad_maximum_is_refused() {
+        for max in [0, 1, page() + 1] {
+            assert!(matches!(
+                HeapRegion::new(max),
+                Err(RegionError::BadMaximum { .. })
+            ));
+            assert!(matches!(
+                MemfdRegion::create(&unique_name("badmax"), max, 0),
+                Err(RegionError::BadMaximum { .. })
+            ));
+        }
+        let fd = sys::memfd_create(&unique_name("badmax-open")).unwrap();
+        assert!(matches!(
+            MemfdRegion::open(fd, 3),
+            Err(RegionError::BadMaximum { .. })
+        ));
+    }
+
+    #[test]
+    fn heap_region_is_zeroed_aligned_and_bounds_checked() {
+        let max = 16 * page();
+        let r = HeapRegion::new(max).unwrap();
+        assert!((r.base() as usize).is_multiple_of(page()));
+        assert_eq!((r.max_len(), r.mapped_len()), (max, max));
+        assert!(read(&r, 0, max).iter().all(|&b| b == 0));
+        r.ensure_mapped(max, true).unwrap();
+        r.ensure_mapped(1, false).unwrap();
+        match r.ensure_mapped(max + 1, true) {
+            Err(RegionError::TooLarge { len, max: m }) => assert_eq!((len, m), (max + 1, max)),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        write(&r, max - 3, b"end");
+        assert_eq!(read(&r, max - 3, 3), b"end");
+    }
+
+    #[test]
+    fn created_memfd_region_is_sealed_and_starts_small() {
+        let max = 64 * page();
+        let r = MemfdRegion::create(&unique_name("create"), max, 0).unwrap();
+        let seals = sys::seals(r.fd()).unwrap();
+        assert!(seals.contains(sys::REQUIRED_SEALS), "{seals:?}");
+        assert_eq!(r.max_len(), max);
+        assert_eq!(r.mapped_len(), page());
+        assert_eq!(sys::file_len(r.fd()).unwrap(), page() as u64);
+        assert!((r.base() as usize).is_multiple_of(page()));
+        // Odd initial lengths round up to whole pages.
+        let r = MemfdRegion::create(&unique_name("create-odd"), max, page() + 1).unwrap();
+        assert_eq!(r.mapped_len(), 2 * page());
+        assert!(matches!(
+            MemfdRegion::create(&unique_name("create-big"), max, max + 1),
+            Err(RegionError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn open_refuses_unsealed_and_half_sealed_files() {
+        let max = 16 * page();
+        // Sealable, never sealed.
+        let fd = sys::memfd_create(&unique_name("unsealed")).unwrap();
+        sys::grow_file(fd.as_fd(), page() as u64).unwrap();
+        match MemfdRegion::open(fd, max) {
+            Err(RegionError::NotSealed { missing }) => {
+                assert_eq!(missing, "F_SEAL_SEAL | F_SEAL_SHRINK");
+            }
+            other => panic!("expected NotSealed, got {other:?}"),
+        }
+        // F_SEAL_SEAL without F_SEAL_SHRINK.
+        let fd = sys::memfd_create(&unique_name("noshrink")).unwrap();
+        sys::grow_file(fd.as_fd(), page() as u64).unwrap();
+        sys::add_seals(fd.as_fd(), sys::SealFlags::SEAL).unwrap();
+        match MemfdRegion::open(fd, max) {
+            Err(e @ RegionError::NotSealed { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("F_SEAL_SHRINK") && !msg.contains("F_SEAL_SEAL"),
+                    "{msg}"
+                );
+            }
+            other => panic!("expected NotSealed, got {other:?}"),
+        }
+        // Not a memfd at all: the seals cannot even be read.
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        assert!(matches!(
+            MemfdRegion::open(OwnedFd::from(file), max),
+            Err(RegionError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn open_refuses_a_file_shorter_than_a_page() {
+        let fd = sys::memfd_create(&unique_name("short")).unwrap();
+        sys::grow_file(fd.as_fd(), 100).unwrap();
+        sys::add_seals(fd.as_fd(), sys::REQUIRED_SEALS).unwrap();
+        match MemfdRegion::open(fd, 16 * page()) {
+            Err(RegionError::Truncated { len, file_len }) => {
+                assert_eq!((len, file_len), (page(), 100));
+            }
+            other => panic!("expected Truncated, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn open_maps_at_most_the_maximum_of_a_longer_file() {
+        let r = MemfdRegion::create(&unique_name("long"), 8 * page(), 8 * page()).unwrap();
+        let opened = MemfdRegion::open(r.fd().try_clone_to_owned().unwrap(), 4 * page()).unwrap();
+        assert_eq!(
+            (opened.max_len(), opened.mapped_len()),
+            (4 * page(), 4 * page())
+        );
+    }
+
+    #[test]
+    fn writer_growth_is_seen_by_a_second_mapping_of_the_same_file() {
+        let max = 64 * page();
+        let writer = MemfdRegion::create(&unique_name("grow"), max, 0).unwrap();
+        write(&writer, 0, b"first page");
+        let reader = MemfdRegion::open(writer.fd().try_clone_to_owned().unwrap(), max).unwrap();
+        assert_ne!(reader.base(), writer.base());
+        assert_eq!(reader.mapped_len(), page());
+        assert_eq!(read(&reader, 0, 10), b"first page");
+
+        // The reader follows a capacity the writer has not made real yet: refused, no SIGBUS.
+        match reader.ensure_mapped(4 * page(), false) {
+            Err(RegionError::Truncated { len, file_len }) => {
+                assert_eq!((len, file_len), (4 * page(), page() as u64));
+            }
+            other => panic!("expected Truncated, got {other:?}"),
+        }
+        assert_eq!(reader.mapped_len(), page());
+
+        let base_before = writer.base();
+        writer.ensure_mapped(4 * page(), true).unwrap();
+        assert_eq!(writer.base(), base_before, "growth must not move the base");
+        assert_eq!(writer.mapped_len(), 4 * page());
+        assert_eq!(sys::file_len(writer.fd()).unwrap(), 4 * page() as u64);
+        write(&writer, 4 * page() - 9, b"last page");
+        assert_eq!(
+            read(&writer, 0, 10),
+            b"first page",
+            "old data stays in place"
+        );
+
+        reader.ensure_mapped(4 * page(), false).unwrap();
+        assert_eq!(reader.mapped_len(), 4 * page());
+        assert_eq!(read(&reader, 4 * page() - 9, 9), b"last page");
+        // And the other way round.
+        write(&reader, 2 * page(), b"reply");
+        assert_eq!(read(&writer, 2 * page(), 5), b"reply");
+
+        // Lengths that are not page multiples are rounded up; smaller ones are no-ops.
+        writer.ensure_mapped(5 * page() + 1, true).unwrap();
+        assert_eq!(writer.mapped_len(), 6 * page());
+        writer.ensure_mapped(page(), true).unwrap();
+        assert_eq!(writer.mapped_len(), 6 * page());
+        assert!(matches!(
+            writer.ensure_mapped(max + 1, true),
+            Err(RegionError::TooLarge { .. })
+        ));
+        writer.ensure_mapped(max, true).unwrap();
+        write(&writer, max - 1, b"!");
+    }
+
+    #[test]
+    fn a_reader_may_map_a_partial_last_page() {
+        // The peer published a length that is not a page multiple and made the file exactly
+        // that long: the page containing the end is mapped, and its bytes are readable.
+        let max = 8 * page();
+        let writer = MemfdRegion::create(&unique_name("partial"), max, 0).unwrap();
+        let reader = MemfdRegion::open(writer.fd().try_clone_to_owned().unwrap(), max).unwrap();
+        let len = 2 * page() + 100;
+        sys::grow_file(writer.fd(), len as u64).unwrap();
+        reader.ensure_mapped(len, false).unwrap();
+        assert_eq!(reader.mapped_len(), 3 * page());
+        assert_eq!(read(&reader, len - 1, 1), [0]);
+    }
+
+    #[test]
+    fn concurrent_growth_from_several_threads() {
+        let max = 256 * page();
+        let r = Arc::new(MemfdRegion::create(&unique_name("threads"), max, 0).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let r = Arc::clone(&r);
+                std::thread::spawn(move || {
+                    for step in 1..=64 {
+                        let len = (step * 4 - t) * page();
+                        r.ensure_mapped(len, true).unwrap();
+                        assert!(r.mapped_len() >= len);
+                        // Touch the last byte we asked for: it must be mapped now.
+                        // SAFETY: `len <= mapped_len`, asserted above, and the mapping never
+                        // goes away while `r` lives. No data race: `4 * step - t` is distinct
+                        // for distinct `t` (mod 4), so each byte is written by one thread only,
+                        // and nobody reads them.
+                        unsafe { r.base().add(len - 1).write_volatile(1) };
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(r.mapped_len(), max);
+        assert_eq!(sys::file_len(r.fd()).unwrap(), max as u64);
+    }
+
+    #[test]
+    fn a_large_maximum_costs_only_touched_pages() {
+        let max = 64 << 20;
+        let r = MemfdRegion::create(&unique_name("small"), max, 0).unwrap();
+        assert_eq!(r.mapped_len(), page());
+        write(&r, 0, &vec![0xa5; page()]);
+        let allocated = r.allocated_bytes().unwrap();
+        eprintln!("64 MiB-max region, one page written: {allocated} bytes allocated");
+        assert!(allocated >= page() as u64, "{allocated}");
+        assert!(allocated <= 2 * page() as u64, "{allocated}");
+    }
+
+    #[test]
+    fn errors_have_clear_messages() {
+        let e = RegionError::TooLarge { len: 10, max: 4 };
+        assert_eq!(
+            e.to_string(),
+            "10 bytes requested, but the region's maximum is 4 bytes"
+        );
+        let e = RegionError::Io {
+            op: "ftruncate",
+            source: io::Error::from_raw_os_error(1),
+        };
+        assert!(e.to_string().starts_with("ftruncate failed: "), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+    }
+}
