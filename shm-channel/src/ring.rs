@@ -1,0 +1,1368 @@
+//! One direction of a channel: a spinlocked, growing, multi-writer ring of
+//! variable-sized messages in a shared region.
+//!
+//! This implements the buffer of the shared-memory channel design note (seed
+//! 004): a header with the seed's fields, then messages laid out one after
+//! another, each `magic, message id, flags, length, object count` (+ request
+//! id) followed by its objects. The byte layout lives in [`shm_layout`]; see
+//! `docs/LAYOUT.md`.
+//!
+//! # Protocol
+//!
+//! * **Writers** (any number of threads, in any number of processes) take the
+//!   header's spinlock, decide where the message goes, write its header with
+//!   `ALLOCATED | pid`, advance `WriteOffset`, and drop the lock. They then
+//!   fill the message in place without the lock and publish it by storing
+//!   `WRITTEN` into its flags with release ordering.
+//! * **The reader** (one) reads messages in order from `ReadOffset`; a message
+//!   is borrowed in place and its space is released when the view is dropped.
+//!   A message still `ALLOCATED` holds the reader back (the order of
+//!   reservations is the order of delivery).
+//! * **Positions** carry a lap counter. While the reader and the writers are
+//!   in the same lap, the unread data is `[read, write)`; when the writers
+//!   wrap, they record where the old lap's data ends (`WrapOffset`) and go on
+//!   at the first record of the next lap, and the unread data is
+//!   `[read, wrap) + [start, write)`. The lap tells the two cases apart
+//!   without any "one slot always empty" rule, and lets a message as large
+//!   as the whole message area wrap around an empty ring.
+//! * **Growth**: the capacity starts at one page and doubles (up to the
+//!   maximum) only while the unread data does not wrap, so it never moves:
+//!   new space is appended after the data. A writer that wraps instead of
+//!   growing would leave the ring small forever; one that grows while the
+//!   data wraps would have to move it.
+//! * **Crashes**: the spinlock holds the owner's pid; a waiter that spins too
+//!   long checks it and takes the lock over from a dead owner (every state
+//!   the owner could have left is consistent: `WriteOffset` is stored last).
+//!   A message left `ALLOCATED` by a dead writer is skipped by the reader,
+//!   which reports it once as [`RecvError::WriterDied`].
+//! * **Hostile contents**: every word read from the shared header or a
+//!   message header is read once into a local, validated, and only the local
+//!   is used; anything inconsistent poisons this end of the ring with
+//!   [`Corrupt`] and never leads to an access outside the region.
+
+use std::fmt;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::Backoff;
+use shm_layout::{
+    LayoutError, MESSAGE_HEADER_SIZE, MessageHeader, MessageView, PAGE_SIZE, RECORD_ALIGN,
+    RING_HEADER_SIZE, RING_INITIALIZED, RingHeader, RingPos, align_up, flags, ring as off,
+};
+use thiserror::Error;
+
+pub use shm_layout::Kind;
+
+use crate::region::{HeapRegion, MemfdRegion, Region, RegionError};
+use crate::sys;
+
+/// How long a waiter spins on a held spinlock before it checks whether the
+/// holder is alive. Critical sections are a few dozen instructions (a
+/// growth adds an `ftruncate` and an `mmap`), so a millisecond is long.
+const LOCK_LIVENESS_CHECK: Duration = Duration::from_millis(1);
+/// How long a message may stay `ALLOCATED` at the head of the ring before
+/// the reader checks whether its writer is alive.
+const ALLOCATED_LIVENESS_CHECK: Duration = Duration::from_millis(10);
+
+/// What a ring is created with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingConfig {
+    /// Protocol name stored in the header (at most 64 bytes).
+    pub protocol_name: String,
+    /// Protocol version stored in the header.
+    pub protocol_version: u64,
+    /// Maximum capacity in bytes, header included; rounded up to whole pages.
+    pub max_size: u64,
+}
+
+impl RingConfig {
+    /// A configuration with this name, version 1, and `max_size` bytes.
+    pub fn new(protocol_name: impl Into<String>, max_size: u64) -> Self {
+        RingConfig {
+            protocol_name: protocol_name.into(),
+            protocol_version: 1,
+            max_size,
+        }
+    }
+}
+
+/// The ring's contents broke the protocol: a broken or hostile peer wrote
+/// them. This end of the ring refuses every later operation.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("corrupt ring: {what}")]
+pub struct Corrupt {
+    what: String,
+}
+
+impl Corrupt {
+    fn new(what: impl fmt::Display) -> Self {
+        Corrupt {
+            what: what.to_string(),
+        }
+    }
+
+    /// What was wrong.
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+}
+
+impl From<LayoutError> for Corrupt {
+    fn from(e: LayoutError) -> Self {
+        Corrupt::new(e)
+    }
+}
+
+/// Creating or opening a ring failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RingError {
+    /// Mapping or sizing the shared memory failed.
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    /// The configuration is invalid (name too long, maximum not usable).
+    #[error("invalid ring configuration: {0}")]
+    Config(LayoutError),
+    /// The ring's header is not a valid, initialised ring of this layout.
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
+    /// Only one reader may read a ring.
+    #[error("this ring already has a reader")]
+    ReaderTaken,
+}
+
+/// Why a message could not be reserved without waiting.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum TrySendError {
+    /// No room now; the reader has not caught up.
+    #[error("ring full")]
+    Full,
+    /// The message can never fit in this ring.
+    #[error("message of {size} bytes exceeds the ring's limit of {max} bytes")]
+    TooLarge {
+        /// The message's size in the ring.
+        size: u64,
+        /// The largest message the ring can hold.
+        max: u64,
+    },
+    /// The ring is corrupt.
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
+}
+
+/// Why a blocking reservation failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No room before the deadline.
+    #[error("timed out waiting for room in the ring")]
+    Timeout,
+    /// `no_queue` was set and there was no room: the message is dropped.
+    #[error("ring full: no_queue message dropped")]
+    Dropped,
+    /// The message can never fit in this ring.
+    #[error("message of {size} bytes exceeds the ring's limit of {max} bytes")]
+    TooLarge {
+        /// The message's size in the ring.
+        size: u64,
+        /// The largest message the ring can hold.
+        max: u64,
+    },
+    /// The slot's objects do not match what was reserved.
+    #[error("message not sent: {0}")]
+    Layout(LayoutError),
+    /// The ring is corrupt.
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
+}
+
+impl From<TrySendError> for SendError {
+    fn from(e: TrySendError) -> Self {
+        match e {
+            TrySendError::Full => SendError::Dropped,
+            TrySendError::TooLarge { size, max } => SendError::TooLarge { size, max },
+            TrySendError::Corrupt(c) => SendError::Corrupt(c),
+        }
+    }
+}
+
+/// Why no message was received.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// Nothing arrived before the deadline.
+    #[error("timed out waiting for a message")]
+    Timeout,
+    /// A writer died after reserving a message and before sending it; the
+    /// message was skipped. Later messages are still delivered.
+    #[error("writer process {pid} died before sending message {message_id}")]
+    WriterDied {
+        /// The dead writer's pid.
+        pid: u32,
+        /// The message id it had reserved.
+        message_id: u64,
+    },
+    /// The ring is corrupt.
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
+}
+
+/// The memory shared by every handle on one ring in this process.
+struct RingMem {
+    region: Box<dyn Region>,
+    /// The maximum capacity, validated at creation/open.
+    max_size: u64,
+    /// Last `ReadOffset` a writer loaded: a lower bound of the real one, so
+    /// writers only touch the reader's cache line when this says "full".
+    /// Only read and written under the spinlock.
+    cached_read: AtomicU64,
+    /// Set when a writer found the ring corrupt.
+    poisoned: AtomicBool,
+    reader_taken: AtomicBool,
+    /// This process's pid, for the spinlock and reservations.
+    pid: u32,
+}
+
+impl RingMem {
+    /// The header word at `offset`.
+    fn word(&self, offset: usize) -> &AtomicU64 {
+        debug_assert!(offset.is_multiple_of(8) && offset < RING_HEADER_SIZE as usize);
+        // SAFETY: 1. the header page is mapped from creation/open until the
+        // region is dropped, and `self` owns the region, so the reference
+        // cannot outlive the mapping; 2. `offset` is one of the layout's
+        // constants, 8-aligned and inside the header, and the base is page
+        // aligned, so the address is aligned for `AtomicU64`; 3. every
+        // access to header words, in every process, is atomic.
+        unsafe { AtomicU64::from_ptr(self.region.base().add(offset).cast::<u64>()) }
+    }
+
+    /// A futex word of the header (the doorbells).
+    #[allow(dead_code)] // used by the channel's wake-ups
+    fn doorbell(&self, offset: usize) -> &AtomicU32 {
+        debug_assert!(offset.is_multiple_of(64) && offset < RING_HEADER_SIZE as usize);
+        // SAFETY: as in `word`: mapped for the region's lifetime, aligned,
+        // only ever accessed atomically.
+        unsafe { AtomicU32::from_ptr(self.region.base().add(offset).cast::<u32>()) }
+    }
+
+    /// The flags word of the message at `at`.
+    ///
+    /// `at` must be a record offset below the mapped length (checked by
+    /// callers against a validated position).
+    fn record_flags(&self, at: u64) -> &AtomicU64 {
+        debug_assert!(
+            at.is_multiple_of(RECORD_ALIGN) && at + RECORD_ALIGN <= self.region.mapped_len() as u64
+        );
+        // SAFETY: 1. callers pass a validated record offset `at` with
+        // `at + 64 <= mapped_len`, so the word at `at + 16` is mapped for the
+        // region's lifetime; 2. `at` is 64-aligned, so the word is 8-aligned;
+        // 3. the flags word is only accessed atomically while shared (the
+        // reserving writer initialises it under the spinlock before
+        // publishing `WriteOffset`, and nobody reads it before that).
+        unsafe { AtomicU64::from_ptr(self.region.base().add(at as usize + 16).cast::<u64>()) }
+    }
+
+    /// Bytes `[at, at + len)` of the ring, for reading.
+    ///
+    /// # Safety
+    /// `[at, at + len)` must be inside the mapped length, and no one in this
+    /// process may write to it while the returned slice lives (it holds a
+    /// published message that only its reader touches).
+    unsafe fn bytes(&self, at: u64, len: u64) -> &[u8] {
+        debug_assert!(at + len <= self.region.mapped_len() as u64);
+        // SAFETY: the caller guarantees the range is mapped and not written
+        // concurrently by this process; another process writing it can only
+        // change byte values, and every `u8` value is valid.
+        unsafe { std::slice::from_raw_parts(self.region.base().add(at as usize), len as usize) }
+    }
+
+    /// Bytes `[at, at + len)` of the ring, for a received message view.
+    ///
+    /// # Safety
+    /// As [`bytes`](Self::bytes), and the caller picks a lifetime `'b` that
+    /// ends before this `RingMem` is dropped (it keeps an owner of the
+    /// `Arc<RingMem>` borrowed for `'b`).
+    unsafe fn bytes_unbounded<'b>(&self, at: u64, len: u64) -> &'b [u8] {
+        debug_assert!(at + len <= self.region.mapped_len() as u64);
+        // SAFETY: as in `bytes`; the lifetime is the caller's promise.
+        unsafe { std::slice::from_raw_parts(self.region.base().add(at as usize), len as usize) }
+    }
+
+    /// Bytes `[at, at + len)` of the ring, for writing a reserved message.
+    ///
+    /// # Safety
+    /// `[at, at + len)` must be inside the mapped length and reserved by the
+    /// caller (between `WriteOffset`'s old and new value), so no one else
+    /// reads or writes it until it is published.
+    #[allow(clippy::mut_from_ref)] // the reservation makes the range exclusively ours
+    unsafe fn bytes_mut(&self, at: u64, len: u64) -> &mut [u8] {
+        debug_assert!(at + len <= self.region.mapped_len() as u64);
+        // SAFETY: the caller owns the reservation of this range, which no
+        // other handle in this process reads or writes until published.
+        unsafe { std::slice::from_raw_parts_mut(self.region.base().add(at as usize), len as usize) }
+    }
+
+    /// Validated current capacity; maps it in this process if needed.
+    fn capacity(&self) -> Result<u64, Corrupt> {
+        let cap = self.word(off::BUFFER_SIZE).load(Ordering::Relaxed);
+        if cap < PAGE_SIZE || cap > self.max_size || !cap.is_multiple_of(PAGE_SIZE) {
+            return Err(Corrupt::new(format_args!(
+                "capacity {cap} outside one page..={}",
+                self.max_size
+            )));
+        }
+        if cap as usize > self.region.mapped_len() {
+            self.region
+                .ensure_mapped(cap as usize, false)
+                .map_err(|e| Corrupt::new(format_args!("capacity {cap} not backed: {e}")))?;
+        }
+        Ok(cap)
+    }
+
+    fn lock(&self) -> Result<SpinGuard<'_>, Corrupt> {
+        let lock = self.word(off::SPINLOCK);
+        let me = (u64::from(self.pid) << 32) | u64::from(thread_tag());
+        let backoff = Backoff::new();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            // SYNC POINT: acquiring the lock makes the previous holder's
+            // header and record-header writes visible.
+            match lock.compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return Ok(SpinGuard { mem: self, me }),
+                Err(0) => continue,
+                Err(holder) => {
+                    if !backoff.is_completed() {
+                        backoff.snooze();
+                        continue;
+                    }
+                    std::thread::yield_now();
+                    let now = Instant::now();
+                    let due = *deadline.get_or_insert(now + LOCK_LIVENESS_CHECK);
+                    if now < due {
+                        continue;
+                    }
+                    deadline = Some(now + LOCK_LIVENESS_CHECK);
+                    let pid = (holder >> 32) as u32;
+                    if pid != self.pid && !sys::pid_alive(pid) {
+                        // The holder died in its critical section. Every
+                        // state it can have left is consistent (see the
+                        // module docs), so take the lock over.
+                        if lock
+                            .compare_exchange(holder, me, Ordering::Acquire, Ordering::Relaxed)
+                            .is_ok()
+                        {
+                            tracing_dead_lock(pid);
+                            return Ok(SpinGuard { mem: self, me });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn poison(&self, c: Corrupt) -> Corrupt {
+        self.poisoned.store(true, Ordering::Relaxed);
+        c
+    }
+
+    fn check_poison(&self) -> Result<(), Corrupt> {
+        if self.poisoned.load(Ordering::Relaxed) {
+            return Err(Corrupt::new("ring poisoned by an earlier error"));
+        }
+        Ok(())
+    }
+
+    /// Largest message (header + objects) the ring can ever hold.
+    fn max_message(&self) -> u64 {
+        self.max_size - RING_HEADER_SIZE
+    }
+}
+
+/// Hook for a log line when a dead lock owner is replaced (kept as a
+/// function so the channel can route it to `tracing` later).
+fn tracing_dead_lock(_pid: u32) {}
+
+/// A small per-thread number, so that two threads of one process never hold
+/// the spinlock with the same word.
+fn thread_tag() -> u32 {
+    use std::cell::Cell;
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    thread_local! {
+        static TAG: Cell<u32> = const { Cell::new(0) };
+    }
+    TAG.with(|t| {
+        if t.get() == 0 {
+            // Never 0: a zero word means "unlocked".
+            t.set(NEXT.fetch_add(1, Ordering::Relaxed).max(1));
+        }
+        t.get()
+    })
+}
+
+struct SpinGuard<'a> {
+    mem: &'a RingMem,
+    me: u64,
+}
+
+impl Drop for SpinGuard<'_> {
+    fn drop(&mut self) {
+        // SYNC POINT: releasing the lock publishes this critical section's
+        // writes to the next holder. compare_exchange rather than store: if
+        // the lock was stolen (we were presumed dead), do not release the
+        // new holder's lock.
+        let _ = self.mem.word(off::SPINLOCK).compare_exchange(
+            self.me,
+            0,
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// A ring: create it, hand its fd to the peer, take writers and the reader.
+///
+/// ```
+/// use shm_channel::ring::{Ring, RingConfig};
+///
+/// let ring = Ring::create_memfd("demo", &RingConfig::new("Demo", 1 << 20)).unwrap();
+/// let writer = ring.writer();
+/// let mut reader = ring.reader().unwrap();
+///
+/// let mut slot = writer.try_allocate_for_send(24, 7, 1, false).unwrap();
+/// slot.push_object(0, b"hello").unwrap();
+/// slot.send().unwrap();
+///
+/// let msg = reader.try_receive().unwrap().unwrap();
+/// assert_eq!(msg.message_id(), 7);
+/// assert_eq!(msg.object(0), Some(&b"hello"[..]));
+/// ```
+#[derive(Clone)]
+pub struct Ring {
+    mem: Arc<RingMem>,
+    fd: Option<Arc<MemfdRegionFd>>,
+}
+
+/// Keeps the ring's fd reachable to pass to a peer.
+struct MemfdRegionFd(OwnedFd);
+
+impl fmt::Debug for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("max_size", &self.mem.max_size)
+            .field("capacity", &self.capacity())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ring {
+    /// Creates a ring in a new sealed memfd (shareable with other processes
+    /// through [`Ring::fd`]). `name` shows in `/proc/<pid>/fd` only.
+    pub fn create_memfd(name: &str, config: &RingConfig) -> Result<Ring, RingError> {
+        let max = checked_max(config)?;
+        let region = MemfdRegion::create(name, max as usize, PAGE_SIZE as usize)?;
+        let fd = region
+            .fd()
+            .try_clone_to_owned()
+            .map_err(|source| RegionError::Io { op: "dup", source })?;
+        let ring = Self::init(Box::new(region), config, max)?;
+        Ok(Ring {
+            fd: Some(Arc::new(MemfdRegionFd(fd))),
+            ..ring
+        })
+    }
+
+    /// Creates a ring in process-local memory (tests, Miri, threads).
+    pub fn create_heap(config: &RingConfig) -> Result<Ring, RingError> {
+        let max = checked_max(config)?;
+        let region = HeapRegion::new(max as usize)?;
+        Self::init(Box::new(region), config, max)
+    }
+
+    fn init(region: Box<dyn Region>, config: &RingConfig, max: u64) -> Result<Ring, RingError> {
+        let header = RingHeader {
+            protocol_version: config.protocol_version,
+            protocol_name: config.protocol_name.clone(),
+            max_size: max,
+        };
+        let mut bytes = [0u8; RING_HEADER_SIZE as usize];
+        header
+            .encode(&mut bytes, PAGE_SIZE)
+            .map_err(RingError::Config)?;
+        let mem = Self::mem(region, max);
+        // Copy the encoded header in word by word: the header is only ever
+        // accessed atomically once shared.
+        for (i, chunk) in bytes.chunks_exact(8).enumerate().skip(1) {
+            let value = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+            mem.word(i * 8).store(value, Ordering::Relaxed);
+        }
+        // SYNC POINT: publishing "initialised" last, with release, makes every
+        // header field above visible to an opener that acquires it.
+        mem.word(off::INITIALIZED)
+            .store(RING_INITIALIZED, Ordering::Release);
+        Ok(Ring {
+            mem: Arc::new(mem),
+            fd: None,
+        })
+    }
+
+    /// Opens a ring created by another process from its memfd. The fd must
+    /// carry the shrink and seal seals; the header must be initialised and
+    /// its maximum must not exceed `max_size` (what this side expects, e.g.
+    /// from the IDL). Waits up to `timeout` for the creator to finish
+    /// initialising.
+    pub fn open_memfd(fd: OwnedFd, max_size: u64, timeout: Duration) -> Result<Ring, RingError> {
+        let max = align_up(max_size, PAGE_SIZE).ok_or(RingError::Config(LayoutError::Overflow))?;
+        let keep = fd
+            .try_clone()
+            .map_err(|source| RegionError::Io { op: "dup", source })?;
+        let region = MemfdRegion::open(fd, max as usize)?;
+        let mem = Self::mem(Box::new(region), max);
+        let deadline = Instant::now() + timeout;
+        // SYNC POINT: acquiring "initialised" makes the creator's header
+        // writes visible.
+        while mem.word(off::INITIALIZED).load(Ordering::Acquire) != RING_INITIALIZED {
+            if Instant::now() >= deadline {
+                return Err(Corrupt::new("ring header never initialised").into());
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        let mut bytes = [0u8; RING_HEADER_SIZE as usize];
+        for (i, chunk) in bytes.chunks_exact_mut(8).enumerate() {
+            chunk.copy_from_slice(&mem.word(i * 8).load(Ordering::Relaxed).to_le_bytes());
+        }
+        let header = RingHeader::decode(&bytes, max).map_err(Corrupt::from)?;
+        let mem = RingMem {
+            max_size: header.max_size,
+            ..mem
+        };
+        mem.capacity()?;
+        Ok(Ring {
+            mem: Arc::new(mem),
+            fd: Some(Arc::new(MemfdRegionFd(keep))),
+        })
+    }
+
+    fn mem(region: Box<dyn Region>, max_size: u64) -> RingMem {
+        RingMem {
+            region,
+            max_size,
+            cached_read: AtomicU64::new(RingPos::START.pack()),
+            poisoned: AtomicBool::new(false),
+            reader_taken: AtomicBool::new(false),
+            pid: sys::pid(),
+        }
+    }
+
+    /// The memfd to pass to the peer (None for a heap ring).
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.fd.as_ref().map(|f| f.0.as_fd())
+    }
+
+    /// A writer handle; any number may exist, on any threads.
+    pub fn writer(&self) -> RingWriter {
+        RingWriter {
+            mem: Arc::clone(&self.mem),
+        }
+    }
+
+    /// The reader handle. Only one per ring in this process; the channel
+    /// makes sure only one process reads a ring.
+    pub fn reader(&self) -> Result<RingReader, RingError> {
+        if self.mem.reader_taken.swap(true, Ordering::AcqRel) {
+            return Err(RingError::ReaderTaken);
+        }
+        let read = RingPos::unpack(
+            self.mem.word(off::READ_POS).load(Ordering::Acquire),
+            self.mem.max_size,
+        )
+        .ok_or_else(|| Corrupt::new("read offset invalid"))?;
+        Ok(RingReader {
+            mem: Arc::clone(&self.mem),
+            read,
+            cached_write: read,
+            stall: None,
+            consumed: self.mem.word(off::CONSUMED_COUNT).load(Ordering::Relaxed),
+        })
+    }
+
+    /// Current capacity in bytes (header included).
+    pub fn capacity(&self) -> u64 {
+        self.mem.word(off::BUFFER_SIZE).load(Ordering::Relaxed)
+    }
+
+    /// Maximum capacity in bytes.
+    pub fn max_size(&self) -> u64 {
+        self.mem.max_size
+    }
+
+    /// Largest message (header and objects) the ring can hold.
+    pub fn max_message(&self) -> u64 {
+        self.mem.max_message()
+    }
+
+    /// Messages reserved and not yet consumed.
+    pub fn len(&self) -> u64 {
+        let sent = self.mem.word(off::MESSAGE_COUNT).load(Ordering::Relaxed);
+        let read = self.mem.word(off::CONSUMED_COUNT).load(Ordering::Relaxed);
+        sent.wrapping_sub(read)
+    }
+
+    /// Whether no message is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of memory the kernel has allocated for the ring's memfd (None
+    /// for a heap ring): what the ring really costs.
+    pub fn allocated_bytes(&self) -> Option<u64> {
+        self.fd
+            .as_ref()
+            .and_then(|f| sys::allocated_bytes(std::os::fd::AsFd::as_fd(&f.0)).ok())
+    }
+}
+
+fn checked_max(config: &RingConfig) -> Result<u64, RingError> {
+    align_up(config.max_size.max(PAGE_SIZE), PAGE_SIZE)
+        .ok_or(RingError::Config(LayoutError::Overflow))
+}
+
+/// Sends into a ring. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct RingWriter {
+    mem: Arc<RingMem>,
+}
+
+impl fmt::Debug for RingWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingWriter").finish_non_exhaustive()
+    }
+}
+
+/// Where a reservation goes, decided under the lock.
+struct Placement {
+    at: u64,
+    new_write: RingPos,
+    wrap: Option<u64>,
+}
+
+impl RingWriter {
+    /// Reserves room for a message whose objects take `size` bytes (the sum
+    /// of [`shm_layout::object_size`] of each object), without waiting.
+    ///
+    /// `no_queue` messages never make the ring grow; they fail with `Full`
+    /// where a normal message would wait or grow.
+    pub fn try_allocate_for_send(
+        &self,
+        size: u64,
+        message_id: u64,
+        obj_count: u64,
+        no_queue: bool,
+    ) -> Result<Slot<'_>, TrySendError> {
+        let mem = &*self.mem;
+        mem.check_poison()?;
+        let length = MESSAGE_HEADER_SIZE.checked_add(size);
+        let record = length.and_then(|l| align_up(l, RECORD_ALIGN));
+        let (Some(length), Some(record)) = (length, record) else {
+            return Err(TrySendError::TooLarge {
+                size: u64::MAX,
+                max: mem.max_message(),
+            });
+        };
+        if record > mem.max_message() {
+            return Err(TrySendError::TooLarge {
+                size: length,
+                max: mem.max_message(),
+            });
+        }
+        let guard = mem.lock()?;
+        let place = self.place(&guard, record, no_queue).map_err(|e| match e {
+            TrySendError::Corrupt(c) => TrySendError::Corrupt(mem.poison(c)),
+            other => other,
+        })?;
+        // Write the header of the reservation, then publish the new write
+        // position: a reader never looks past `WriteOffset`, so it sees the
+        // header complete.
+        let header = MessageHeader {
+            message_id,
+            flags: flags::ALLOCATED | (u64::from(mem.pid) << flags::PID_SHIFT),
+            length,
+            object_count: obj_count,
+            request_id: 0,
+        };
+        let mut bytes = [0u8; MESSAGE_HEADER_SIZE as usize];
+        // Cannot fail: the buffer is exactly a header long.
+        let _ = header.encode(&mut bytes);
+        // SAFETY: `place` reserved [at, at + record) inside the validated and
+        // mapped capacity; it is free space that no reader reads (it lies
+        // outside [ReadOffset, WriteOffset)) and no other writer owns (we
+        // hold the lock and have not released the range yet).
+        let head = unsafe { mem.bytes_mut(place.at, MESSAGE_HEADER_SIZE) };
+        head[..16].copy_from_slice(&bytes[..16]);
+        head[24..].copy_from_slice(&bytes[24..]);
+        mem.record_flags(place.at)
+            .store(header.flags, Ordering::Relaxed);
+        if let Some(wrap) = place.wrap {
+            mem.word(off::WRAP_OFFSET).store(wrap, Ordering::Relaxed);
+        }
+        let count = mem.word(off::MESSAGE_COUNT);
+        count.store(
+            count.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
+        // SYNC POINT: releasing the write position publishes the record
+        // header, the capacity and the wrap offset to the reader, which
+        // acquires it.
+        mem.word(off::WRITE_POS)
+            .store(place.new_write.pack(), Ordering::Release);
+        drop(guard);
+        // SAFETY: as above: the range after the header is reserved for this
+        // slot until it is published or abandoned.
+        let payload = unsafe { mem.bytes_mut(place.at + MESSAGE_HEADER_SIZE, size) };
+        Ok(Slot {
+            mem,
+            at: place.at,
+            payload,
+            cursor: 0,
+            written: 0,
+            object_count: obj_count,
+            message_id,
+            kind: Kind::Raw,
+            no_queue,
+            app_flags: 0,
+            sent: false,
+        })
+    }
+
+    /// Decides where a record of `record` bytes goes (under the lock).
+    fn place(
+        &self,
+        _guard: &SpinGuard<'_>,
+        record: u64,
+        no_queue: bool,
+    ) -> Result<Placement, TrySendError> {
+        let mem = &*self.mem;
+        let mut cap = mem.capacity()?;
+        let write = RingPos::unpack(mem.word(off::WRITE_POS).load(Ordering::Relaxed), cap)
+            .ok_or_else(|| Corrupt::new("write offset invalid"))?;
+        let wrap = mem.word(off::WRAP_OFFSET).load(Ordering::Relaxed);
+        let mut reloaded = false;
+        let mut read_word = mem.cached_read.load(Ordering::Relaxed);
+        loop {
+            let read = RingPos::unpack(read_word, cap)
+                .ok_or_else(|| Corrupt::new("read offset invalid"))?;
+            // `tail_free`: room after the write position in this lap that
+            // must stay below `limit` (the reader's unread tail, or the end).
+            let (same_lap, limit) = if read.lap == write.lap {
+                if read.offset > write.offset {
+                    return Err(Corrupt::new("read offset ahead of write offset").into());
+                }
+                (true, cap)
+            } else if read.is_lap_before(write) {
+                if wrap > cap
+                    || read.offset > wrap
+                    || write.offset > read.offset && read.offset != wrap
+                {
+                    return Err(Corrupt::new("wrap offset inconsistent").into());
+                }
+                if read.offset == wrap {
+                    // The reader finished the old lap but has not stepped
+                    // into this one yet: the data is [start, write).
+                    (false, cap)
+                } else {
+                    (false, read.offset)
+                }
+            } else {
+                return Err(Corrupt::new("read and write offsets more than a lap apart").into());
+            };
+            if write.offset + record <= limit {
+                return Ok(Placement {
+                    at: write.offset,
+                    new_write: RingPos {
+                        lap: write.lap,
+                        offset: write.offset + record,
+                    },
+                    wrap: None,
+                });
+            }
+            // Wrap to the next lap rather than grow, so a ring whose reader
+            // keeps up stays small. Only from the reader's lap (so one wrap
+            // offset is enough), and only over space the reader is done with.
+            let empty = read == write;
+            if same_lap
+                && RING_HEADER_SIZE + record <= cap
+                && (empty || RING_HEADER_SIZE + record <= read.offset)
+            {
+                let start = write.next_lap();
+                return Ok(Placement {
+                    at: start.offset,
+                    new_write: RingPos {
+                        lap: start.lap,
+                        offset: start.offset + record,
+                    },
+                    wrap: Some(write.offset),
+                });
+            }
+            if !reloaded {
+                // Our cached read offset may be stale: look at the reader's.
+                // SYNC POINT: acquiring ReadOffset means the reader is done
+                // with every byte before it, so we may overwrite them.
+                read_word = mem.word(off::READ_POS).load(Ordering::Acquire);
+                mem.cached_read.store(read_word, Ordering::Relaxed);
+                reloaded = true;
+                continue;
+            }
+            // Full at this capacity: grow, if the data does not wrap (new
+            // space is appended after it, nothing moves).
+            if limit == cap && !no_queue && cap < mem.max_size {
+                let mut new_cap = cap;
+                while new_cap < mem.max_size && write.offset + record > new_cap {
+                    new_cap = (new_cap * 2).min(mem.max_size);
+                }
+                if new_cap == cap {
+                    new_cap = (cap * 2).min(mem.max_size);
+                }
+                mem.region
+                    .ensure_mapped(new_cap as usize, true)
+                    .map_err(|e| Corrupt::new(format_args!("growing the ring: {e}")))?;
+                // Published to the reader by the WriteOffset release below.
+                mem.word(off::BUFFER_SIZE).store(new_cap, Ordering::Relaxed);
+                cap = new_cap;
+                continue;
+            }
+            return Err(TrySendError::Full);
+        }
+    }
+
+    /// Reserves room, waiting up to `timeout` for the reader to make some
+    /// (polling; the channel layer adds parking). A `no_queue` message never
+    /// waits: it fails at once with [`SendError::Dropped`].
+    pub fn allocate_for_send_timeout(
+        &self,
+        size: u64,
+        message_id: u64,
+        obj_count: u64,
+        no_queue: bool,
+        timeout: Duration,
+    ) -> Result<Slot<'_>, SendError> {
+        let deadline = Instant::now().checked_add(timeout);
+        let backoff = Backoff::new();
+        loop {
+            match self.try_allocate_for_send(size, message_id, obj_count, no_queue) {
+                Ok(slot) => return Ok(slot),
+                Err(TrySendError::Full) if !no_queue => {}
+                Err(e) => return Err(e.into()),
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(SendError::Timeout);
+            }
+            wait_step(&backoff);
+        }
+    }
+
+    /// Reserves room, waiting as long as it takes (see
+    /// [`allocate_for_send_timeout`](Self::allocate_for_send_timeout)).
+    pub fn allocate_for_send(
+        &self,
+        size: u64,
+        message_id: u64,
+        obj_count: u64,
+        no_queue: bool,
+    ) -> Result<Slot<'_>, SendError> {
+        self.allocate_for_send_timeout(size, message_id, obj_count, no_queue, Duration::MAX)
+    }
+
+    /// Sends one message made of `objects` (id, data), copying them in;
+    /// waits up to `timeout` for room.
+    pub fn send_objects(
+        &self,
+        message_id: u64,
+        kind: Kind,
+        objects: &[(u64, &[u8])],
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        let size = objects.iter().try_fold(0u64, |acc, (_, d)| {
+            acc.checked_add(shm_layout::object_size(d.len() as u64)?)
+        });
+        let size = size.ok_or(SendError::TooLarge {
+            size: u64::MAX,
+            max: self.mem.max_message(),
+        })?;
+        let mut slot =
+            self.allocate_for_send_timeout(size, message_id, objects.len() as u64, false, timeout)?;
+        slot.set_kind(kind);
+        for (id, data) in objects {
+            slot.push_object(*id, data).map_err(SendError::Layout)?;
+        }
+        slot.send()
+    }
+
+    /// Largest message (header and objects) the ring can hold.
+    pub fn max_message(&self) -> u64 {
+        self.mem.max_message()
+    }
+}
+
+/// One step of a polling wait: spin, then yield, then sleep briefly.
+fn wait_step(backoff: &Backoff) {
+    if backoff.is_completed() {
+        std::thread::sleep(Duration::from_micros(20));
+    } else {
+        backoff.snooze();
+    }
+}
+
+/// A reserved message being written in place. [`send`](Slot::send)
+/// publishes it; dropping it unsent publishes it as skipped, so the reader
+/// never waits for it.
+pub struct Slot<'a> {
+    mem: &'a RingMem,
+    at: u64,
+    payload: &'a mut [u8],
+    cursor: u64,
+    written: u64,
+    object_count: u64,
+    message_id: u64,
+    kind: Kind,
+    no_queue: bool,
+    app_flags: u64,
+    sent: bool,
+}
+
+impl fmt::Debug for Slot<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slot")
+            .field("message_id", &self.message_id)
+            .field("size", &self.payload.len())
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Slot<'_> {
+    /// Sets the kind (default [`Kind::Raw`]).
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.kind = kind;
+    }
+
+    /// Sets the request id that matches a reply to its request.
+    pub fn set_request_id(&mut self, request_id: u64) {
+        // SAFETY: the header's request id word belongs to this reservation
+        // until it is published (see `try_allocate_for_send`).
+        let head = unsafe { self.mem.bytes_mut(self.at + 40, 8) };
+        head.copy_from_slice(&request_id.to_le_bytes());
+    }
+
+    /// Sets the RPC layer's flag bits (bits 16..32; others are ignored).
+    pub fn set_app_flags(&mut self, bits: u64) {
+        self.app_flags = bits & flags::APP_MASK;
+    }
+
+    /// The message id.
+    pub fn message_id(&self) -> u64 {
+        self.message_id
+    }
+
+    /// Appends an object of `len` bytes and returns its data to fill in place
+    /// (its padding is already zeroed).
+    pub fn object_mut(&mut self, id: u64, len: u64) -> Result<&mut [u8], LayoutError> {
+        let size = shm_layout::object_size(len).ok_or(LayoutError::Overflow)?;
+        let available = self.payload.len() as u64 - self.cursor;
+        if size > available || self.written >= self.object_count {
+            return Err(LayoutError::NoSpace {
+                needed: size,
+                available,
+            });
+        }
+        let at = self.cursor as usize;
+        let obj = &mut self.payload[at..at + size as usize];
+        obj[..8].copy_from_slice(&id.to_le_bytes());
+        obj[8..16].copy_from_slice(&len.to_le_bytes());
+        obj[16 + len as usize..].fill(0);
+        self.cursor += size;
+        self.written += 1;
+        Ok(&mut obj[16..16 + len as usize])
+    }
+
+    /// Appends an object, copying `data`.
+    pub fn push_object(&mut self, id: u64, data: &[u8]) -> Result<(), LayoutError> {
+        self.object_mut(id, data.len() as u64)?
+            .copy_from_slice(data);
+        Ok(())
+    }
+
+    /// The reserved object area, to encode objects by hand (the caller then
+    /// owns the layout: it must hold exactly the reserved objects, with
+    /// headers and zero padding). Marks the whole area as written.
+    pub fn raw_payload(&mut self) -> &mut [u8] {
+        self.cursor = self.payload.len() as u64;
+        self.written = self.object_count;
+        self.payload
+    }
+
+    /// Publishes the message. Fails (and publishes it as skipped) when the
+    /// objects written do not fill the reservation exactly.
+    pub fn send(mut self) -> Result<(), SendError> {
+        if self.cursor != self.payload.len() as u64 || self.written != self.object_count {
+            let err = LayoutError::ObjectCount {
+                count: self.object_count,
+                found: self.written,
+                length: MESSAGE_HEADER_SIZE + self.cursor,
+            };
+            return Err(SendError::Layout(err)); // Drop publishes it as skipped.
+        }
+        let mut word = flags::WRITTEN | self.kind.to_flags() | self.app_flags;
+        if self.no_queue {
+            word |= flags::NO_QUEUE;
+        }
+        self.sent = true;
+        // SYNC POINT: release publishes the message's bytes to the reader,
+        // which acquires the flags.
+        self.mem
+            .record_flags(self.at)
+            .store(word, Ordering::Release);
+        Ok(())
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if !self.sent {
+            // SYNC POINT: as in `send`; the reader skips the record.
+            self.mem
+                .record_flags(self.at)
+                .store(flags::WRITTEN | flags::SKIP, Ordering::Release);
+        }
+    }
+}
+
+/// Reads a ring. One per ring; `Send`, not `Sync`.
+pub struct RingReader {
+    mem: Arc<RingMem>,
+    /// Our read position: the truth (the shared word is only published).
+    read: RingPos,
+    /// Last write position seen; reloaded only when we catch up with it.
+    cached_write: RingPos,
+    /// A message stuck `ALLOCATED` at the head: (offset, since).
+    stall: Option<(u64, Instant)>,
+    consumed: u64,
+}
+
+impl fmt::Debug for RingReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingReader")
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What sits at the read position.
+enum Head {
+    Empty,
+    Pending,
+    Ready { at: u64, limit: u64, flags: u64 },
+}
+
+impl RingReader {
+    /// The next message, if one is complete; never waits.
+    pub fn try_receive(&mut self) -> Result<Option<Message<'_>>, RecvError> {
+        self.mem.check_poison()?;
+        match self.try_receive_at() {
+            Ok(Some((at, len, flags))) => self.message(at, len, flags).map(Some),
+            Ok(None) => Ok(None),
+            Err(RecvError::Corrupt(c)) => Err(RecvError::Corrupt(self.mem.poison(c))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Borrows the validated message at `at` for as long as `self` is
+    /// borrowed.
+    fn message(&mut self, at: u64, len: u64, flags: u64) -> Result<Message<'_>, RecvError> {
+        // SAFETY: 1. `try_receive_at` validated that [at, at + len) lies
+        // inside the published, mapped data; 2. the mapping lives as long as
+        // `self.mem`, which the returned message keeps borrowed through
+        // `self`, so the slice cannot outlive it; 3. this process never
+        // writes a published message (writers only write reservations,
+        // which lie outside the unread data) and the read position, which
+        // would release it, only moves when the message is dropped.
+        let bytes = unsafe { self.mem.bytes_unbounded(at, len) };
+        let view = MessageView::parse(bytes).map_err(|e| {
+            RecvError::Corrupt(
+                self.mem
+                    .poison(Corrupt::new(format_args!("message at {at}: {e}"))),
+            )
+        })?;
+        Ok(Message {
+            reader: self,
+            at,
+            len,
+            flags,
+            view,
+        })
+    }
+
+    /// Finds the next complete message: (offset, length, flags).
+    fn try_receive_at(&mut self) -> Result<Option<(u64, u64, u64)>, RecvError> {
+        loop {
+            match self.head()? {
+                Head::Empty => return Ok(None),
+                Head::Pending => return self.check_stalled_writer(),
+                Head::Ready { at, limit, flags } => {
+                    self.stall = None;
+                    // SAFETY: [at, at + 48) is inside the validated published
+                    // data (`head` checked at + 64 <= limit <= capacity).
+                    let head = unsafe { self.mem.bytes(at, MESSAGE_HEADER_SIZE) };
+                    let len = u64::from_le_bytes(head[24..32].try_into().unwrap_or([0; 8]));
+                    let avail = limit - at;
+                    if !(MESSAGE_HEADER_SIZE..=avail).contains(&len) {
+                        return Err(Corrupt::new(format_args!(
+                            "message at {at}: length {len} outside {MESSAGE_HEADER_SIZE}..={avail}"
+                        ))
+                        .into());
+                    }
+                    if flags & flags::SKIP != 0 {
+                        self.advance(at, len);
+                        continue;
+                    }
+                    return Ok(Some((at, len, flags)));
+                }
+            }
+        }
+    }
+
+    /// Looks at the read position without consuming.
+    fn head(&mut self) -> Result<Head, RecvError> {
+        let mem = &*self.mem;
+        let mut write = self.cached_write;
+        if write == self.read {
+            // SYNC POINT: acquiring WriteOffset makes the record headers,
+            // capacity and wrap offset the writers published visible.
+            let word = mem.word(off::WRITE_POS).load(Ordering::Acquire);
+            let cap = mem.capacity()?;
+            write =
+                RingPos::unpack(word, cap).ok_or_else(|| Corrupt::new("write offset invalid"))?;
+            self.cached_write = write;
+            if write == self.read {
+                return Ok(Head::Empty);
+            }
+        }
+        let cap = mem.capacity()?;
+        let limit = if write.lap == self.read.lap {
+            if write.offset < self.read.offset {
+                return Err(Corrupt::new("write offset behind read offset").into());
+            }
+            write.offset
+        } else if self.read.is_lap_before(write) {
+            let wrap = mem.word(off::WRAP_OFFSET).load(Ordering::Relaxed);
+            if wrap > cap || wrap < self.read.offset || !wrap.is_multiple_of(RECORD_ALIGN) {
+                return Err(Corrupt::new(format_args!("wrap offset {wrap} invalid")).into());
+            }
+            if wrap == self.read.offset {
+                self.read = self.read.next_lap();
+                self.publish_read();
+                return self.head();
+            }
+            wrap
+        } else {
+            return Err(Corrupt::new("write offset more than a lap ahead").into());
+        };
+        let at = self.read.offset;
+        if at + RECORD_ALIGN > limit || limit > cap {
+            return Err(
+                Corrupt::new(format_args!("message at {at} beyond the data end {limit}")).into(),
+            );
+        }
+        // SYNC POINT: acquiring WRITTEN makes the message's bytes visible.
+        let flags = mem.record_flags(at).load(Ordering::Acquire);
+        if flags & flags::WRITTEN != 0 {
+            Ok(Head::Ready { at, limit, flags })
+        } else if flags & flags::ALLOCATED != 0 {
+            Ok(Head::Pending)
+        } else {
+            Err(Corrupt::new(format_args!(
+                "message at {at} neither allocated nor written (flags {flags:#x})"
+            ))
+            .into())
+        }
+    }
+
+    /// The head message is still being written. After a while, check that
+    /// its writer lives; skip and report it if not.
+    fn check_stalled_writer(&mut self) -> Result<Option<(u64, u64, u64)>, RecvError> {
+        let at = self.read.offset;
+        let now = Instant::now();
+        match self.stall {
+            Some((stalled_at, since)) if stalled_at == at => {
+                if now.duration_since(since) < ALLOCATED_LIVENESS_CHECK {
+                    return Ok(None);
+                }
+            }
+            _ => {
+                self.stall = Some((at, now));
+                return Ok(None);
+            }
+        }
+        self.stall = Some((at, now));
+        let word = self.mem.record_flags(at).load(Ordering::Acquire);
+        let pid = (word >> flags::PID_SHIFT) as u32;
+        if word & flags::WRITTEN != 0 || pid == self.mem.pid || sys::pid_alive(pid) {
+            return Ok(None);
+        }
+        // SAFETY: as in `try_receive_at`: the header lies inside the
+        // published data (validated by `head` just before).
+        let head = unsafe { self.mem.bytes(at, MESSAGE_HEADER_SIZE) };
+        let message_id = u64::from_le_bytes(head[8..16].try_into().unwrap_or([0; 8]));
+        let len = u64::from_le_bytes(head[24..32].try_into().unwrap_or([0; 8]));
+        let limit = match self.head()? {
+            Head::Pending | Head::Ready { .. } => self.limit_for(at)?,
+            Head::Empty => return Ok(None),
+        };
+        if !(MESSAGE_HEADER_SIZE..=limit - at).contains(&len) {
+            return Err(
+                Corrupt::new(format_args!("abandoned message at {at}: bad length {len}")).into(),
+            );
+        }
+        self.stall = None;
+        self.advance(at, len);
+        Err(RecvError::WriterDied { pid, message_id })
+    }
+
+    /// The end of the published data after `at` in the current lap.
+    fn limit_for(&self, at: u64) -> Result<u64, RecvError> {
+        let cap = self.mem.capacity()?;
+        let limit = if self.cached_write.lap == self.read.lap {
+            self.cached_write.offset
+        } else {
+            self.mem
+                .word(off::WRAP_OFFSET)
+                .load(Ordering::Relaxed)
+                .min(cap)
+        };
+        if limit < at + RECORD_ALIGN {
+            return Err(Corrupt::new("data end moved backwards").into());
+        }
+        Ok(limit)
+    }
+
+    /// Moves past the message at `at` and publishes the new read position.
+    fn advance(&mut self, at: u64, len: u64) {
+        // `len` was validated against the data end, so this stays inside it.
+        self.read.offset = at + align_up(len, RECORD_ALIGN).unwrap_or(RECORD_ALIGN);
+        self.consumed = self.consumed.wrapping_add(1);
+        self.mem
+            .word(off::CONSUMED_COUNT)
+            .store(self.consumed, Ordering::Relaxed);
+        self.publish_read();
+    }
+
+    fn publish_read(&self) {
+        // SYNC POINT: releasing ReadOffset tells writers we are done with
+        // every byte before it.
+        self.mem
+            .word(off::READ_POS)
+            .store(self.read.pack(), Ordering::Release);
+    }
+
+    /// The next message, waiting up to `timeout` (polling; the channel
+    /// layer adds parking).
+    pub fn receive_timeout(&mut self, timeout: Duration) -> Result<Message<'_>, RecvError> {
+        let deadline = Instant::now().checked_add(timeout);
+        let backoff = Backoff::new();
+        loop {
+            self.mem.check_poison()?;
+            match self.try_receive_at() {
+                Ok(Some((at, len, flags))) => return self.message(at, len, flags),
+                Ok(None) => {}
+                Err(RecvError::Corrupt(c)) => return Err(RecvError::Corrupt(self.mem.poison(c))),
+                Err(e) => return Err(e),
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(RecvError::Timeout);
+            }
+            wait_step(&backoff);
+        }
+    }
+
+    /// The next message, waiting as long as it takes.
+    pub fn receive(&mut self) -> Result<Message<'_>, RecvError> {
+        self.receive_timeout(Duration::MAX)
+    }
+}
+
+/// A received message, borrowed in place from the ring. Dropping it marks it
+/// consumed and frees its space.
+pub struct Message<'a> {
+    reader: &'a mut RingReader,
+    at: u64,
+    len: u64,
+    flags: u64,
+    view: MessageView<'a>,
+}
+
+impl fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("message_id", &self.message_id())
+            .field("len", &self.len)
+            .field("objects", &self.view.header().object_count)
+            .finish()
+    }
+}
+
+impl<'a> Message<'a> {
+    /// The message id.
+    pub fn message_id(&self) -> u64 {
+        self.view.header().message_id
+    }
+
+    /// The request id (0 where none).
+    pub fn request_id(&self) -> u64 {
+        self.view.header().request_id
+    }
+
+    /// The kind, as sent.
+    pub fn kind(&self) -> Kind {
+        Kind::from_flags(self.flags).unwrap_or(Kind::Raw)
+    }
+
+    /// The flags word as published.
+    pub fn flags(&self) -> u64 {
+        self.flags
+    }
+
+    /// The validated view: header and objects.
+    pub fn view(&self) -> &MessageView<'a> {
+        &self.view
+    }
+
+    /// The objects, in order.
+    pub fn objects(&self) -> shm_layout::ObjectIter<'a> {
+        self.view.objects()
+    }
+
+    /// The data of the first object with this id.
+    pub fn object(&self, id: u64) -> Option<&'a [u8]> {
+        self.view.object(id)
+    }
+
+    /// The whole message (header and objects).
+    pub fn bytes(&self) -> &'a [u8] {
+        self.view.bytes()
+    }
+}
+
+impl Drop for Message<'_> {
+    fn drop(&mut self) {
+        self.reader
+            .mem
+            .record_flags(self.at)
+            .fetch_or(flags::CONSUMED, Ordering::Relaxed);
+        self.reader.advance(self.at, self.len);
+    }
+}
+
+#[cfg(test)]
+mod tests;
