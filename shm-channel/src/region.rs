@@ -385,16 +385,9 @@ fn seal_names(seals: sys::SealFlags) -> String {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::AtomicU32;
 
     use super::*;
-
-    /// A memfd name unique within this machine's test runs (parallel tests, parallel binaries).
-    fn unique_name(what: &str) -> String {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        format!("shm-channel-test-{what}-{}-{n}", std::process::id())
-    }
+    use crate::sys::test_support::unique_name;
 
     fn page() -> usize {
         sys::page_size()

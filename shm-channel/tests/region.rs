@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use region::{MemfdRegion, Region, RegionError};
 use sys::WaitOutcome;
+use sys::test_support::unique_name;
 
 /// Tells a re-executed test binary which child role to play.
 const CHILD_ENV: &str = "SHM_CHANNEL_REGION_TEST_CHILD";
@@ -37,12 +38,6 @@ const WATCHDOG: Duration = Duration::from_secs(10);
 
 fn child_role() -> Option<String> {
     std::env::var(CHILD_ENV).ok()
-}
-
-fn unique_name(what: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("shm-channel-itest-{what}-{}-{n}", std::process::id())
 }
 
 /// A child process that is killed and reaped if the parent gives up on it (a failed

@@ -68,6 +68,18 @@ mod tests {
     }
 
     #[test]
+    fn longest_timeout_is_accepted() {
+        // The kernel validates the timeout before comparing the word: a timeout it rejected
+        // would show up here as EINVAL instead of `ValueChanged`.
+        let w = AtomicU32::new(1);
+        assert_eq!(
+            futex_wait(&w, 0, Some(Duration::MAX)).unwrap(),
+            WaitOutcome::ValueChanged
+        );
+        assert_eq!(futex_wait(&w, 0, None).unwrap(), WaitOutcome::ValueChanged);
+    }
+
+    #[test]
     fn wait_times_out() {
         let w = AtomicU32::new(0);
         let start = Instant::now();

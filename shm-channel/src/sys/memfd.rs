@@ -115,11 +115,11 @@ mod tests {
     use std::os::fd::AsFd;
 
     use super::*;
-    use crate::sys::test_support::{raw_ftruncate, unsealable_memfd};
+    use crate::sys::test_support::{raw_ftruncate, unique_name, unsealable_memfd};
 
     #[test]
     fn created_memfd_is_sealable_and_sealed_after_add() {
-        let fd = memfd_create("shm-channel-test-seals").unwrap();
+        let fd = memfd_create(&unique_name("seals")).unwrap();
         assert!(!seals(fd.as_fd()).unwrap().contains(SealFlags::SHRINK));
         grow_file(fd.as_fd(), 8192).unwrap();
         add_seals(fd.as_fd(), REQUIRED_SEALS).unwrap();
@@ -134,7 +134,7 @@ mod tests {
 
     #[test]
     fn sealed_memfd_refuses_shrink_with_eperm_and_grow_file_refuses_too() {
-        let fd = memfd_create("shm-channel-test-shrink").unwrap();
+        let fd = memfd_create(&unique_name("shrink")).unwrap();
         grow_file(fd.as_fd(), 8192).unwrap();
         add_seals(fd.as_fd(), REQUIRED_SEALS).unwrap();
         let err = raw_ftruncate(fd.as_fd(), 4096).unwrap_err();
@@ -161,13 +161,13 @@ mod tests {
     #[test]
     fn check_received_seals_refuses_missing_seals() {
         // Sealable but never sealed.
-        let fd = memfd_create("shm-channel-test-unsealed").unwrap();
+        let fd = memfd_create(&unique_name("unsealed")).unwrap();
         match check_received_seals(fd.as_fd()) {
             Err(SealError::Missing { missing }) => assert_eq!(missing, REQUIRED_SEALS),
             other => panic!("expected Missing, got {other:?}"),
         }
         // F_SEAL_SEAL without F_SEAL_SHRINK.
-        let fd = memfd_create("shm-channel-test-noshrink").unwrap();
+        let fd = memfd_create(&unique_name("noshrink")).unwrap();
         add_seals(fd.as_fd(), SealFlags::SEAL).unwrap();
         match check_received_seals(fd.as_fd()) {
             Err(SealError::Missing { missing }) => assert_eq!(missing, SealFlags::SHRINK),
@@ -175,7 +175,7 @@ mod tests {
         }
         // A memfd that cannot be sealed at all reports F_SEAL_SEAL set by the kernel, and
         // still lacks F_SEAL_SHRINK.
-        let fd = unsealable_memfd("shm-channel-test-unsealable").unwrap();
+        let fd = unsealable_memfd(&unique_name("unsealable")).unwrap();
         match check_received_seals(fd.as_fd()) {
             Err(SealError::Missing { missing }) => assert_eq!(missing, SealFlags::SHRINK),
             other => panic!("expected Missing, got {other:?}"),
@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn allocated_bytes_counts_touched_pages_only() {
-        let fd = memfd_create("shm-channel-test-alloc").unwrap();
+        let fd = memfd_create(&unique_name("alloc")).unwrap();
         grow_file(fd.as_fd(), 64 << 20).unwrap();
         assert_eq!(file_len(fd.as_fd()).unwrap(), 64 << 20);
         assert_eq!(allocated_bytes(fd.as_fd()).unwrap(), 0);

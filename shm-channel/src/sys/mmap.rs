@@ -226,7 +226,7 @@ mod tests {
     #[test]
     fn map_shared_fixed_checks_bounds_and_order() {
         let page = page_size();
-        let fd = memfd_create("shm-channel-test-map").unwrap();
+        let fd = memfd_create(&crate::sys::test_support::unique_name("map")).unwrap();
         grow_file(fd.as_fd(), 4 * page as u64).unwrap();
         let r = reserve(4 * page).unwrap();
         let e = |res: io::Result<()>| res.unwrap_err().kind();

@@ -54,6 +54,16 @@ pub(crate) use rustix::fs::SealFlags;
 #[cfg(test)]
 pub(crate) mod test_support {
     use std::io;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A memfd name unique among parallel tests and test processes: `shm-channel-test-<what>-
+    /// <pid>-<n>`. (The kernel does not need unique memfd names; people reading
+    /// `/proc/<pid>/fd` do.)
+    pub(crate) fn unique_name(what: &str) -> String {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        format!("shm-channel-test-{what}-{}-{n}", std::process::id())
+    }
 
     /// Turns off core dumps for this process: a test child that is meant to die of `SIGSEGV`
     /// should not leave a core file behind.
