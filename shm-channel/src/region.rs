@@ -584,6 +584,22 @@ mod tests {
     }
 
     #[test]
+    fn growing_a_file_another_mapping_already_grew_just_maps_it() {
+        let max = 16 * page();
+        let a = MemfdRegion::create(&unique_name("grown"), max, 0).unwrap();
+        let b = MemfdRegion::open(a.fd().try_clone_to_owned().unwrap(), max).unwrap();
+        b.ensure_mapped(8 * page(), true).unwrap();
+        write(&b, 8 * page() - 1, b"x");
+        // `a` asks for less than the file already holds: no ftruncate (it would shrink), and
+        // the file keeps its length.
+        a.ensure_mapped(4 * page(), true).unwrap();
+        assert_eq!(a.mapped_len(), 4 * page());
+        assert_eq!(sys::file_len(a.fd()).unwrap(), 8 * page() as u64);
+        a.ensure_mapped(8 * page(), true).unwrap();
+        assert_eq!(read(&a, 8 * page() - 1, 1), b"x");
+    }
+
+    #[test]
     fn a_reader_may_map_a_partial_last_page() {
         // The peer published a length that is not a page multiple and made the file exactly
         // that long: the page containing the end is mapped, and its bytes are readable.

@@ -17,6 +17,9 @@ pub(crate) fn pid() -> u32 {
 /// that exists, `/proc/<pid>/stat` is read to count a zombie (exited, not yet reaped by its
 /// parent) as dead.
 ///
+/// Costs a `kill` and a small `/proc` read: meant for slow paths (after a bounded spin on a
+/// lock), not for every operation.
+///
 /// Caveats, for whoever recovers a lock by the owner's pid:
 /// * **pid reuse**: once a process is dead and reaped, the kernel may give its pid to a new,
 ///   unrelated process, which this function then reports as alive. The answer errs on the
