@@ -375,13 +375,6 @@ impl Diagnostics {
     pub(crate) fn push(&mut self, d: Diagnostic) {
         self.items.push(d);
     }
-
-    pub(crate) fn extend(&mut self, other: Diagnostics) {
-        for (p, s) in other.sources {
-            self.add_source(&p, &s);
-        }
-        self.items.extend(other.items);
-    }
 }
 
 /// Builds diagnostics against one file's source.
@@ -420,19 +413,6 @@ impl Diagnostic {
         self
     }
 
-    pub(crate) fn also(
-        mut self,
-        file: &Path,
-        span: Range<usize>,
-        message: impl Into<String>,
-    ) -> Self {
-        self.labels.push(Label {
-            file: file.to_path_buf(),
-            span,
-            message: message.into(),
-        });
-        self
-    }
 }
 
 /// Keeps a span inside the source and on character boundaries, so the

@@ -13,10 +13,18 @@ use crate::ast::{
 };
 use crate::diag::{Builder, Code, Diagnostics, MAX_NESTING};
 
-/// The pest parser generated from `idl.pest`.
-#[derive(pest_derive::Parser)]
-#[grammar = "idl.pest"]
-pub struct IdlParser;
+pub use grammar::{IdlParser, Rule};
+
+mod grammar {
+    // pest generates one `Rule` variant per grammar rule; `idl.pest` documents
+    // them.
+    #![allow(missing_docs)]
+
+    /// The pest parser generated from `idl.pest`.
+    #[derive(pest_derive::Parser)]
+    #[grammar = "idl.pest"]
+    pub struct IdlParser;
+}
 
 /// Parses `source` into pest pairs (the `file` rule), comments included.
 ///
