@@ -22,7 +22,7 @@ pub(crate) fn unreadable(path: &Path, e: &std::io::Error) -> Diagnostics {
     let mut ds = Diagnostics::default();
     ds.push(Diagnostic {
         code: Code::MissingImport,
-        message: format!("cannot read `{}`: {e}", path.display()),
+        message: format!("cannot read `{}`: {}", path.display(), io_reason(e)),
         file: path.to_path_buf(),
         line: 1,
         col: 1,
@@ -32,6 +32,17 @@ pub(crate) fn unreadable(path: &Path, e: &std::io::Error) -> Diagnostics {
         help: None,
     });
     ds
+}
+
+/// Why a file could not be read, without the OS error number (which
+/// differs between systems and would make diagnostics unstable).
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        std::io::ErrorKind::InvalidData => "not valid UTF-8".into(),
+        _ => e.to_string(),
+    }
 }
 
 /// One file read while checking.
@@ -145,7 +156,8 @@ impl Cx {
                     self.files[f].imports.push(None);
                     self.files[f].poisoned_import = true;
                     let shown = target.display();
-                    self.err(f, Code::MissingImport, span, format!("cannot read imported file `{shown}`: {e}"), "imported here")
+                    let why = io_reason(&e);
+                    self.err(f, Code::MissingImport, span, format!("cannot read imported file `{shown}`: {why}"), "imported here")
                         .help = Some("import paths are relative to the folder of the importing file".into());
                 }
                 Ok(src) => {

@@ -55,7 +55,20 @@ pub(crate) fn parse_pairs_at<'s>(
             .help("flatten the type with a named struct"),
         ));
     }
-    IdlParser::parse(Rule::file, source).map_err(|e| fail(syntax_error(&b, &e)))
+    match IdlParser::parse(Rule::file, source) {
+        Ok(pairs) => Ok(pairs),
+        Err(_) => {
+            // Tracking expected literal tokens (`:`, `;`) slows every parse
+            // down, so it is only switched on to explain a failure.
+            pest::set_error_detail(true);
+            let detailed = IdlParser::parse(Rule::file, source);
+            pest::set_error_detail(false);
+            match detailed {
+                Ok(pairs) => Ok(pairs),
+                Err(e) => Err(fail(syntax_error(&b, &e))),
+            }
+        }
+    }
 }
 
 /// Parses one file into its syntax tree.
@@ -141,15 +154,29 @@ fn syntax_error(b: &Builder<'_>, e: &pest::error::Error<Rule>) -> crate::diag::D
         Some(c) if c.is_whitespace() => "whitespace".to_string(),
         Some(c) => format!("`{c}`"),
     };
-    let expected = match &e.variant {
+    let mut expected: Vec<String> = match &e.variant {
         ErrorVariant::ParsingError { positives, .. } => {
-            let mut names: Vec<&str> = positives.iter().filter_map(|r| describe(*r)).collect();
-            names.sort_unstable();
-            names.dedup();
-            names
+            positives.iter().filter_map(|r| describe(*r)).map(str::to_string).collect()
         }
         ErrorVariant::CustomError { .. } => Vec::new(),
     };
+    if let Some(attempts) = e.parse_attempts() {
+        for t in attempts.expected_tokens() {
+            // pest does not export its token type, only its `Display`:
+            // literals print as themselves, ranges as `a..z`.
+            let token = t.to_string();
+            let range = token.chars().count() == 4 && token.get(1..3) == Some("..");
+            // Whitespace and comment openers are possible everywhere:
+            // listing them says nothing.
+            let noise = token.trim().is_empty() || token.starts_with('/') || token == "BUILTIN_RULE";
+            if !noise && !range {
+                expected.push(format!("`{token}`"));
+            }
+        }
+    }
+    expected.sort_unstable();
+    expected.dedup();
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
     let message = if expected.is_empty() {
         format!("unexpected {found}")
     } else {
