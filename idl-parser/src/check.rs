@@ -73,6 +73,9 @@ pub(crate) fn check(path: &Path, source: &str, loader: &dyn SourceLoader) -> Res
     for f in &cx.files {
         out.add_source(&f.path, &f.source);
     }
+    // Files in the order they were read (the checked one first), each top
+    // to bottom: the order a reader fixes them in.
+    cx.diags.sort_by_key(|(f, d)| (*f, d.span.start));
     for (_, d) in cx.diags {
         out.push(d);
     }
@@ -86,8 +89,7 @@ pub(crate) fn check(path: &Path, source: &str, loader: &dyn SourceLoader) -> Res
 
 struct Cx {
     files: Vec<Loaded>,
-    /// (file, diagnostic): the file index orders nothing, it is kept for
-    /// debugging.
+    /// (file index, diagnostic), sorted by both before they are returned.
     diags: Vec<(usize, Diagnostic)>,
 }
 
@@ -1366,12 +1368,13 @@ fn visible_names(cx: &Cx, scope: &Scope, f: usize, types: bool) -> Vec<String> {
 }
 
 /// The closest candidate within a third of the name's length (at least 1)
-/// in edit distance; ties go to the alphabetically first.
+/// in edit distance, ignoring case; ties go to the alphabetically first.
 fn suggest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let limit = (name.chars().count() / 3).max(1);
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
-        let d = if c.eq_ignore_ascii_case(name) { 0 } else { edit_distance(name, c) };
+        // Case is the most common slip (`rect` for `Rect`): it costs nothing.
+        let d = edit_distance(&name.to_ascii_lowercase(), &c.to_ascii_lowercase());
         if d <= limit && best.is_none_or(|(bd, bc)| d < bd || (d == bd && c < bc)) {
             best = Some((d, c));
         }
