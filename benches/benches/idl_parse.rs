@@ -22,13 +22,23 @@ const SCALARS: [&str; 11] = [
     "u8", "u16", "u32", "u64", "i8", "i16", "i32", "i64", "f32", "f64", "bool",
 ];
 
+/// Integer consts, used as bounds.
+const CONSTS: usize = 60;
+/// Enums, half C-like, half with payloads.
+const ENUMS: usize = 90;
+/// Structs of eight fields each.
+const STRUCTS: usize = 150;
+/// Protocols.
+const PROTOCOLS: usize = 4;
+/// Methods and events per protocol.
+const METHODS: usize = 110;
+
 /// Builds the benchmark's IDL source (about 5,000 lines).
 fn generate() -> String {
     let mut s = String::with_capacity(256 * 1024);
     // `write!` into a `String` cannot fail; the results are ignored with `let _`.
     let _ = writeln!(s, "// Generated for the idl_parse benchmark.\n");
 
-    const CONSTS: usize = 60;
     for i in 0..CONSTS {
         let _ = writeln!(s, "/// Bound number {i}.");
         let unit = match i % 3 {
@@ -40,7 +50,6 @@ fn generate() -> String {
     }
     let _ = writeln!(s);
 
-    const ENUMS: usize = 90;
     for e in 0..ENUMS {
         let _ = writeln!(s, "/// Enumeration {e}.");
         let _ = writeln!(s, "enum Kind{e} {{");
@@ -61,7 +70,6 @@ fn generate() -> String {
         let _ = writeln!(s, "}}\n");
     }
 
-    const STRUCTS: usize = 150;
     for t in 0..STRUCTS {
         let _ = writeln!(
             s,
@@ -84,8 +92,6 @@ fn generate() -> String {
         let _ = writeln!(s, "}}\n");
     }
 
-    const PROTOCOLS: usize = 4;
-    const METHODS: usize = 110;
     for p in 0..PROTOCOLS {
         let _ = writeln!(s, "/// Service number {p}.");
         let _ = writeln!(s, "@version({})", p + 1);
@@ -136,12 +142,18 @@ fn bench_parse(c: &mut Criterion) {
     // Fail loudly, before measuring, if the generated file stops checking
     // clean: timing an early error exit would report a meaningless number.
     let loader = idl_parser::MemLoader::new();
-    if let Err(diagnostics) = idl_parser::check_source(path, &source, &loader) {
-        panic!(
-            "the generated IDL does not check clean:\n{}",
-            diagnostics.render(false)
-        );
-    }
+    let model = match idl_parser::check_source(path, &source, &loader) {
+        Ok(checked) => checked.model,
+        Err(diagnostics) => {
+            panic!(
+                "the generated IDL does not check clean:\n{}",
+                diagnostics.render(false)
+            )
+        }
+    };
+    assert_eq!(model.protocols.len(), PROTOCOLS);
+    assert_eq!(model.types.len(), STRUCTS + ENUMS);
+    assert_eq!(model.consts.len(), CONSTS);
     let lines = source.lines().count();
     let mut group = c.benchmark_group("idl_parse");
     group.throughput(Throughput::Bytes(source.len() as u64));
