@@ -10,7 +10,9 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::ast::{self, AttrArg, Attribute, Bound, Ident, Item, Literal, MemberKind, Span, TypeKind};
+use crate::ast::{
+    self, AttrArg, Attribute, Bound, Ident, Item, Literal, MemberKind, Span, TypeKind,
+};
 use crate::diag::{Builder, Code, Diagnostic, Diagnostics};
 use crate::loader::{SourceLoader, normalize};
 use crate::model::{self, ConstValue, Delivery, Kind, Type};
@@ -58,16 +60,23 @@ struct Loaded {
     poisoned_import: bool,
 }
 
-pub(crate) fn check(path: &Path, source: &str, loader: &dyn SourceLoader) -> Result<Checked, Diagnostics> {
-    let mut cx = Cx { files: Vec::new(), diags: Vec::new() };
+pub(crate) fn check(
+    path: &Path,
+    source: &str,
+    loader: &dyn SourceLoader,
+) -> Result<Checked, Diagnostics> {
+    let mut cx = Cx {
+        files: Vec::new(),
+        diags: Vec::new(),
+    };
     let order = cx.load(path, source, loader);
     let scope = Scope::build(&mut cx, &order);
     let model = cx.check_all(&scope, &order);
-    if cx.diags.is_empty() {
-        if let Some(model) = model {
-            let files = model.files.clone();
-            return Ok(Checked { model, files });
-        }
+    if cx.diags.is_empty()
+        && let Some(model) = model
+    {
+        let files = model.files.clone();
+        return Ok(Checked { model, files });
     }
     let mut out = Diagnostics::default();
     for f in &cx.files {
@@ -82,7 +91,12 @@ pub(crate) fn check(path: &Path, source: &str, loader: &dyn SourceLoader) -> Res
     if out.is_empty() {
         // Unreachable by construction (no model is only possible after an
         // error), but an empty error would be worse than a vague one.
-        out.push(Builder { path, source }.error(Code::Syntax, 0..0, "internal error: no model", ""));
+        out.push(Builder { path, source }.error(
+            Code::Syntax,
+            0..0,
+            "internal error: no model",
+            "",
+        ));
     }
     Err(out)
 }
@@ -94,9 +108,20 @@ struct Cx {
 }
 
 impl Cx {
-    fn err(&mut self, file: usize, code: Code, span: Span, message: impl Into<String>, label: impl Into<String>) -> &mut Diagnostic {
+    fn err(
+        &mut self,
+        file: usize,
+        code: Code,
+        span: Span,
+        message: impl Into<String>,
+        label: impl Into<String>,
+    ) -> &mut Diagnostic {
         let f = &self.files[file];
-        let d = Builder { path: &f.path, source: &f.source }.error(code, span, message, label);
+        let d = Builder {
+            path: &f.path,
+            source: &f.source,
+        }
+        .error(code, span, message, label);
         self.diags.push((file, d));
         let last = self.diags.len() - 1;
         &mut self.diags[last].1
@@ -134,7 +159,11 @@ impl Cx {
                 continue;
             };
             *next += 1;
-            let base = self.files[f].path.parent().map(Path::to_path_buf).unwrap_or_default();
+            let base = self.files[f]
+                .path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
             let target = normalize(&base.join(&rel));
             if let Some(t) = self.files.iter().position(|l| normalize(&l.path) == target) {
                 self.files[f].imports.push(Some(t));
@@ -144,12 +173,22 @@ impl Cx {
                 if !done[t] {
                     // `t` is on the stack: this import closes a cycle.
                     let from = stack.iter().position(|(s, _)| *s == t).unwrap_or(0);
-                    let mut chain: Vec<String> =
-                        stack[from..].iter().map(|(s, _)| self.files[*s].path.display().to_string()).collect();
+                    let mut chain: Vec<String> = stack[from..]
+                        .iter()
+                        .map(|(s, _)| self.files[*s].path.display().to_string())
+                        .collect();
                     chain.push(self.files[t].path.display().to_string());
                     let chain = chain.join(" -> ");
-                    self.err(f, Code::ImportCycle, span, format!("import cycle: {chain}"), "this import closes the cycle")
-                        .help = Some("move the shared declarations into a file that imports neither".into());
+                    self.err(
+                        f,
+                        Code::ImportCycle,
+                        span,
+                        format!("import cycle: {chain}"),
+                        "this import closes the cycle",
+                    )
+                    .help = Some(
+                        "move the shared declarations into a file that imports neither".into(),
+                    );
                 }
                 continue;
             }
@@ -159,13 +198,27 @@ impl Cx {
                     self.files[f].poisoned_import = true;
                     let shown = target.display();
                     let why = io_reason(&e);
-                    self.err(f, Code::MissingImport, span, format!("cannot read imported file `{shown}`: {why}"), "imported here")
-                        .help = Some("import paths are relative to the folder of the importing file".into());
+                    self.err(
+                        f,
+                        Code::MissingImport,
+                        span,
+                        format!("cannot read imported file `{shown}`: {why}"),
+                        "imported here",
+                    )
+                    .help = Some(
+                        "import paths are relative to the folder of the importing file".into(),
+                    );
                 }
                 Ok(src) => {
                     let ast = self.parse(&target, &src);
                     let bad = ast.is_none();
-                    self.files.push(Loaded { path: target, source: src, ast, imports: Vec::new(), poisoned_import: false });
+                    self.files.push(Loaded {
+                        path: target,
+                        source: src,
+                        ast,
+                        imports: Vec::new(),
+                        poisoned_import: false,
+                    });
                     done.push(false);
                     let t = self.files.len() - 1;
                     self.files[f].imports.push(Some(t));
@@ -212,7 +265,11 @@ struct Scope {
 
 impl Scope {
     fn build(cx: &mut Cx, order: &[usize]) -> Scope {
-        let mut scope = Scope { types: HashMap::new(), consts: HashMap::new(), visible: Vec::new() };
+        let mut scope = Scope {
+            types: HashMap::new(),
+            consts: HashMap::new(),
+            visible: Vec::new(),
+        };
         for (i, f) in cx.files.iter().enumerate() {
             let mut v: HashSet<usize> = f.imports.iter().flatten().copied().collect();
             v.insert(i);
@@ -220,7 +277,9 @@ impl Scope {
         }
         let mut dups = Vec::new();
         for &f in order {
-            let Some(ast) = &cx.files[f].ast else { continue };
+            let Some(ast) = &cx.files[f].ast else {
+                continue;
+            };
             for (i, item) in ast.items.iter().enumerate() {
                 let (map, name, code, what) = match item {
                     Item::Struct(s) => (&mut scope.types, &s.name, Code::DuplicateType, "type"),
@@ -237,11 +296,23 @@ impl Scope {
             }
         }
         for (f, name, first, code, what) in dups {
-            let first_span = decl_name(cx, first).map(|n| n.span.clone()).unwrap_or_default();
+            let first_span = decl_name(cx, first)
+                .map(|n| n.span.clone())
+                .unwrap_or_default();
             let first_path = cx.files[first.file].path.clone();
-            cx.err(f, code, name.span.clone(), format!("the {what} `{}` is defined twice", name.name), "defined again here")
-                .labels
-                .push(crate::diag::Label { file: first_path, span: first_span, message: "first defined here".into() });
+            cx.err(
+                f,
+                code,
+                name.span.clone(),
+                format!("the {what} `{}` is defined twice", name.name),
+                "defined again here",
+            )
+            .labels
+            .push(crate::diag::Label {
+                file: first_path,
+                span: first_span,
+                message: "first defined here".into(),
+            });
         }
         scope
     }
@@ -275,12 +346,24 @@ struct ConstInfo {
 }
 
 const KNOWN_ATTRS: &[&str] = &[
-    "version", "buffer", "sync", "async", "queue", "no_queue", "timeout", "since", "id", "ordered", "one_shot",
+    "version",
+    "buffer",
+    "sync",
+    "async",
+    "queue",
+    "no_queue",
+    "timeout",
+    "since",
+    "id",
+    "ordered",
+    "one_shot",
     "idempotent",
 ];
 
-const BUILTIN_TYPES: &[&str] =
-    &["bool", "u8", "u16", "u32", "u64", "i8", "i16", "i32", "i64", "f32", "f64", "string", "bytes", "vec", "option", "result"];
+const BUILTIN_TYPES: &[&str] = &[
+    "bool", "u8", "u16", "u32", "u64", "i8", "i16", "i32", "i64", "f32", "f64", "string", "bytes",
+    "vec", "option", "result",
+];
 
 /// What a declaration is, for "attribute in the wrong place" messages.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -362,7 +445,9 @@ impl Cx {
         let sizes = self.type_sizes(scope, &types, order);
         let mut protocols = Vec::new();
         for &f in order {
-            let Some(ast) = self.files[f].ast.clone() else { continue };
+            let Some(ast) = self.files[f].ast.clone() else {
+                continue;
+            };
             let mut seen: HashMap<String, Span> = HashMap::new();
             for item in &ast.items {
                 match item {
@@ -370,9 +455,19 @@ impl Cx {
                         if let Some(first) = seen.get(&p.name.name) {
                             let path = self.files[f].path.clone();
                             let first = first.clone();
-                            self.err(f, Code::DuplicateProtocol, p.name.span.clone(), format!("the protocol `{}` is defined twice", p.name.name), "defined again here")
-                                .labels
-                                .push(crate::diag::Label { file: path, span: first, message: "first defined here".into() });
+                            self.err(
+                                f,
+                                Code::DuplicateProtocol,
+                                p.name.span.clone(),
+                                format!("the protocol `{}` is defined twice", p.name.name),
+                                "defined again here",
+                            )
+                            .labels
+                            .push(crate::diag::Label {
+                                file: path,
+                                span: first,
+                                message: "first defined here".into(),
+                            });
                         } else {
                             seen.insert(p.name.name.clone(), p.name.span.clone());
                         }
@@ -396,11 +491,15 @@ impl Cx {
         let mut model_types = Vec::new();
         let mut model_consts = Vec::new();
         for &f in order {
-            let Some(ast) = self.files[f].ast.clone() else { continue };
+            let Some(ast) = self.files[f].ast.clone() else {
+                continue;
+            };
             for item in &ast.items {
                 match item {
                     Item::Struct(s) => {
-                        let Some(Resolved::Struct(fields)) = types.get(&s.name.name) else { return None };
+                        let Some(Resolved::Struct(fields)) = types.get(&s.name.name) else {
+                            return None;
+                        };
                         model_types.push(model::TypeDef::Struct(model::Struct {
                             name: s.name.name.clone(),
                             docs: s.outer.docs.clone(),
@@ -410,7 +509,9 @@ impl Cx {
                         }));
                     }
                     Item::Enum(e) => {
-                        let Some(Resolved::Enum(variants)) = types.get(&e.name.name) else { return None };
+                        let Some(Resolved::Enum(variants)) = types.get(&e.name.name) else {
+                            return None;
+                        };
                         model_types.push(model::TypeDef::Enum(model::Enum {
                             name: e.name.name.clone(),
                             docs: e.outer.docs.clone(),
@@ -435,7 +536,12 @@ impl Cx {
         }
         let mut files = vec![self.files[0].path.clone()];
         files.extend(self.files.iter().skip(1).map(|f| f.path.clone()));
-        Some(model::Model { files, protocols: protocols?, types: model_types, consts: model_consts })
+        Some(model::Model {
+            files,
+            protocols: protocols?,
+            types: model_types,
+            consts: model_consts,
+        })
     }
 
     // ------------------------------------------------------------ consts
@@ -445,12 +551,18 @@ impl Cx {
         // Values first: a const's value is a literal and depends on nothing.
         let mut pending_bounds = Vec::new();
         for &f in order {
-            let Some(ast) = self.files[f].ast.clone() else { continue };
+            let Some(ast) = self.files[f].ast.clone() else {
+                continue;
+            };
             for (i, item) in ast.items.iter().enumerate() {
                 let Item::Const(c) = item else { continue };
-                let is_first = scope.consts.get(&c.name.name).is_some_and(|d| d.file == f && d.item == i);
+                let is_first = scope
+                    .consts
+                    .get(&c.name.name)
+                    .is_some_and(|d| d.file == f && d.item == i);
                 let value = self.const_value(f, c);
-                if let (Some(ConstValue::Str(_)), TypeKind::String(Some(_))) = (&value, &c.ty.kind) {
+                if let (Some(ConstValue::Str(_)), TypeKind::String(Some(_))) = (&value, &c.ty.kind)
+                {
                     pending_bounds.push((f, c.clone()));
                 }
                 if is_first {
@@ -460,15 +572,32 @@ impl Cx {
         }
         // Then string bounds, which may name other consts.
         for (f, c) in pending_bounds {
-            let TypeKind::String(Some(b)) = &c.ty.kind else { continue };
-            let Some(n) = self.bound(f, b, scope, &out) else { continue };
-            if let Literal::Str(s, span) = &c.value {
-                if s.len() as u64 > n {
-                    self.err(f, Code::ConstTypeMismatch, span.clone(), format!("the string is {} bytes long, but `{}` holds at most {n}", s.len(), c.name.name), "too long")
-                        .help = Some(format!("shorten it, or raise the bound of `{}`", c.name.name));
-                    if let Some(info) = out.get_mut(&c.name.name) {
-                        info.value = None;
-                    }
+            let TypeKind::String(Some(b)) = &c.ty.kind else {
+                continue;
+            };
+            let Some(n) = self.bound(f, b, scope, &out) else {
+                continue;
+            };
+            if let Literal::Str(s, span) = &c.value
+                && s.len() as u64 > n
+            {
+                self.err(
+                    f,
+                    Code::ConstTypeMismatch,
+                    span.clone(),
+                    format!(
+                        "the string is {} bytes long, but `{}` holds at most {n}",
+                        s.len(),
+                        c.name.name
+                    ),
+                    "too long",
+                )
+                .help = Some(format!(
+                    "shorten it, or raise the bound of `{}`",
+                    c.name.name
+                ));
+                if let Some(info) = out.get_mut(&c.name.name) {
+                    info.value = None;
                 }
             }
         }
@@ -482,13 +611,21 @@ impl Cx {
                 let (lo, hi) = s.int_range()?;
                 let v = self.int_value(f, lit)?;
                 if v < lo || v > hi {
-                    self.err(f, Code::ConstTypeMismatch, lit.span.clone(), format!("{v} does not fit in `{}` ({lo}..={hi})", s.name()), "out of range")
-                        .help = Some("use a wider integer type".into());
+                    self.err(
+                        f,
+                        Code::ConstTypeMismatch,
+                        lit.span.clone(),
+                        format!("{v} does not fit in `{}` ({lo}..={hi})", s.name()),
+                        "out of range",
+                    )
+                    .help = Some("use a wider integer type".into());
                     return None;
                 }
                 Some(ConstValue::Int(v))
             }
-            (TypeKind::Scalar(ast::Scalar::Bool), Literal::Bool(b, _)) => Some(ConstValue::Bool(*b)),
+            (TypeKind::Scalar(ast::Scalar::Bool), Literal::Bool(b, _)) => {
+                Some(ConstValue::Bool(*b))
+            }
             (TypeKind::String(_), Literal::Str(s, _)) => Some(ConstValue::Str(s.clone())),
             (TypeKind::Scalar(ast::Scalar::F32 | ast::Scalar::F64), _)
             | (
@@ -501,8 +638,14 @@ impl Cx {
                 | TypeKind::Named(_),
                 _,
             ) => {
-                self.err(f, Code::BadConstType, c.ty.span.clone(), format!("a const cannot have the type `{ty_text}`"), "not an integer, `bool` or `string`")
-                    .help = Some("consts are integers (`u8`..`i64`), `bool` or `string`".into());
+                self.err(
+                    f,
+                    Code::BadConstType,
+                    c.ty.span.clone(),
+                    format!("a const cannot have the type `{ty_text}`"),
+                    "not an integer, `bool` or `string`",
+                )
+                .help = Some("consts are integers (`u8`..`i64`), `bool` or `string`".into());
                 None
             }
             (_, lit) => {
@@ -511,26 +654,51 @@ impl Cx {
                     Literal::Bool(..) => "a bool",
                     Literal::Str(..) => "a string",
                 };
-                self.err(f, Code::ConstTypeMismatch, lit.span(), format!("`{}` is declared `{ty_text}` but its value is {found}", c.name.name), format!("expected a value of type `{ty_text}`"));
+                self.err(
+                    f,
+                    Code::ConstTypeMismatch,
+                    lit.span(),
+                    format!(
+                        "`{}` is declared `{ty_text}` but its value is {found}",
+                        c.name.name
+                    ),
+                    format!("expected a value of type `{ty_text}`"),
+                );
                 None
             }
         }
     }
 
     fn text(&self, f: usize, span: &Span) -> String {
-        self.files[f].source.get(span.clone()).unwrap_or("").to_string()
+        self.files[f]
+            .source
+            .get(span.clone())
+            .unwrap_or("")
+            .to_string()
     }
 
     fn int_value(&mut self, f: usize, lit: &ast::IntLit) -> Option<i128> {
         if lit.value.is_none() {
-            self.err(f, Code::IntegerTooLarge, lit.span.clone(), "this integer does not fit in 64 bits", "too large");
+            self.err(
+                f,
+                Code::IntegerTooLarge,
+                lit.span.clone(),
+                "this integer does not fit in 64 bits",
+                "too large",
+            );
         }
         lit.value
     }
 
     /// An integer written as a literal or a const name (bounds, sizes,
     /// attribute arguments).
-    fn int_or_const(&mut self, f: usize, b: &Bound, scope: &Scope, consts: &HashMap<String, ConstInfo>) -> Option<i128> {
+    fn int_or_const(
+        &mut self,
+        f: usize,
+        b: &Bound,
+        scope: &Scope,
+        consts: &HashMap<String, ConstInfo>,
+    ) -> Option<i128> {
         match b {
             Bound::Int(lit) => self.int_value(f, lit),
             Bound::Const(name) => {
@@ -539,7 +707,13 @@ impl Cx {
                         return None;
                     }
                     let candidates = visible_names(self, scope, f, false);
-                    let d = self.err(f, Code::UnknownConst, name.span.clone(), format!("unknown const `{}`", name.name), "not defined");
+                    let d = self.err(
+                        f,
+                        Code::UnknownConst,
+                        name.span.clone(),
+                        format!("unknown const `{}`", name.name),
+                        "not defined",
+                    );
                     if let Some(s) = suggest(&name.name, candidates.iter().map(String::as_str)) {
                         d.help = Some(format!("did you mean `{s}`?"));
                     }
@@ -547,16 +721,35 @@ impl Cx {
                 };
                 if !scope.visible[f].contains(&decl.file) {
                     let where_ = self.files[decl.file].path.display().to_string();
-                    self.err(f, Code::UnknownConst, name.span.clone(), format!("unknown const `{}`", name.name), "not imported")
-                        .help = Some(format!("`{}` is defined in `{where_}`: import that file", name.name));
+                    self.err(
+                        f,
+                        Code::UnknownConst,
+                        name.span.clone(),
+                        format!("unknown const `{}`", name.name),
+                        "not imported",
+                    )
+                    .help = Some(format!(
+                        "`{}` is defined in `{where_}`: import that file",
+                        name.name
+                    ));
                     return None;
                 }
                 match consts.get(&name.name).and_then(|c| c.value.clone())? {
                     ConstValue::Int(v) => Some(v),
                     other => {
-                        let kind = if matches!(other, ConstValue::Bool(_)) { "a bool" } else { "a string" };
-                        self.err(f, Code::NonIntegerBound, name.span.clone(), format!("`{}` is {kind}, not an integer", name.name), "used as a bound here")
-                            .help = Some("bounds and sizes need an integer const".into());
+                        let kind = if matches!(other, ConstValue::Bool(_)) {
+                            "a bool"
+                        } else {
+                            "a string"
+                        };
+                        self.err(
+                            f,
+                            Code::NonIntegerBound,
+                            name.span.clone(),
+                            format!("`{}` is {kind}, not an integer", name.name),
+                            "used as a bound here",
+                        )
+                        .help = Some("bounds and sizes need an integer const".into());
                         None
                     }
                 }
@@ -565,7 +758,13 @@ impl Cx {
     }
 
     /// A bound: at least 1, at most `u32::MAX` (lengths are `u32`).
-    fn bound(&mut self, f: usize, b: &Bound, scope: &Scope, consts: &HashMap<String, ConstInfo>) -> Option<u64> {
+    fn bound(
+        &mut self,
+        f: usize,
+        b: &Bound,
+        scope: &Scope,
+        consts: &HashMap<String, ConstInfo>,
+    ) -> Option<u64> {
         let v = self.int_or_const(f, b, scope, consts)?;
         if v <= 0 {
             self.err(f, Code::ZeroBound, b.span(), format!("a bound must be at least 1, this one is {v}"), "zero bound")
@@ -573,8 +772,17 @@ impl Cx {
             return None;
         }
         if v > i128::from(u32::MAX) {
-            self.err(f, Code::BoundTooLarge, b.span(), format!("the bound {v} is larger than {} (lengths are `u32` on the wire)", u32::MAX), "too large")
-                .help = Some("use an unbounded `string`, `bytes` or `vec<T>`".into());
+            self.err(
+                f,
+                Code::BoundTooLarge,
+                b.span(),
+                format!(
+                    "the bound {v} is larger than {} (lengths are `u32` on the wire)",
+                    u32::MAX
+                ),
+                "too large",
+            )
+            .help = Some("use an unbounded `string`, `bytes` or `vec<T>`".into());
             return None;
         }
         u64::try_from(v).ok()
@@ -584,8 +792,15 @@ impl Cx {
 
     /// Resolves a type as written; reports every error in it. `None` when
     /// something in it is wrong (poisoned).
-    fn resolve(&mut self, f: usize, t: &ast::Type, pos: Pos, scope: &Scope, consts: &HashMap<String, ConstInfo>) -> Option<Type> {
-        let r = match &t.kind {
+    fn resolve(
+        &mut self,
+        f: usize,
+        t: &ast::Type,
+        pos: Pos,
+        scope: &Scope,
+        consts: &HashMap<String, ConstInfo>,
+    ) -> Option<Type> {
+        match &t.kind {
             TypeKind::Scalar(s) => Some(Type::Scalar(*s)),
             TypeKind::String(b) => {
                 let n = b.as_ref().map(|b| self.bound(f, b, scope, consts));
@@ -615,7 +830,13 @@ impl Cx {
                 };
                 Some(Type::Vec(Box::new(inner?), n))
             }
-            TypeKind::Option(inner) => Some(Type::Option(Box::new(self.resolve(f, inner, Pos::Other, scope, consts)?))),
+            TypeKind::Option(inner) => Some(Type::Option(Box::new(self.resolve(
+                f,
+                inner,
+                Pos::Other,
+                scope,
+                consts,
+            )?))),
             TypeKind::Result(ok, err) => {
                 if pos != Pos::Return {
                     self.err(f, Code::MisplacedResult, t.span.clone(), "`result` is only allowed as the return type of a fn", "not a return type")
@@ -630,7 +851,13 @@ impl Cx {
             }
             TypeKind::Unit => {
                 if pos != Pos::ResultOk {
-                    let d = self.err(f, Code::MisplacedUnit, t.span.clone(), "`()` is only allowed as the `T` of `result<T, E>`", "not allowed here");
+                    let d = self.err(
+                        f,
+                        Code::MisplacedUnit,
+                        t.span.clone(),
+                        "`()` is only allowed as the `T` of `result<T, E>`",
+                        "not allowed here",
+                    );
                     if pos == Pos::Return {
                         d.help = Some("for a call that waits for completion without a value, write `@sync fn` without a return type".into());
                     }
@@ -644,7 +871,13 @@ impl Cx {
                         return None;
                     }
                     let candidates = visible_names(self, scope, f, true);
-                    let d = self.err(f, Code::UnknownType, name.span.clone(), format!("unknown type `{}`", name.name), "not defined");
+                    let d = self.err(
+                        f,
+                        Code::UnknownType,
+                        name.span.clone(),
+                        format!("unknown type `{}`", name.name),
+                        "not defined",
+                    );
                     if let Some(s) = suggest(&name.name, candidates.iter().map(String::as_str)) {
                         d.help = Some(format!("did you mean `{s}`?"));
                     }
@@ -652,30 +885,56 @@ impl Cx {
                 };
                 if !scope.visible[f].contains(&decl.file) {
                     let where_ = self.files[decl.file].path.display().to_string();
-                    self.err(f, Code::UnknownType, name.span.clone(), format!("unknown type `{}`", name.name), "not imported")
-                        .help = Some(format!("`{}` is defined in `{where_}`: import that file", name.name));
+                    self.err(
+                        f,
+                        Code::UnknownType,
+                        name.span.clone(),
+                        format!("unknown type `{}`", name.name),
+                        "not imported",
+                    )
+                    .help = Some(format!(
+                        "`{}` is defined in `{where_}`: import that file",
+                        name.name
+                    ));
                     return None;
                 }
                 Some(Type::Named(name.name.clone()))
             }
-        };
-        r
+        }
     }
 
     /// Resolves a type that was already checked (no new diagnostics).
-    fn resolve_quiet(&mut self, f: usize, t: &ast::Type, scope: &Scope, consts: &HashMap<String, ConstInfo>) -> Option<Type> {
+    fn resolve_quiet(
+        &mut self,
+        f: usize,
+        t: &ast::Type,
+        scope: &Scope,
+        consts: &HashMap<String, ConstInfo>,
+    ) -> Option<Type> {
         let before = self.diags.len();
         let r = self.resolve(f, t, Pos::Other, scope, consts);
         self.diags.truncate(before);
         r
     }
 
-    fn check_types(&mut self, scope: &Scope, consts: &HashMap<String, ConstInfo>, order: &[usize]) -> HashMap<String, Resolved> {
+    fn check_types(
+        &mut self,
+        scope: &Scope,
+        consts: &HashMap<String, ConstInfo>,
+        order: &[usize],
+    ) -> HashMap<String, Resolved> {
         let mut out = HashMap::new();
         for &f in order {
-            let Some(ast) = self.files[f].ast.clone() else { continue };
+            let Some(ast) = self.files[f].ast.clone() else {
+                continue;
+            };
             for (i, item) in ast.items.iter().enumerate() {
-                let is_first = |name: &Ident| scope.types.get(&name.name).is_some_and(|d| d.file == f && d.item == i);
+                let is_first = |name: &Ident| {
+                    scope
+                        .types
+                        .get(&name.name)
+                        .is_some_and(|d| d.file == f && d.item == i)
+                };
                 match item {
                     Item::Struct(s) => {
                         self.check_attrs(f, &s.outer, Target::Struct, scope, consts);
@@ -685,13 +944,23 @@ impl Cx {
                             self.check_attrs(f, &field.outer, Target::Field, scope, consts);
                             if let Some(first) = seen.get(field.name.name.as_str()) {
                                 let first = first.clone();
-                                self.dup(f, Code::DuplicateField, &field.name, first, &format!("struct `{}` has two fields named", s.name.name));
+                                self.dup(
+                                    f,
+                                    Code::DuplicateField,
+                                    &field.name,
+                                    first,
+                                    &format!("struct `{}` has two fields named", s.name.name),
+                                );
                             } else {
                                 seen.insert(&field.name.name, field.name.span.clone());
                             }
                             let ty = self.resolve(f, &field.ty, Pos::Other, scope, consts);
                             match (ty, &mut fields) {
-                                (Some(ty), Some(v)) => v.push(model::Field { name: field.name.name.clone(), docs: field.outer.docs.clone(), ty }),
+                                (Some(ty), Some(v)) => v.push(model::Field {
+                                    name: field.name.name.clone(),
+                                    docs: field.outer.docs.clone(),
+                                    ty,
+                                }),
                                 _ => fields = None,
                             }
                         }
@@ -718,7 +987,13 @@ impl Cx {
         out
     }
 
-    fn check_enum(&mut self, f: usize, e: &ast::Enum, scope: &Scope, consts: &HashMap<String, ConstInfo>) -> Option<Vec<model::Variant>> {
+    fn check_enum(
+        &mut self,
+        f: usize,
+        e: &ast::Enum,
+        scope: &Scope,
+        consts: &HashMap<String, ConstInfo>,
+    ) -> Option<Vec<model::Variant>> {
         let mut seen: HashMap<&str, Span> = HashMap::new();
         let mut discs: HashMap<u32, (String, Span)> = HashMap::new();
         let mut variants = Some(Vec::new());
@@ -728,7 +1003,13 @@ impl Cx {
             self.check_attrs(f, &v.outer, Target::Variant, scope, consts);
             if let Some(first) = seen.get(v.name.name.as_str()) {
                 let first = first.clone();
-                self.dup(f, Code::DuplicateVariant, &v.name, first, &format!("enum `{}` has two variants named", e.name.name));
+                self.dup(
+                    f,
+                    Code::DuplicateVariant,
+                    &v.name,
+                    first,
+                    &format!("enum `{}` has two variants named", e.name.name),
+                );
             } else {
                 seen.insert(&v.name.name, v.name.span.clone());
             }
@@ -739,8 +1020,18 @@ impl Cx {
             let disc = match value {
                 Some(d) if (0..=i128::from(u32::MAX)).contains(&d) => u32::try_from(d).ok(),
                 Some(d) => {
-                    self.err(f, Code::DiscriminantOutOfRange, span.clone(), format!("the discriminant of `{}` is {d}, outside 0..={}", v.name.name, u32::MAX), "out of range")
-                        .help = Some("discriminants are `u32` on the wire".into());
+                    self.err(
+                        f,
+                        Code::DiscriminantOutOfRange,
+                        span.clone(),
+                        format!(
+                            "the discriminant of `{}` is {d}, outside 0..={}",
+                            v.name.name,
+                            u32::MAX
+                        ),
+                        "out of range",
+                    )
+                    .help = Some("discriminants are `u32` on the wire".into());
                     None
                 }
                 None => None,
@@ -750,18 +1041,28 @@ impl Cx {
                 if let Some((first_name, first_span)) = discs.get(&d) {
                     let (first_name, first_span) = (first_name.clone(), first_span.clone());
                     let path = self.files[f].path.clone();
-                    self.err(f, Code::DuplicateDiscriminant, span, format!("`{}` and `{first_name}` of enum `{}` both have discriminant {d}", v.name.name, e.name.name), format!("discriminant {d}"))
-                        .labels
-                        .push(crate::diag::Label { file: path, span: first_span, message: format!("`{first_name}` has it already") });
+                    self.err(
+                        f,
+                        Code::DuplicateDiscriminant,
+                        span,
+                        format!(
+                            "`{}` and `{first_name}` of enum `{}` both have discriminant {d}",
+                            v.name.name, e.name.name
+                        ),
+                        format!("discriminant {d}"),
+                    )
+                    .labels
+                    .push(crate::diag::Label {
+                        file: path,
+                        span: first_span,
+                        message: format!("`{first_name}` has it already"),
+                    });
                 } else {
                     discs.insert(d, (v.name.name.clone(), span));
                 }
             }
             let payload = match &v.payload {
-                Some(t) => match self.resolve(f, t, Pos::Other, scope, consts) {
-                    Some(t) => Some(Some(t)),
-                    None => None,
-                },
+                Some(t) => self.resolve(f, t, Pos::Other, scope, consts).map(Some),
                 None => Some(None),
             };
             match (payload, disc, &mut variants) {
@@ -779,26 +1080,50 @@ impl Cx {
 
     fn dup(&mut self, f: usize, code: Code, name: &Ident, first: Span, what: &str) {
         let path = self.files[f].path.clone();
-        self.err(f, code, name.span.clone(), format!("{what} `{}`", name.name), "defined again here")
-            .labels
-            .push(crate::diag::Label { file: path, span: first, message: "first defined here".into() });
+        self.err(
+            f,
+            code,
+            name.span.clone(),
+            format!("{what} `{}`", name.name),
+            "defined again here",
+        )
+        .labels
+        .push(crate::diag::Label {
+            file: path,
+            span: first,
+            message: "first defined here".into(),
+        });
     }
 
     /// Infinite types (E0016), then the largest encoding of every type.
-    fn type_sizes(&mut self, scope: &Scope, types: &HashMap<String, Resolved>, order: &[usize]) -> HashMap<String, Max> {
+    fn type_sizes(
+        &mut self,
+        scope: &Scope,
+        types: &HashMap<String, Resolved>,
+        order: &[usize],
+    ) -> HashMap<String, Max> {
         // Stable order: the declaration order over files.
         let mut names: Vec<String> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::new();
         for &f in order {
-            let Some(ast) = &self.files[f].ast else { continue };
+            let Some(ast) = &self.files[f].ast else {
+                continue;
+            };
             for item in &ast.items {
-                if let Item::Struct(ast::Struct { name, .. }) | Item::Enum(ast::Enum { name, .. }) = item {
-                    if types.contains_key(&name.name) && !names.contains(&name.name) {
-                        names.push(name.name.clone());
-                    }
+                if let Item::Struct(ast::Struct { name, .. }) | Item::Enum(ast::Enum { name, .. }) =
+                    item
+                    && types.contains_key(&name.name)
+                    && seen.insert(name.name.as_str())
+                {
+                    names.push(name.name.clone());
                 }
             }
         }
-        let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        let index: HashMap<&str, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
         let mut direct: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
         let mut all: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
         for (i, n) in names.iter().enumerate() {
@@ -840,7 +1165,9 @@ impl Cx {
             let mut pos_in_path: HashMap<usize, usize> = HashMap::from([(start, 0)]);
             let mut cur = start;
             let cycle = loop {
-                let Some(&nx) = direct[cur].iter().find(|&&j| left[j]) else { break None };
+                let Some(&nx) = direct[cur].iter().find(|&&j| left[j]) else {
+                    break None;
+                };
                 if let Some(&p) = pos_in_path.get(&nx) {
                     break Some(path[p..].to_vec());
                 }
@@ -860,9 +1187,20 @@ impl Cx {
             let chain = chain.join("` -> `");
             let head = &names[cycle[0]];
             if let Some(decl) = scope.types.get(head) {
-                let span = decl_name(self, *decl).map(|n| n.span.clone()).unwrap_or_default();
-                self.err(decl.file, Code::InfiniteType, span, format!("type `{head}` contains itself and has infinite size: `{chain}`"), "recursive without indirection")
-                    .help = Some("break the cycle with `option<...>` or `vec<...>` around one of these fields".into());
+                let span = decl_name(self, *decl)
+                    .map(|n| n.span.clone())
+                    .unwrap_or_default();
+                self.err(
+                    decl.file,
+                    Code::InfiniteType,
+                    span,
+                    format!("type `{head}` contains itself and has infinite size: `{chain}`"),
+                    "recursive without indirection",
+                )
+                .help = Some(
+                    "break the cycle with `option<...>` or `vec<...>` around one of these fields"
+                        .into(),
+                );
             }
         }
 
@@ -875,11 +1213,18 @@ impl Cx {
             done[i] = true;
             let m = match types.get(&names[i]) {
                 Some(Resolved::Struct(Some(fields))) => {
-                    fields.iter().fold(Max::Bytes(0), |acc, fl| sizes::add(acc, type_max(&fl.ty, &sizes)))
+                    fields.iter().fold(Max::Bytes(0), |acc, fl| {
+                        sizes::add(acc, type_max(&fl.ty, &sizes))
+                    })
                 }
                 Some(Resolved::Enum(Some(vs))) => {
                     let payload = vs.iter().fold(Max::Bytes(0), |acc, v| {
-                        sizes::max(acc, v.payload.as_ref().map_or(Max::Bytes(0), |p| type_max(p, &sizes)))
+                        sizes::max(
+                            acc,
+                            v.payload
+                                .as_ref()
+                                .map_or(Max::Bytes(0), |p| type_max(p, &sizes)),
+                        )
                     });
                     sizes::plus(payload, 4)
                 }
@@ -887,9 +1232,20 @@ impl Cx {
             };
             let m = if m == Max::Overflow {
                 if let Some(decl) = scope.types.get(&names[i]) {
-                    let span = decl_name(self, *decl).map(|n| n.span.clone()).unwrap_or_default();
-                    self.err(decl.file, Code::SizeOverflow, span, format!("the largest encoding of `{}` does not fit in 64 bits", names[i]), "too large")
-                        .help = Some("lower the bounds inside it".into());
+                    let span = decl_name(self, *decl)
+                        .map(|n| n.span.clone())
+                        .unwrap_or_default();
+                    self.err(
+                        decl.file,
+                        Code::SizeOverflow,
+                        span,
+                        format!(
+                            "the largest encoding of `{}` does not fit in 64 bits",
+                            names[i]
+                        ),
+                        "too large",
+                    )
+                    .help = Some("lower the bounds inside it".into());
                 }
                 // Reported once here; users of the type see it as unbounded.
                 Max::Unbounded
@@ -908,48 +1264,101 @@ impl Cx {
 
     // ------------------------------------------------------------ attributes
 
-    fn check_attrs(&mut self, f: usize, outer: &ast::Outer, target: Target, scope: &Scope, consts: &HashMap<String, ConstInfo>) -> Attrs {
+    fn check_attrs(
+        &mut self,
+        f: usize,
+        outer: &ast::Outer,
+        target: Target,
+        scope: &Scope,
+        consts: &HashMap<String, ConstInfo>,
+    ) -> Attrs {
         let mut attrs = Attrs::default();
         let mut seen: HashMap<&str, Span> = HashMap::new();
         for a in &outer.attributes {
             let name = a.name.name.as_str();
             if !KNOWN_ATTRS.contains(&name) {
-                let d = self.err(f, Code::UnknownAttribute, a.span.clone(), format!("unknown attribute `@{name}`"), "not an IDL attribute");
+                let d = self.err(
+                    f,
+                    Code::UnknownAttribute,
+                    a.span.clone(),
+                    format!("unknown attribute `@{name}`"),
+                    "not an IDL attribute",
+                );
                 d.help = Some(match suggest(name, KNOWN_ATTRS.iter().copied()) {
                     Some(s) => format!("did you mean `@{s}`?"),
-                    None => format!("the attributes are {}", KNOWN_ATTRS.iter().map(|a| format!("`@{a}`")).collect::<Vec<_>>().join(", ")),
+                    None => format!(
+                        "the attributes are {}",
+                        KNOWN_ATTRS
+                            .iter()
+                            .map(|a| format!("`@{a}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 });
                 continue;
             }
             if let Some(first) = seen.get(name) {
                 let first = first.clone();
                 let path = self.files[f].path.clone();
-                self.err(f, Code::DuplicateAttribute, a.span.clone(), format!("`@{name}` is given twice"), "again here")
-                    .labels
-                    .push(crate::diag::Label { file: path, span: first, message: "first given here".into() });
+                self.err(
+                    f,
+                    Code::DuplicateAttribute,
+                    a.span.clone(),
+                    format!("`@{name}` is given twice"),
+                    "again here",
+                )
+                .labels
+                .push(crate::diag::Label {
+                    file: path,
+                    span: first,
+                    message: "first given here".into(),
+                });
                 continue;
             }
             seen.insert(name, a.span.clone());
             if let Some(place) = attr_allowed(name, target) {
                 if name == "async" && target == Target::TwoWayFn {
-                    self.err(f, Code::AsyncWithReturn, a.span.clone(), "`@async` on a fn that returns a value", "a fn with `-> T` is two-way")
-                        .help = Some("remove `@async`, or remove the return type to make the fn one-way".into());
+                    self.err(
+                        f,
+                        Code::AsyncWithReturn,
+                        a.span.clone(),
+                        "`@async` on a fn that returns a value",
+                        "a fn with `-> T` is two-way",
+                    )
+                    .help = Some(
+                        "remove `@async`, or remove the return type to make the fn one-way".into(),
+                    );
                     continue;
                 }
-                let d = self.err(f, Code::MisplacedAttribute, a.span.clone(), format!("`@{name}` cannot stand on {}", target.describe()), format!("only on {place}"));
+                let d = self.err(
+                    f,
+                    Code::MisplacedAttribute,
+                    a.span.clone(),
+                    format!("`@{name}` cannot stand on {}", target.describe()),
+                    format!("only on {place}"),
+                );
                 if name == "timeout" && target == Target::OneWayFn {
-                    d.help = Some("a one-way fn gets no reply to wait for: add `@sync` or a return type".into());
+                    d.help = Some(
+                        "a one-way fn gets no reply to wait for: add `@sync` or a return type"
+                            .into(),
+                    );
                 }
                 continue;
             }
             match name {
                 "sync" | "async" | "no_queue" | "ordered" | "one_shot" | "idempotent" => {
-                    if let Some(args) = &a.args {
-                        if !args.is_empty() {
-                            self.err(f, Code::BadAttributeArgument, a.span.clone(), format!("`@{name}` takes no arguments"), "unexpected arguments")
-                                .help = Some(format!("write `@{name}`"));
-                            continue;
-                        }
+                    if let Some(args) = &a.args
+                        && !args.is_empty()
+                    {
+                        self.err(
+                            f,
+                            Code::BadAttributeArgument,
+                            a.span.clone(),
+                            format!("`@{name}` takes no arguments"),
+                            "unexpected arguments",
+                        )
+                        .help = Some(format!("write `@{name}`"));
+                        continue;
                     }
                     let span = a.span.clone();
                     match name {
@@ -975,11 +1384,23 @@ impl Cx {
                     }
                 }
                 _ => {
-                    let Some(v) = self.attr_int(f, a, scope, consts) else { continue };
-                    let arg_span = a.args.as_ref().and_then(|x| x.first()).map_or(a.span.clone(), AttrArg::span);
+                    let Some(v) = self.attr_int(f, a, scope, consts) else {
+                        continue;
+                    };
+                    let arg_span = a
+                        .args
+                        .as_ref()
+                        .and_then(|x| x.first())
+                        .map_or(a.span.clone(), AttrArg::span);
                     let positive = |cx: &mut Cx, what: &str, max: u128| -> Option<u64> {
                         if v < 1 || v as u128 > max {
-                            cx.err(f, Code::BadAttributeArgument, arg_span.clone(), format!("`@{name}` needs {what} from 1 to {max}, not {v}"), "out of range");
+                            cx.err(
+                                f,
+                                Code::BadAttributeArgument,
+                                arg_span.clone(),
+                                format!("`@{name}` needs {what} from 1 to {max}, not {v}"),
+                                "out of range",
+                            );
                             return None;
                         }
                         u64::try_from(v).ok()
@@ -987,11 +1408,19 @@ impl Cx {
                     match name {
                         "version" | "since" => {
                             if v == 0 {
-                                self.err(f, Code::ZeroVersion, arg_span.clone(), format!("`@{name}(0)`: versions start at 1"), "version 0")
-                                    .help = Some(format!("write `@{name}(1)` or more"));
+                                self.err(
+                                    f,
+                                    Code::ZeroVersion,
+                                    arg_span.clone(),
+                                    format!("`@{name}(0)`: versions start at 1"),
+                                    "version 0",
+                                )
+                                .help = Some(format!("write `@{name}(1)` or more"));
                                 continue;
                             }
-                            let Some(n) = positive(self, "a version", u32::MAX.into()) else { continue };
+                            let Some(n) = positive(self, "a version", u32::MAX.into()) else {
+                                continue;
+                            };
                             let n = u32::try_from(n).unwrap_or(u32::MAX);
                             if name == "version" {
                                 attrs.version = Some(n);
@@ -999,16 +1428,26 @@ impl Cx {
                                 attrs.since = Some((n, arg_span));
                             }
                         }
-                        "buffer" => attrs.buffer = positive(self, "a size in bytes", u64::MAX.into()),
+                        "buffer" => {
+                            attrs.buffer = positive(self, "a size in bytes", u64::MAX.into())
+                        }
                         "queue" => {
                             attrs.queue = positive(self, "a message count", u32::MAX.into())
                                 .and_then(|n| u32::try_from(n).ok())
                                 .map(|n| (n, a.span.clone()))
                         }
-                        "timeout" => attrs.timeout = positive(self, "milliseconds", u64::MAX.into()),
+                        "timeout" => {
+                            attrs.timeout = positive(self, "milliseconds", u64::MAX.into())
+                        }
                         "id" => {
                             if v < 0 || v > i128::from(u32::MAX) {
-                                self.err(f, Code::BadAttributeArgument, arg_span, format!("`@id` needs an id from 0 to {}, not {v}", u32::MAX), "out of range");
+                                self.err(
+                                    f,
+                                    Code::BadAttributeArgument,
+                                    arg_span,
+                                    format!("`@id` needs an id from 0 to {}, not {v}", u32::MAX),
+                                    "out of range",
+                                );
                                 continue;
                             }
                             attrs.id = u32::try_from(v).ok();
@@ -1020,8 +1459,16 @@ impl Cx {
         }
         if let (Some(_), Some(s)) = (&attrs.sync, &attrs.is_async) {
             let s = s.clone();
-            self.err(f, Code::ConflictingAttributes, s, "`@sync` and `@async` contradict each other", "conflicts with `@sync`")
-                .help = Some("keep `@sync` to wait for completion, or `@async` to return once queued".into());
+            self.err(
+                f,
+                Code::ConflictingAttributes,
+                s,
+                "`@sync` and `@async` contradict each other",
+                "conflicts with `@sync`",
+            )
+            .help = Some(
+                "keep `@sync` to wait for completion, or `@async` to return once queued".into(),
+            );
         }
         if let (Some(_), Some(s)) = (&attrs.queue, &attrs.no_queue) {
             let s = s.clone();
@@ -1029,7 +1476,11 @@ impl Cx {
                 .help = Some("`@no_queue` drops the message when the ring is full; `@queue(N)` sizes the ring to hold N".into());
         }
         if attrs.sync.is_some() {
-            let span = attrs.queue.as_ref().map(|q| q.1.clone()).or_else(|| attrs.no_queue.clone());
+            let span = attrs
+                .queue
+                .as_ref()
+                .map(|q| q.1.clone())
+                .or_else(|| attrs.no_queue.clone());
             if let Some(span) = span {
                 self.err(f, Code::ConflictingAttributes, span, "`@queue` and `@no_queue` do not apply to a `@sync` fn, which waits for its completion", "conflicts with `@sync`");
             }
@@ -1038,19 +1489,45 @@ impl Cx {
     }
 
     /// The single integer argument of `@name(N)`.
-    fn attr_int(&mut self, f: usize, a: &Attribute, scope: &Scope, consts: &HashMap<String, ConstInfo>) -> Option<i128> {
+    fn attr_int(
+        &mut self,
+        f: usize,
+        a: &Attribute,
+        scope: &Scope,
+        consts: &HashMap<String, ConstInfo>,
+    ) -> Option<i128> {
         let name = &a.name.name;
-        let what = if name == "buffer" { "a size" } else { "an integer" };
+        let what = if name == "buffer" {
+            "a size"
+        } else {
+            "an integer"
+        };
         match a.args.as_deref() {
-            Some([AttrArg::Int(lit)]) => self.int_or_const(f, &Bound::Int(lit.clone()), scope, consts),
-            Some([AttrArg::Ident(id)]) => self.int_or_const(f, &Bound::Const(id.clone()), scope, consts),
+            Some([AttrArg::Int(lit)]) => {
+                self.int_or_const(f, &Bound::Int(lit.clone()), scope, consts)
+            }
+            Some([AttrArg::Ident(id)]) => {
+                self.int_or_const(f, &Bound::Const(id.clone()), scope, consts)
+            }
             Some([other]) => {
-                self.err(f, Code::BadAttributeArgument, other.span(), format!("`@{name}` needs {what}"), "not an integer");
+                self.err(
+                    f,
+                    Code::BadAttributeArgument,
+                    other.span(),
+                    format!("`@{name}` needs {what}"),
+                    "not an integer",
+                );
                 None
             }
             _ => {
-                self.err(f, Code::BadAttributeArgument, a.span.clone(), format!("`@{name}` needs exactly one argument, {what}"), "wrong number of arguments")
-                    .help = Some(format!("write `@{name}(N)`"));
+                self.err(
+                    f,
+                    Code::BadAttributeArgument,
+                    a.span.clone(),
+                    format!("`@{name}` needs exactly one argument, {what}"),
+                    "wrong number of arguments",
+                )
+                .help = Some(format!("write `@{name}(N)`"));
                 None
             }
         }
@@ -1068,8 +1545,17 @@ impl Cx {
     ) -> Option<model::Protocol> {
         let name_len = p.name.name.len();
         if name_len > shm_layout::PROTOCOL_NAME_MAX {
-            self.err(f, Code::ProtocolNameTooLong, p.name.span.clone(), format!("the protocol name is {name_len} bytes long; the ring header stores at most {}", shm_layout::PROTOCOL_NAME_MAX), "too long")
-                .help = Some("choose a shorter name".into());
+            self.err(
+                f,
+                Code::ProtocolNameTooLong,
+                p.name.span.clone(),
+                format!(
+                    "the protocol name is {name_len} bytes long; the ring header stores at most {}",
+                    shm_layout::PROTOCOL_NAME_MAX
+                ),
+                "too long",
+            )
+            .help = Some("choose a shorter name".into());
         }
         let pattrs = self.check_attrs(f, &p.outer, Target::Protocol, scope, consts);
         let version = pattrs.version.unwrap_or(1);
@@ -1083,14 +1569,22 @@ impl Cx {
         for m in &p.members {
             if let Some(first) = names.get(m.name.name.as_str()) {
                 let first = first.clone();
-                self.dup(f, Code::DuplicateMember, &m.name, first, &format!("protocol `{}` has two members named", p.name.name));
+                self.dup(
+                    f,
+                    Code::DuplicateMember,
+                    &m.name,
+                    first,
+                    &format!("protocol `{}` has two members named", p.name.name),
+                );
             } else {
                 names.insert(&m.name.name, m.name.span.clone());
             }
             let target = match (m.kind, &m.returns) {
                 (MemberKind::Event, _) => Target::Event,
                 (MemberKind::Fn, Some(_)) => Target::TwoWayFn,
-                (MemberKind::Fn, None) if m.outer.attributes.iter().any(|a| a.name.name == "sync") => {
+                (MemberKind::Fn, None)
+                    if m.outer.attributes.iter().any(|a| a.name.name == "sync") =>
+                {
                     // `@sync` itself is checked as on a one-way fn; every
                     // other attribute sees a two-way fn.
                     Target::TwoWayFn
@@ -1114,27 +1608,60 @@ impl Cx {
                     if let Some((first, first_span)) = ids.get(&id) {
                         let (first, first_span) = (first.clone(), first_span.clone());
                         let path = self.files[f].path.clone();
-                        let pinned = attr_span(&m.outer, "id").unwrap_or_else(|| m.name.span.clone());
-                        self.err(f, Code::DuplicateMessageId, pinned, format!("`{}` and `{first}` both have message id {id}", m.name.name), format!("message id {id}"))
-                            .help = Some("give one of them a free id with `@id(N)`".into());
+                        let pinned =
+                            attr_span(&m.outer, "id").unwrap_or_else(|| m.name.span.clone());
+                        self.err(
+                            f,
+                            Code::DuplicateMessageId,
+                            pinned,
+                            format!("`{}` and `{first}` both have message id {id}", m.name.name),
+                            format!("message id {id}"),
+                        )
+                        .help = Some("give one of them a free id with `@id(N)`".into());
                         if let Some((_, d)) = self.diags.last_mut() {
-                            d.labels.push(crate::diag::Label { file: path, span: first_span, message: format!("`{first}` has id {id}") });
+                            d.labels.push(crate::diag::Label {
+                                file: path,
+                                span: first_span,
+                                message: format!("`{first}` has id {id}"),
+                            });
                         }
                     } else {
                         ids.insert(id, (m.name.name.clone(), m.name.span.clone()));
                     }
                 }
                 None => {
-                    self.err(f, Code::BadAttributeArgument, m.name.span.clone(), format!("the message id of `{}` would be {next_id}, past {}", m.name.name, u32::MAX), "no id left")
-                        .help = Some("pin it with a lower `@id(N)`".into());
+                    self.err(
+                        f,
+                        Code::BadAttributeArgument,
+                        m.name.span.clone(),
+                        format!(
+                            "the message id of `{}` would be {next_id}, past {}",
+                            m.name.name,
+                            u32::MAX
+                        ),
+                        "no id left",
+                    )
+                    .help = Some("pin it with a lower `@id(N)`".into());
                     ok = false;
                 }
             }
-            if let Some((since, span)) = &attrs.since {
-                if *since > version {
-                    self.err(f, Code::SinceAfterVersion, span.clone(), format!("`{}` is since version {since}, but protocol `{}` is at version {version}", m.name.name, p.name.name), "newer than the protocol")
-                        .help = Some(format!("raise the protocol to `@version({since})`, or lower `@since`"));
-                }
+            if let Some((since, span)) = &attrs.since
+                && *since > version
+            {
+                let message = format!(
+                    "`{}` is since version {since}, but protocol `{}` is at version {version}",
+                    m.name.name, p.name.name
+                );
+                self.err(
+                    f,
+                    Code::SinceAfterVersion,
+                    span.clone(),
+                    message,
+                    "newer than the protocol",
+                )
+                .help = Some(format!(
+                    "raise the protocol to `@version({since})`, or lower `@since`"
+                ));
             }
 
             let mut pnames: HashMap<&str, Span> = HashMap::new();
@@ -1143,22 +1670,40 @@ impl Cx {
             for prm in &m.params {
                 if let Some(first) = pnames.get(prm.name.name.as_str()) {
                     let first = first.clone();
-                    self.dup(f, Code::DuplicateParam, &prm.name, first, &format!("`{}` has two parameters named", m.name.name));
+                    self.dup(
+                        f,
+                        Code::DuplicateParam,
+                        &prm.name,
+                        first,
+                        &format!("`{}` has two parameters named", m.name.name),
+                    );
                 } else {
                     pnames.insert(&prm.name.name, prm.name.span.clone());
                 }
                 match self.resolve(f, &prm.ty, Pos::Other, scope, consts) {
                     Some(ty) => {
                         objects.push(type_max(&ty, type_sizes));
-                        params.push(model::Param { name: prm.name.name.clone(), ty });
+                        params.push(model::Param {
+                            name: prm.name.name.clone(),
+                            ty,
+                        });
                     }
                     None => ok = false,
                 }
             }
             let record = sizes::record(objects);
             if record == Max::Overflow {
-                self.err(f, Code::SizeOverflow, m.name.span.clone(), format!("the largest message of `{}` does not fit in 64 bits", m.name.name), "too large")
-                    .help = Some("lower the bounds of its parameters".into());
+                self.err(
+                    f,
+                    Code::SizeOverflow,
+                    m.name.span.clone(),
+                    format!(
+                        "the largest message of `{}` does not fit in 64 bits",
+                        m.name.name
+                    ),
+                    "too large",
+                )
+                .help = Some("lower the bounds of its parameters".into());
                 ok = false;
             }
 
@@ -1199,7 +1744,16 @@ impl Cx {
                         (None, false) => None,
                     };
                     if reply == Some(Max::Overflow) {
-                        self.err(f, Code::SizeOverflow, m.name.span.clone(), format!("the largest reply of `{}` does not fit in 64 bits", m.name.name), "too large");
+                        self.err(
+                            f,
+                            Code::SizeOverflow,
+                            m.name.span.clone(),
+                            format!(
+                                "the largest reply of `{}` does not fit in 64 bits",
+                                m.name.name
+                            ),
+                            "too large",
+                        );
                         ok = false;
                     }
                     methods.push((
@@ -1207,7 +1761,11 @@ impl Cx {
                             name: m.name.name.clone(),
                             docs: m.outer.docs.clone(),
                             id: id.unwrap_or(0),
-                            kind: if reply.is_some() { Kind::TwoWay } else { Kind::OneWay },
+                            kind: if reply.is_some() {
+                                Kind::TwoWay
+                            } else {
+                                Kind::OneWay
+                            },
                             sync,
                             is_async: attrs.is_async.is_some(),
                             queue: attrs.queue.map(|q| q.0),
@@ -1230,22 +1788,48 @@ impl Cx {
             return None;
         }
         let mut event_records = Vec::new();
-        for (e, m) in events.iter().zip(p.members.iter().filter(|m| m.kind == MemberKind::Event)) {
-            let objs: Vec<Max> = e.params.iter().map(|prm| type_max(&prm.ty, type_sizes)).collect();
+        for (e, m) in events
+            .iter()
+            .zip(p.members.iter().filter(|m| m.kind == MemberKind::Event))
+        {
+            let objs: Vec<Max> = e
+                .params
+                .iter()
+                .map(|prm| type_max(&prm.ty, type_sizes))
+                .collect();
             let _ = m;
-            event_records.push((e.name.as_str(), sizes::record(objs), u64::from(e.queue.unwrap_or(1))));
+            event_records.push((
+                e.name.as_str(),
+                sizes::record(objs),
+                u64::from(e.queue.unwrap_or(1)),
+            ));
         }
         let traffic = Traffic {
             buffer: pattrs.buffer,
-            requests: methods.iter().map(|(m, rec, _)| (m.name.as_str(), *rec, u64::from(m.queue.unwrap_or(1)))).collect(),
-            replies: methods.iter().filter_map(|(m, _, reply)| reply.map(|r| (m.name.as_str(), r))).collect(),
+            requests: methods
+                .iter()
+                .map(|(m, rec, _)| (m.name.as_str(), *rec, u64::from(m.queue.unwrap_or(1))))
+                .collect(),
+            replies: methods
+                .iter()
+                .filter_map(|(m, _, reply)| reply.map(|r| (m.name.as_str(), r)))
+                .collect(),
             events: event_records,
         };
         let ring_sizes = match sizes::ring_sizes(&traffic) {
             Ok(r) => r,
             Err(o) => {
-                self.err(f, Code::SizeOverflow, p.name.span.clone(), format!("a ring of `{}` would exceed 64 bits (because of `{}`)", p.name.name, o.culprit), "too large")
-                    .help = Some("lower the bounds or `@queue` depths, or set `@buffer(SIZE)`".into());
+                self.err(
+                    f,
+                    Code::SizeOverflow,
+                    p.name.span.clone(),
+                    format!(
+                        "a ring of `{}` would exceed 64 bits (because of `{}`)",
+                        p.name.name, o.culprit
+                    ),
+                    "too large",
+                )
+                .help = Some("lower the bounds or `@queue` depths, or set `@buffer(SIZE)`".into());
                 return None;
             }
         };
@@ -1263,13 +1847,40 @@ impl Cx {
     /// A `@sync fn` without a return: `@sync` (and `@async`, `@queue`,
     /// `@no_queue`) are checked as on a one-way fn, everything else as on a
     /// two-way one.
-    fn check_sync_fn_attrs(&mut self, f: usize, outer: &ast::Outer, scope: &Scope, consts: &HashMap<String, ConstInfo>) -> Attrs {
+    fn check_sync_fn_attrs(
+        &mut self,
+        f: usize,
+        outer: &ast::Outer,
+        scope: &Scope,
+        consts: &HashMap<String, ConstInfo>,
+    ) -> Attrs {
         let one_way = ["sync", "async", "queue", "no_queue"];
-        let (a, b): (Vec<Attribute>, Vec<Attribute>) =
-            outer.attributes.iter().cloned().partition(|a| one_way.contains(&a.name.name.as_str()));
+        let (a, b): (Vec<Attribute>, Vec<Attribute>) = outer
+            .attributes
+            .iter()
+            .cloned()
+            .partition(|a| one_way.contains(&a.name.name.as_str()));
         let before = self.diags.len();
-        let mut x = self.check_attrs(f, &ast::Outer { docs: Vec::new(), attributes: a }, Target::OneWayFn, scope, consts);
-        let y = self.check_attrs(f, &ast::Outer { docs: Vec::new(), attributes: b }, Target::TwoWayFn, scope, consts);
+        let mut x = self.check_attrs(
+            f,
+            &ast::Outer {
+                docs: Vec::new(),
+                attributes: a,
+            },
+            Target::OneWayFn,
+            scope,
+            consts,
+        );
+        let y = self.check_attrs(
+            f,
+            &ast::Outer {
+                docs: Vec::new(),
+                attributes: b,
+            },
+            Target::TwoWayFn,
+            scope,
+            consts,
+        );
         x.timeout = y.timeout;
         x.since = y.since;
         x.id = y.id;
@@ -1281,7 +1892,11 @@ impl Cx {
 }
 
 fn attr_span(outer: &ast::Outer, name: &str) -> Option<Span> {
-    outer.attributes.iter().find(|a| a.name.name == name).map(|a| a.span.clone())
+    outer
+        .attributes
+        .iter()
+        .find(|a| a.name.name == name)
+        .map(|a| a.span.clone())
 }
 
 /// A struct's fields or an enum's variants; `None` when something in them
@@ -1310,9 +1925,13 @@ fn named_refs(t: &Type, direct: bool, out: &mut Vec<(String, bool)>) {
 pub(crate) fn type_max(t: &Type, named: &HashMap<String, Max>) -> Max {
     match t {
         Type::Scalar(s) => Max::Bytes(s.size()),
-        Type::String(n) | Type::Bytes(n) => n.map_or(Max::Unbounded, |n| sizes::repeat(4, n, Max::Bytes(1))),
+        Type::String(n) | Type::Bytes(n) => {
+            n.map_or(Max::Unbounded, |n| sizes::repeat(4, n, Max::Bytes(1)))
+        }
         Type::Array(inner, n) => sizes::repeat(0, *n, type_max(inner, named)),
-        Type::Vec(inner, n) => n.map_or(Max::Unbounded, |n| sizes::repeat(4, n, type_max(inner, named))),
+        Type::Vec(inner, n) => n.map_or(Max::Unbounded, |n| {
+            sizes::repeat(4, n, type_max(inner, named))
+        }),
         Type::Option(inner) => sizes::plus(type_max(inner, named), 1),
         Type::Result(a, b) => sizes::plus(sizes::max(type_max(a, named), type_max(b, named)), 1),
         Type::Unit => Max::Bytes(0),
@@ -1358,7 +1977,11 @@ fn leftover(edges: &[Vec<usize>]) -> Vec<bool> {
 /// Names a file can see: types (with the builtin ones) or consts.
 fn visible_names(cx: &Cx, scope: &Scope, f: usize, types: bool) -> Vec<String> {
     let map = if types { &scope.types } else { &scope.consts };
-    let mut v: Vec<String> = map.iter().filter(|(_, d)| scope.visible[f].contains(&d.file)).map(|(n, _)| n.clone()).collect();
+    let mut v: Vec<String> = map
+        .iter()
+        .filter(|(_, d)| scope.visible[f].contains(&d.file))
+        .map(|(n, _)| n.clone())
+        .collect();
     if types {
         v.extend(BUILTIN_TYPES.iter().map(|s| (*s).to_string()));
     }

@@ -412,7 +412,6 @@ impl Diagnostic {
         self.help = Some(help.into());
         self
     }
-
 }
 
 /// Keeps a span inside the source and on character boundaries, so the

@@ -82,7 +82,7 @@ pub fn parse_source(path: &Path, source: &str) -> Result<File, Diagnostics> {
             match build_item(pair, &b) {
                 Ok(Some(item)) => items.push(item),
                 Ok(None) => {}
-                Err(d) => errors.push(d),
+                Err(d) => errors.push(*d),
             }
         }
     }
@@ -155,9 +155,11 @@ fn syntax_error(b: &Builder<'_>, e: &pest::error::Error<Rule>) -> crate::diag::D
         Some(c) => format!("`{c}`"),
     };
     let mut expected: Vec<String> = match &e.variant {
-        ErrorVariant::ParsingError { positives, .. } => {
-            positives.iter().filter_map(|r| describe(*r)).map(str::to_string).collect()
-        }
+        ErrorVariant::ParsingError { positives, .. } => positives
+            .iter()
+            .filter_map(|r| describe(*r))
+            .map(str::to_string)
+            .collect(),
         ErrorVariant::CustomError { .. } => Vec::new(),
     };
     if let Some(attempts) = e.parse_attempts() {
@@ -168,7 +170,8 @@ fn syntax_error(b: &Builder<'_>, e: &pest::error::Error<Rule>) -> crate::diag::D
             let range = token.chars().count() == 4 && token.get(1..3) == Some("..");
             // Whitespace and comment openers are possible everywhere:
             // listing them says nothing.
-            let noise = token.trim().is_empty() || token.starts_with('/') || token == "BUILTIN_RULE";
+            let noise =
+                token.trim().is_empty() || token.starts_with('/') || token == "BUILTIN_RULE";
             if !noise && !range {
                 expected.push(format!("`{token}`"));
             }
@@ -266,17 +269,17 @@ fn span_of(pair: &Pair<'_, Rule>) -> Span {
     s.start()..s.end()
 }
 
-type Built<T> = Result<T, crate::diag::Diagnostic>;
+type Built<T> = Result<T, Box<crate::diag::Diagnostic>>;
 
 /// The grammar guarantees each rule's shape; a pair that does not fit it is an
 /// internal error, reported as a syntax error rather than a panic.
-fn shape(b: &Builder<'_>, span: Span) -> crate::diag::Diagnostic {
-    b.error(
+fn shape(b: &Builder<'_>, span: Span) -> Box<crate::diag::Diagnostic> {
+    Box::new(b.error(
         Code::Syntax,
         span,
         "internal error: unexpected parse tree shape",
         "here",
-    )
+    ))
 }
 
 fn build_item(pair: Pair<'_, Rule>, b: &Builder<'_>) -> Built<Option<Item>> {
