@@ -205,11 +205,16 @@ impl<'s> Printer<'s> {
         }
     }
 
-    /// Writes a comment on a line of its own at the current indentation.
+    /// Writes a comment at the start of a line of its own, at the current
+    /// indentation. After a one-line block comment the line stays open, so
+    /// that a comment that followed it on the same line still does.
     fn own_line_comment(&mut self, comment: &Pair<'_, Rule>) {
+        let text = comment_text(comment);
         self.end_line();
-        self.word(comment_text(comment));
-        self.end_line();
+        self.word(text);
+        if text.starts_with("//") || text.contains('\n') {
+            self.end_line();
+        }
     }
 
     /// Writes a comment inside a one-line construct. A `//` comment (or a
@@ -271,12 +276,14 @@ impl<'s> Printer<'s> {
     fn group(&mut self, group: Group<'s>) {
         let mut last_end: Option<usize> = None;
         for comment in &group.comments {
-            if let Some(end) = last_end
-                && self.newlines(end, comment.as_span().start()) > 1
-            {
-                self.blank_line();
+            match last_end.map(|end| self.newlines(end, comment.as_span().start())) {
+                Some(0) => self.trailing_comment(comment),
+                Some(1) | None => self.own_line_comment(comment),
+                Some(_) => {
+                    self.blank_line();
+                    self.own_line_comment(comment);
+                }
             }
-            self.own_line_comment(comment);
             last_end = Some(comment.as_span().end());
         }
         if let Some(item) = group.item {

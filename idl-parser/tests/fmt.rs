@@ -287,6 +287,83 @@ proptest! {
     }
 }
 
+/// Inserts, at the whitespace positions picked by `picks` (outside
+/// comments, docs and strings), a block comment, a line comment or line
+/// breaks: all of them places where the grammar lets a comment stand.
+fn sprinkle(source: &str, picks: &[(usize, usize)]) -> String {
+    let protected: Vec<(usize, usize)> = parse_pairs(source)
+        .map(|pairs| {
+            pairs
+                .flatten()
+                .filter(|p| matches!(p.as_rule(), Rule::COMMENT | Rule::doc | Rule::string_lit))
+                .map(|p| (p.as_span().start(), p.as_span().end()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let spots: Vec<usize> = source
+        .char_indices()
+        .filter(|&(i, c)| {
+            c.is_ascii_whitespace() && !protected.iter().any(|&(s, e)| s <= i && i < e)
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let mut chosen: Vec<(usize, usize)> = picks
+        .iter()
+        .map(|&(spot, kind)| (spots[spot % spots.len()], kind))
+        .collect();
+    chosen.sort();
+    let mut out = String::with_capacity(source.len() + 16 * picks.len());
+    let mut at = 0;
+    for (n, (spot, kind)) in chosen.into_iter().enumerate() {
+        out.push_str(&source[at..spot]);
+        at = spot;
+        match kind % 4 {
+            0 => out.push_str(&format!(" /* c{n} */ ")),
+            1 => out.push_str(&format!(" // c{n}\n")),
+            2 => out.push('\n'),
+            _ => out.push_str("\n\n"),
+        }
+    }
+    out.push_str(&source[at..]);
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Comments and line breaks anywhere between tokens: formatting stays
+    /// idempotent, keeps every comment and keeps the meaning.
+    #[test]
+    fn comments_anywhere_keep_formatting_stable(
+        picks in proptest::collection::vec((0usize..10_000, 0usize..4), 1..12),
+    ) {
+        let path = Path::new("display.idl");
+        let noisy = sprinkle(DISPLAY, &picks);
+        prop_assert!(parse_pairs(&noisy).is_ok(), "the mutation broke the syntax:\n{}", noisy);
+        let once = format(path, &noisy);
+        prop_assert_eq!(&format(path, &once), &once, "not idempotent for\n{}", noisy);
+        prop_assert_eq!(sorted(comments(&once)), sorted(comments(&noisy)));
+        let loader = display_loader();
+        let before = check_source(path, &noisy, &loader).map(|c| c.model);
+        let after = check_source(path, &once, &loader).map(|c| c.model);
+        prop_assert!(before.is_ok(), "the mutation broke the meaning:\n{}", noisy);
+        prop_assert_eq!(after, before);
+    }
+
+    /// The same over the hand-written comment corner cases (syntax only:
+    /// that file does not check).
+    #[test]
+    fn comments_anywhere_in_corner_cases(
+        picks in proptest::collection::vec((0usize..10_000, 0usize..4), 1..12),
+    ) {
+        let path = Path::new("comments.idl");
+        let noisy = sprinkle(COMMENTS, &picks);
+        let once = format(path, &noisy);
+        prop_assert_eq!(&format(path, &once), &once, "not idempotent for\n{}", noisy);
+        prop_assert_eq!(sorted(comments(&once)), sorted(comments(&noisy)));
+    }
+}
+
 #[test]
 fn comments_survive_where_they_stand() {
     let path = Path::new("comments.idl");
