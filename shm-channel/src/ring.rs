@@ -62,6 +62,8 @@ use crate::sys;
 /// holder is alive. Critical sections are a few dozen instructions (a
 /// growth adds an `ftruncate` and an `mmap`), so a millisecond is long.
 const LOCK_LIVENESS_CHECK: Duration = Duration::from_millis(1);
+/// How long a try-reservation waits for a spinlock whose holder lives.
+const LOCK_GIVE_UP: Duration = Duration::from_millis(20);
 /// How long a message may stay `ALLOCATED` at the head of the ring before
 /// the reader checks whether its writer is alive.
 const ALLOCATED_LIVENESS_CHECK: Duration = Duration::from_millis(10);
@@ -322,8 +324,12 @@ impl RingMem {
         Ok(cap)
     }
 
-    fn lock(&self) -> Result<SpinGuard<'_>, Corrupt> {
+    /// Takes the writers' spinlock; `None` when a live holder keeps it
+    /// past `LOCK_GIVE_UP` (a peer stuck or hostile: the caller reports
+    /// "full" rather than hang).
+    fn lock(&self) -> Option<SpinGuard<'_>> {
         let lock = self.word(off::SPINLOCK);
+        let give_up = Instant::now() + LOCK_GIVE_UP;
         let me = (u64::from(self.pid) << 32) | u64::from(thread_tag());
         let backoff = Backoff::new();
         let mut deadline: Option<Instant> = None;
@@ -331,7 +337,7 @@ impl RingMem {
             // SYNC POINT: acquiring the lock makes the previous holder's
             // header and record-header writes visible.
             match lock.compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return Ok(SpinGuard { mem: self, me }),
+                Ok(_) => return Some(SpinGuard { mem: self, me }),
                 Err(0) => continue,
                 Err(holder) => {
                     if !backoff.is_completed() {
@@ -341,6 +347,9 @@ impl RingMem {
                     std::thread::yield_now();
                     let now = Instant::now();
                     let due = *deadline.get_or_insert(now + LOCK_LIVENESS_CHECK);
+                    if now >= give_up {
+                        return None;
+                    }
                     if now < due {
                         continue;
                     }
@@ -355,7 +364,7 @@ impl RingMem {
                             .is_ok()
                         {
                             tracing_dead_lock(pid);
-                            return Ok(SpinGuard { mem: self, me });
+                            return Some(SpinGuard { mem: self, me });
                         }
                     }
                 }
@@ -678,7 +687,7 @@ impl RingWriter {
                 max: mem.max_message(),
             });
         }
-        let guard = mem.lock()?;
+        let guard = mem.lock().ok_or(TrySendError::Full)?;
         let place = self.place(&guard, record, no_queue).map_err(|e| match e {
             TrySendError::Corrupt(c) => TrySendError::Corrupt(mem.poison(c)),
             other => other,
@@ -1361,6 +1370,18 @@ impl Drop for Message<'_> {
             .record_flags(self.at)
             .fetch_or(flags::CONSUMED, Ordering::Relaxed);
         self.reader.advance(self.at, self.len);
+    }
+}
+
+/// Hooks for the crash tests; not part of the API.
+#[doc(hidden)]
+pub mod testing {
+    /// Takes the writers' spinlock and never releases it, as a writer that
+    /// dies inside its critical section would.
+    pub fn hold_spinlock_forever(writer: &super::RingWriter) {
+        if let Some(guard) = writer.mem.lock() {
+            std::mem::forget(guard);
+        }
     }
 }
 
