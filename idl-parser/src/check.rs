@@ -108,6 +108,20 @@ struct Cx {
 }
 
 impl Cx {
+    /// Reports an error with a fix to suggest.
+    #[allow(clippy::too_many_arguments)]
+    fn err_help(
+        &mut self,
+        file: usize,
+        code: Code,
+        span: Span,
+        message: impl Into<String>,
+        label: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.err(file, code, span, message, label).help = Some(help.into());
+    }
+
     fn err(
         &mut self,
         file: usize,
@@ -179,15 +193,13 @@ impl Cx {
                         .collect();
                     chain.push(self.files[t].path.display().to_string());
                     let chain = chain.join(" -> ");
-                    self.err(
+                    self.err_help(
                         f,
                         Code::ImportCycle,
                         span,
                         format!("import cycle: {chain}"),
                         "this import closes the cycle",
-                    )
-                    .help = Some(
-                        "move the shared declarations into a file that imports neither".into(),
+                        "move the shared declarations into a file that imports neither",
                     );
                 }
                 continue;
@@ -198,15 +210,13 @@ impl Cx {
                     self.files[f].poisoned_import = true;
                     let shown = target.display();
                     let why = io_reason(&e);
-                    self.err(
+                    self.err_help(
                         f,
                         Code::MissingImport,
                         span,
                         format!("cannot read imported file `{shown}`: {why}"),
                         "imported here",
-                    )
-                    .help = Some(
-                        "import paths are relative to the folder of the importing file".into(),
+                        "import paths are relative to the folder of the importing file",
                     );
                 }
                 Ok(src) => {
@@ -581,7 +591,7 @@ impl Cx {
             if let Literal::Str(s, span) = &c.value
                 && s.len() as u64 > n
             {
-                self.err(
+                self.err_help(
                     f,
                     Code::ConstTypeMismatch,
                     span.clone(),
@@ -591,11 +601,8 @@ impl Cx {
                         c.name.name
                     ),
                     "too long",
-                )
-                .help = Some(format!(
-                    "shorten it, or raise the bound of `{}`",
-                    c.name.name
-                ));
+                    format!("shorten it, or raise the bound of `{}`", c.name.name),
+                );
                 if let Some(info) = out.get_mut(&c.name.name) {
                     info.value = None;
                 }
@@ -611,14 +618,14 @@ impl Cx {
                 let (lo, hi) = s.int_range()?;
                 let v = self.int_value(f, lit)?;
                 if v < lo || v > hi {
-                    self.err(
+                    self.err_help(
                         f,
                         Code::ConstTypeMismatch,
                         lit.span.clone(),
                         format!("{v} does not fit in `{}` ({lo}..={hi})", s.name()),
                         "out of range",
-                    )
-                    .help = Some("use a wider integer type".into());
+                        "use a wider integer type",
+                    );
                     return None;
                 }
                 Some(ConstValue::Int(v))
@@ -638,14 +645,14 @@ impl Cx {
                 | TypeKind::Named(_),
                 _,
             ) => {
-                self.err(
+                self.err_help(
                     f,
                     Code::BadConstType,
                     c.ty.span.clone(),
                     format!("a const cannot have the type `{ty_text}`"),
                     "not an integer, `bool` or `string`",
-                )
-                .help = Some("consts are integers (`u8`..`i64`), `bool` or `string`".into());
+                    "consts are integers (`u8`..`i64`), `bool` or `string`",
+                );
                 None
             }
             (_, lit) => {
@@ -721,17 +728,14 @@ impl Cx {
                 };
                 if !scope.visible[f].contains(&decl.file) {
                     let where_ = self.files[decl.file].path.display().to_string();
-                    self.err(
+                    self.err_help(
                         f,
                         Code::UnknownConst,
                         name.span.clone(),
                         format!("unknown const `{}`", name.name),
                         "not imported",
-                    )
-                    .help = Some(format!(
-                        "`{}` is defined in `{where_}`: import that file",
-                        name.name
-                    ));
+                        format!("`{}` is defined in `{where_}`: import that file", name.name),
+                    );
                     return None;
                 }
                 match consts.get(&name.name).and_then(|c| c.value.clone())? {
@@ -742,14 +746,14 @@ impl Cx {
                         } else {
                             "a string"
                         };
-                        self.err(
+                        self.err_help(
                             f,
                             Code::NonIntegerBound,
                             name.span.clone(),
                             format!("`{}` is {kind}, not an integer", name.name),
                             "used as a bound here",
-                        )
-                        .help = Some("bounds and sizes need an integer const".into());
+                            "bounds and sizes need an integer const",
+                        );
                         None
                     }
                 }
@@ -767,12 +771,14 @@ impl Cx {
     ) -> Option<u64> {
         let v = self.int_or_const(f, b, scope, consts)?;
         if v <= 0 {
-            self.err(f, Code::ZeroBound, b.span(), format!("a bound must be at least 1, this one is {v}"), "zero bound")
-                .help = Some("an empty string, bytes, array or vec carries nothing: remove it, or use a bound of 1 or more".into());
+            let message = format!("a bound must be at least 1, this one is {v}");
+            let help = "an empty string, bytes, array or vec carries nothing: \
+                        remove it, or use a bound of 1 or more";
+            self.err_help(f, Code::ZeroBound, b.span(), message, "zero bound", help);
             return None;
         }
         if v > i128::from(u32::MAX) {
-            self.err(
+            self.err_help(
                 f,
                 Code::BoundTooLarge,
                 b.span(),
@@ -781,8 +787,8 @@ impl Cx {
                     u32::MAX
                 ),
                 "too large",
-            )
-            .help = Some("use an unbounded `string`, `bytes` or `vec<T>`".into());
+                "use an unbounded `string`, `bytes` or `vec<T>`",
+            );
             return None;
         }
         u64::try_from(v).ok()
@@ -839,8 +845,17 @@ impl Cx {
             )?))),
             TypeKind::Result(ok, err) => {
                 if pos != Pos::Return {
-                    self.err(f, Code::MisplacedResult, t.span.clone(), "`result` is only allowed as the return type of a fn", "not a return type")
-                        .help = Some("a value that may fail belongs in an enum, e.g. `enum Outcome { Ok(T), Err(E) }`".into());
+                    let message = "`result` is only allowed as the return type of a fn";
+                    let help = "a value that may fail belongs in an enum, \
+                                e.g. `enum Outcome { Ok(T), Err(E) }`";
+                    self.err_help(
+                        f,
+                        Code::MisplacedResult,
+                        t.span.clone(),
+                        message,
+                        "not a return type",
+                        help,
+                    );
                 }
                 let ok = self.resolve(f, ok, Pos::ResultOk, scope, consts);
                 let err = self.resolve(f, err, Pos::Other, scope, consts);
@@ -859,7 +874,9 @@ impl Cx {
                         "not allowed here",
                     );
                     if pos == Pos::Return {
-                        d.help = Some("for a call that waits for completion without a value, write `@sync fn` without a return type".into());
+                        let help = "for a call that waits for completion without a value, \
+                                    write `@sync fn` without a return type";
+                        d.help = Some(help.into());
                     }
                     return None;
                 }
@@ -885,17 +902,14 @@ impl Cx {
                 };
                 if !scope.visible[f].contains(&decl.file) {
                     let where_ = self.files[decl.file].path.display().to_string();
-                    self.err(
+                    self.err_help(
                         f,
                         Code::UnknownType,
                         name.span.clone(),
                         format!("unknown type `{}`", name.name),
                         "not imported",
-                    )
-                    .help = Some(format!(
-                        "`{}` is defined in `{where_}`: import that file",
-                        name.name
-                    ));
+                        format!("`{}` is defined in `{where_}`: import that file", name.name),
+                    );
                     return None;
                 }
                 Some(Type::Named(name.name.clone()))
@@ -1020,7 +1034,7 @@ impl Cx {
             let disc = match value {
                 Some(d) if (0..=i128::from(u32::MAX)).contains(&d) => u32::try_from(d).ok(),
                 Some(d) => {
-                    self.err(
+                    self.err_help(
                         f,
                         Code::DiscriminantOutOfRange,
                         span.clone(),
@@ -1030,8 +1044,8 @@ impl Cx {
                             u32::MAX
                         ),
                         "out of range",
-                    )
-                    .help = Some("discriminants are `u32` on the wire".into());
+                        "discriminants are `u32` on the wire",
+                    );
                     None
                 }
                 None => None,
@@ -1190,16 +1204,13 @@ impl Cx {
                 let span = decl_name(self, *decl)
                     .map(|n| n.span.clone())
                     .unwrap_or_default();
-                self.err(
+                self.err_help(
                     decl.file,
                     Code::InfiniteType,
                     span,
                     format!("type `{head}` contains itself and has infinite size: `{chain}`"),
                     "recursive without indirection",
-                )
-                .help = Some(
-                    "break the cycle with `option<...>` or `vec<...>` around one of these fields"
-                        .into(),
+                    "break the cycle with `option<...>` or `vec<...>` around one of these fields",
                 );
             }
         }
@@ -1235,7 +1246,7 @@ impl Cx {
                     let span = decl_name(self, *decl)
                         .map(|n| n.span.clone())
                         .unwrap_or_default();
-                    self.err(
+                    self.err_help(
                         decl.file,
                         Code::SizeOverflow,
                         span,
@@ -1244,8 +1255,8 @@ impl Cx {
                             names[i]
                         ),
                         "too large",
-                    )
-                    .help = Some("lower the bounds inside it".into());
+                        "lower the bounds inside it",
+                    );
                 }
                 // Reported once here; users of the type see it as unbounded.
                 Max::Unbounded
@@ -1318,15 +1329,13 @@ impl Cx {
             seen.insert(name, a.span.clone());
             if let Some(place) = attr_allowed(name, target) {
                 if name == "async" && target == Target::TwoWayFn {
-                    self.err(
+                    self.err_help(
                         f,
                         Code::AsyncWithReturn,
                         a.span.clone(),
                         "`@async` on a fn that returns a value",
                         "a fn with `-> T` is two-way",
-                    )
-                    .help = Some(
-                        "remove `@async`, or remove the return type to make the fn one-way".into(),
+                        "remove `@async`, or remove the return type to make the fn one-way",
                     );
                     continue;
                 }
@@ -1350,14 +1359,14 @@ impl Cx {
                     if let Some(args) = &a.args
                         && !args.is_empty()
                     {
-                        self.err(
+                        self.err_help(
                             f,
                             Code::BadAttributeArgument,
                             a.span.clone(),
                             format!("`@{name}` takes no arguments"),
                             "unexpected arguments",
-                        )
-                        .help = Some(format!("write `@{name}`"));
+                            format!("write `@{name}`"),
+                        );
                         continue;
                     }
                     let span = a.span.clone();
@@ -1374,9 +1383,21 @@ impl Cx {
                             if let Some((_, first)) = &attrs.delivery {
                                 let first = first.clone();
                                 let path = self.files[f].path.clone();
-                                self.err(f, Code::ConflictingAttributes, span, "a fn has one delivery kind: `@ordered`, `@one_shot` or `@idempotent`", "second delivery kind")
-                                    .labels
-                                    .push(crate::diag::Label { file: path, span: first, message: "first delivery kind".into() });
+                                let message = "a fn has one delivery kind: \
+                                               `@ordered`, `@one_shot` or `@idempotent`";
+                                self.err(
+                                    f,
+                                    Code::ConflictingAttributes,
+                                    span,
+                                    message,
+                                    "second delivery kind",
+                                )
+                                .labels
+                                .push(crate::diag::Label {
+                                    file: path,
+                                    span: first,
+                                    message: "first delivery kind".into(),
+                                });
                             } else {
                                 attrs.delivery = Some((kind, span));
                             }
@@ -1408,14 +1429,14 @@ impl Cx {
                     match name {
                         "version" | "since" => {
                             if v == 0 {
-                                self.err(
+                                self.err_help(
                                     f,
                                     Code::ZeroVersion,
                                     arg_span.clone(),
                                     format!("`@{name}(0)`: versions start at 1"),
                                     "version 0",
-                                )
-                                .help = Some(format!("write `@{name}(1)` or more"));
+                                    format!("write `@{name}(1)` or more"),
+                                );
                                 continue;
                             }
                             let Some(n) = positive(self, "a version", u32::MAX.into()) else {
@@ -1459,21 +1480,28 @@ impl Cx {
         }
         if let (Some(_), Some(s)) = (&attrs.sync, &attrs.is_async) {
             let s = s.clone();
-            self.err(
+            self.err_help(
                 f,
                 Code::ConflictingAttributes,
                 s,
                 "`@sync` and `@async` contradict each other",
                 "conflicts with `@sync`",
-            )
-            .help = Some(
-                "keep `@sync` to wait for completion, or `@async` to return once queued".into(),
+                "keep `@sync` to wait for completion, or `@async` to return once queued",
             );
         }
         if let (Some(_), Some(s)) = (&attrs.queue, &attrs.no_queue) {
             let s = s.clone();
-            self.err(f, Code::ConflictingAttributes, s, "`@queue` and `@no_queue` contradict each other", "conflicts with `@queue`")
-                .help = Some("`@no_queue` drops the message when the ring is full; `@queue(N)` sizes the ring to hold N".into());
+            let message = "`@queue` and `@no_queue` contradict each other";
+            let help = "`@no_queue` drops the message when the ring is full; \
+                        `@queue(N)` sizes the ring to hold N";
+            self.err_help(
+                f,
+                Code::ConflictingAttributes,
+                s,
+                message,
+                "conflicts with `@queue`",
+                help,
+            );
         }
         if attrs.sync.is_some() {
             let span = attrs
@@ -1482,7 +1510,15 @@ impl Cx {
                 .map(|q| q.1.clone())
                 .or_else(|| attrs.no_queue.clone());
             if let Some(span) = span {
-                self.err(f, Code::ConflictingAttributes, span, "`@queue` and `@no_queue` do not apply to a `@sync` fn, which waits for its completion", "conflicts with `@sync`");
+                let message = "`@queue` and `@no_queue` do not apply to a `@sync` fn, \
+                               which waits for its completion";
+                self.err(
+                    f,
+                    Code::ConflictingAttributes,
+                    span,
+                    message,
+                    "conflicts with `@sync`",
+                );
             }
         }
         attrs
@@ -1520,14 +1556,14 @@ impl Cx {
                 None
             }
             _ => {
-                self.err(
+                self.err_help(
                     f,
                     Code::BadAttributeArgument,
                     a.span.clone(),
                     format!("`@{name}` needs exactly one argument, {what}"),
                     "wrong number of arguments",
-                )
-                .help = Some(format!("write `@{name}(N)`"));
+                    format!("write `@{name}(N)`"),
+                );
                 None
             }
         }
@@ -1545,7 +1581,7 @@ impl Cx {
     ) -> Option<model::Protocol> {
         let name_len = p.name.name.len();
         if name_len > shm_layout::PROTOCOL_NAME_MAX {
-            self.err(
+            self.err_help(
                 f,
                 Code::ProtocolNameTooLong,
                 p.name.span.clone(),
@@ -1554,8 +1590,8 @@ impl Cx {
                     shm_layout::PROTOCOL_NAME_MAX
                 ),
                 "too long",
-            )
-            .help = Some("choose a shorter name".into());
+                "choose a shorter name",
+            );
         }
         let pattrs = self.check_attrs(f, &p.outer, Target::Protocol, scope, consts);
         let version = pattrs.version.unwrap_or(1);
@@ -1610,14 +1646,14 @@ impl Cx {
                         let path = self.files[f].path.clone();
                         let pinned =
                             attr_span(&m.outer, "id").unwrap_or_else(|| m.name.span.clone());
-                        self.err(
+                        self.err_help(
                             f,
                             Code::DuplicateMessageId,
                             pinned,
                             format!("`{}` and `{first}` both have message id {id}", m.name.name),
                             format!("message id {id}"),
-                        )
-                        .help = Some("give one of them a free id with `@id(N)`".into());
+                            "give one of them a free id with `@id(N)`",
+                        );
                         if let Some((_, d)) = self.diags.last_mut() {
                             d.labels.push(crate::diag::Label {
                                 file: path,
@@ -1630,7 +1666,7 @@ impl Cx {
                     }
                 }
                 None => {
-                    self.err(
+                    self.err_help(
                         f,
                         Code::BadAttributeArgument,
                         m.name.span.clone(),
@@ -1640,8 +1676,8 @@ impl Cx {
                             u32::MAX
                         ),
                         "no id left",
-                    )
-                    .help = Some("pin it with a lower `@id(N)`".into());
+                        "pin it with a lower `@id(N)`",
+                    );
                     ok = false;
                 }
             }
@@ -1652,16 +1688,14 @@ impl Cx {
                     "`{}` is since version {since}, but protocol `{}` is at version {version}",
                     m.name.name, p.name.name
                 );
-                self.err(
+                self.err_help(
                     f,
                     Code::SinceAfterVersion,
                     span.clone(),
                     message,
                     "newer than the protocol",
-                )
-                .help = Some(format!(
-                    "raise the protocol to `@version({since})`, or lower `@since`"
-                ));
+                    format!("raise the protocol to `@version({since})`, or lower `@since`"),
+                );
             }
 
             let mut pnames: HashMap<&str, Span> = HashMap::new();
@@ -1693,7 +1727,7 @@ impl Cx {
             }
             let record = sizes::record(objects);
             if record == Max::Overflow {
-                self.err(
+                self.err_help(
                     f,
                     Code::SizeOverflow,
                     m.name.span.clone(),
@@ -1702,16 +1736,25 @@ impl Cx {
                         m.name.name
                     ),
                     "too large",
-                )
-                .help = Some("lower the bounds of its parameters".into());
+                    "lower the bounds of its parameters",
+                );
                 ok = false;
             }
 
             match m.kind {
                 MemberKind::Event => {
                     if let Some(r) = &m.returns {
-                        self.err(f, Code::EventWithReturn, r.span.clone(), format!("event `{}` has a return type", m.name.name), "events have no reply")
-                            .help = Some("events go from server to client and nobody answers them: remove `-> T`".into());
+                        let message = format!("event `{}` has a return type", m.name.name);
+                        let help = "events go from server to client and nobody answers them: \
+                                    remove `-> T`";
+                        self.err_help(
+                            f,
+                            Code::EventWithReturn,
+                            r.span.clone(),
+                            message,
+                            "events have no reply",
+                            help,
+                        );
                         ok = false;
                     }
                     events.push(model::Event {
@@ -1819,7 +1862,7 @@ impl Cx {
         let ring_sizes = match sizes::ring_sizes(&traffic) {
             Ok(r) => r,
             Err(o) => {
-                self.err(
+                self.err_help(
                     f,
                     Code::SizeOverflow,
                     p.name.span.clone(),
@@ -1828,8 +1871,8 @@ impl Cx {
                         p.name.name, o.culprit
                     ),
                     "too large",
-                )
-                .help = Some("lower the bounds or `@queue` depths, or set `@buffer(SIZE)`".into());
+                    "lower the bounds or `@queue` depths, or set `@buffer(SIZE)`",
+                );
                 return None;
             }
         };

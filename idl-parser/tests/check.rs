@@ -28,14 +28,20 @@ fn idl_md_example_checks_clean() {
     };
     assert_eq!(
         checked.files,
-        vec![Path::new("tests/corpus/valid/display.idl"), Path::new("tests/corpus/valid/geometry.idl")]
+        vec![
+            Path::new("tests/corpus/valid/display.idl"),
+            Path::new("tests/corpus/valid/geometry.idl")
+        ]
     );
     let m = &checked.model;
     let names: Vec<&str> = m.types.iter().map(TypeDef::name).collect();
     // Imports first.
     assert_eq!(names, ["Point", "Rect", "PixelFormat", "DisplayError"]);
     let p = &m.protocols[0];
-    assert_eq!((p.name.as_str(), p.version, p.buffer), ("Display", 2, Some(4 << 20)));
+    assert_eq!(
+        (p.name.as_str(), p.version, p.buffer),
+        ("Display", 2, Some(4 << 20))
+    );
     let ids: Vec<(&str, u32)> = p
         .methods
         .iter()
@@ -60,17 +66,35 @@ fn idl_md_example_checks_clean() {
     assert_eq!(by("resize").timeout_ms, Some(250));
     assert_eq!(
         by("resize").returns,
-        Some(Type::Result(Box::new(Type::Unit), Box::new(Type::Named("DisplayError".into()))))
+        Some(Type::Result(
+            Box::new(Type::Unit),
+            Box::new(Type::Named("DisplayError".into()))
+        ))
     );
     assert_eq!((by("blit").kind, by("blit").queue), (Kind::OneWay, Some(8)));
-    assert_eq!((by("commit").kind, by("commit").sync, by("commit").returns.clone()), (Kind::TwoWay, true, None));
+    assert_eq!(
+        (
+            by("commit").kind,
+            by("commit").sync,
+            by("commit").returns.clone()
+        ),
+        (Kind::TwoWay, true, None)
+    );
     assert!(by("cursor_moved").no_queue);
     assert_eq!(by("set_gamma").since, 2);
-    assert_eq!(by("set_gamma").params[0].ty, Type::Vec(Box::new(Type::Scalar(idl_parser::model::Scalar::U16)), Some(1024)));
+    assert_eq!(
+        by("set_gamma").params[0].ty,
+        Type::Vec(
+            Box::new(Type::Scalar(idl_parser::model::Scalar::U16)),
+            Some(1024)
+        )
+    );
     assert_eq!(by("create_surface").params[2].ty, Type::String(Some(256)));
     assert_eq!(p.events[0].queue, Some(64));
     assert_eq!(m.consts[0].value, ConstValue::Int(256));
-    let TypeDef::Enum(pf) = m.type_def("PixelFormat").unwrap() else { panic!() };
+    let TypeDef::Enum(pf) = m.type_def("PixelFormat").unwrap() else {
+        panic!()
+    };
     let discs: Vec<u32> = pf.variants.iter().map(|v| v.discriminant).collect();
     assert_eq!(discs, [0, 1, 7]);
 }
@@ -92,13 +116,19 @@ fn message_ids_follow_declaration_order_and_pins() {
     ids.extend(p.events.iter().map(|e| (e.name.clone(), e.id)));
     ids.sort_by_key(|(_, id)| *id);
     let ids: Vec<(&str, u32)> = ids.iter().map(|(n, i)| (n.as_str(), *i)).collect();
-    assert_eq!(ids, [("a", 0), ("b", 1), ("e", 2), ("f", 3), ("c", 10), ("d", 11)]);
+    assert_eq!(
+        ids,
+        [("a", 0), ("b", 1), ("e", 2), ("f", 3), ("c", 10), ("d", 11)]
+    );
 }
 
 #[test]
 fn message_ids_must_stay_unique() {
     let e = errors("protocol P { fn a(); fn b(); @id(1) event c(); @id(0) fn d(); }");
-    assert_eq!(e.codes(), [Code::DuplicateMessageId, Code::DuplicateMessageId]);
+    assert_eq!(
+        e.codes(),
+        [Code::DuplicateMessageId, Code::DuplicateMessageId]
+    );
     let first = &e.as_slice()[0];
     assert_eq!(first.message, "`c` and `b` both have message id 1");
     assert_eq!(first.labels[0].message, "`b` has id 1");
@@ -120,7 +150,10 @@ fn attributes_carry_their_meaning() {
     assert!(m[0].is_async && m[0].kind == Kind::OneWay);
     assert_eq!(m[1].delivery, Delivery::Ordered);
     assert_eq!((m[2].delivery, m[2].since), (Delivery::OneShot, 3));
-    assert_eq!((m[3].delivery, m[3].kind, m[3].timeout_ms), (Delivery::Idempotent, Kind::TwoWay, Some(2048)));
+    assert_eq!(
+        (m[3].delivery, m[3].kind, m[3].timeout_ms),
+        (Delivery::Idempotent, Kind::TwoWay, Some(2048))
+    );
     assert_eq!(m[0].delivery, Delivery::Default);
     assert!(p.events[0].no_queue);
     assert_eq!(p.version, 4);
@@ -130,11 +163,18 @@ fn attributes_carry_their_meaning() {
 fn doc_comments_reach_the_model() {
     let c = check_file(Path::new("tests/corpus/valid/comments.idl")).unwrap();
     let m = &c.model;
-    let TypeDef::Struct(s) = m.type_def("Commented").unwrap() else { panic!() };
+    let TypeDef::Struct(s) = m.type_def("Commented").unwrap() else {
+        panic!()
+    };
     assert_eq!(s.docs, ["Doc of the struct.", "Second line."]);
     assert_eq!(s.fields[0].docs, ["Doc of the field."]);
-    assert!(s.fields[1].docs.is_empty(), "/** */ is a plain block comment");
-    let TypeDef::Enum(e) = m.type_def("E").unwrap() else { panic!() };
+    assert!(
+        s.fields[1].docs.is_empty(),
+        "/** */ is a plain block comment"
+    );
+    let TypeDef::Enum(e) = m.type_def("E").unwrap() else {
+        panic!()
+    };
     assert_eq!(e.docs, ["Doc of the enum."]);
     assert_eq!(e.variants[0].docs, ["Doc of the variant."]);
     let p = &m.protocols[0];
@@ -148,23 +188,44 @@ fn import_cycle_is_named() {
     let loader = MemLoader::new()
         .with("a.idl", "import \"b.idl\"; struct A { x: u8 }")
         .with("b.idl", "import \"a.idl\"; struct B { y: u8 }");
-    let e = check_source(Path::new("a.idl"), "import \"b.idl\"; struct A { x: u8 }", &loader).unwrap_err();
+    let e = check_source(
+        Path::new("a.idl"),
+        "import \"b.idl\"; struct A { x: u8 }",
+        &loader,
+    )
+    .unwrap_err();
     assert_eq!(e.codes(), [Code::ImportCycle]);
     let d = &e.as_slice()[0];
     assert_eq!(d.message, "import cycle: a.idl -> b.idl -> a.idl");
     // Reported where the cycle closes: in b.idl.
-    assert_eq!((d.file.as_path(), d.line, d.col), (Path::new("b.idl"), 1, 8));
+    assert_eq!(
+        (d.file.as_path(), d.line, d.col),
+        (Path::new("b.idl"), 1, 8)
+    );
 
-    let e = check_source(Path::new("self.idl"), "import \"self.idl\";", &MemLoader::new().with("self.idl", ""))
-        .unwrap_err();
-    assert_eq!(e.as_slice()[0].message, "import cycle: self.idl -> self.idl");
+    let e = check_source(
+        Path::new("self.idl"),
+        "import \"self.idl\";",
+        &MemLoader::new().with("self.idl", ""),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.as_slice()[0].message,
+        "import cycle: self.idl -> self.idl"
+    );
 }
 
 #[test]
 fn imports_resolve_against_the_importing_folder() {
     let loader = MemLoader::new()
-        .with("proto/shapes/geo.idl", "import \"../units.idl\"; struct P { x: Meters }")
-        .with("proto/units.idl", "const W: u32 = 4; struct Meters { v: [u8; W] }");
+        .with(
+            "proto/shapes/geo.idl",
+            "import \"../units.idl\"; struct P { x: Meters }",
+        )
+        .with(
+            "proto/units.idl",
+            "const W: u32 = 4; struct Meters { v: [u8; W] }",
+        );
     let c = check_source(
         Path::new("proto/main.idl"),
         "import \"shapes/geo.idl\"; import \"units.idl\"; protocol M { fn f(p: P, m: Meters); }",
@@ -180,9 +241,17 @@ fn names_of_indirect_imports_are_not_in_scope() {
     let loader = MemLoader::new()
         .with("geo.idl", "import \"units.idl\"; struct P { x: Meters }")
         .with("units.idl", "struct Meters { v: u32 }");
-    let e = check_source(Path::new("main.idl"), "import \"geo.idl\"; struct Q { m: Meters }", &loader).unwrap_err();
+    let e = check_source(
+        Path::new("main.idl"),
+        "import \"geo.idl\"; struct Q { m: Meters }",
+        &loader,
+    )
+    .unwrap_err();
     assert_eq!(e.codes(), [Code::UnknownType]);
-    assert_eq!(e.as_slice()[0].help.as_deref(), Some("`Meters` is defined in `units.idl`: import that file"));
+    assert_eq!(
+        e.as_slice()[0].help.as_deref(),
+        Some("`Meters` is defined in `units.idl`: import that file")
+    );
 }
 
 #[test]
@@ -194,7 +263,10 @@ fn errors_in_imports_point_into_them_and_all_are_reported() {
         &loader,
     )
     .unwrap_err();
-    let got: Vec<String> = e.iter().map(|d| format!("{}:{}:{} {}", d.file.display(), d.line, d.col, d.code)).collect();
+    let got: Vec<String> = e
+        .iter()
+        .map(|d| format!("{}:{}:{} {}", d.file.display(), d.line, d.col, d.code))
+        .collect();
     assert_eq!(
         got,
         [
@@ -215,9 +287,19 @@ fn a_broken_import_does_not_cascade() {
     // lib.idl does not parse; `Rect` may well be defined there, so its use
     // is not reported a second time.
     let loader = MemLoader::new().with("lib.idl", "struct Rect { w u32 }");
-    let e = check_source(Path::new("main.idl"), "import \"lib.idl\"; struct S { r: Rect }", &loader).unwrap_err();
+    let e = check_source(
+        Path::new("main.idl"),
+        "import \"lib.idl\"; struct S { r: Rect }",
+        &loader,
+    )
+    .unwrap_err();
     assert_eq!(e.codes(), [Code::Syntax]);
-    let e = check_source(Path::new("main.idl"), "import \"gone.idl\"; struct S { r: Rect }", &loader).unwrap_err();
+    let e = check_source(
+        Path::new("main.idl"),
+        "import \"gone.idl\"; struct S { r: Rect }",
+        &loader,
+    )
+    .unwrap_err();
     assert_eq!(e.codes(), [Code::MissingImport]);
 }
 
@@ -231,8 +313,16 @@ fn poisoned_consts_do_not_cascade() {
 fn sync_fn_attributes() {
     // `@timeout` is fine on a `@sync` fn, not on a plain one-way fn.
     check("protocol P { @sync @timeout(5) fn a(); }");
-    let e = errors("protocol P { @timeout(5) fn a(); @sync fn b() -> u8; @queue(2) @sync fn c(); }");
-    assert_eq!(e.codes(), [Code::MisplacedAttribute, Code::MisplacedAttribute, Code::ConflictingAttributes]);
+    let e =
+        errors("protocol P { @timeout(5) fn a(); @sync fn b() -> u8; @queue(2) @sync fn c(); }");
+    assert_eq!(
+        e.codes(),
+        [
+            Code::MisplacedAttribute,
+            Code::MisplacedAttribute,
+            Code::ConflictingAttributes
+        ]
+    );
     let first = &e.as_slice()[0];
     assert!(first.help.as_deref().unwrap().contains("add `@sync`"));
 }
@@ -240,7 +330,10 @@ fn sync_fn_attributes() {
 #[test]
 fn unknown_attribute_suggests() {
     let e = errors("protocol P { @no_queu fn a(); }");
-    assert_eq!(e.as_slice()[0].help.as_deref(), Some("did you mean `@no_queue`?"));
+    assert_eq!(
+        e.as_slice()[0].help.as_deref(),
+        Some("did you mean `@no_queue`?")
+    );
 }
 
 #[test]
@@ -259,7 +352,10 @@ error[E0014]: unknown type `Rec`
 ";
     assert_eq!(text, expected);
     let colored = e.render(true);
-    assert!(colored.contains("\u{1b}["), "color requested: ANSI escapes expected");
+    assert!(
+        colored.contains("\u{1b}["),
+        "color requested: ANSI escapes expected"
+    );
     assert!(!text.contains("\u{1b}["));
     assert_eq!(e.to_string(), text);
 }

@@ -43,7 +43,12 @@ fn invalid_corpus_one_file_per_rule() {
             Err(e) => e,
         };
         for d in err.iter() {
-            assert_eq!(d.code.as_str(), code, "{}: unexpected diagnostic {d}", f.display());
+            assert_eq!(
+                d.code.as_str(),
+                code,
+                "{}: unexpected diagnostic {d}",
+                f.display()
+            );
         }
         let summary: Vec<String> = err.iter().map(ToString::to_string).collect();
         let snapshot = format!("{}\n\n{}", summary.join("\n"), err.render(false));
@@ -54,6 +59,9 @@ fn invalid_corpus_one_file_per_rule() {
         covered.push(code);
     }
     for (_, code, _) in CODES {
-        assert!(covered.iter().any(|c| c == code), "no invalid corpus file for {code}");
+        assert!(
+            covered.iter().any(|c| c == code),
+            "no invalid corpus file for {code}"
+        );
     }
 }

@@ -19,7 +19,10 @@ fn protocol(src: &str) -> Protocol {
 }
 
 fn ring(max_bytes: u64, by: &str) -> RingSize {
-    RingSize { max_bytes, decided_by: DecidedBy::Message(by.to_string()) }
+    RingSize {
+        max_bytes,
+        decided_by: DecidedBy::Message(by.to_string()),
+    }
 }
 
 #[test]
@@ -59,7 +62,10 @@ fn queue_multiplies_one_way_requests() {
     // Nothing travels back: one page.
     assert_eq!(
         p.ring_sizes.server_to_client,
-        RingSize { max_bytes: 4096, decided_by: DecidedBy::Empty }
+        RingSize {
+            max_bytes: 4096,
+            decided_by: DecidedBy::Empty
+        }
     );
 }
 
@@ -99,7 +105,10 @@ fn buffer_wins_for_both_rings() {
     );
     // 5000 rounded up to whole pages: 8192, even where the bounds say more
     // or are unbounded.
-    let r = RingSize { max_bytes: 8192, decided_by: DecidedBy::Buffer };
+    let r = RingSize {
+        max_bytes: 8192,
+        decided_by: DecidedBy::Buffer,
+    };
     assert_eq!(p.ring_sizes.client_to_server, r);
     assert_eq!(p.ring_sizes.server_to_client, r);
     assert_eq!(p.buffer, Some(5000));
@@ -113,7 +122,10 @@ fn unbounded_messages_get_the_default() {
             event e(x: u8);
         }",
     );
-    let default = RingSize { max_bytes: 1 << 20, decided_by: DecidedBy::Default };
+    let default = RingSize {
+        max_bytes: 1 << 20,
+        decided_by: DecidedBy::Default,
+    };
     assert_eq!(p.methods[0].request_max, None);
     assert_eq!(p.ring_sizes.client_to_server, default);
     // The reply and the event are bounded: 2 × ⌈11 × 128 / 10⌉ = 282 -> 1 page.
@@ -137,7 +149,10 @@ fn unbounded_through_recursion() {
 #[test]
 fn empty_protocol_gets_one_page() {
     let p = protocol("protocol P {}");
-    let page = RingSize { max_bytes: 4096, decided_by: DecidedBy::Empty };
+    let page = RingSize {
+        max_bytes: 4096,
+        decided_by: DecidedBy::Empty,
+    };
     assert_eq!(p.ring_sizes.client_to_server, page);
     assert_eq!(p.ring_sizes.server_to_client, page);
 }
@@ -174,7 +189,10 @@ fn encoding_of_every_shape() {
 fn idl_md_example_uses_its_buffer() {
     let checked = idl_parser::check_file(Path::new("tests/corpus/valid/display.idl")).unwrap();
     let p = &checked.model.protocols[0];
-    let r = RingSize { max_bytes: 4 << 20, decided_by: DecidedBy::Buffer };
+    let r = RingSize {
+        max_bytes: 4 << 20,
+        decided_by: DecidedBy::Buffer,
+    };
     assert_eq!(p.ring_sizes.client_to_server, r);
     assert_eq!(p.ring_sizes.server_to_client, r);
     // create_surface: Rect 16, PixelFormat 4, string<256> 260 -> objects
