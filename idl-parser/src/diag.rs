@@ -435,3 +435,32 @@ pub(crate) fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before[line_start..].chars().count() + 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column_count_characters() {
+        let src = "ab\né x\n";
+        assert_eq!(line_col(src, 0), (1, 1));
+        assert_eq!(line_col(src, 3), (2, 1));
+        // `é` is two bytes but one column.
+        assert_eq!(line_col(src, 6), (2, 3));
+    }
+
+    #[test]
+    fn spans_are_clamped_to_the_source() {
+        assert_eq!(clamp("aé", 2..9), 1..3);
+        assert_eq!(clamp("abc", 5..7), 3..3);
+    }
+
+    #[test]
+    fn codes_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for (code, text, _) in CODES {
+            assert!(seen.insert(text), "{text} twice");
+            assert_eq!(code.to_string(), *text);
+        }
+    }
+}

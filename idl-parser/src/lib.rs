@@ -21,6 +21,15 @@
 //! assert!(err.render(false).contains("error[E0014]: unknown type `Strng`"));
 //! ```
 //!
+//! # Layers
+//!
+//! The byte layout of rings and messages (header sizes, alignment, page
+//! rounding) has one home: the `shm-layout` crate, which depends on nothing
+//! of ours. This crate uses it to compute ring sizes, the runtime
+//! (`shm-channel`) uses it to read and write rings, and neither IDL crate
+//! depends on the runtime — so `shm-channel` can re-export `include_idl!`
+//! without a dependency cycle, and no number is written down twice.
+//!
 //! # Error codes
 //!
 //! | code | rule |

@@ -168,6 +168,11 @@ pub enum ConstValue {
 }
 
 /// `protocol Name { ... }`.
+///
+/// Message ids: the `fn`s and `event`s share one id space. In declaration
+/// order, each gets the id after the previous one's (the first gets 0);
+/// `@id(N)` pins one to `N`, and the ones after it continue from `N + 1`, as
+/// Rust enum discriminants do. Two members with the same id are an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Protocol {
     /// Name (at most 64 bytes: the ring header stores it).
@@ -216,7 +221,8 @@ pub struct Method {
     pub name: String,
     /// Doc comment lines.
     pub docs: Vec<String>,
-    /// Message id (see [`Protocol`] for the rule).
+    /// Message id (see [`Protocol`] for the rule); requests and their
+    /// replies carry it.
     pub id: u32,
     /// One-way or two-way.
     pub kind: Kind,
@@ -253,7 +259,7 @@ pub struct Event {
     pub name: String,
     /// Doc comment lines.
     pub docs: Vec<String>,
-    /// Message id.
+    /// Message id (see [`Protocol`]).
     pub id: u32,
     /// `@queue(N)`: how many may wait in the ring.
     pub queue: Option<u32>,

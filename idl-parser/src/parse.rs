@@ -2,6 +2,7 @@
 //! the [`ast`](crate::ast).
 
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
 use pest::Parser as _;
 use pest::iterators::{Pair, Pairs};
@@ -59,10 +60,15 @@ pub(crate) fn parse_pairs_at<'s>(
         Ok(pairs) => Ok(pairs),
         Err(_) => {
             // Tracking expected literal tokens (`:`, `;`) slows every parse
-            // down, so it is only switched on to explain a failure.
+            // down, so it is only switched on to explain a failure. The switch
+            // is process-wide and read when a parse starts: the lock keeps
+            // two explanations from switching it off under each other.
+            static DETAIL: Mutex<()> = Mutex::new(());
+            let guard = DETAIL.lock().unwrap_or_else(PoisonError::into_inner);
             pest::set_error_detail(true);
             let detailed = IdlParser::parse(Rule::file, source);
             pest::set_error_detail(false);
+            drop(guard);
             match detailed {
                 Ok(pairs) => Ok(pairs),
                 Err(e) => Err(fail(syntax_error(&b, &e))),
@@ -742,15 +748,5 @@ mod tests {
         let d = &e.as_slice()[0];
         assert_eq!(d.code, Code::Syntax);
         assert_eq!((d.line, d.col), (1, 14));
-    }
-}
-#[cfg(test)]
-mod corpus_smoke {
-    #[test]
-    fn display_parses() {
-        let src = include_str!("../tests/corpus/valid/display.idl");
-        let f = super::parse_source(std::path::Path::new("display.idl"), src)
-            .unwrap_or_else(|e| panic!("{}", e.render(false)));
-        assert_eq!(f.items.len(), 5);
     }
 }

@@ -319,3 +319,64 @@ fn finish(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn margin_rounds_up() {
+        assert_eq!(margin(10), Some(11));
+        assert_eq!(margin(128), Some(141)); // 140.8
+        assert_eq!(margin(0), Some(0));
+        assert_eq!(margin(u64::MAX / 10), None);
+    }
+
+    #[test]
+    fn combinators_propagate_unbounded_and_overflow() {
+        assert_eq!(add(Max::Bytes(1), Max::Unbounded), Max::Unbounded);
+        assert_eq!(add(Max::Overflow, Max::Unbounded), Max::Overflow);
+        assert_eq!(add(Max::Bytes(u64::MAX), Max::Bytes(1)), Max::Overflow);
+        assert_eq!(repeat(4, 3, Max::Bytes(2)), Max::Bytes(10));
+        assert_eq!(repeat(0, u64::MAX, Max::Bytes(2)), Max::Overflow);
+        assert_eq!(record([Max::Bytes(1), Max::Unbounded]), Max::Unbounded);
+        // 48 + (16 + 8) = 72 -> 128
+        assert_eq!(record([Max::Bytes(1)]), Max::Bytes(128));
+    }
+
+    #[test]
+    fn overflowing_rings_are_errors() {
+        let t = Traffic {
+            buffer: None,
+            requests: vec![("big", Max::Bytes(u64::MAX / 2), 4)],
+            replies: vec![],
+            events: vec![],
+        };
+        assert_eq!(
+            ring_sizes(&t),
+            Err(Overflow {
+                culprit: "big".into()
+            })
+        );
+        let t = Traffic {
+            buffer: Some(u64::MAX),
+            requests: vec![],
+            replies: vec![],
+            events: vec![],
+        };
+        assert_eq!(
+            ring_sizes(&t),
+            Err(Overflow {
+                culprit: "@buffer".into()
+            })
+        );
+    }
+
+    #[test]
+    fn decided_by_prints_as_idlc_does() {
+        assert_eq!(DecidedBy::Message("blit".into()).to_string(), "blit");
+        assert_eq!(DecidedBy::Buffer.to_string(), "@buffer");
+        assert_eq!(DecidedBy::Default.to_string(), "default");
+        assert_eq!(DecidedBy::Empty.to_string(), "none");
+    }
+}
