@@ -151,14 +151,20 @@ fn syntax_error(b: &Builder<'_>, e: &pest::error::Error<Rule>) -> crate::diag::D
         InputLocation::Pos(p) => p..p,
         InputLocation::Span((s, t)) => s..t,
     };
-    let found = b
-        .source
-        .get(span.start..)
-        .and_then(|rest| rest.chars().next());
-    let found = match found {
+    let rest = b.source.get(span.start..).unwrap_or("");
+    // A word is shown whole (`strct`), anything else by its first character.
+    let word_len = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    let shown_len = if word_len > 0 {
+        word_len
+    } else {
+        rest.chars().next().map_or(0, char::len_utf8)
+    };
+    let found = match rest.chars().next() {
         None => "the end of the file".to_string(),
         Some(c) if c.is_whitespace() => "whitespace".to_string(),
-        Some(c) => format!("`{c}`"),
+        Some(_) => format!("`{}`", &rest[..shown_len]),
     };
     let mut expected: Vec<String> = match &e.variant {
         ErrorVariant::ParsingError { positives, .. } => positives
@@ -183,20 +189,45 @@ fn syntax_error(b: &Builder<'_>, e: &pest::error::Error<Rule>) -> crate::diag::D
             }
         }
     }
-    expected.sort_unstable();
-    expected.dedup();
+    let expected = summarize(expected);
     let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
-    let message = if expected.is_empty() {
+    let message = if rest.starts_with('"') {
+        "unterminated string: a string ends with `\"` on the same line".to_string()
+    } else if rest.starts_with("/*") {
+        "unterminated block comment: `/*` needs a `*/`".to_string()
+    } else if expected.is_empty() {
         format!("unexpected {found}")
     } else {
         format!("expected {}, found {found}", join_or(&expected))
     };
-    let end = span.start
-        + b.source[span.start.min(b.source.len())..]
-            .chars()
-            .next()
-            .map_or(0, char::len_utf8);
+    let end = span.start + shown_len;
     b.error(Code::Syntax, span.start..end, message, "unexpected here")
+}
+
+/// Folds the tokens pest expected into what a user thinks of: the item
+/// keywords become "an item", the type names "a type", the starts of literals
+/// disappear behind "a string" or "an integer".
+fn summarize(mut expected: Vec<String>) -> Vec<String> {
+    const ITEMS: &[&str] = &["`import`", "`struct`", "`enum`", "`const`", "`protocol`"];
+    const TYPES: &[&str] = &[
+        "`bool`", "`u8`", "`u16`", "`u32`", "`u64`", "`i8`", "`i16`", "`i32`", "`i64`", "`f32`",
+        "`f64`", "`string`", "`bytes`", "`vec`", "`option`", "`result`",
+    ];
+    const LITERAL_STARTS: &[&str] = &["`\"`", "`-`", "`0x`", "`0b`", "`true`", "`false`", "`_`"];
+    let has = |v: &[String], set: &[&str]| v.iter().any(|e| set.contains(&e.as_str()));
+    if has(&expected, ITEMS) {
+        expected.retain(|e| !ITEMS.contains(&e.as_str()) && e != "`@`");
+        expected.push("an item (`import`, `struct`, `enum`, `const`, `protocol`)".into());
+        expected.push("an attribute".into());
+    }
+    if has(&expected, TYPES) || expected.iter().any(|e| e == "a type") {
+        expected.retain(|e| !TYPES.contains(&e.as_str()) && e != "`(`" && e != "`[`");
+        expected.push("a type".into());
+    }
+    expected.retain(|e| !LITERAL_STARTS.contains(&e.as_str()));
+    expected.sort_unstable();
+    expected.dedup();
+    expected
 }
 
 /// A rule's name in words for "expected ..." messages; `None` hides it.
