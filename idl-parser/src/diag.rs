@@ -318,11 +318,6 @@ impl Diagnostics {
         let id_of = |p: &Path| ids.iter().find(|(q, _)| q == p).map(|(_, id)| *id);
         let config = term::Config::default();
         let mut out = String::new();
-        let mut buffer = if color {
-            term::termcolor::Buffer::ansi()
-        } else {
-            term::termcolor::Buffer::no_color()
-        };
         for d in &self.items {
             let Some(file) = id_of(&d.file) else {
                 // No source to show: the one-line form still says everything.
@@ -344,9 +339,13 @@ impl Diagnostics {
                 diag = diag.with_notes(vec![format!("help: {help}")]);
             }
             if color {
-                if term::emit_to_write_style(&mut buffer, &config, &files, &diag).is_err() {
-                    out.push_str(&d.to_string());
-                    out.push('\n');
+                let mut buffer = term::termcolor::Buffer::ansi();
+                match term::emit_to_write_style(&mut buffer, &config, &files, &diag) {
+                    Ok(()) => out.push_str(&String::from_utf8_lossy(buffer.as_slice())),
+                    Err(_) => {
+                        out.push_str(&d.to_string());
+                        out.push('\n');
+                    }
                 }
             } else {
                 let mut s = String::new();
@@ -358,9 +357,6 @@ impl Diagnostics {
                     }
                 }
             }
-        }
-        if color {
-            out.push_str(&String::from_utf8_lossy(buffer.as_slice()));
         }
         out
     }
