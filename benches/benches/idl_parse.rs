@@ -78,7 +78,7 @@ fn generate() -> String {
         let _ = writeln!(s, "struct Record{t} {{");
         for f in 0..8 {
             let ty = match (t + f) % 8 {
-                0 | 1 | 2 => SCALARS[(t * 3 + f) % SCALARS.len()].to_owned(),
+                0..=2 => SCALARS[(t * 3 + f) % SCALARS.len()].to_owned(),
                 3 => format!("string<LIMIT_{}>", (t + f) % CONSTS),
                 4 => format!("bytes<{} KiB>", 1 + f),
                 5 => format!("Kind{}", (t + f) % ENUMS),

@@ -13,10 +13,11 @@
 //! - **Indentation** is 4 spaces per level; lines end with `\n`, the file
 //!   with exactly one `\n`; no trailing whitespace (except inside a doc
 //!   comment, whose text is kept byte for byte because it reaches rustdoc).
-//! - **Items** are separated by exactly one blank line. Imports come first,
-//!   in their source order (an import written after another item is moved up,
-//!   with the comments directly above it); consecutive imports keep a blank
-//!   line between them only where the source had one.
+//! - **Items** are separated by exactly one blank line, except in runs of
+//!   imports and runs of consts, which keep a blank line between two of them
+//!   only where the source had one. Imports come first, in their source
+//!   order: an import written after another item moves up, with the
+//!   comments directly above it and on its line.
 //! - **Docs and attributes** (`///`, `@attr(...)`) each stand on their own
 //!   line before their item, field, variant, method or event, docs first as
 //!   written, in source order. `@sync fn x();` becomes two lines.
@@ -37,21 +38,24 @@
 //!
 //! # Comments
 //!
-//! Every `//` and `/* */` comment is kept, in the same order relative to the
-//! tokens around it:
+//! Every `//` and `/* */` comment is kept (the test suite checks it over
+//! random insertions of comments between any two tokens):
 //!
-//! - a comment on the same line as the end of an item, member, doc or
-//!   attribute (or as a body's `{`) stays at the end of that line, after one
-//!   space (after the member's `,`);
+//! - a comment on the same line as the end of an item, member, doc,
+//!   attribute, body `{` or another comment stays at the end of that line,
+//!   after one space (after a member's `,`);
 //! - a comment on a line of its own stays on a line of its own, indented with
 //!   its surroundings; a blank line above it is kept where the source had
 //!   one; at the top level the comments directly above an item belong to it
 //!   and move with it;
 //! - a comment inside a one-line construct (between `fn` and `;`, inside a
-//!   type) is printed inline where it stands among the construct's parts; a
-//!   `//` comment there ends the line, and the construct continues on the
-//!   next line, indented one level more. A comment between a body's name and
-//!   its `{` moves after the `{`.
+//!   type, a `const` or a field) is printed inline where it stands among the
+//!   construct's parts, on the same side of `:`, `=` and `,` as in the
+//!   source; a `//` comment there ends the line, and the construct continues
+//!   on the next line, indented one level more (a comma that followed such
+//!   a comment moves before it). Inside a type, a comment right after `<`
+//!   or `;` is printed before it; and a `//` comment between a body's name
+//!   and its `{` goes after the `{`. Nothing else moves.
 //!
 //! A block comment's text is kept byte for byte (its inner lines are not
 //! re-indented); a line comment loses only its trailing whitespace.
@@ -138,7 +142,7 @@ impl<'s> Printer<'s> {
         } else if self.space == Space::AfterComment
             && !matches!(
                 text.as_bytes().first(),
-                Some(b' ' | b',' | b';' | b')' | b'>' | b']')
+                Some(b' ' | b',' | b':' | b';' | b')' | b'>' | b']')
             )
         {
             self.out.push(' ');
@@ -259,7 +263,8 @@ impl<'s> Printer<'s> {
             let rule = group.item.as_ref().map(Pair::as_rule);
             match previous {
                 None => {}
-                Some(Rule::import) if rule == Some(Rule::import) => {
+                // Runs of imports, and of consts, keep their grouping.
+                Some(same @ (Rule::import | Rule::const_def)) if rule == Some(same) => {
                     if group.blank_before {
                         self.blank_line();
                     } else {
@@ -387,32 +392,62 @@ impl<'s> Printer<'s> {
     fn const_def(&mut self, item: Pair<'s, Rule>) {
         let indent = self.indent;
         let rest = self.prefix(item);
-        // kw_const, ident, ty, literal: each printed with its own lead-in.
-        let mut index = 0;
-        for child in rest {
-            if child.as_rule() == Rule::COMMENT {
-                self.inline_comment(&child);
-                continue;
-            }
-            match index {
-                0 => self.word("const"),
-                1 => {
-                    self.space();
-                    self.word(child.as_str());
-                }
-                2 => {
-                    self.word(": ");
-                    self.ty(child);
-                }
-                _ => {
-                    self.word(" = ");
-                    self.literal(child);
-                }
-            }
-            index += 1;
-        }
+        let leads = [
+            Lead::None,
+            Lead::Space,
+            Lead::Punct(':', ": "),
+            Lead::Punct('=', " = "),
+        ];
+        self.sequence(rest, &leads, |p, index, child| match index {
+            0 => p.word("const"),
+            1 => p.word(child.as_str()),
+            2 => p.ty(child),
+            _ => p.literal(child),
+        });
         self.word(";");
         self.indent = indent;
+    }
+
+    /// Prints the parts of a one-line construct with their lead-ins
+    /// (`leads[i]` before part `i`). A comment found in the source after a
+    /// lead-in's punctuation is printed after it, so that comments keep
+    /// their side of `:` and `=`.
+    fn sequence(
+        &mut self,
+        children: Vec<Pair<'s, Rule>>,
+        leads: &[Lead],
+        mut part: impl FnMut(&mut Self, usize, Pair<'s, Rule>),
+    ) {
+        let mut index = 0;
+        let mut prev_end: Option<usize> = None;
+        let mut led = false;
+        for child in children {
+            let span = child.as_span();
+            if child.as_rule() == Rule::COMMENT {
+                if let (false, Some(Lead::Punct(c, text)), Some(end)) =
+                    (led, leads.get(index), prev_end)
+                    && self
+                        .source
+                        .get(end..span.start())
+                        .is_some_and(|gap| gap.contains(*c))
+                {
+                    self.word(text.trim_end());
+                    led = true;
+                }
+                self.inline_comment(&child);
+            } else {
+                match leads.get(index) {
+                    Some(Lead::Space) => self.space(),
+                    Some(Lead::Punct(_, _)) if led => self.space(),
+                    Some(Lead::Punct(_, text)) => self.word(text),
+                    Some(Lead::None) | None => {}
+                }
+                part(self, index, child);
+                index += 1;
+                led = false;
+            }
+            prev_end = Some(span.end());
+        }
     }
 
     /// `struct`, `enum` and `protocol`: a header line, then one member per
@@ -444,7 +479,23 @@ impl<'s> Printer<'s> {
             children.next();
         }
         self.indent = indent;
-        let entries: Vec<_> = children.collect();
+        let mut entries: Vec<_> = children.collect();
+        // One-line block comments before the `{` stay before it.
+        let before_brace = entries
+            .iter()
+            .take_while(|e| {
+                e.as_rule() == Rule::COMMENT
+                    && is_inline_block(e)
+                    && !self
+                        .source
+                        .get(header_end..e.as_span().start())
+                        .is_some_and(|g| g.contains('{'))
+            })
+            .count();
+        for comment in entries.drain(..before_brace) {
+            header_end = comment.as_span().end();
+            self.inline_comment(&comment);
+        }
         self.space();
         if entries.is_empty() {
             self.word("{}");
@@ -517,20 +568,16 @@ impl<'s> Printer<'s> {
 
     fn field(&mut self, field: Pair<'s, Rule>) {
         let rest = self.prefix(field);
-        let mut index = 0;
-        for child in rest {
-            if child.as_rule() == Rule::COMMENT {
-                self.inline_comment(&child);
-                continue;
-            }
-            if index == 0 {
-                self.word(child.as_str());
-            } else {
-                self.word(": ");
-                self.ty(child);
-            }
-            index += 1;
-        }
+        self.name_and_type(rest);
+    }
+
+    /// `name: Type`, for fields and parameters.
+    fn name_and_type(&mut self, children: Vec<Pair<'s, Rule>>) {
+        let leads = [Lead::None, Lead::Punct(':', ": ")];
+        self.sequence(children, &leads, |p, index, child| match index {
+            0 => p.word(child.as_str()),
+            _ => p.ty(child),
+        });
     }
 
     fn variant(&mut self, variant: Pair<'s, Rule>) {
@@ -591,20 +638,7 @@ impl<'s> Printer<'s> {
     }
 
     fn param(&mut self, param: Pair<'s, Rule>) {
-        let mut index = 0;
-        for child in param.into_inner() {
-            if child.as_rule() == Rule::COMMENT {
-                self.inline_comment(&child);
-                continue;
-            }
-            if index == 0 {
-                self.word(child.as_str());
-            } else {
-                self.word(": ");
-                self.ty(child);
-            }
-            index += 1;
-        }
+        self.name_and_type(param.into_inner().collect());
     }
 
     /// `open a, b, c close`, comments kept after the element they follow.
@@ -634,12 +668,24 @@ impl<'s> Printer<'s> {
     ) {
         let count = elements.len();
         for (i, (pair, comments)) in elements.into_iter().enumerate() {
+            let mut end = pair.as_span().end();
             element(self, pair);
-            if i + 1 < count {
-                self.word(",");
-            }
+            let mut comma = i + 1 == count;
             for comment in &comments {
+                let start = comment.as_span().start();
+                let before_comma = !self.source.get(end..start).is_some_and(|g| g.contains(','));
+                // A one-line block comment written before the comma stays
+                // there; a `//` comment would swallow it, so the comma goes
+                // first.
+                if !comma && !(before_comma && is_inline_block(comment)) {
+                    self.word(",");
+                    comma = true;
+                }
                 self.inline_comment(comment);
+                end = comment.as_span().end();
+            }
+            if !comma {
+                self.word(",");
             }
             if i + 1 < count {
                 self.space();
@@ -766,6 +812,25 @@ impl<'s> Printer<'s> {
             }
         }
     }
+}
+
+/// Whether `comment` is a block comment on one line (it can stand inside
+/// a line without ending it).
+fn is_inline_block(comment: &Pair<'_, Rule>) -> bool {
+    let text = comment.as_str();
+    text.starts_with("/*") && !text.contains('\n')
+}
+
+/// What comes before a part of a one-line construct (see
+/// [`Printer::sequence`]).
+#[derive(Clone, Copy)]
+enum Lead {
+    /// Nothing.
+    None,
+    /// One space.
+    Space,
+    /// A literal of the grammar, and how it is printed.
+    Punct(char, &'static str),
 }
 
 /// A line comment without its trailing whitespace (and `\r`), or a block

@@ -350,6 +350,24 @@ proptest! {
         prop_assert_eq!(after, before);
     }
 
+    /// The same over every file of the valid corpus.
+    #[test]
+    fn comments_anywhere_in_the_corpus(
+        file in 0usize..1000,
+        picks in proptest::collection::vec((0usize..10_000, 0usize..4), 1..12),
+    ) {
+        let corpus = valid_corpus();
+        let (path, source) = &corpus[file % corpus.len()];
+        let noisy = sprinkle(source, &picks);
+        let once = format(path, &noisy);
+        prop_assert_eq!(&format(path, &once), &once, "not idempotent for\n{}", noisy);
+        prop_assert_eq!(sorted(comments(&once)), sorted(comments(&noisy)));
+        let before = check_source(path, &noisy, &FsLoader).map(|c| c.model);
+        let after = check_source(path, &once, &FsLoader).map(|c| c.model);
+        prop_assert!(before.is_ok(), "the mutation broke the meaning:\n{}", noisy);
+        prop_assert_eq!(after, before);
+    }
+
     /// The same over the hand-written comment corner cases (syntax only:
     /// that file does not check).
     #[test]
