@@ -264,19 +264,13 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// Every diagnostic found, with the sources needed to render them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Every diagnostic found, with the sources needed to render them. As an
+/// error, it displays as [`Diagnostics::render`] without colour.
+#[derive(Debug, Clone, Default, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.render(false))]
 pub struct Diagnostics {
     items: Vec<Diagnostic>,
     sources: Vec<(PathBuf, String)>,
-}
-
-impl std::error::Error for Diagnostics {}
-
-impl fmt::Display for Diagnostics {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.render(false))
-    }
 }
 
 impl Diagnostics {
