@@ -677,7 +677,7 @@ impl<'s> Printer<'s> {
                 // A one-line block comment written before the comma stays
                 // there; a `//` comment would swallow it, so the comma goes
                 // first.
-                if !comma && !(before_comma && is_inline_block(comment)) {
+                if !(comma || before_comma && is_inline_block(comment)) {
                     self.word(",");
                     comma = true;
                 }
