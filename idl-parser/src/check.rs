@@ -713,7 +713,7 @@ impl Cx {
                     if self.files[f].poisoned_import {
                         return None;
                     }
-                    let candidates = visible_names(self, scope, f, false);
+                    let candidates = visible_names(scope, f, false);
                     let d = self.err(
                         f,
                         Code::UnknownConst,
@@ -887,7 +887,7 @@ impl Cx {
                     if self.files[f].poisoned_import {
                         return None;
                     }
-                    let candidates = visible_names(self, scope, f, true);
+                    let candidates = visible_names(scope, f, true);
                     let d = self.err(
                         f,
                         Code::UnknownType,
@@ -1767,7 +1767,6 @@ impl Cx {
                         params,
                         max: record.bytes(),
                     });
-                    let _ = record;
                 }
                 MemberKind::Fn => {
                     let returns = match &m.returns {
@@ -1830,23 +1829,17 @@ impl Cx {
         if !ok {
             return None;
         }
-        let mut event_records = Vec::new();
-        for (e, m) in events
+        let event_records: Vec<(&str, Max, u64)> = events
             .iter()
-            .zip(p.members.iter().filter(|m| m.kind == MemberKind::Event))
-        {
-            let objs: Vec<Max> = e
-                .params
-                .iter()
-                .map(|prm| type_max(&prm.ty, type_sizes))
-                .collect();
-            let _ = m;
-            event_records.push((
-                e.name.as_str(),
-                sizes::record(objs),
-                u64::from(e.queue.unwrap_or(1)),
-            ));
-        }
+            .map(|e| {
+                let objs = e.params.iter().map(|prm| type_max(&prm.ty, type_sizes));
+                (
+                    e.name.as_str(),
+                    sizes::record(objs),
+                    u64::from(e.queue.unwrap_or(1)),
+                )
+            })
+            .collect();
         let traffic = Traffic {
             buffer: pattrs.buffer,
             requests: methods
@@ -2018,7 +2011,7 @@ fn leftover(edges: &[Vec<usize>]) -> Vec<bool> {
 }
 
 /// Names a file can see: types (with the builtin ones) or consts.
-fn visible_names(cx: &Cx, scope: &Scope, f: usize, types: bool) -> Vec<String> {
+fn visible_names(scope: &Scope, f: usize, types: bool) -> Vec<String> {
     let map = if types { &scope.types } else { &scope.consts };
     let mut v: Vec<String> = map
         .iter()
@@ -2028,7 +2021,6 @@ fn visible_names(cx: &Cx, scope: &Scope, f: usize, types: bool) -> Vec<String> {
     if types {
         v.extend(BUILTIN_TYPES.iter().map(|s| (*s).to_string()));
     }
-    let _ = cx;
     v.sort();
     v
 }
