@@ -289,9 +289,11 @@ fn read(file: &Path) -> Result<String, Failure> {
     std::fs::read_to_string(file).map_err(|e| Failure::io(file, "cannot read", &e))
 }
 
-/// Renders diagnostics on stderr, in colour when stderr is a terminal.
+/// Renders diagnostics on stderr, in colour when stderr is a terminal and
+/// `NO_COLOR` is unset or empty (<https://no-color.org>).
 fn print_diagnostics(diagnostics: &Diagnostics) {
-    let color = io::stderr().is_terminal();
+    let color =
+        io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let text = diagnostics.render(color);
     let mut stderr = io::stderr().lock();
     // Nothing better can be done when stderr itself is gone; the exit code
