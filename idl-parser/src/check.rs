@@ -721,7 +721,11 @@ impl Cx {
                         format!("unknown const `{}`", name.name),
                         "not defined",
                     );
-                    if let Some(s) = suggest(&name.name, candidates.iter().map(String::as_str)) {
+                    if scope.types.contains_key(&name.name) {
+                        d.help = Some(format!("`{}` is a type, not a const", name.name));
+                    } else if let Some(s) =
+                        suggest(&name.name, candidates.iter().map(String::as_str))
+                    {
                         d.help = Some(format!("did you mean `{s}`?"));
                     }
                     return None;
@@ -895,7 +899,11 @@ impl Cx {
                         format!("unknown type `{}`", name.name),
                         "not defined",
                     );
-                    if let Some(s) = suggest(&name.name, candidates.iter().map(String::as_str)) {
+                    if scope.consts.contains_key(&name.name) {
+                        d.help = Some(format!("`{}` is a const, not a type", name.name));
+                    } else if let Some(s) =
+                        suggest(&name.name, candidates.iter().map(String::as_str))
+                    {
                         d.help = Some(format!("did you mean `{s}`?"));
                     }
                     return None;

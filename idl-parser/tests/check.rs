@@ -375,3 +375,16 @@ fn codes_table_is_complete_and_stable() {
         assert!(!summary.is_empty());
     }
 }
+
+#[test]
+fn consts_and_types_are_told_apart() {
+    let e = errors("const N: u32 = 4; struct S { a: N, b: [u8; S] }");
+    let helps: Vec<_> = e
+        .iter()
+        .map(|d| d.help.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        helps,
+        ["`N` is a const, not a type", "`S` is a type, not a const"]
+    );
+}
