@@ -120,6 +120,9 @@ fn worked_example_sizes_are_what_idlc_prints() {
 fn every_error_code_is_documented() {
     let guide = guide();
     for (_, code, _) in idl_parser::CODES {
-        assert!(guide.contains(&format!("| {code} |")), "docs/IDL.md does not list {code}");
+        assert!(
+            guide.contains(&format!("| {code} |")),
+            "docs/IDL.md does not list {code}"
+        );
     }
 }
