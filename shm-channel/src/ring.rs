@@ -42,8 +42,8 @@
 
 use std::fmt;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
@@ -56,7 +56,11 @@ use thiserror::Error;
 pub use shm_layout::Kind;
 
 use crate::region::{HeapRegion, MemfdRegion, Region, RegionError};
+
+mod wait;
 use crate::sys;
+use wait::{Bells, Parked, Side, SpinLimit, WaitCounters};
+pub use wait::{WaitPolicy, WaitStats};
 
 /// How long a waiter spins on a held spinlock before it checks whether the
 /// holder is alive. Critical sections are a few dozen instructions (a
@@ -133,6 +137,9 @@ pub enum RingError {
     /// Only one reader may read a ring.
     #[error("this ring already has a reader")]
     ReaderTaken,
+    /// Doorbells can be attached once.
+    #[error("this ring already has doorbells")]
+    DoorbellsAttached,
 }
 
 /// Why a message could not be reserved without waiting.
@@ -176,6 +183,12 @@ pub enum SendError {
     /// The slot's objects do not match what was reserved.
     #[error("message not sent: {0}")]
     Layout(LayoutError),
+    /// The reader's process is gone (its channel socket closed).
+    #[error("the peer died: nobody will read this message")]
+    PeerDied,
+    /// Waiting on the doorbell failed (the message was not sent).
+    #[error("waiting for room failed: {0}")]
+    Wait(String),
     /// The ring is corrupt.
     #[error(transparent)]
     Corrupt(#[from] Corrupt),
@@ -207,6 +220,13 @@ pub enum RecvError {
         /// The message id it had reserved.
         message_id: u64,
     },
+    /// The writers' process is gone (its channel socket closed) and every
+    /// message it sent has been received.
+    #[error("the peer died")]
+    PeerDied,
+    /// Waiting on the doorbell failed.
+    #[error("waiting for a message failed: {0}")]
+    Wait(String),
     /// The ring is corrupt.
     #[error(transparent)]
     Corrupt(#[from] Corrupt),
@@ -226,6 +246,13 @@ struct RingMem {
     reader_taken: AtomicBool,
     /// This process's pid, for the spinlock and reservations.
     pid: u32,
+    /// Doorbell fds, when a channel attached them (else futexes).
+    bells: OnceLock<Bells>,
+    /// Adaptive spin of this process's writers waiting for room.
+    writer_spin: SpinLimit,
+    /// Adaptive spin of the reader waiting for messages.
+    reader_spin: SpinLimit,
+    stats: WaitCounters,
 }
 
 impl RingMem {
@@ -562,6 +589,10 @@ impl Ring {
             poisoned: AtomicBool::new(false),
             reader_taken: AtomicBool::new(false),
             pid: sys::pid(),
+            bells: OnceLock::new(),
+            writer_spin: SpinLimit::new(&WaitPolicy::default()),
+            reader_spin: SpinLimit::new(&WaitPolicy::default()),
+            stats: WaitCounters::default(),
         }
     }
 
@@ -571,10 +602,42 @@ impl Ring {
         self.fd.as_ref().map(|f| f.0.as_fd())
     }
 
+    /// Attaches eventfd doorbells (and optionally the channel's liveness
+    /// socket), so that sleepers in different processes are rung through
+    /// fds that `poll`, epoll and tokio can wait on, and wake when the peer
+    /// dies. Without them, sleepers park on futexes in the ring header.
+    /// `reader` is signalled by writers when the reader sleeps, `writer` by
+    /// the reader when writers wait for room; both processes attach the same
+    /// eventfds (passed over the channel's socket). Once per ring.
+    pub fn attach_doorbells(
+        &self,
+        reader: OwnedFd,
+        writer: OwnedFd,
+        liveness: Option<OwnedFd>,
+    ) -> Result<(), RingError> {
+        self.mem
+            .bells
+            .set(Bells {
+                reader,
+                writer,
+                liveness,
+            })
+            .map_err(|_| RingError::DoorbellsAttached)
+    }
+
+    /// The eventfd the reader sleeps on, when doorbells are attached: an
+    /// event loop polls it to learn that messages may have arrived (arm the
+    /// doorbell first: [`RingReader::arm_doorbell`]).
+    pub fn reader_doorbell(&self) -> Option<BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.mem.bells.get().map(|b| b.reader.as_fd())
+    }
+
     /// A writer handle; any number may exist, on any threads.
     pub fn writer(&self) -> RingWriter {
         RingWriter {
             mem: Arc::clone(&self.mem),
+            policy: WaitPolicy::default(),
         }
     }
 
@@ -595,7 +658,14 @@ impl Ring {
             cached_write: read,
             stall: None,
             consumed: self.mem.word(off::CONSUMED_COUNT).load(Ordering::Relaxed),
+            policy: WaitPolicy::default(),
+            freed: 0,
         })
+    }
+
+    /// How this process's handles on the ring waited so far.
+    pub fn wait_stats(&self) -> WaitStats {
+        self.mem.stats.snapshot()
     }
 
     /// Current capacity in bytes (header included).
@@ -643,6 +713,7 @@ fn checked_max(config: &RingConfig) -> Result<u64, RingError> {
 #[derive(Clone)]
 pub struct RingWriter {
     mem: Arc<RingMem>,
+    policy: WaitPolicy,
 }
 
 impl fmt::Debug for RingWriter {
@@ -846,9 +917,10 @@ impl RingWriter {
         }
     }
 
-    /// Reserves room, waiting up to `timeout` for the reader to make some
-    /// (polling; the channel layer adds parking). A `no_queue` message never
-    /// waits: it fails at once with [`SendError::Dropped`].
+    /// Reserves room, waiting up to `timeout` for the reader to make some:
+    /// spins (see [`WaitPolicy`]), then parks until the reader rings. A
+    /// `no_queue` message never waits: it fails at once with
+    /// [`SendError::Dropped`].
     pub fn allocate_for_send_timeout(
         &self,
         size: u64,
@@ -858,18 +930,49 @@ impl RingWriter {
         timeout: Duration,
     ) -> Result<Slot<'_>, SendError> {
         let deadline = Instant::now().checked_add(timeout);
-        let backoff = Backoff::new();
+        let attempt = || match self.try_allocate_for_send(size, message_id, obj_count, no_queue) {
+            Ok(slot) => Some(Ok(slot)),
+            Err(TrySendError::Full) if !no_queue => None,
+            Err(e) => Some(Err(SendError::from(e))),
+        };
         loop {
-            match self.try_allocate_for_send(size, message_id, obj_count, no_queue) {
-                Ok(slot) => return Ok(slot),
-                Err(TrySendError::Full) if !no_queue => {}
-                Err(e) => return Err(e.into()),
+            if let Some(done) = attempt() {
+                return done;
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(SendError::Timeout);
+            if let Some(done) = self.mem.writer_spin.spin(&self.policy, deadline, attempt) {
+                return done;
             }
-            wait_step(&backoff);
+            let left = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Err(SendError::Timeout),
+                },
+                None => None,
+            };
+            self.mem.arm(Side::Writer);
+            let done = attempt();
+            let parked = if done.is_none() {
+                self.mem.park(Side::Writer, left)
+            } else {
+                Ok(Parked::Again)
+            };
+            self.mem.disarm(Side::Writer);
+            if let Some(done) = done {
+                return done;
+            }
+            match parked {
+                Ok(Parked::Again) => {}
+                Ok(Parked::PeerGone) => return Err(SendError::PeerDied),
+                Err(e) => return Err(SendError::Wait(e.to_string())),
+            }
         }
+    }
+
+    /// Sets how this handle waits for room (default: adaptive spin up to
+    /// 100 µs, then park).
+    pub fn set_wait_policy(&mut self, policy: WaitPolicy) {
+        self.policy = policy;
+        self.mem.writer_spin.reset(&policy);
     }
 
     /// Reserves room, waiting as long as it takes (see
@@ -912,15 +1015,6 @@ impl RingWriter {
     /// Largest message (header and objects) the ring can hold.
     pub fn max_message(&self) -> u64 {
         self.mem.max_message()
-    }
-}
-
-/// One step of a polling wait: spin, then yield, then sleep briefly.
-fn wait_step(backoff: &Backoff) {
-    if backoff.is_completed() {
-        std::thread::sleep(Duration::from_micros(20));
-    } else {
-        backoff.snooze();
     }
 }
 
@@ -1033,6 +1127,7 @@ impl Slot<'_> {
         self.mem
             .record_flags(self.at)
             .store(word, Ordering::Release);
+        self.mem.ring(Side::Reader);
         Ok(())
     }
 }
@@ -1044,6 +1139,7 @@ impl Drop for Slot<'_> {
             self.mem
                 .record_flags(self.at)
                 .store(flags::WRITTEN | flags::SKIP, Ordering::Release);
+            self.mem.ring(Side::Reader);
         }
     }
 }
@@ -1058,6 +1154,9 @@ pub struct RingReader {
     /// A message stuck `ALLOCATED` at the head: (offset, since).
     stall: Option<(u64, Instant)>,
     consumed: u64,
+    policy: WaitPolicy,
+    /// Bytes released since writers were last rung.
+    freed: u64,
 }
 
 impl fmt::Debug for RingReader {
@@ -1078,12 +1177,19 @@ enum Head {
 impl RingReader {
     /// The next message, if one is complete; never waits.
     pub fn try_receive(&mut self) -> Result<Option<Message<'_>>, RecvError> {
+        match self.poll_once()? {
+            Some((at, len, flags)) => self.message(at, len, flags).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// One look at the ring: the next complete message's place, if any.
+    /// A corrupt ring poisons this reader.
+    fn poll_once(&mut self) -> Result<Option<(u64, u64, u64)>, RecvError> {
         self.mem.check_poison()?;
         match self.try_receive_at() {
-            Ok(Some((at, len, flags))) => self.message(at, len, flags).map(Some),
-            Ok(None) => Ok(None),
             Err(RecvError::Corrupt(c)) => Err(RecvError::Corrupt(self.mem.poison(c))),
-            Err(e) => Err(e),
+            other => other,
         }
     }
 
@@ -1259,12 +1365,22 @@ impl RingReader {
     /// Moves past the message at `at` and publishes the new read position.
     fn advance(&mut self, at: u64, len: u64) {
         // `len` was validated against the data end, so this stays inside it.
-        self.read.offset = at + align_up(len, RECORD_ALIGN).unwrap_or(RECORD_ALIGN);
+        let record = align_up(len, RECORD_ALIGN).unwrap_or(RECORD_ALIGN);
+        self.read.offset = at + record;
         self.consumed = self.consumed.wrapping_add(1);
         self.mem
             .word(off::CONSUMED_COUNT)
             .store(self.consumed, Ordering::Relaxed);
         self.publish_read();
+        self.freed = self.freed.saturating_add(record);
+        // Writers waiting for room are rung once a quarter of the ring is
+        // free again, or when it is empty: waking them for every message
+        // would cost a kernel wake-up per message while the ring is full.
+        let cap = self.mem.word(off::BUFFER_SIZE).load(Ordering::Relaxed);
+        if (self.freed >= cap / 4 || self.read == self.cached_write) && self.mem.ring(Side::Writer)
+        {
+            self.freed = 0;
+        }
     }
 
     fn publish_read(&self) {
@@ -1275,24 +1391,87 @@ impl RingReader {
             .store(self.read.pack(), Ordering::Release);
     }
 
-    /// The next message, waiting up to `timeout` (polling; the channel
-    /// layer adds parking).
+    /// The next message, waiting up to `timeout`: spins (see
+    /// [`WaitPolicy`]), then parks until a writer rings. With a channel's
+    /// liveness socket attached, returns [`RecvError::PeerDied`] once the
+    /// peer is gone and every message it sent has been received.
     pub fn receive_timeout(&mut self, timeout: Duration) -> Result<Message<'_>, RecvError> {
         let deadline = Instant::now().checked_add(timeout);
-        let backoff = Backoff::new();
-        loop {
-            self.mem.check_poison()?;
-            match self.try_receive_at() {
-                Ok(Some((at, len, flags))) => return self.message(at, len, flags),
-                Ok(None) => {}
-                Err(RecvError::Corrupt(c)) => return Err(RecvError::Corrupt(self.mem.poison(c))),
-                Err(e) => return Err(e),
+        let mem = Arc::clone(&self.mem);
+        let policy = self.policy;
+        let found = loop {
+            if let Some(found) = self.poll_once()? {
+                break found;
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(RecvError::Timeout);
+            if let Some(found) = mem
+                .reader_spin
+                .spin(&policy, deadline, || self.poll_once().transpose())
+            {
+                break found?;
             }
-            wait_step(&backoff);
+            let mut left = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Err(RecvError::Timeout),
+                },
+                None => None,
+            };
+            if self.stall.is_some() {
+                // A writer may have died mid-message: look again soon.
+                left = Some(left.map_or(ALLOCATED_LIVENESS_CHECK, |l| {
+                    l.min(ALLOCATED_LIVENESS_CHECK)
+                }));
+            }
+            mem.arm(Side::Reader);
+            let found = self.poll_once();
+            let parked = match found {
+                Ok(None) => mem.park(Side::Reader, left),
+                _ => Ok(Parked::Again),
+            };
+            mem.disarm(Side::Reader);
+            if let Some(found) = found? {
+                break found;
+            }
+            match parked {
+                Ok(Parked::Again) => {}
+                Ok(Parked::PeerGone) => match self.poll_once()? {
+                    // What the peer sent before it went is still delivered.
+                    Some(found) => break found,
+                    None => return Err(RecvError::PeerDied),
+                },
+                Err(e) => return Err(RecvError::Wait(e.to_string())),
+            }
+        };
+        let (at, len, flags) = found;
+        self.message(at, len, flags)
+    }
+
+    /// Sets how this reader waits (default: adaptive spin up to 100 µs,
+    /// then park).
+    pub fn set_wait_policy(&mut self, policy: WaitPolicy) {
+        self.policy = policy;
+        self.mem.reader_spin.reset(&policy);
+    }
+
+    /// For event loops: announces that this reader is about to wait on
+    /// [`Ring::reader_doorbell`]. Returns `false` (and disarms) when a
+    /// message is already there: receive it instead of waiting. After the
+    /// wait, call [`disarm_doorbell`](Self::disarm_doorbell).
+    pub fn arm_doorbell(&mut self) -> Result<bool, RecvError> {
+        self.mem.arm(Side::Reader);
+        match self.poll_once() {
+            Ok(None) => Ok(true),
+            other => {
+                self.mem.disarm(Side::Reader);
+                other.map(|_| false)
+            }
         }
+    }
+
+    /// Takes the reader out of its doorbell (see
+    /// [`arm_doorbell`](Self::arm_doorbell)).
+    pub fn disarm_doorbell(&mut self) {
+        self.mem.disarm(Side::Reader);
     }
 
     /// The next message, waiting as long as it takes.

@@ -551,3 +551,200 @@ fn writer_killed_with_an_allocated_message_is_reported_and_skipped() {
         }
     );
 }
+
+// ---- waiting: adaptive spin, then parking on the doorbells ----
+
+mod parking {
+    use super::*;
+    use shm_channel::ring::WaitPolicy;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+
+    /// A doorbell fd as a channel would create it.
+    fn eventfd() -> OwnedFd {
+        rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .unwrap()
+    }
+
+    /// Reader and writer on two threads, both parking at once (no spin):
+    /// every message and every "room again" goes through a wake-up.
+    fn ping_pong_parked(ring: Ring) {
+        let stats = ring.clone();
+        let mut w = ring.writer();
+        w.set_wait_policy(WaitPolicy::PARK);
+        let mut r = ring.reader().unwrap();
+        r.set_wait_policy(WaitPolicy::PARK);
+        let sender = std::thread::spawn(move || {
+            for i in 0..300u64 {
+                if i % 50 == 0 {
+                    // Let the reader fall asleep now and then.
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                w.send_objects(i, Kind::Raw, &[(0, &[i as u8; 1500])], LONG)
+                    .unwrap();
+            }
+        });
+        with_watchdog(LONG, move || {
+            for i in 0..300u64 {
+                let m = r.receive_timeout(LONG).unwrap();
+                assert_eq!(m.message_id(), i);
+                drop(m);
+                if i % 97 == 0 {
+                    // Let the ring fill up: the writer parks for room.
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            sender.join().unwrap();
+        });
+        // Every sleep ended by a ring: a lost wake-up would show as a sleep
+        // that ran into its (250 ms) periodic timeout.
+        let s = stats.wait_stats();
+        eprintln!("{s:?}");
+        assert!(s.parks >= 6 && s.rings >= 6, "{s:?}");
+        assert_eq!(s.park_timeouts, 0, "{s:?}");
+    }
+
+    #[test]
+    fn futex_doorbells_wake_reader_and_writer() {
+        ping_pong_parked(heap(8192));
+        ping_pong_parked(memfd(8192));
+    }
+
+    #[test]
+    fn eventfd_doorbells_wake_reader_and_writer() {
+        let ring = heap(8192);
+        ring.attach_doorbells(eventfd(), eventfd(), None).unwrap();
+        assert!(ring.attach_doorbells(eventfd(), eventfd(), None).is_err());
+        ping_pong_parked(ring);
+    }
+
+    #[test]
+    fn peer_death_ends_a_parked_receive_after_what_it_sent() {
+        let ring = memfd(1 << 16);
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ring.attach_doorbells(eventfd(), eventfd(), Some(ours.into()))
+            .unwrap();
+        let w = ring.writer();
+        let mut r = ring.reader().unwrap();
+        w.send_objects(1, Kind::Raw, &[(0, b"last words")], LONG)
+            .unwrap();
+        let peer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            drop(theirs); // the peer's process ends: its socket closes
+        });
+        let (first, then) = with_watchdog(LONG, move || {
+            let first = r
+                .receive_timeout(LONG)
+                .map(|m| m.object(0).unwrap().to_vec());
+            let then = r.receive_timeout(LONG).map(|m| m.message_id());
+            (first, then)
+        });
+        peer.join().unwrap();
+        assert_eq!(first.unwrap(), b"last words");
+        assert_eq!(then.unwrap_err(), RecvError::PeerDied);
+    }
+
+    #[test]
+    fn writer_waiting_for_room_sees_peer_death() {
+        let ring = memfd(4096);
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ring.attach_doorbells(eventfd(), eventfd(), Some(ours.into()))
+            .unwrap();
+        let w = ring.writer();
+        let _r = ring.reader().unwrap();
+        while w
+            .try_allocate_for_send(object_size(500).unwrap(), 0, 1, false)
+            .map(|mut s| {
+                s.push_object(0, &[0; 500]).unwrap();
+                s.send().unwrap();
+            })
+            .is_ok()
+        {}
+        drop(theirs);
+        let err = with_watchdog(LONG, move || {
+            w.send_objects(9, Kind::Raw, &[(0, &[0; 500])], LONG)
+                .unwrap_err()
+        });
+        assert_eq!(err, SendError::PeerDied);
+    }
+
+    /// CPU time of the calling thread, from /proc (utime + stime, in ticks
+    /// of 10 ms on Linux).
+    fn thread_cpu_ticks() -> u64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // Fields after the command name (which may hold spaces) start after ')'.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    #[test]
+    fn an_idle_parked_receiver_burns_no_cpu() {
+        let ring = memfd(1 << 16);
+        let _w = ring.writer();
+        let mut r = ring.reader().unwrap();
+        let ticks = with_watchdog(LONG, move || {
+            let before = thread_cpu_ticks();
+            assert_eq!(
+                r.receive_timeout(Duration::from_secs(1)).unwrap_err(),
+                RecvError::Timeout
+            );
+            thread_cpu_ticks() - before
+        });
+        eprintln!("idle receive of 1 s used {ticks} ticks (10 ms each) of CPU");
+        // The default spin is at most 100 µs; parking wakes 4 times a second.
+        assert!(
+            ticks <= 5,
+            "an idle receiver used {ticks} ticks of CPU in one second"
+        );
+    }
+
+    /// Child for the cross-process test: sends slowly through the parent's ring.
+    #[test]
+    fn slow_sender_child() {
+        if support::child_role().as_deref() != Some("slow-sender") {
+            return;
+        }
+        let path = std::env::var(RING_PATH_ENV).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let ring = Ring::open_memfd(file.into(), 1 << 20, LONG).unwrap();
+        let w = ring.writer();
+        for i in 0..20u64 {
+            std::thread::sleep(Duration::from_millis(3));
+            w.send_objects(i, Kind::Raw, &[(0, &i.to_le_bytes())], LONG)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_parked_reader_is_woken_by_a_writer_in_another_process() {
+        let ring = memfd(1 << 20);
+        let mut r = ring.reader().unwrap();
+        r.set_wait_policy(WaitPolicy::PARK);
+        let path = format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            ring.fd().unwrap().as_raw_fd()
+        );
+        let child = ChildGuard::spawn(
+            "parking::slow_sender_child",
+            "slow-sender",
+            &[(RING_PATH_ENV, path)],
+        );
+        let got = with_watchdog(LONG, move || {
+            (0..20u64)
+                .map(|_| r.receive_timeout(LONG).unwrap().message_id())
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(got, (0..20).collect::<Vec<_>>());
+        assert!(child.wait().success());
+    }
+}

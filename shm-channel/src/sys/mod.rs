@@ -23,6 +23,10 @@
 //!   on [`pid_alive`] (pid reuse; both processes in the same pid namespace).
 //! * **Futexes** ([`futex_wait`], [`futex_wake`]): shared (not `FUTEX_PRIVATE`) futexes, so a
 //!   word inside a `MAP_SHARED` mapping can park and wake threads of different processes.
+//! * **Doorbells** ([`eventfd_new`], [`eventfd_signal`], [`eventfd_drain`], [`wait_any`]):
+//!   eventfds a peer signals, waited on with `poll` together with other fds (a channel's
+//!   liveness socket), so a parked receiver also wakes when its peer dies, and epoll or tokio
+//!   can wait on them.
 //!
 //! No function here panics on bad input: sizes, offsets and flags are checked and refused with
 //! an `io::Error` of kind `InvalidInput`.
@@ -33,11 +37,13 @@
     reason = "the ring, doorbells and crash recovery of later issues call the rest of this API"
 )]
 
+mod doorbell;
 mod futex;
 mod memfd;
 mod mmap;
 mod process;
 
+pub(crate) use doorbell::{Ready, eventfd_drain, eventfd_new, eventfd_signal, wait_any};
 pub(crate) use futex::{WaitOutcome, futex_wait, futex_wake};
 pub(crate) use memfd::{
     REQUIRED_SEALS, SealError, add_seals, allocated_bytes, check_received_seals, file_len,
