@@ -335,15 +335,15 @@ fn small_messages_keep_a_64mib_ring_at_one_page_and_a_10mib_message_grows_it() {
     assert!(allocated >= 10 << 20);
 }
 
+/// The same ring mapped a second time, as the peer process maps it.
+fn reopen(ring: &Ring, max: u64) -> Result<Ring, shm_channel::ring::RingError> {
+    Ring::open_memfd(ring.fd().unwrap().try_clone_to_owned().unwrap(), max, LONG)
+}
+
 #[test]
 fn reader_in_another_mapping_follows_growth() {
     let ring = memfd(4 << 20);
-    let other = Ring::open_memfd(
-        ring.fd().unwrap().try_clone_to_owned().unwrap(),
-        4 << 20,
-        LONG,
-    )
-    .unwrap();
+    let other = reopen(&ring, 4 << 20).unwrap();
     let w = ring.writer();
     let mut r = other.reader().unwrap();
     let big = vec![9u8; 1 << 20];
@@ -355,12 +355,7 @@ fn reader_in_another_mapping_follows_growth() {
 #[test]
 fn open_refuses_a_larger_maximum_than_expected() {
     let ring = memfd(1 << 20);
-    let err = Ring::open_memfd(
-        ring.fd().unwrap().try_clone_to_owned().unwrap(),
-        1 << 16,
-        LONG,
-    )
-    .unwrap_err();
+    let err = reopen(&ring, 1 << 16).unwrap_err();
     assert!(err.to_string().contains("maximum"), "{err}");
 }
 
