@@ -47,9 +47,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod channel;
+mod handshake;
 pub(crate) mod region;
 pub mod ring;
+pub mod service;
 pub(crate) mod sys;
+
+pub use channel::{Channel, ChannelId, PeerCredentials};
+pub use service::{ClientConfig, CredentialPolicy, Service, ServiceConfig, connect};
 
 pub use region::RegionError;
 pub use ring::{Kind, Ring, RingConfig, RingReader, RingWriter};

@@ -21,6 +21,10 @@
 //!   reservation unmaps all of it: the owner must stop using pointers into it first.
 //! * **Processes** ([`pid`], [`pid_alive`]): liveness of a peer by pid, with the caveats written
 //!   on [`pid_alive`] (pid reuse; both processes in the same pid namespace).
+//! * **Sockets** ([`connect_unix`], [`send_with_fds`], [`recv_with_fds`],
+//!   [`peer_credentials`], [`peer_hung_up`], [`poll_many`]): fds received from a peer arrive
+//!   close-on-exec and owned; a truncated control message is an error and closes what came.
+//!   Nothing here raises `SIGPIPE` or blocks unless asked to.
 //! * **Futexes** ([`futex_wait`], [`futex_wake`]): shared (not `FUTEX_PRIVATE`) futexes, so a
 //!   word inside a `MAP_SHARED` mapping can park and wake threads of different processes.
 //! * **Doorbells** ([`eventfd_new`], [`eventfd_signal`], [`eventfd_drain`], [`wait_any`]):
@@ -42,6 +46,7 @@ mod futex;
 mod memfd;
 mod mmap;
 mod process;
+mod socket;
 
 pub(crate) use doorbell::{Ready, eventfd_drain, eventfd_new, eventfd_signal, wait_any};
 pub(crate) use futex::{WaitOutcome, futex_wait, futex_wake};
@@ -51,6 +56,10 @@ pub(crate) use memfd::{
 };
 pub(crate) use mmap::{Reservation, map_shared_fixed, page_size, reserve};
 pub(crate) use process::{pid, pid_alive};
+pub(crate) use socket::{
+    Connect, MAX_FDS, Ucred, connect_unix, egid, euid, is_eventfd, peer_credentials, peer_hung_up,
+    poll_many, recv_with_fds, send_bytes, send_with_fds, shutdown, try_lock_exclusive,
+};
 
 /// The seal flags type of [`seals`] and [`add_seals`].
 pub(crate) use rustix::fs::SealFlags;

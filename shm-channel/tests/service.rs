@@ -1,0 +1,1071 @@
+//! Services, handshakes and channels between real processes: this test binary re-executes
+//! itself (`svc_child`) to play servers, clients, impostors and victims. Every test uses its
+//! own runtime directory and service name, so they run in parallel; every blocking step has a
+//! watchdog.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use shm_channel::channel::{TryRecvError, TrySendError};
+use shm_channel::service::{
+    self, AcceptError, Access, BindError, ClientConfig, ConnectError, CredentialPolicy,
+    RefusalCode, Service, ServiceConfig,
+};
+use shm_channel::{Channel, Kind};
+use support::{WATCHDOG, child_role, unique_name, with_watchdog};
+
+/// Messages each client exchanges in the many-clients test (the issue's 10,000 once blocking
+/// receive parks cheaply for everybody; 1,000 keeps this test fast on 2 shared cores).
+const MESSAGES_PER_CLIENT: u64 = 1_000;
+/// Clients in the many-clients test.
+const CLIENTS: usize = 16;
+/// Messages in the two-process echo test.
+const ECHO_MESSAGES: u64 = 2_000;
+const PROTOCOL: &str = "SvcTest";
+const STEP: Duration = Duration::from_secs(10);
+
+const DIR_ENV: &str = "SHM_SVC_TEST_DIR";
+const NAME_ENV: &str = "SHM_SVC_TEST_NAME";
+const COUNT_ENV: &str = "SHM_SVC_TEST_COUNT";
+
+/// A fresh runtime directory path (created by `Service::bind`, mode 0700).
+fn runtime_dir() -> PathBuf {
+    std::env::temp_dir().join(unique_name("rt"))
+}
+
+fn service_config(dir: &Path) -> ServiceConfig {
+    ServiceConfig::new(PROTOCOL, 1..=3)
+        .ring_sizes(1 << 20, 1 << 20)
+        .runtime_dir(dir)
+}
+
+fn client_config(dir: &Path) -> ClientConfig {
+    ClientConfig::new(PROTOCOL, 2..=5)
+        .ring_sizes(1 << 20, 1 << 20)
+        .runtime_dir(dir)
+        .timeout(STEP)
+}
+
+fn env(dir: &Path, name: &str, count: u64) -> Vec<(&'static str, String)> {
+    vec![
+        (DIR_ENV, dir.display().to_string()),
+        (NAME_ENV, name.to_owned()),
+        (COUNT_ENV, count.to_string()),
+    ]
+}
+
+fn child_env() -> (PathBuf, String, u64) {
+    let dir = PathBuf::from(std::env::var(DIR_ENV).expect("dir env"));
+    let name = std::env::var(NAME_ENV).expect("name env");
+    let count = std::env::var(COUNT_ENV)
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (dir, name, count)
+}
+
+/// FNV-1a.
+fn checksum(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Payload `seq` of a stream: its length varies from 1 B to ~8 KiB; its bytes depend on `seq`.
+fn payload(seq: u64) -> Vec<u8> {
+    let len = 1 + (seq.wrapping_mul(2_654_435_761) % 8192) as usize;
+    (0..len).map(|i| (seq as usize + i * 7) as u8).collect()
+}
+
+/// Sends (seq, payload, checksum), waiting for room.
+fn send_checked(ch: &Channel, seq: u64) {
+    let data = payload(seq);
+    ch.tx()
+        .send_objects(
+            seq,
+            Kind::OneWay,
+            &[
+                (0, &seq.to_le_bytes()),
+                (1, &data),
+                (2, &checksum(&data).to_le_bytes()),
+            ],
+            STEP,
+        )
+        .unwrap_or_else(|e| panic!("send {seq}: {e}"));
+}
+
+/// Receives one message and checks it is `expect` with intact contents.
+fn recv_checked(ch: &mut Channel, expect: u64) {
+    let msg = ch
+        .rx()
+        .receive_timeout(STEP)
+        .unwrap_or_else(|e| panic!("receive {expect}: {e}"));
+    check(&msg, expect);
+}
+
+fn check(msg: &shm_channel::ring::Message<'_>, expect: u64) {
+    let seq = u64::from_le_bytes(msg.object(0).expect("seq").try_into().expect("8 bytes"));
+    assert_eq!(seq, expect, "out of order");
+    let data = msg.object(1).expect("payload");
+    let sum = u64::from_le_bytes(msg.object(2).expect("sum").try_into().expect("8 bytes"));
+    assert_eq!(checksum(data), sum, "payload of {seq} corrupted");
+    assert_eq!(data, &payload(seq)[..]);
+}
+
+/// Echoes every message back until the peer goes away; returns how many were echoed.
+fn echo_until_peer_dies(ch: &mut Channel) -> u64 {
+    let mut n = 0;
+    loop {
+        let (id, objects): (u64, Vec<(u64, Vec<u8>)>) = match ch.try_recv() {
+            Ok(Some(m)) => (
+                m.message_id(),
+                m.objects()
+                    .map(|o| o.map(|o| (o.id, o.data.to_vec())).expect("valid object"))
+                    .collect(),
+            ),
+            Ok(None) => {
+                std::thread::yield_now();
+                continue;
+            }
+            Err(TryRecvError::PeerDied) => return n,
+            Err(e) => panic!("echo: {e}"),
+        };
+        let refs: Vec<(u64, &[u8])> = objects.iter().map(|(i, d)| (*i, &d[..])).collect();
+        loop {
+            match ch.try_send_objects(id, Kind::OneWay, &refs) {
+                Ok(()) => break,
+                Err(TrySendError::Full) => std::thread::yield_now(),
+                Err(TrySendError::PeerDied) => return n,
+                Err(e) => panic!("echo send: {e}"),
+            }
+        }
+        n += 1;
+    }
+}
+
+/// Open fds of this process.
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").expect("/proc").count()
+}
+
+/// Polls `peer_alive` until it turns false; returns how long that took.
+fn time_until_dead(ch: &Channel, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    while ch.peer_alive() {
+        assert!(t0.elapsed() < limit, "peer death not seen within {limit:?}");
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    t0.elapsed()
+}
+
+fn sigkill(pid: u32) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill");
+}
+
+/// A child process (this test binary, re-executed as `svc_child` in a role) whose stdout is
+/// drained by a thread for its whole life, so it can be waited on for several lines and may
+/// print after that; killed and reaped when dropped.
+struct Proc {
+    child: Option<std::process::Child>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(role: &str, env: &[(&'static str, String)]) -> Proc {
+        Self::spawn_with(role, env, |_| {})
+    }
+
+    fn spawn_with(
+        role: &str,
+        env: &[(&'static str, String)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Proc {
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut cmd = Command::new(exe);
+        cmd.args(["--exact", "svc_child", "--nocapture", "--test-threads=1"])
+            .env(support::CHILD_ENV, role)
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn test child");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(l); // keep draining even when nobody listens
+            }
+        });
+        Proc {
+            child: Some(child),
+            lines,
+        }
+    }
+
+    /// Waits for a line ending with `line`; returns every line seen up to it.
+    fn wait_for_line(&mut self, line: &str) -> Vec<String> {
+        let deadline = Instant::now() + WATCHDOG;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                // libtest may have printed "test name ... " on the same line.
+                Ok(l) if l.trim_end().ends_with(line) => {
+                    seen.push(l);
+                    return seen;
+                }
+                Ok(l) => seen.push(l),
+                Err(e) => panic!("child never printed {line:?} ({e}); it printed {seen:?}"),
+            }
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the exit (killing it after the watchdog); returns whether it succeeded and
+    /// the stdout lines not consumed yet.
+    fn wait(mut self) -> (bool, Vec<String>) {
+        let mut child = self.child.take().expect("not waited yet");
+        let deadline = Instant::now() + WATCHDOG;
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("child did not end within {WATCHDOG:?}; killed it");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        // The drain thread ends at EOF; give it a moment to pass the last lines on.
+        let mut rest = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            rest.push(l);
+        }
+        (status.success(), rest)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Child roles. Spawned with `Proc::spawn(role, env)`.
+#[test]
+fn svc_child() {
+    let Some(role) = child_role() else { return };
+    let (dir, name, count) = child_env();
+    match role.as_str() {
+        // Connects, sends `count` checked messages, expects each echoed back in order.
+        "echo-client" => {
+            let mut ch = service::connect(&name, &client_config(&dir)).expect("connect");
+            assert_eq!(ch.version(), 3);
+            // A window of 8 messages in flight.
+            let mut next_send = 0;
+            for expect in 0..count {
+                while next_send < count && next_send < expect + 8 {
+                    send_checked(&ch, next_send);
+                    next_send += 1;
+                }
+                recv_checked(&mut ch, expect);
+            }
+            println!("echo-client done");
+        }
+        // Binds, serves one echo client until it goes away, then exits.
+        "echo-server" => {
+            let mut svc = Service::bind(&name, service_config(&dir)).expect("bind");
+            println!("ready");
+            loop {
+                let mut ch = svc.accept_timeout(WATCHDOG).expect("accept");
+                echo_until_peer_dies(&mut ch);
+            }
+        }
+        // Binds and sleeps until killed.
+        "holder" => {
+            let _svc = Service::bind(&name, service_config(&dir)).expect("bind");
+            println!("ready");
+            std::thread::sleep(WATCHDOG);
+        }
+        // Connects and sends numbered messages as fast as the ring takes them, forever.
+        "streamer" => {
+            let ch = service::connect(&name, &client_config(&dir)).expect("connect");
+            for seq in 0.. {
+                send_checked(&ch, seq);
+            }
+        }
+        // Binds, accepts, streams numbered messages until the client is gone.
+        "stream-server" => {
+            let mut svc = Service::bind(&name, service_config(&dir)).expect("bind");
+            println!("ready");
+            let ch = svc.accept_timeout(WATCHDOG).expect("accept");
+            for seq in 0.. {
+                let data = payload(seq);
+                let objs = [
+                    (0, &seq.to_le_bytes()[..]),
+                    (1, &data[..]),
+                    (2, &checksum(&data).to_le_bytes()[..]),
+                ];
+                loop {
+                    match ch.try_send_objects(seq, Kind::OneWay, &objs) {
+                        Ok(()) => break,
+                        Err(TrySendError::Full) => std::thread::yield_now(),
+                        Err(TrySendError::PeerDied) => return,
+                        Err(e) => panic!("stream: {e}"),
+                    }
+                }
+            }
+        }
+        // The server side of `client_killed_mid_stream`: receives, kills the client itself
+        // (so it knows the instant), measures, checks fds.
+        "victim-server" => {
+            let before = fd_count();
+            let mut svc = Service::bind(&name, service_config(&dir)).expect("bind");
+            println!("ready");
+            let mut ch = svc.accept_timeout(WATCHDOG).expect("accept");
+            for seq in 0..200 {
+                recv_checked(&mut ch, seq);
+            }
+            let pid = ch.peer().pid;
+            sigkill(pid);
+            let took = time_until_dead(&ch, Duration::from_secs(2));
+            eprintln!("server saw the SIGKILLed client (pid {pid}) die after {took:?}");
+            // Everything it sent before dying is still delivered, then PeerDied.
+            let mut seq = 200;
+            loop {
+                match ch.try_recv() {
+                    Ok(Some(m)) => {
+                        check(&m, seq);
+                        seq += 1;
+                    }
+                    Ok(None) => panic!("ring empty but peer dead: must report PeerDied"),
+                    Err(TryRecvError::PeerDied) => break,
+                    Err(TryRecvError::WriterDied { .. }) => {} // killed mid-message
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert!(matches!(
+                ch.try_send_objects(1, Kind::OneWay, &[(0, b"x")]),
+                Ok(()) | Err(TrySendError::PeerDied)
+            ));
+            drop(ch);
+            drop(svc);
+            let after = fd_count();
+            eprintln!("server fds: {before} before, {after} after");
+            assert_eq!(before, after, "fds left behind");
+            println!("victim-server ok");
+        }
+        // The client side of `server_killed_mid_stream`.
+        "victim-client" => {
+            let before = fd_count();
+            let mut ch = service::connect(&name, &client_config(&dir)).expect("connect");
+            for seq in 0..200 {
+                recv_checked(&mut ch, seq);
+            }
+            let pid = ch.peer().pid;
+            sigkill(pid);
+            let took = time_until_dead(&ch, Duration::from_secs(2));
+            eprintln!("client saw the SIGKILLed server (pid {pid}) die after {took:?}");
+            let mut seq = 200;
+            loop {
+                match ch.try_recv() {
+                    Ok(Some(m)) => {
+                        check(&m, seq);
+                        seq += 1;
+                    }
+                    Ok(None) => panic!("ring empty but peer dead: must report PeerDied"),
+                    Err(TryRecvError::PeerDied) => break,
+                    Err(TryRecvError::WriterDied { .. }) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            drop(ch);
+            let after = fd_count();
+            eprintln!("client fds: {before} before, {after} after");
+            assert_eq!(before, after, "fds left behind");
+            println!("victim-client ok");
+        }
+        // Runs as uid 65534: tries to connect to the root-owned service.
+        "nobody-client" => match service::connect(&name, &client_config(&dir)) {
+            Ok(_) => println!("UNEXPECTED: connected"),
+            Err(e) => {
+                println!("error: {e}");
+                if let ConnectError::Refused {
+                    code: RefusalCode::Credentials,
+                    ..
+                } = e
+                {
+                    println!("refused for credentials");
+                }
+            }
+        },
+        // Runs as uid 65534: binds a service in a directory of its own, reports what the
+        // client sent it.
+        "impostor" => {
+            // Admits anybody, so that what it records is what the client sent.
+            let config =
+                service_config(&dir).credentials(CredentialPolicy::nobody().allow_if(|_| true));
+            let mut svc = Service::bind(&name, config).expect("impostor bind");
+            println!("ready");
+            let deadline = Instant::now() + STEP;
+            while Instant::now() < deadline {
+                match svc.accept_timeout(Duration::from_millis(50)) {
+                    Ok(_) => println!("UNEXPECTED: handshake completed"),
+                    Err(AcceptError::Timeout) => {}
+                    Err(e) => panic!("{e}"),
+                }
+                for r in svc.take_refused() {
+                    println!("impostor saw: {}", r.reason);
+                    return;
+                }
+            }
+        }
+        "fd-count" => fd_count_child(&dir, &name),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+#[test]
+fn echo_between_two_processes() {
+    if child_role().is_some() {
+        return;
+    }
+    let dir = runtime_dir();
+    let name = unique_name("echo");
+    let mut svc = Service::bind(&name, service_config(&dir)).unwrap();
+    let mut child = Proc::spawn("echo-client", &env(&dir, &name, ECHO_MESSAGES));
+    let n = with_watchdog(WATCHDOG, move || {
+        let mut ch = svc.accept_timeout(STEP).unwrap();
+        assert_eq!(ch.version(), 3, "highest common of 1..=3 and 2..=5");
+        assert_eq!(ch.peer().uid, rustix::process::geteuid().as_raw());
+        echo_until_peer_dies(&mut ch)
+    });
+    assert_eq!(n, ECHO_MESSAGES);
+    child.wait_for_line("echo-client done");
+    assert!(child.wait().0);
+}
+
+#[test]
+fn sixteen_clients_on_one_server() {
+    if child_role().is_some() {
+        return;
+    }
+    let dir = runtime_dir();
+    let name = unique_name("many");
+    let mut svc = Service::bind(&name, service_config(&dir)).unwrap();
+    let children: Vec<Proc> = (0..CLIENTS)
+        .map(|_| Proc::spawn("echo-client", &env(&dir, &name, MESSAGES_PER_CLIENT)))
+        .collect();
+    let total = with_watchdog(Duration::from_secs(120), move || {
+        let mut channels = Vec::new();
+        while channels.len() < CLIENTS {
+            channels.push(svc.accept_timeout(STEP).unwrap());
+        }
+        let ids: std::collections::HashSet<_> = channels.iter().map(Channel::id).collect();
+        assert_eq!(ids.len(), CLIENTS, "channel ids are unique");
+        // One thread, all channels, polling: the event loop of a later issue does this
+        // without spinning.
+        let mut total = 0;
+        let mut open: Vec<Option<Channel>> = channels.into_iter().map(Some).collect();
+        while open.iter().any(Option::is_some) {
+            let mut idle = true;
+            for slot in open.iter_mut() {
+                let Some(ch) = slot else { continue };
+                let got = match ch.try_recv() {
+                    Ok(Some(m)) => Ok(Some((
+                        m.message_id(),
+                        m.objects()
+                            .map(|o| o.map(|o| (o.id, o.data.to_vec())).expect("valid object"))
+                            .collect::<Vec<_>>(),
+                    ))),
+                    Ok(None) => Ok(None),
+                    Err(TryRecvError::PeerDied) => Err(()),
+                    Err(e) => panic!("{e}"),
+                };
+                let (id, objs) = match got {
+                    Ok(Some(m)) => m,
+                    Ok(None) => continue,
+                    Err(()) => {
+                        *slot = None;
+                        continue;
+                    }
+                };
+                idle = false;
+                let refs: Vec<(u64, &[u8])> = objs.iter().map(|(i, d)| (*i, &d[..])).collect();
+                ch.tx().send_objects(id, Kind::OneWay, &refs, STEP).unwrap();
+                total += 1;
+            }
+            if idle {
+                std::thread::yield_now();
+            }
+        }
+        total
+    });
+    assert_eq!(total, CLIENTS as u64 * MESSAGES_PER_CLIENT);
+    for mut c in children {
+        c.wait_for_line("echo-client done");
+        assert!(c.wait().0);
+    }
+}
+
+#[test]
+fn live_name_refused_stale_socket_replaced() {
+    if child_role().is_some() {
+        return;
+    }
+    let dir = runtime_dir();
+    let name = unique_name("stale");
+    let mut holder = Proc::spawn("holder", &env(&dir, &name, 0));
+    holder.wait_for_line("ready");
+
+    let err = Service::bind(&name, service_config(&dir)).unwrap_err();
+    assert!(matches!(err, BindError::InUse { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("already in use by a running service"),
+        "{text}"
+    );
+    eprintln!("live name: {text}");
+
+    holder.kill9();
+    let sock = dir.join(format!("{name}.sock"));
+    assert!(sock.exists(), "a killed service leaves its socket behind");
+    let err = service::connect(&name, &client_config(&dir)).unwrap_err();
+    assert!(matches!(err, ConnectError::NotRunning { .. }), "{err:?}");
+    eprintln!("stale socket, connect: {err}");
+
+    let mut svc = Service::bind(&name, service_config(&dir)).expect("stale socket replaced");
+    let client = std::thread::spawn({
+        let dir = dir.clone();
+        let name = name.clone();
+        move || {
+            let ch = service::connect(&name, &client_config(&dir)).unwrap();
+            ch.tx()
+                .send_objects(1, Kind::OneWay, &[(0, b"after restart")], STEP)
+                .unwrap();
+            ch
+        }
+    });
+    let mut ch = svc.accept_timeout(STEP).unwrap();
+    let msg = ch.rx().receive_timeout(STEP).unwrap();
+    assert_eq!(msg.object(0), Some(&b"after restart"[..]));
+    drop(msg);
+    drop(client.join().unwrap());
+    drop(svc);
+    assert!(!sock.exists(), "a dropped service removes its socket");
+}
+
+#[test]
+fn names_and_runtime_dirs_are_checked() {
+    let dir = runtime_dir();
+    for bad in ["", "a/b", "..", ".x"] {
+        let err = Service::bind(bad, service_config(&dir)).unwrap_err();
+        assert!(
+            matches!(err, BindError::InvalidName { .. }),
+            "{bad:?}: {err}"
+        );
+    }
+    // A directory others can enter is refused (someone may have pre-created it).
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = Service::bind("x", service_config(&dir)).unwrap_err();
+    assert!(matches!(err, BindError::RuntimeDir { .. }), "{err}");
+    assert!(err.to_string().contains("0755"), "{err}");
+    // A symlink in its place is never followed.
+    let link = runtime_dir();
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    let err = Service::bind("x", service_config(&link)).unwrap_err();
+    assert!(matches!(err, BindError::RuntimeDir { .. }), "{err}");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    Service::bind("x", service_config(&dir)).expect("0700 dir of ours");
+}
+
+/// Runs `svc` on a thread, accepting until `stop`; returns the channels it accepted and the
+/// refusals it recorded.
+fn serve_in_background(
+    mut svc: Service,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(usize, Vec<service::RefusedClient>)> {
+    std::thread::spawn(move || {
+        let mut accepted = 0;
+        let mut refused = Vec::new();
+        let mut channels = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            match svc.accept_timeout(Duration::from_millis(20)) {
+                Ok(mut ch) => {
+                    accepted += 1;
+                    // Echo one message so the client knows it was served.
+                    let data = match ch.rx().receive_timeout(STEP) {
+                        Ok(m) => Some(m.object(0).unwrap_or_default().to_vec()),
+                        Err(_) => None,
+                    };
+                    if let Some(data) = data {
+                        let _ = ch.tx().send_objects(1, Kind::OneWay, &[(0, &data)], STEP);
+                    }
+                    channels.push(ch);
+                }
+                Err(AcceptError::Timeout) => {}
+                Err(e) => panic!("accept: {e}"),
+            }
+            refused.extend(svc.take_refused());
+        }
+        (accepted, refused)
+    })
+}
+
+fn good_client(dir: &Path, name: &str) {
+    let mut ch = service::connect(name, &client_config(dir)).unwrap();
+    ch.tx()
+        .send_objects(1, Kind::OneWay, &[(0, b"good")], STEP)
+        .unwrap();
+    let m = ch.rx().receive_timeout(STEP).unwrap();
+    assert_eq!(m.object(0), Some(&b"good"[..]));
+}
+
+#[test]
+fn wrong_protocol_and_no_common_version() {
+    if child_role().is_some() {
+        return;
+    }
+    let dir = runtime_dir();
+    let name = unique_name("proto");
+    let svc = Service::bind(&name, service_config(&dir)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = serve_in_background(svc, stop.clone());
+    let (err1, err2) = with_watchdog(WATCHDOG, {
+        let dir = dir.clone();
+        let name = name.clone();
+        move || {
+            let wrong = ClientConfig::new("Other", 1..=3)
+                .runtime_dir(&dir)
+                .timeout(STEP);
+            let err1 = service::connect(&name, &wrong).unwrap_err();
+            let old = ClientConfig::new(PROTOCOL, 7..=9)
+                .runtime_dir(&dir)
+                .timeout(STEP);
+            let err2 = service::connect(&name, &old).unwrap_err();
+            good_client(&dir, &name);
+            (err1, err2)
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (accepted, refused) = server.join().unwrap();
+    eprintln!("client: {err1}\nclient: {err2}");
+    assert!(
+        matches!(&err1, ConnectError::Refused { code: RefusalCode::WrongProtocol, reason, .. }
+            if reason.contains("\"SvcTest\"") && reason.contains("\"Other\"")),
+        "{err1}"
+    );
+    assert!(
+        matches!(&err2, ConnectError::Refused { code: RefusalCode::NoCommonVersion, reason, .. }
+            if reason.contains("1..=3") && reason.contains("7..=9")),
+        "{err2}"
+    );
+    assert_eq!(accepted, 1);
+    let codes: Vec<_> = refused.iter().map(|r| r.code).collect();
+    assert_eq!(
+        codes,
+        [RefusalCode::WrongProtocol, RefusalCode::NoCommonVersion],
+        "{refused:?}"
+    );
+}
+
+/// Reads whatever the service answers until it closes (bounded).
+fn read_answer(mut s: UnixStream) -> Vec<u8> {
+    s.set_read_timeout(Some(STEP)).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+#[test]
+fn hostile_handshakes_are_refused_while_others_are_served() {
+    if child_role().is_some() {
+        return;
+    }
+    let dir = runtime_dir();
+    let name = unique_name("hostile");
+    let timeout = Duration::from_millis(500);
+    let svc = Service::bind(
+        &name,
+        service_config(&dir)
+            .handshake_timeout(timeout)
+            .max_hello_size(256),
+    )
+    .unwrap();
+    let path = svc.path().to_owned();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = serve_in_background(svc, stop.clone());
+
+    let answers = with_watchdog(WATCHDOG, {
+        let dir = dir.clone();
+        let name = name.clone();
+        move || {
+            // The silent one first: it must not hold up anybody.
+            let silent = UnixStream::connect(&path).unwrap();
+            let t_silent = Instant::now();
+
+            let mut garbage = UnixStream::connect(&path).unwrap();
+            garbage
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+
+            let mut oversized = UnixStream::connect(&path).unwrap();
+            let mut header = b"SHMC".to_vec();
+            header.extend_from_slice(&1u16.to_le_bytes());
+            header.extend_from_slice(&1u16.to_le_bytes());
+            header.extend_from_slice(&(1u32 << 20).to_le_bytes());
+            oversized.write_all(&header).unwrap();
+
+            let mut truncated = UnixStream::connect(&path).unwrap();
+            let mut partial = header.clone();
+            partial[8..12].copy_from_slice(&40u32.to_le_bytes());
+            partial.extend_from_slice(&[5, 0, b'a', b'b']);
+            truncated.write_all(&partial).unwrap();
+            truncated.shutdown(std::net::Shutdown::Write).unwrap();
+
+            // Served while the silent client is still pending.
+            let t_good = Instant::now();
+            good_client(&dir, &name);
+            let good_took = t_good.elapsed();
+
+            let garbage = read_answer(garbage);
+            let oversized = read_answer(oversized);
+            let truncated = read_answer(truncated);
+            let silent_answer = read_answer(silent);
+            let silent_took = t_silent.elapsed();
+            (
+                garbage,
+                oversized,
+                truncated,
+                silent_answer,
+                good_took,
+                silent_took,
+            )
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (accepted, refused) = server.join().unwrap();
+    let (garbage, oversized, truncated, silent, good_took, silent_took) = answers;
+    eprintln!("good client served in {good_took:?}; silent client dropped after {silent_took:?}");
+    for r in &refused {
+        eprintln!("refused {:?}: {}", r.code, r.reason);
+    }
+    assert_eq!(accepted, 1, "the good client was served");
+    assert!(
+        good_took < timeout,
+        "the good client waited for the silent one"
+    );
+    assert!(
+        silent_took >= timeout && silent_took < timeout * 10,
+        "{silent_took:?}"
+    );
+    // Each hostile client got a refusal frame ("SHMC", format 1, kind 3) before the close.
+    for (what, answer) in [
+        ("garbage", &garbage),
+        ("oversized", &oversized),
+        ("silent", &silent),
+    ] {
+        assert!(
+            answer.starts_with(b"SHMC\x01\x00\x03\x00"),
+            "{what}: {answer:?}"
+        );
+    }
+    // The truncated one closed its side; it may or may not still read a refusal.
+    let _ = truncated;
+    let mut codes: Vec<_> = refused.iter().map(|r| format!("{:?}", r.code)).collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        ["Malformed", "Malformed", "Timeout", "TooLarge"],
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn client_killed_mid_stream() {
+    if child_role().is_some() {
+        return;
+    }
+    let dir = runtime_dir();
+    let name = unique_name("kill-client");
+    let e = env(&dir, &name, 0);
+    let mut server = Proc::spawn("victim-server", &e);
+    server.wait_for_line("ready");
+    let _client = Proc::spawn("streamer", &e);
+    server.wait_for_line("victim-server ok");
+    assert!(server.wait().0);
+}
+
+#[test]
+fn server_killed_mid_stream() {
+    if child_role().is_some() {
+        return;
+    }
+    let dir = runtime_dir();
+    let name = unique_name("kill-server");
+    let e = env(&dir, &name, 0);
+    let mut server = Proc::spawn("stream-server", &e);
+    server.wait_for_line("ready");
+    let mut client = Proc::spawn("victim-client", &e);
+    client.wait_for_line("victim-client ok");
+    assert!(client.wait().0);
+}
+
+#[test]
+fn server_restart() {
+    if child_role().is_some() {
+        return;
+    }
+    let dir = runtime_dir();
+    let name = unique_name("restart");
+    let e = env(&dir, &name, 0);
+    let mut first = Proc::spawn("echo-server", &e);
+    first.wait_for_line("ready");
+    let mut ch = with_watchdog(WATCHDOG, {
+        let (dir, name) = (dir.clone(), name.clone());
+        move || {
+            let mut ch = service::connect(&name, &client_config(&dir)).unwrap();
+            send_checked(&ch, 0);
+            recv_checked(&mut ch, 0);
+            ch
+        }
+    });
+    let first_id = ch.id();
+    first.kill9();
+    let took = time_until_dead(&ch, Duration::from_secs(2));
+    eprintln!("client saw the restarted server's old incarnation die after {took:?}");
+    assert_eq!(ch.try_recv().err(), Some(TryRecvError::PeerDied));
+    assert_eq!(
+        ch.try_send_objects(1, Kind::OneWay, &[(0, b"x")]),
+        Err(TrySendError::PeerDied)
+    );
+    // The blocking receive reports it too, at once.
+    let t = Instant::now();
+    let err = ch.rx().receive_timeout(STEP).unwrap_err();
+    eprintln!(
+        "blocking receive on the dead channel: {err} after {:?}",
+        t.elapsed()
+    );
+    assert!(t.elapsed() < STEP);
+    drop(ch);
+
+    let mut second = Proc::spawn("echo-server", &e);
+    second.wait_for_line("ready");
+    with_watchdog(WATCHDOG, move || {
+        let mut ch = service::connect(&name, &client_config(&dir)).unwrap();
+        eprintln!("reconnected: old {first_id}, new {}", ch.id());
+        for seq in 0..10 {
+            send_checked(&ch, seq);
+            recv_checked(&mut ch, seq);
+        }
+    });
+}
+
+#[test]
+fn channel_drop_releases_every_fd() {
+    if child_role().is_some() {
+        return;
+    }
+    // In a child, so that no other test's fds move the count.
+    let dir = runtime_dir();
+    let name = unique_name("fds");
+    let mut child = Proc::spawn("fd-count", &env(&dir, &name, 0));
+    child.wait_for_line("fd-count ok");
+    assert!(child.wait().0);
+}
+
+/// The `fd-count` role: a service and both ends of a channel in one process, then nothing.
+fn fd_count_child(dir: &Path, name: &str) {
+    let before = fd_count();
+    let mut svc = Service::bind(name, service_config(dir)).unwrap();
+    let client = std::thread::spawn({
+        let (dir, name) = (dir.to_owned(), name.to_owned());
+        move || service::connect(&name, &client_config(&dir)).unwrap()
+    });
+    let server_end = svc.accept_timeout(STEP).unwrap();
+    let client_end = client.join().unwrap();
+    eprintln!(
+        "a service and both ends of a channel hold {} fds",
+        fd_count() - before
+    );
+    client_end.close().unwrap();
+    assert!(!server_end.peer_alive(), "close() is seen at once");
+    drop(server_end);
+    drop(svc);
+    assert_eq!(fd_count(), before);
+    println!("fd-count ok");
+}
+
+// ---- Credentials: need root to create a process of another uid. ----
+
+const NOBODY: u32 = 65534;
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Runs `svc_child` as `role` under uid/gid 65534; returns its stdout.
+fn run_as_nobody(role: &str, dir: &Path, name: &str) -> String {
+    let child = Proc::spawn_with(role, &env(dir, name, 0), |cmd| {
+        std::os::unix::process::CommandExt::uid(cmd, NOBODY);
+        std::os::unix::process::CommandExt::gid(cmd, NOBODY);
+    });
+    let (ok, lines) = child.wait();
+    assert!(ok, "the uid 65534 child failed: {lines:?}");
+    lines.join("\n")
+}
+
+/// A base directory everybody can traverse, holding the test's dirs.
+fn public_base() -> PathBuf {
+    let base = runtime_dir();
+    std::fs::create_dir(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    base
+}
+
+/// A client of another uid is refused by the service's policy (not by file permissions: the
+/// socket is reachable, `Access::OtherUsers`), and the error names the policy.
+#[test]
+fn client_of_another_uid_is_refused() {
+    if child_role().is_some() {
+        return;
+    }
+    if !is_root() {
+        eprintln!(
+            "SKIPPED client_of_another_uid_is_refused: needs root to run a client as uid 65534"
+        );
+        return;
+    }
+    let base = public_base();
+    let dir = base.join("rt");
+    std::fs::create_dir(&dir).unwrap();
+    // Searchable by others, writable by us only: accepted with Access::OtherUsers.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let name = unique_name("creds");
+    let svc = Service::bind(&name, service_config(&dir).access(Access::OtherUsers)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = serve_in_background(svc, stop.clone());
+    let out = run_as_nobody("nobody-client", &dir, &name);
+    stop.store(true, Ordering::Relaxed);
+    let (accepted, refused) = server.join().unwrap();
+    eprintln!("uid 65534 client: {out}");
+    assert!(out.contains("refused for credentials"), "{out}");
+    assert!(
+        out.contains("policy (same uid (0))") && out.contains("uid 65534"),
+        "{out}"
+    );
+    assert_eq!(accepted, 0);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].code, RefusalCode::Credentials);
+    assert_eq!(refused[0].peer.map(|p| p.uid), Some(NOBODY));
+}
+
+/// A socket at the service's path held by a process of another uid is an impostor: the client
+/// refuses it from `SO_PEERCRED` before sending a byte. (The impostor binds in a directory of
+/// its own that the client is pointed at: what this proves is that the client trusts the
+/// kernel's credentials, not the file system path.)
+#[test]
+fn impostor_is_refused_before_anything_is_sent() {
+    if child_role().is_some() {
+        return;
+    }
+    if !is_root() {
+        eprintln!(
+            "SKIPPED impostor_is_refused_before_anything_is_sent: needs root to run an impostor as uid 65534"
+        );
+        return;
+    }
+    let base = public_base();
+    let dir = base.join("impostor");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let name = unique_name("impostor");
+    let (dir2, name2) = (dir.clone(), name.clone());
+    let impostor = std::thread::spawn(move || run_as_nobody("impostor", &dir2, &name2));
+    let sock = dir.join(format!("{name}.sock"));
+    let t = Instant::now();
+    while !sock.exists() {
+        assert!(t.elapsed() < WATCHDOG, "impostor never bound");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let err = service::connect(&name, &client_config(&dir)).unwrap_err();
+    eprintln!("client: {err}");
+    let out = impostor.join().unwrap();
+    eprintln!("impostor: {out}");
+    match &err {
+        ConnectError::Impostor {
+            actual, expected, ..
+        } => {
+            assert_eq!(actual.uid, NOBODY);
+            assert!(expected.contains("same uid (0)"), "{expected}");
+        }
+        other => panic!("expected an impostor error, got {other}"),
+    }
+    assert!(err.to_string().contains("uid 65534"), "{err}");
+    assert!(
+        out.contains("after 0 bytes of hello"),
+        "the client sent something: {out}"
+    );
+}
+
+#[test]
+fn credential_policy_callback_and_allow_lists() {
+    // In-process: a policy that refuses our own uid, then one that admits it by callback.
+    let dir = runtime_dir();
+    let name = unique_name("policy");
+    let me = rustix::process::geteuid().as_raw();
+    let svc = Service::bind(
+        &name,
+        service_config(&dir).credentials(CredentialPolicy::nobody().allow_uid(me + 1)),
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = serve_in_background(svc, stop.clone());
+    let err = with_watchdog(WATCHDOG, {
+        let (dir, name) = (dir.clone(), name.clone());
+        move || service::connect(&name, &client_config(&dir)).unwrap_err()
+    });
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    let text = err.to_string();
+    assert!(
+        text.contains("credentials refused") && text.contains(&format!("uids [{}]", me + 1)),
+        "{text}"
+    );
+
+    let name = unique_name("policy2");
+    let svc = Service::bind(
+        &name,
+        service_config(&dir).credentials(
+            CredentialPolicy::nobody().allow_if(|peer| peer.pid == std::process::id()),
+        ),
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = serve_in_background(svc, stop.clone());
+    with_watchdog(WATCHDOG, move || good_client(&dir, &name));
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(server.join().unwrap().0, 1);
+}
