@@ -13,6 +13,9 @@
 //! lifetime: the kernel drops it when the process dies however it dies, so a live name is
 //! never taken over and a dead service's socket (stale) is replaced without any guessing.
 //!
+//! A client does not trust the directory: whatever listens at the path is checked by its
+//! kernel-reported credentials (below), so a socket planted anywhere is caught.
+//!
 //! # Handshake
 //!
 //! 1. The client connects and checks the server's credentials (`SO_PEERCRED`, recorded by
@@ -98,6 +101,9 @@ const MAX_SOCKET_PATH: usize = 107;
 /// Refusals kept for [`Service::take_refused`].
 const MAX_REFUSED_KEPT: usize = 256;
 
+/// A custom credential check.
+type PeerCheck = dyn Fn(&PeerCredentials) -> bool + Send + Sync;
+
 /// Who may talk to us: a peer passes when **any** rule admits it.
 ///
 /// The gid rules see the peer's effective (primary) group only: `SO_PEERCRED` does not report
@@ -107,7 +113,7 @@ pub struct CredentialPolicy {
     same_uid: bool,
     uids: Vec<u32>,
     gids: Vec<u32>,
-    check: Option<Arc<dyn Fn(&PeerCredentials) -> bool + Send + Sync>>,
+    check: Option<Arc<PeerCheck>>,
 }
 
 impl CredentialPolicy {
@@ -165,7 +171,7 @@ impl Default for CredentialPolicy {
     }
 }
 
-/// Describes the rules, for error messages: "same uid (1000), uids [0]".
+/// Describes the rules, for error messages: `same uid (1000) or uids [0]`.
 impl fmt::Display for CredentialPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
@@ -782,8 +788,13 @@ impl Service {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The connection died before we took it: not our problem.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                // Out of fds or memory: leave the connection in the backlog for later.
-                Err(e) if matches!(e.raw_os_error(), Some(23 | 24 | 12 | 105)) => break,
+                // Out of fds or memory (ENFILE, EMFILE, ENOMEM, ENOBUFS): leave the connection
+                // in the backlog for later, and pause briefly so a waiting `accept_timeout`
+                // (whose poll sees the listener readable at once) does not spin.
+                Err(e) if matches!(e.raw_os_error(), Some(23 | 24 | 12 | 105)) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    break;
+                }
                 Err(e) => return Err(AcceptError::Io(e)),
             }
         }
@@ -1316,7 +1327,8 @@ pub fn connect_timeout(
             welcome.version, config.versions
         )));
     }
-    let fits = |got: u64, ours: u64| got >= PAGE_SIZE && got <= ours && got % PAGE_SIZE == 0;
+    let fits =
+        |got: u64, ours: u64| got >= PAGE_SIZE && got <= ours && got.is_multiple_of(PAGE_SIZE);
     if !fits(welcome.c2s_max, config.c2s_max) || !fits(welcome.s2c_max, config.s2c_max) {
         return Err(bad(format!(
             "ring sizes {} / {} bytes are not whole pages within this client's limits {} / {}",
