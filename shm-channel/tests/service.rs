@@ -1069,3 +1069,216 @@ fn credential_policy_callback_and_allow_lists() {
     stop.store(true, Ordering::Relaxed);
     assert_eq!(server.join().unwrap().0, 1);
 }
+
+// ---- A hostile or broken server: the client validates everything it receives. ----
+
+/// A welcome frame built by hand from the documented format (so this also pins the format).
+fn welcome_bytes(version: u32, c2s: u64, s2c: u64, fd_count: u8) -> Vec<u8> {
+    let mut b = b"SHMC".to_vec();
+    b.extend_from_slice(&1u16.to_le_bytes()); // format
+    b.extend_from_slice(&2u16.to_le_bytes()); // welcome
+    b.extend_from_slice(&33u32.to_le_bytes());
+    b.extend_from_slice(&version.to_le_bytes());
+    b.extend_from_slice(&7u64.to_le_bytes()); // channel id
+    b.extend_from_slice(&c2s.to_le_bytes());
+    b.extend_from_slice(&s2c.to_le_bytes());
+    b.push(fd_count);
+    b.extend_from_slice(&std::process::id().to_le_bytes());
+    b
+}
+
+fn send_with_fds(s: &UnixStream, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(16))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+    let n = rustix::net::sendmsg(
+        s,
+        &[std::io::IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )
+    .unwrap();
+    assert_eq!(n, bytes.len());
+}
+
+/// Listens at `dir/name.sock` like a service would, reads one hello, then lets `respond`
+/// misbehave; keeps its end open until the client hangs up.
+fn fake_server(
+    dir: &Path,
+    name: &str,
+    respond: impl FnOnce(&UnixStream) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::fs::create_dir_all(dir).unwrap();
+    let listener =
+        std::os::unix::net::UnixListener::bind(dir.join(format!("{name}.sock"))).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(STEP)).unwrap();
+        let mut header = [0u8; 12];
+        s.read_exact(&mut header).unwrap();
+        assert_eq!(
+            &header[..4],
+            b"SHMC",
+            "the client's hello starts with the magic"
+        );
+        let len = u32::from_le_bytes(header[8..12].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).unwrap();
+        respond(&s);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    })
+}
+
+fn connect_to_fake(respond: impl FnOnce(&UnixStream) + Send + 'static) -> ConnectError {
+    let dir = runtime_dir();
+    let name = unique_name("fake");
+    let server = fake_server(&dir, &name, respond);
+    let err = with_watchdog(WATCHDOG, move || {
+        let config = client_config(&dir).timeout(Duration::from_millis(500));
+        match service::connect(&name, &config) {
+            Ok(_) => panic!("connected to a broken server"),
+            Err(e) => e,
+        }
+    });
+    server.join().unwrap();
+    eprintln!("client: {err}");
+    err
+}
+
+fn sealed_ring() -> shm_channel::Ring {
+    shm_channel::Ring::create_memfd(
+        &unique_name("fake-ring"),
+        &shm_channel::RingConfig::new(PROTOCOL, 1 << 16),
+    )
+    .unwrap()
+}
+
+#[test]
+fn broken_servers_get_typed_errors() {
+    use std::os::fd::AsFd;
+    let err = connect_to_fake(|s| {
+        let _ = (&*s).write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+    });
+    assert!(matches!(err, ConnectError::Malformed { .. }), "{err:?}");
+
+    let err = connect_to_fake(|_| std::thread::sleep(Duration::from_millis(700)));
+    assert!(matches!(err, ConnectError::Timeout { .. }), "{err:?}");
+
+    let err = connect_to_fake(|s| s.shutdown(std::net::Shutdown::Both).unwrap());
+    assert!(matches!(err, ConnectError::Closed { .. }), "{err:?}");
+
+    // A welcome that announces 6 fds and carries none.
+    let err = connect_to_fake(|s| {
+        (&*s)
+            .write_all(&welcome_bytes(3, 1 << 16, 1 << 16, 6))
+            .unwrap();
+    });
+    assert!(
+        matches!(&err, ConnectError::BadWelcome { reason, .. } if reason.contains("0 arrived")),
+        "{err:?}"
+    );
+
+    // Too many fds: the control data is truncated; what arrived is closed.
+    let err = connect_to_fake(|s| {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fds = vec![a.as_fd(); 9];
+        send_with_fds(s, &welcome_bytes(3, 1 << 16, 1 << 16, 9), &fds);
+    });
+    assert!(matches!(err, ConnectError::BadWelcome { .. }), "{err:?}");
+
+    // Rings larger than the client accepts.
+    let err = connect_to_fake(|s| {
+        let (r1, r2) = (sealed_ring(), sealed_ring());
+        let e: Vec<_> = (0..4)
+            .map(|_| rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap())
+            .collect();
+        let mut fds = vec![r1.fd().unwrap(), r2.fd().unwrap()];
+        fds.extend(e.iter().map(|f| f.as_fd()));
+        send_with_fds(s, &welcome_bytes(3, 1 << 40, 1 << 16, 6), &fds);
+    });
+    assert!(
+        matches!(&err, ConnectError::BadWelcome { reason, .. } if reason.contains("limits")),
+        "{err:?}"
+    );
+
+    // A version the client never offered.
+    let err = connect_to_fake(|s| {
+        let (a, _b) = UnixStream::pair().unwrap();
+        send_with_fds(s, &welcome_bytes(99, 1 << 16, 1 << 16, 6), &[a.as_fd(); 6]);
+    });
+    assert!(
+        matches!(&err, ConnectError::BadWelcome { reason, .. } if reason.contains("version 99")),
+        "{err:?}"
+    );
+
+    // Doorbells that are not eventfds.
+    let err = connect_to_fake(|s| {
+        let (r1, r2) = (sealed_ring(), sealed_ring());
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fds = [
+            r1.fd().unwrap(),
+            r2.fd().unwrap(),
+            a.as_fd(),
+            a.as_fd(),
+            a.as_fd(),
+            a.as_fd(),
+        ];
+        send_with_fds(s, &welcome_bytes(3, 1 << 16, 1 << 16, 6), &fds);
+    });
+    assert!(
+        matches!(&err, ConnectError::BadWelcome { reason, .. } if reason.contains("eventfd")),
+        "{err:?}"
+    );
+
+    // Ring memory without seals: the peer could shrink it under us (SIGBUS). Refused.
+    let err = connect_to_fake(|s| {
+        let unsealed =
+            rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&unsealed, 1 << 16).unwrap();
+        let e: Vec<_> = (0..4)
+            .map(|_| rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap())
+            .collect();
+        let mut fds = vec![unsealed.as_fd(), unsealed.as_fd()];
+        fds.extend(e.iter().map(|f| f.as_fd()));
+        send_with_fds(s, &welcome_bytes(3, 1 << 16, 1 << 16, 6), &fds);
+    });
+    assert!(matches!(err, ConnectError::Ring(_)), "{err:?}");
+}
+
+#[test]
+fn try_accept_never_waits_and_pending_handshakes_are_bounded() {
+    use std::os::fd::AsFd;
+    let dir = runtime_dir();
+    let name = unique_name("busy");
+    let mut svc = Service::bind(&name, service_config(&dir).max_pending_handshakes(2)).unwrap();
+    let t = Instant::now();
+    assert!(svc.try_accept().unwrap().is_none());
+    assert!(t.elapsed() < Duration::from_millis(100));
+
+    // The listening socket is pollable: readable once a client waits.
+    let silent: Vec<UnixStream> = (0..3)
+        .map(|_| UnixStream::connect(svc.path()).unwrap())
+        .collect();
+    let listen_fd = svc.as_fd();
+    let mut pfd = [rustix::event::PollFd::from_borrowed_fd(
+        listen_fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let ts = rustix::time::Timespec {
+        tv_sec: 10,
+        tv_nsec: 0,
+    };
+    assert_eq!(rustix::event::poll(&mut pfd, Some(&ts)).unwrap(), 1);
+
+    assert!(svc.try_accept().unwrap().is_none());
+    assert_eq!(svc.pending_handshakes(), 2);
+    let refused = svc.take_refused();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].code, RefusalCode::Busy);
+    // The third got a refusal frame saying so.
+    let answer = read_answer(silent.into_iter().nth(2).unwrap());
+    assert!(answer.starts_with(b"SHMC\x01\x00\x03\x00"), "{answer:?}");
+    assert_eq!(answer[12..14], 8u16.to_le_bytes(), "code 8: busy");
+}
