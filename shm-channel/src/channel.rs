@@ -454,7 +454,9 @@ impl Channel {
 
 impl Drop for Channel {
     fn drop(&mut self) {
-        // Best effort: the fds close right after anyway.
+        // Not just closing: the rings hold duplicates of the socket (for their parked
+        // waiters), and a `RingWriter` clone may outlive this channel; shutting the socket
+        // down makes the peer see the end now regardless.
         let _ = sys::shutdown(self.socket.as_fd());
     }
 }

@@ -12,6 +12,8 @@
 //! service. Next to the socket, `<name>.lock` holds an exclusive `flock` for the service's
 //! lifetime: the kernel drops it when the process dies however it dies, so a live name is
 //! never taken over and a dead service's socket (stale) is replaced without any guessing.
+//! (The lock file itself stays when the service ends: deleting it would let two binders lock
+//! two different files of the same name.)
 //!
 //! A client does not trust the directory: whatever listens at the path is checked by its
 //! kernel-reported credentials (below), so a socket planted anywhere is caught.
