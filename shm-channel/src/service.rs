@@ -1378,6 +1378,27 @@ pub fn connect_timeout(
     }))
 }
 
+/// Entry points for the fuzz targets over the handshake decoders (the bytes a peer controls);
+/// not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::handshake;
+
+    /// Runs every decoder a server applies to a client's bytes; true when `bytes` is a valid
+    /// hello.
+    pub fn server_decodes(bytes: &[u8], max_hello: usize) -> bool {
+        let _ = handshake::frame_len(bytes, max_hello);
+        handshake::decode_hello(bytes, max_hello).is_ok()
+    }
+
+    /// Runs the decoder a client applies to a server's bytes; true when `bytes` is a valid
+    /// welcome or refusal.
+    pub fn client_decodes(bytes: &[u8]) -> bool {
+        let _ = handshake::frame_len(bytes, handshake::MAX_BODY);
+        handshake::decode_reply(bytes).is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

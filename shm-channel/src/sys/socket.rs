@@ -31,6 +31,10 @@ pub(crate) struct Ucred {
 
 /// `getsockopt(SO_PEERCRED)`: who is at the other end of `socket`. The kernel fills this in;
 /// the peer cannot lie about it (short of being root and forging its own credentials).
+///
+/// Caveat: the kernel reports pid 0 for a peer whose pid is not visible in our pid namespace,
+/// and `rustix` 1.1 stores the pid in a non-zero type; peers in other pid namespaces are not
+/// supported (as for [`super::pid_alive`]).
 pub(crate) fn peer_credentials(socket: BorrowedFd<'_>) -> io::Result<Ucred> {
     let c = rustix::net::sockopt::socket_peercred(socket)?;
     Ok(Ucred {
