@@ -7,6 +7,7 @@
 //! graphs are walked with explicit stacks; only type expressions recurse, and
 //! the parser caps their nesting.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -273,7 +274,37 @@ struct Scope {
     visible: Vec<HashSet<usize>>,
 }
 
+/// The two namespaces a file declares names in.
+#[derive(Clone, Copy)]
+enum NameKind {
+    Type,
+    Const,
+}
+
+impl NameKind {
+    fn word(self) -> &'static str {
+        match self {
+            NameKind::Type => "type",
+            NameKind::Const => "const",
+        }
+    }
+
+    fn other(self) -> NameKind {
+        match self {
+            NameKind::Type => NameKind::Const,
+            NameKind::Const => NameKind::Type,
+        }
+    }
+}
+
 impl Scope {
+    fn names(&self, kind: NameKind) -> &HashMap<String, DeclRef> {
+        match kind {
+            NameKind::Type => &self.types,
+            NameKind::Const => &self.consts,
+        }
+    }
+
     fn build(cx: &mut Cx, order: &[usize]) -> Scope {
         let mut scope = Scope {
             types: HashMap::new(),
@@ -709,39 +740,7 @@ impl Cx {
         match b {
             Bound::Int(lit) => self.int_value(f, lit),
             Bound::Const(name) => {
-                let Some(decl) = scope.consts.get(&name.name) else {
-                    if self.files[f].poisoned_import {
-                        return None;
-                    }
-                    let candidates = visible_names(scope, f, false);
-                    let d = self.err(
-                        f,
-                        Code::UnknownConst,
-                        name.span.clone(),
-                        format!("unknown const `{}`", name.name),
-                        "not defined",
-                    );
-                    if scope.types.contains_key(&name.name) {
-                        d.help = Some(format!("`{}` is a type, not a const", name.name));
-                    } else if let Some(s) =
-                        suggest(&name.name, candidates.iter().map(String::as_str))
-                    {
-                        d.help = Some(format!("did you mean `{s}`?"));
-                    }
-                    return None;
-                };
-                if !scope.visible[f].contains(&decl.file) {
-                    let where_ = self.files[decl.file].path.display().to_string();
-                    self.err_help(
-                        f,
-                        Code::UnknownConst,
-                        name.span.clone(),
-                        format!("unknown const `{}`", name.name),
-                        "not imported",
-                        format!("`{}` is defined in `{where_}`: import that file", name.name),
-                    );
-                    return None;
-                }
+                self.lookup(f, name, NameKind::Const, scope)?;
                 match consts.get(&name.name).and_then(|c| c.value.clone())? {
                     ConstValue::Int(v) => Some(v),
                     other => {
@@ -887,42 +886,56 @@ impl Cx {
                 Some(Type::Unit)
             }
             TypeKind::Named(name) => {
-                let Some(decl) = scope.types.get(&name.name) else {
-                    if self.files[f].poisoned_import {
-                        return None;
-                    }
-                    let candidates = visible_names(scope, f, true);
-                    let d = self.err(
-                        f,
-                        Code::UnknownType,
-                        name.span.clone(),
-                        format!("unknown type `{}`", name.name),
-                        "not defined",
-                    );
-                    if scope.consts.contains_key(&name.name) {
-                        d.help = Some(format!("`{}` is a const, not a type", name.name));
-                    } else if let Some(s) =
-                        suggest(&name.name, candidates.iter().map(String::as_str))
-                    {
-                        d.help = Some(format!("did you mean `{s}`?"));
-                    }
-                    return None;
-                };
-                if !scope.visible[f].contains(&decl.file) {
-                    let where_ = self.files[decl.file].path.display().to_string();
-                    self.err_help(
-                        f,
-                        Code::UnknownType,
-                        name.span.clone(),
-                        format!("unknown type `{}`", name.name),
-                        "not imported",
-                        format!("`{}` is defined in `{where_}`: import that file", name.name),
-                    );
-                    return None;
-                }
+                self.lookup(f, name, NameKind::Type, scope)?;
                 Some(Type::Named(name.name.clone()))
             }
         }
+    }
+
+    /// Finds the declaration a type or const name stands for, as file `f`
+    /// sees it. `None`, with a diagnostic, when it is not declared or its
+    /// file is not imported; `None` without one when `f` has an import that
+    /// failed, since the name may well be declared there.
+    fn lookup(&mut self, f: usize, name: &Ident, kind: NameKind, scope: &Scope) -> Option<DeclRef> {
+        let what = kind.word();
+        let code = match kind {
+            NameKind::Type => Code::UnknownType,
+            NameKind::Const => Code::UnknownConst,
+        };
+        let Some(&decl) = scope.names(kind).get(&name.name) else {
+            if self.files[f].poisoned_import {
+                return None;
+            }
+            let candidates = visible_names(scope, f, kind);
+            let d = self.err(
+                f,
+                code,
+                name.span.clone(),
+                format!("unknown {what} `{}`", name.name),
+                "not defined",
+            );
+            let other = kind.other();
+            if scope.names(other).contains_key(&name.name) {
+                let other = other.word();
+                d.help = Some(format!("`{}` is a {other}, not a {what}", name.name));
+            } else if let Some(s) = suggest(&name.name, candidates.iter().map(String::as_str)) {
+                d.help = Some(format!("did you mean `{s}`?"));
+            }
+            return None;
+        };
+        if !scope.visible[f].contains(&decl.file) {
+            let where_ = self.files[decl.file].path.display().to_string();
+            self.err_help(
+                f,
+                code,
+                name.span.clone(),
+                format!("unknown {what} `{}`", name.name),
+                "not imported",
+                format!("`{}` is defined in `{where_}`: import that file", name.name),
+            );
+            return None;
+        }
+        Some(decl)
     }
 
     /// Resolves a type that was already checked (no new diagnostics).
@@ -964,18 +977,13 @@ impl Cx {
                         let mut fields = Some(Vec::new());
                         for field in &s.fields {
                             self.check_attrs(f, &field.outer, Target::Field, scope, consts);
-                            if let Some(first) = seen.get(field.name.name.as_str()) {
-                                let first = first.clone();
-                                self.dup(
-                                    f,
-                                    Code::DuplicateField,
-                                    &field.name,
-                                    first,
-                                    &format!("struct `{}` has two fields named", s.name.name),
-                                );
-                            } else {
-                                seen.insert(&field.name.name, field.name.span.clone());
-                            }
+                            self.check_unique(
+                                f,
+                                &mut seen,
+                                &field.name,
+                                Code::DuplicateField,
+                                &format!("struct `{}` has two fields named", s.name.name),
+                            );
                             let ty = self.resolve(f, &field.ty, Pos::Other, scope, consts);
                             match (ty, &mut fields) {
                                 (Some(ty), Some(v)) => v.push(model::Field {
@@ -1023,18 +1031,13 @@ impl Cx {
         let mut next: Option<i128> = Some(0);
         for v in &e.variants {
             self.check_attrs(f, &v.outer, Target::Variant, scope, consts);
-            if let Some(first) = seen.get(v.name.name.as_str()) {
-                let first = first.clone();
-                self.dup(
-                    f,
-                    Code::DuplicateVariant,
-                    &v.name,
-                    first,
-                    &format!("enum `{}` has two variants named", e.name.name),
-                );
-            } else {
-                seen.insert(&v.name.name, v.name.span.clone());
-            }
+            self.check_unique(
+                f,
+                &mut seen,
+                &v.name,
+                Code::DuplicateVariant,
+                &format!("enum `{}` has two variants named", e.name.name),
+            );
             let (value, span) = match &v.discriminant {
                 Some(lit) => (self.int_value(f, lit), lit.span.clone()),
                 None => (next, v.name.span.clone()),
@@ -1100,7 +1103,24 @@ impl Cx {
         variants
     }
 
-    fn dup(&mut self, f: usize, code: Code, name: &Ident, first: Span, what: &str) {
+    /// Records in `seen` where `name` is first defined among its siblings;
+    /// reports a second definition (`what`, then the name) with a label on
+    /// the first.
+    fn check_unique<'a>(
+        &mut self,
+        f: usize,
+        seen: &mut HashMap<&'a str, Span>,
+        name: &'a Ident,
+        code: Code,
+        what: &str,
+    ) {
+        let first = match seen.entry(&name.name) {
+            Entry::Occupied(first) => first.get().clone(),
+            Entry::Vacant(v) => {
+                v.insert(name.span.clone());
+                return;
+            }
+        };
         let path = self.files[f].path.clone();
         self.err(
             f,
@@ -1611,18 +1631,13 @@ impl Cx {
         let mut methods = Vec::new();
         let mut events = Vec::new();
         for m in &p.members {
-            if let Some(first) = names.get(m.name.name.as_str()) {
-                let first = first.clone();
-                self.dup(
-                    f,
-                    Code::DuplicateMember,
-                    &m.name,
-                    first,
-                    &format!("protocol `{}` has two members named", p.name.name),
-                );
-            } else {
-                names.insert(&m.name.name, m.name.span.clone());
-            }
+            self.check_unique(
+                f,
+                &mut names,
+                &m.name,
+                Code::DuplicateMember,
+                &format!("protocol `{}` has two members named", p.name.name),
+            );
             let target = match (m.kind, &m.returns) {
                 (MemberKind::Event, _) => Target::Event,
                 (MemberKind::Fn, Some(_)) => Target::TwoWayFn,
@@ -1710,18 +1725,13 @@ impl Cx {
             let mut params = Vec::new();
             let mut objects = Vec::new();
             for prm in &m.params {
-                if let Some(first) = pnames.get(prm.name.name.as_str()) {
-                    let first = first.clone();
-                    self.dup(
-                        f,
-                        Code::DuplicateParam,
-                        &prm.name,
-                        first,
-                        &format!("`{}` has two parameters named", m.name.name),
-                    );
-                } else {
-                    pnames.insert(&prm.name.name, prm.name.span.clone());
-                }
+                self.check_unique(
+                    f,
+                    &mut pnames,
+                    &prm.name,
+                    Code::DuplicateParam,
+                    &format!("`{}` has two parameters named", m.name.name),
+                );
                 match self.resolve(f, &prm.ty, Pos::Other, scope, consts) {
                     Some(ty) => {
                         objects.push(type_max(&ty, type_sizes));
@@ -2019,14 +2029,14 @@ fn leftover(edges: &[Vec<usize>]) -> Vec<bool> {
 }
 
 /// Names a file can see: types (with the builtin ones) or consts.
-fn visible_names(scope: &Scope, f: usize, types: bool) -> Vec<String> {
-    let map = if types { &scope.types } else { &scope.consts };
-    let mut v: Vec<String> = map
+fn visible_names(scope: &Scope, f: usize, kind: NameKind) -> Vec<String> {
+    let mut v: Vec<String> = scope
+        .names(kind)
         .iter()
         .filter(|(_, d)| scope.visible[f].contains(&d.file))
         .map(|(n, _)| n.clone())
         .collect();
-    if types {
+    if let NameKind::Type = kind {
         v.extend(BUILTIN_TYPES.iter().map(|s| (*s).to_string()));
     }
     v.sort();

@@ -204,7 +204,7 @@ impl<'s> Printer<'s> {
         let text = comment_text(comment);
         self.space();
         self.word(text);
-        if text.starts_with("//") || text.contains('\n') {
+        if ends_line(text) {
             self.end_line();
         }
     }
@@ -216,7 +216,7 @@ impl<'s> Printer<'s> {
         let text = comment_text(comment);
         self.end_line();
         self.word(text);
-        if text.starts_with("//") || text.contains('\n') {
+        if ends_line(text) {
             self.end_line();
         }
     }
@@ -233,7 +233,7 @@ impl<'s> Printer<'s> {
         }
         self.space = Space::None;
         self.word(text);
-        if text.starts_with("//") || text.contains('\n') {
+        if ends_line(text) {
             self.end_line();
             self.indent = self.continuation;
         } else {
@@ -842,6 +842,12 @@ fn comment_text<'s>(comment: &Pair<'s, Rule>) -> &'s str {
     } else {
         text
     }
+}
+
+/// Whether nothing may follow `text` (a comment) on its line: a line
+/// comment, or a block comment that spans lines.
+fn ends_line(text: &str) -> bool {
+    text.starts_with("//") || text.contains('\n')
 }
 
 /// The children of `pair`: the comments before the first other child, then

@@ -339,17 +339,7 @@ fn build_item(pair: Pair<'_, Rule>, b: &Builder<'_>) -> Built<Option<Item>> {
             })
         }
         Rule::struct_def => {
-            let mut outer = Outer::default();
-            let mut name = None;
-            let mut fields = Vec::new();
-            for p in children(pair) {
-                match p.as_rule() {
-                    Rule::ident => name = Some(ident(&p)),
-                    Rule::field => fields.push(build_field(p, b)?),
-                    _ => outer_part(p, &mut outer, b)?,
-                }
-            }
-            let name = name.ok_or_else(|| shape(b, span))?;
+            let (outer, name, fields) = named_block(pair, b, &[Rule::field], build_field)?;
             Item::Struct(Struct {
                 outer,
                 name,
@@ -357,17 +347,7 @@ fn build_item(pair: Pair<'_, Rule>, b: &Builder<'_>) -> Built<Option<Item>> {
             })
         }
         Rule::enum_def => {
-            let mut outer = Outer::default();
-            let mut name = None;
-            let mut variants = Vec::new();
-            for p in children(pair) {
-                match p.as_rule() {
-                    Rule::ident => name = Some(ident(&p)),
-                    Rule::variant => variants.push(build_variant(p, b)?),
-                    _ => outer_part(p, &mut outer, b)?,
-                }
-            }
-            let name = name.ok_or_else(|| shape(b, span))?;
+            let (outer, name, variants) = named_block(pair, b, &[Rule::variant], build_variant)?;
             Item::Enum(Enum {
                 outer,
                 name,
@@ -400,17 +380,8 @@ fn build_item(pair: Pair<'_, Rule>, b: &Builder<'_>) -> Built<Option<Item>> {
             }
         }
         Rule::protocol => {
-            let mut outer = Outer::default();
-            let mut name = None;
-            let mut members = Vec::new();
-            for p in children(pair) {
-                match p.as_rule() {
-                    Rule::ident => name = Some(ident(&p)),
-                    Rule::method | Rule::event => members.push(build_member(p, b)?),
-                    _ => outer_part(p, &mut outer, b)?,
-                }
-            }
-            let name = name.ok_or_else(|| shape(b, span))?;
+            let (outer, name, members) =
+                named_block(pair, b, &[Rule::method, Rule::event], build_member)?;
             Item::Protocol(Protocol {
                 outer,
                 name,
@@ -420,6 +391,29 @@ fn build_item(pair: Pair<'_, Rule>, b: &Builder<'_>) -> Built<Option<Item>> {
         Rule::EOI | Rule::COMMENT => return Ok(None),
         _ => return Err(shape(b, span)),
     }))
+}
+
+/// The docs and attributes, the name and the members of a struct, an enum or
+/// a protocol: the children of rule `members` are built by `build`.
+fn named_block<T>(
+    pair: Pair<'_, Rule>,
+    b: &Builder<'_>,
+    members: &[Rule],
+    build: fn(Pair<'_, Rule>, &Builder<'_>) -> Built<T>,
+) -> Built<(Outer, Ident, Vec<T>)> {
+    let span = span_of(&pair);
+    let mut outer = Outer::default();
+    let mut name = None;
+    let mut list = Vec::new();
+    for p in children(pair) {
+        match p.as_rule() {
+            Rule::ident => name = Some(ident(&p)),
+            rule if members.contains(&rule) => list.push(build(p, b)?),
+            _ => outer_part(p, &mut outer, b)?,
+        }
+    }
+    let name = name.ok_or_else(|| shape(b, span))?;
+    Ok((outer, name, list))
 }
 
 fn outer_part(p: Pair<'_, Rule>, outer: &mut Outer, b: &Builder<'_>) -> Built<()> {

@@ -222,11 +222,11 @@ fn corpus_formatting_is_idempotent_and_keeps_meaning() {
     }
 }
 
-/// Changes every run of spaces and tabs (outside comments, docs and
-/// strings) to another non-empty run, and indents lines differently: the
-/// canonical form must not care.
-fn reindent(source: &str, mut choice: impl FnMut() -> usize) -> String {
-    let protected: Vec<(usize, usize)> = parse_pairs(source)
+/// Whether the byte at an offset of `source` lies in a comment, a doc or a
+/// string, where whitespace is content rather than layout. Nothing is, when
+/// `source` does not parse.
+fn protected(source: &str) -> impl Fn(usize) -> bool {
+    let spans: Vec<(usize, usize)> = parse_pairs(source)
         .map(|pairs| {
             pairs
                 .flatten()
@@ -235,7 +235,14 @@ fn reindent(source: &str, mut choice: impl FnMut() -> usize) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    let is_protected = |i: usize| protected.iter().any(|&(s, e)| s <= i && i < e);
+    move |i| spans.iter().any(|&(s, e)| s <= i && i < e)
+}
+
+/// Changes every run of spaces and tabs (outside comments, docs and
+/// strings) to another non-empty run, and indents lines differently: the
+/// canonical form must not care.
+fn reindent(source: &str, mut choice: impl FnMut() -> usize) -> String {
+    let is_protected = protected(source);
     const RUNS: [&str; 4] = [" ", "\t", "   ", " \t "];
     let mut out = String::with_capacity(source.len() * 2);
     let mut chars = source.char_indices().peekable();
@@ -291,20 +298,10 @@ proptest! {
 /// comments, docs and strings), a block comment, a line comment or line
 /// breaks: all of them places where the grammar lets a comment stand.
 fn sprinkle(source: &str, picks: &[(usize, usize)]) -> String {
-    let protected: Vec<(usize, usize)> = parse_pairs(source)
-        .map(|pairs| {
-            pairs
-                .flatten()
-                .filter(|p| matches!(p.as_rule(), Rule::COMMENT | Rule::doc | Rule::string_lit))
-                .map(|p| (p.as_span().start(), p.as_span().end()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let is_protected = protected(source);
     let spots: Vec<usize> = source
         .char_indices()
-        .filter(|&(i, c)| {
-            c.is_ascii_whitespace() && !protected.iter().any(|&(s, e)| s <= i && i < e)
-        })
+        .filter(|&(i, c)| c.is_ascii_whitespace() && !is_protected(i))
         .map(|(i, _)| i)
         .collect();
     let mut chosen: Vec<(usize, usize)> = picks
@@ -328,6 +325,29 @@ fn sprinkle(source: &str, picks: &[(usize, usize)]) -> String {
     out
 }
 
+/// Formats `noisy`; the result must format to itself and keep every
+/// comment of `noisy`.
+fn format_stably(path: &Path, noisy: &str) -> Result<String, TestCaseError> {
+    let once = format(path, noisy);
+    prop_assert_eq!(&format(path, &once), &once, "not idempotent for\n{}", noisy);
+    prop_assert_eq!(sorted(comments(&once)), sorted(comments(noisy)));
+    Ok(once)
+}
+
+/// `noisy` checks, and `once`, its formatted text, checks to the same model.
+fn keeps_meaning(
+    path: &Path,
+    noisy: &str,
+    once: &str,
+    loader: &dyn SourceLoader,
+) -> Result<(), TestCaseError> {
+    let before = check_source(path, noisy, loader).map(|c| c.model);
+    let after = check_source(path, once, loader).map(|c| c.model);
+    prop_assert!(before.is_ok(), "the mutation broke the meaning:\n{}", noisy);
+    prop_assert_eq!(after, before);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -340,14 +360,8 @@ proptest! {
         let path = Path::new("display.idl");
         let noisy = sprinkle(DISPLAY, &picks);
         prop_assert!(parse_pairs(&noisy).is_ok(), "the mutation broke the syntax:\n{}", noisy);
-        let once = format(path, &noisy);
-        prop_assert_eq!(&format(path, &once), &once, "not idempotent for\n{}", noisy);
-        prop_assert_eq!(sorted(comments(&once)), sorted(comments(&noisy)));
-        let loader = display_loader();
-        let before = check_source(path, &noisy, &loader).map(|c| c.model);
-        let after = check_source(path, &once, &loader).map(|c| c.model);
-        prop_assert!(before.is_ok(), "the mutation broke the meaning:\n{}", noisy);
-        prop_assert_eq!(after, before);
+        let once = format_stably(path, &noisy)?;
+        keeps_meaning(path, &noisy, &once, &display_loader())?;
     }
 
     /// The same over every file of the valid corpus.
@@ -359,13 +373,8 @@ proptest! {
         let corpus = valid_corpus();
         let (path, source) = &corpus[file % corpus.len()];
         let noisy = sprinkle(source, &picks);
-        let once = format(path, &noisy);
-        prop_assert_eq!(&format(path, &once), &once, "not idempotent for\n{}", noisy);
-        prop_assert_eq!(sorted(comments(&once)), sorted(comments(&noisy)));
-        let before = check_source(path, &noisy, &FsLoader).map(|c| c.model);
-        let after = check_source(path, &once, &FsLoader).map(|c| c.model);
-        prop_assert!(before.is_ok(), "the mutation broke the meaning:\n{}", noisy);
-        prop_assert_eq!(after, before);
+        let once = format_stably(path, &noisy)?;
+        keeps_meaning(path, &noisy, &once, &FsLoader)?;
     }
 
     /// The same over the hand-written comment corner cases (syntax only:
@@ -376,9 +385,7 @@ proptest! {
     ) {
         let path = Path::new("comments.idl");
         let noisy = sprinkle(COMMENTS, &picks);
-        let once = format(path, &noisy);
-        prop_assert_eq!(&format(path, &once), &once, "not idempotent for\n{}", noisy);
-        prop_assert_eq!(sorted(comments(&once)), sorted(comments(&noisy)));
+        format_stably(path, &noisy)?;
     }
 }
 

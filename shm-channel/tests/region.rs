@@ -5,9 +5,11 @@
 //! and `region` sources into itself with `#[path]` rather than widening the public API. Their
 //! unit tests are compiled in too and run here a second time; that is cheap.
 //!
-//! The test binary re-executes itself (`--exact <test> --nocapture`) with `CHILD_ENV` set to
-//! tell the child what to do; the parent checks how the child ended. Every child is killed if
-//! it has not ended within 10 s.
+//! The test binary re-executes itself (`--exact <test> --nocapture`, through
+//! `support::ChildGuard`) with `support::CHILD_ENV` set to tell the child what to do; the
+//! parent checks how the child ended. Every child is killed if it has not ended within
+//! `support::WATCHDOG`. A child's stdout goes to a pipe the parent does not read; that is
+//! fine, since these children print no more than libtest's opening lines.
 
 #![allow(
     dead_code,
@@ -16,79 +18,22 @@
 
 #[path = "../src/region.rs"]
 mod region;
+mod support;
 #[path = "../src/sys/mod.rs"]
 mod sys;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use region::{MemfdRegion, Region, RegionError};
+use support::{ChildGuard, WATCHDOG, child_role, unique_name};
 use sys::WaitOutcome;
-use sys::test_support::unique_name;
 
-/// Tells a re-executed test binary which child role to play.
-const CHILD_ENV: &str = "SHM_CHANNEL_REGION_TEST_CHILD";
 /// Path through which a child opens the parent's memfd (`/proc/<pid>/fd/<n>`).
 const FD_PATH_ENV: &str = "SHM_CHANNEL_REGION_TEST_FD";
-/// How long a child may run before the parent kills it and fails.
-const WATCHDOG: Duration = Duration::from_secs(10);
-
-fn child_role() -> Option<String> {
-    std::env::var(CHILD_ENV).ok()
-}
-
-/// A child process that is killed and reaped if the parent gives up on it (a failed
-/// assertion unwinds through here), so no test leaves a process behind.
-struct ChildGuard(Option<Child>);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl ChildGuard {
-    /// Re-executes this test binary to run only `test`, as child `role`.
-    fn spawn(test: &str, role: &str, env: &[(&str, String)]) -> Self {
-        let exe = std::env::current_exe().expect("current_exe");
-        let mut cmd = Command::new(exe);
-        cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, role)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        ChildGuard(Some(cmd.spawn().expect("spawn test child")))
-    }
-
-    fn id(&self) -> u32 {
-        self.0.as_ref().map_or(0, Child::id)
-    }
-
-    /// Waits for the child to end, killing it and failing after `WATCHDOG`.
-    fn wait(mut self) -> ExitStatus {
-        let mut child = self.0.take().expect("child already waited for");
-        let deadline = Instant::now() + WATCHDOG;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!("child did not end within {WATCHDOG:?}; killed it: {status:?}");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
 
 const SIGSEGV: i32 = rustix::process::Signal::SEGV.as_raw();
 
