@@ -368,9 +368,10 @@ mod tests {
             s.spin(&policy, None, || None::<()>);
         }
         assert_eq!(s.0.load(Ordering::Relaxed), MIN_SPIN_NS);
-        // Something arrives at once: the limit does not shrink.
+        // Something arrives at once: the limit does not shrink (it may grow
+        // by twice the time the first look took, which is not zero).
         assert_eq!(s.spin(&policy, None, || Some(5)), Some(5));
-        assert_eq!(s.0.load(Ordering::Relaxed), MIN_SPIN_NS);
+        assert!(s.0.load(Ordering::Relaxed) >= MIN_SPIN_NS);
         // Never spin.
         let park = SpinLimit::new(&WaitPolicy::PARK);
         let mut calls = 0;
