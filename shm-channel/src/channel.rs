@@ -444,6 +444,58 @@ impl Channel {
         }
     }
 
+    /// Sends one message made of `objects` (id, data), waiting up to `timeout` for room: spins
+    /// briefly, then parks until the peer frees some (see [`ring::WaitPolicy`]). Fails with
+    /// [`ring::SendError::PeerDied`] once the peer is gone.
+    pub fn send_objects(
+        &self,
+        message_id: u64,
+        kind: Kind,
+        objects: &[(u64, &[u8])],
+        timeout: Duration,
+    ) -> Result<(), ring::SendError> {
+        if self.peer_gone.load(Ordering::Relaxed) {
+            return Err(ring::SendError::PeerDied);
+        }
+        self.tx.send_objects(message_id, kind, objects, timeout)
+    }
+
+    /// Reserves room for a message to write in place (see
+    /// [`RingWriter::allocate_for_send_timeout`]), waiting up to `timeout`.
+    pub fn allocate_for_send_timeout(
+        &self,
+        size: u64,
+        message_id: u64,
+        obj_count: u64,
+        no_queue: bool,
+        timeout: Duration,
+    ) -> Result<ring::Slot<'_>, ring::SendError> {
+        if self.peer_gone.load(Ordering::Relaxed) {
+            return Err(ring::SendError::PeerDied);
+        }
+        self.tx
+            .allocate_for_send_timeout(size, message_id, obj_count, no_queue, timeout)
+    }
+
+    /// The next message, waiting up to `timeout`: spins briefly, then parks on the doorbell
+    /// and the liveness socket together. Messages the peer sent before it died are delivered
+    /// first; then [`ring::RecvError::PeerDied`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Message<'_>, ring::RecvError> {
+        self.rx.receive_timeout(timeout)
+    }
+
+    /// The next message, waiting as long as it takes (or until the peer dies).
+    pub fn recv(&mut self) -> Result<Message<'_>, ring::RecvError> {
+        self.rx.receive_timeout(Duration::MAX)
+    }
+
+    /// How this end waits, sending and receiving (default: adaptive spin up to 100 µs, then
+    /// park).
+    pub fn set_wait_policy(&mut self, policy: ring::WaitPolicy) {
+        self.tx.set_wait_policy(policy);
+        self.rx.set_wait_policy(policy);
+    }
+
     /// Ends the channel now: shuts the socket down so the peer sees the end at once (even if
     /// a copy of the fd lives on in a forked child), then closes everything.
     pub fn close(self) -> io::Result<()> {

@@ -633,6 +633,13 @@ impl Ring {
         self.mem.bells.get().map(|b| b.reader.as_fd())
     }
 
+    /// The eventfd writers waiting for room sleep on, when doorbells are
+    /// attached (see [`RingWriter::arm_room_doorbell`]).
+    pub fn writer_doorbell(&self) -> Option<BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.mem.bells.get().map(|b| b.writer.as_fd())
+    }
+
     /// A writer handle; any number may exist, on any threads.
     pub fn writer(&self) -> RingWriter {
         RingWriter {
@@ -966,6 +973,21 @@ impl RingWriter {
                 Err(e) => return Err(SendError::Wait(e.to_string())),
             }
         }
+    }
+
+    /// For event loops and async code: announces a writer about to wait
+    /// for room on [`Ring::writer_doorbell`]. Try to reserve once more
+    /// after this (the reader may have freed room meanwhile), wait only if
+    /// that fails, and call [`disarm_room_doorbell`](Self::disarm_room_doorbell)
+    /// exactly once afterwards.
+    pub fn arm_room_doorbell(&self) {
+        self.mem.arm(Side::Writer);
+    }
+
+    /// Takes this writer out of the room doorbell (see
+    /// [`arm_room_doorbell`](Self::arm_room_doorbell)).
+    pub fn disarm_room_doorbell(&self) {
+        self.mem.disarm(Side::Writer);
     }
 
     /// Sets how this handle waits for room (default: adaptive spin up to
