@@ -1577,11 +1577,62 @@ impl Drop for Message<'_> {
 /// Hooks for the crash tests; not part of the API.
 #[doc(hidden)]
 pub mod testing {
+    use std::os::fd::{BorrowedFd, OwnedFd};
+    use std::sync::atomic::AtomicU64;
+
+    use crate::region::{MemfdRegion, Region, RegionError};
+    use crate::sys;
+
     /// Takes the writers' spinlock and never releases it, as a writer that
     /// dies inside its critical section would.
     pub fn hold_spinlock_forever(writer: &super::RingWriter) {
         if let Some(guard) = writer.mem.lock() {
             std::mem::forget(guard);
+        }
+    }
+
+    /// One page of shared memory seen as 512 atomic words, with no ring
+    /// protocol: the `raw-spin` benchmark's cache-line ping-pong, the
+    /// physical limit the ring is measured against.
+    pub struct SharedWords {
+        region: MemfdRegion,
+    }
+
+    impl SharedWords {
+        /// Words in the page.
+        pub const LEN: usize = 512;
+
+        /// A new page in a sealed memfd.
+        pub fn create(name: &str) -> Result<Self, RegionError> {
+            let page = sys::page_size();
+            Ok(SharedWords {
+                region: MemfdRegion::create(name, page, page)?,
+            })
+        }
+
+        /// The page of another process, from its memfd.
+        pub fn open(fd: OwnedFd) -> Result<Self, RegionError> {
+            Ok(SharedWords {
+                region: MemfdRegion::open(fd, sys::page_size())?,
+            })
+        }
+
+        /// The memfd, to give to the peer.
+        pub fn fd(&self) -> BorrowedFd<'_> {
+            self.region.fd()
+        }
+
+        /// Word `i` (`i < LEN`), or `None` past the page.
+        pub fn word(&self, i: usize) -> Option<&AtomicU64> {
+            if i >= Self::LEN || (i + 1) * 8 > self.region.mapped_len() {
+                return None;
+            }
+            // SAFETY: 1. `i` is checked to lie inside the mapped page, which
+            // stays mapped as long as `self.region` (the reference borrows
+            // `self`); 2. the page is aligned and `i * 8` is a multiple of 8;
+            // 3. the words are only ever accessed atomically, in every
+            // process.
+            Some(unsafe { AtomicU64::from_ptr(self.region.base().add(i * 8).cast::<u64>()) })
         }
     }
 }

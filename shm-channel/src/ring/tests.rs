@@ -200,3 +200,14 @@ fn two_writers_one_reader_threads() {
         t.join().unwrap();
     }
 }
+
+#[test]
+fn shared_words_are_shared_and_bounded() {
+    use std::os::fd::AsFd;
+    let a = testing::SharedWords::create("shared-words-test").unwrap();
+    let b = testing::SharedWords::open(a.fd().as_fd().try_clone_to_owned().unwrap()).unwrap();
+    a.word(7).unwrap().store(42, Ordering::Relaxed);
+    assert_eq!(b.word(7).unwrap().load(Ordering::Relaxed), 42);
+    assert!(a.word(testing::SharedWords::LEN).is_none());
+    assert!(a.word(testing::SharedWords::LEN - 1).is_some());
+}
