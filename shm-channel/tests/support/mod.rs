@@ -26,7 +26,9 @@ pub fn unique_name(what: &str) -> String {
 
 /// A child process that is killed and reaped when dropped (a failed
 /// assertion unwinds through here), so no test leaves a process behind.
-pub struct ChildGuard(Option<Child>);
+/// Its stdout is drained by a thread for its whole life (a child may print
+/// after the parent stopped listening without dying of EPIPE).
+pub struct ChildGuard(Option<Child>, std::sync::mpsc::Receiver<String>);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -50,7 +52,16 @@ impl ChildGuard {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        ChildGuard(Some(cmd.spawn().expect("spawn test child")))
+        let mut child = cmd.spawn().expect("spawn test child");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::{BufRead, BufReader};
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(l); // keep draining even when nobody listens
+            }
+        });
+        ChildGuard(Some(child), rx)
     }
 
     /// The child's pid.
@@ -61,17 +72,7 @@ impl ChildGuard {
     /// Waits until the child prints `line` on stdout (or fails after the
     /// watchdog).
     pub fn wait_for_line(&mut self, line: &str) {
-        use std::io::{BufRead, BufReader};
-        let child = self.0.as_mut().expect("child gone");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = &self.1;
         let deadline = Instant::now() + WATCHDOG;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
