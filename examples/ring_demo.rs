@@ -13,7 +13,9 @@
 //!    a checksum that the child verifies; the child acknowledges the end
 //!    with the count and the sum of the checksums it saw;
 //! 2. ping-pong round trips of 64-byte messages (latency percentiles);
-//! 3. what the rings cost: capacity and the memfd's allocated bytes.
+//! 3. what the rings cost: capacity and the memfd's allocated bytes, and
+//!    how often each side went to sleep or woke the other (a system call
+//!    each) rather than finding its peer busy.
 //!
 //! Any failure in the child is printed by the child and ends it with a
 //! non-zero status, which the parent reports; the parent kills the child if
@@ -27,6 +29,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use shm_channel::layout::{MESSAGE_HEADER_SIZE, RECORD_ALIGN, align_up, object_size};
+use shm_channel::ring::WaitStats;
 use shm_channel::{Kind, Ring, RingConfig, RingReader, RingWriter};
 
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
@@ -64,8 +67,10 @@ mod id {
     pub const PING: u64 = 5;
     /// Child -> parent: the ping's payload, echoed.
     pub const PONG: u64 = 6;
-    /// Parent -> child: exit now.
+    /// Parent -> child: report and exit.
     pub const DONE: u64 = 7;
+    /// Child -> parent: the child's wait statistics, then it exits.
+    pub const BYE: u64 = 8;
 }
 
 fn main() -> ExitCode {
@@ -251,17 +256,26 @@ fn parent() -> Result<()> {
     ));
     let child_pid = child.0.as_ref().map_or(0, Child::id);
 
-    let run = (|| -> Result<(Stream, Pings)> {
+    let run = (|| -> Result<(Stream, Pings, [u64; 6])> {
         expect_message(&mut reader, id::HELLO)?;
         let stream = stream(&writer, &mut reader)?;
         let pings = ping_pong(&writer, &mut reader)?;
         send_words(&writer, id::DONE, &[])?;
-        Ok((stream, pings))
+        let child_stats = words(&expect_message(&mut reader, id::BYE)?)?;
+        Ok((stream, pings, child_stats))
     })();
-    let (stream, pings) = run.map_err(|e| child.blame(e))?;
+    let (stream, pings, child_stats) = run.map_err(|e| child.blame(e))?;
     child.finish(EXIT_TIMEOUT)?;
 
-    report(child_pid, &stream, &pings, &to_child, &from_child);
+    let report = Report {
+        child_pid,
+        stream,
+        pings,
+        rings: [&to_child, &from_child],
+        parent_stats: [to_child.wait_stats(), from_child.wait_stats()],
+        child_stats,
+    };
+    report.print();
     Ok(())
 }
 
@@ -333,64 +347,88 @@ fn ping_pong(writer: &RingWriter, reader: &mut RingReader) -> Result<Pings> {
     Ok(Pings { rtts, elapsed })
 }
 
-fn report(child_pid: u32, stream: &Stream, pings: &Pings, to_child: &Ring, from_child: &Ring) {
-    let secs = stream.elapsed.as_secs_f64();
-    let rate = stream.messages as f64 / secs;
-    let record = align_up(
-        MESSAGE_HEADER_SIZE + object_size(PAYLOAD as u64).unwrap_or(0),
-        RECORD_ALIGN,
-    )
-    .unwrap_or(0);
-    println!(
-        "ring_demo: parent pid {}, child pid {child_pid}, two memfd rings of at most {} KiB",
-        std::process::id(),
-        RING_MAX >> 10
-    );
-    println!();
-    println!(
-        "one-way stream, parent -> child ({PAYLOAD}-byte payloads, {record} bytes per message in the ring)"
-    );
-    println!(
-        "  {} messages in {:.3} s, every sequence number and checksum verified by the child",
-        stream.messages, secs
-    );
-    println!(
-        "  {:.2} million messages/s, {:.0} MB/s of payload",
-        rate / 1e6,
-        rate * PAYLOAD as f64 / 1e6
-    );
-    println!();
-    let n = pings.rtts.len();
-    println!(
-        "ping-pong, {PAYLOAD}-byte payloads: {n} round trips in {:.3} s",
-        pings.elapsed.as_secs_f64()
-    );
-    if n > 0 {
-        let pct = |p: usize| pings.rtts[(n * p / 100).min(n - 1)];
-        let mean = pings.rtts.iter().sum::<Duration>() / n as u32;
+/// What the parent prints at the end.
+struct Report<'a> {
+    child_pid: u32,
+    stream: Stream,
+    pings: Pings,
+    /// Parent -> child, child -> parent.
+    rings: [&'a Ring; 2],
+    /// The parent's handles' waits on each ring (same order).
+    parent_stats: [WaitStats; 2],
+    /// The child's, as it sent them: (parks, timeouts, wake-ups sent) on
+    /// each ring, same order.
+    child_stats: [u64; 6],
+}
+
+impl Report<'_> {
+    fn print(&self) {
+        let secs = self.stream.elapsed.as_secs_f64();
+        let rate = self.stream.messages as f64 / secs;
+        let record = align_up(
+            MESSAGE_HEADER_SIZE + object_size(PAYLOAD as u64).unwrap_or(0),
+            RECORD_ALIGN,
+        )
+        .unwrap_or(0);
         println!(
-            "  round trip: min {:?}, p50 {:?}, p99 {:?}, max {:?}, mean {:?}",
-            pings.rtts[0],
-            pct(50),
-            pct(99),
-            pings.rtts[n - 1],
-            mean
+            "ring_demo: parent pid {}, child pid {}, two memfd rings of at most {} KiB",
+            std::process::id(),
+            self.child_pid,
+            RING_MAX >> 10
         );
-    }
-    println!();
-    println!("ring memory at the end");
-    for (name, ring) in [
-        ("parent -> child", to_child),
-        ("child -> parent", from_child),
-    ] {
-        let allocated = ring
-            .allocated_bytes()
-            .map_or_else(|| "unknown".to_owned(), |b| format!("{b} B"));
+        println!();
         println!(
-            "  {name}: capacity {} B of {} B maximum, memfd allocated {allocated}",
-            ring.capacity(),
-            ring.max_size()
+            "one-way stream, parent -> child \
+             ({PAYLOAD}-byte payloads, {record} bytes per message in the ring)"
         );
+        println!(
+            "  {} messages in {secs:.3} s, every sequence number and checksum verified by the child",
+            self.stream.messages
+        );
+        println!(
+            "  {:.2} million messages/s, {:.0} MB/s of payload",
+            rate / 1e6,
+            rate * PAYLOAD as f64 / 1e6
+        );
+        println!();
+        let rtts = &self.pings.rtts;
+        let n = rtts.len();
+        println!(
+            "ping-pong, {PAYLOAD}-byte payloads: {n} round trips in {:.3} s",
+            self.pings.elapsed.as_secs_f64()
+        );
+        if n > 0 {
+            let pct = |p: usize| rtts[(n * p / 100).min(n - 1)];
+            let mean = rtts.iter().sum::<Duration>() / n as u32;
+            println!(
+                "  round trip: min {:?}, p50 {:?}, p99 {:?}, max {:?}, mean {:?}",
+                rtts[0],
+                pct(50),
+                pct(99),
+                rtts[n - 1],
+                mean
+            );
+        }
+        println!();
+        println!("the rings at the end (both phases)");
+        let names = ["parent -> child", "child -> parent"];
+        for (i, ring) in self.rings.iter().enumerate() {
+            let allocated = ring
+                .allocated_bytes()
+                .map_or_else(|| "unknown".to_owned(), |b| format!("{b} B"));
+            let p = &self.parent_stats[i];
+            let c = &self.child_stats[i * 3..i * 3 + 3];
+            println!(
+                "  {}: capacity {} B of {} B maximum, memfd allocated {allocated}",
+                names[i],
+                ring.capacity(),
+                ring.max_size()
+            );
+            println!(
+                "    sleeps (timed out) / wake-ups sent: parent {} ({}) / {}, child {} ({}) / {}",
+                p.parks, p.park_timeouts, p.rings, c[0], c[1], c[2]
+            );
+        }
     }
 }
 
@@ -452,8 +490,14 @@ fn child(inbound: &str, outbound: &str) -> Result<()> {
                 let data = msg.object(0).unwrap_or_default();
                 writer.send_objects(id::PONG, Kind::Raw, &[(0, data)], PEER_TIMEOUT)?;
             }
-            id::DONE => return Ok(()),
+            id::DONE => break,
             other => return Err(format!("unexpected message {other} during ping-pong").into()),
         }
     }
+    let mut stats = Vec::with_capacity(6);
+    for ring in [&inbound, &outbound] {
+        let s = ring.wait_stats();
+        stats.extend([s.parks, s.park_timeouts, s.rings]);
+    }
+    send_words(&writer, id::BYE, &stats)
 }

@@ -118,11 +118,18 @@ fn two_threads_one_way(c: &mut Criterion) {
 
         drop(orders);
         producer.join().expect("bench producer thread panicked");
+        // Context for reading the numbers: how big the ring grew, and how
+        // often a side slept (each sleep costs its peer a wake-up call).
+        let waits = ring.wait_stats();
         eprintln!(
-            "ring after {payload}-byte messages: capacity {} B of {} B max, memfd allocated {:?} B",
+            "ring after {payload}-byte messages: capacity {} B of {} B max, \
+             memfd allocated {:?} B; sleeps {} (timed out {}), wake-ups {}",
             ring.capacity(),
             ring.max_size(),
-            ring.allocated_bytes()
+            ring.allocated_bytes(),
+            waits.parks,
+            waits.park_timeouts,
+            waits.rings
         );
     }
     group.finish();
