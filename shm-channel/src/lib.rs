@@ -48,6 +48,7 @@
 //! ```
 
 pub mod channel;
+pub mod event_loop;
 mod handshake;
 pub(crate) mod region;
 pub mod ring;
@@ -55,6 +56,7 @@ pub mod service;
 pub(crate) mod sys;
 
 pub use channel::{Channel, ChannelId, PeerCredentials};
+pub use event_loop::{Event, EventLoop};
 pub use service::{ClientConfig, CredentialPolicy, Service, ServiceConfig, connect};
 
 pub use region::RegionError;

@@ -42,6 +42,7 @@
 )]
 
 mod doorbell;
+mod epoll;
 mod futex;
 mod memfd;
 mod mmap;
@@ -49,6 +50,7 @@ mod process;
 mod socket;
 
 pub(crate) use doorbell::{Ready, eventfd_drain, eventfd_new, eventfd_signal, wait_any};
+pub(crate) use epoll::{Epoll, Interest, Readiness};
 pub(crate) use futex::{WaitOutcome, futex_wait, futex_wake};
 pub(crate) use memfd::{
     REQUIRED_SEALS, SealError, add_seals, allocated_bytes, check_received_seals, file_len,
