@@ -1,0 +1,169 @@
+//! Round trips between two processes (issue 3's benchmark): the client (this
+//! bench) sends a payload, a server in a **separate process** (this binary
+//! re-executed, see `benches::echo`) reads it and echoes it, the client reads
+//! the echo. Payloads of 8 B, 64 B and 4 KiB are written and read on both
+//! sides by every contender:
+//!
+//! - `raw-spin`: a bare atomic ping-pong on shared pages, no library (the
+//!   physical limit);
+//! - `shm-spin`, `shm-park`, `shm-park-nospin`: a shm-channel `Channel` with
+//!   both sides on `WaitPolicy::SPIN`, the default adaptive spin-then-park,
+//!   and `WaitPolicy::PARK` (a kernel wake-up per message);
+//! - `uds`, `pipe`, `tcp` (loopback, `TCP_NODELAY`): blocking byte streams
+//!   with length-prefixed frames.
+//!
+//! Each contender runs unpinned and with both processes pinned to one CPU
+//! (ids with `-samecore`); `RTT_PLACEMENTS=unpinned,samecore,crosscore`
+//! picks placements (`crosscore`: client on the first allowed CPU, server on
+//! the second).
+//!
+//! One criterion iteration is one round trip, timed on its own, so besides
+//! criterion's estimates every case writes latency percentiles from an HDR
+//! histogram to `<target>/criterion/rtt/<id>/<size>/percentiles.json`. The
+//! histogram is reset when criterion's warm-up ends (the first call with
+//! fewer iterations than the one before), so it covers the measurement.
+//!
+//! Run: `cargo bench -p benches --bench rtt` (filter as usual, e.g.
+//! `-- shm-spin/`).
+#![forbid(unsafe_code)]
+
+use std::time::{Duration, Instant};
+
+use benches::echo::{self, Client, Contender, Placement};
+use benches::percentiles;
+use criterion::{BenchmarkId, Criterion, Throughput};
+use hdrhistogram::Histogram;
+
+/// Payload sizes, bytes.
+const SIZES: [usize; 3] = [8, 64, 4 << 10];
+/// Criterion's group: the first directory under `target/criterion`.
+const GROUP: &str = "rtt";
+/// Placements when `RTT_PLACEMENTS` is not set.
+const DEFAULT_PLACEMENTS: &str = "unpinned,samecore";
+
+/// One case's histogram, and whether criterion's warm-up is over.
+struct Recorder {
+    hist: Histogram<u64>,
+    last_iters: u64,
+    measuring: bool,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        Recorder {
+            hist: percentiles::new_histogram(),
+            last_iters: 0,
+            measuring: false,
+        }
+    }
+
+    /// Criterion's warm-up doubles the iteration count; its first sample
+    /// asks for fewer: from then on, only the measurement is recorded.
+    fn start_batch(&mut self, iters: u64) {
+        if !self.measuring && iters < self.last_iters {
+            self.hist.reset();
+            self.measuring = true;
+        }
+        self.last_iters = iters;
+    }
+}
+
+/// Runs `iters` round trips of `len` bytes; returns their total time and
+/// records each one.
+fn batch(client: &mut Client, len: usize, iters: u64, rec: &mut Recorder) -> Duration {
+    rec.start_batch(iters);
+    let start = Instant::now();
+    let mut prev = start;
+    for _ in 0..iters {
+        if let Err(e) = client.round_trip(len) {
+            panic!("rtt: round trip of {len} bytes failed: {e}");
+        }
+        // One clock read per round trip serves both the histogram and
+        // criterion's total (the recording itself, a few ns, is included).
+        let now = Instant::now();
+        rec.hist.saturating_record(nanos(now - prev));
+        prev = now;
+    }
+    prev - start
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn rtt(c: &mut Criterion) {
+    let list = std::env::var("RTT_PLACEMENTS").unwrap_or_else(|_| DEFAULT_PLACEMENTS.into());
+    let placements = Placement::parse_list(&list).expect("rtt: RTT_PLACEMENTS");
+    eprintln!(
+        "rtt: this process may run on CPUs {:?}",
+        echo::allowed_cpus().unwrap_or_default()
+    );
+    let max = SIZES.into_iter().max().unwrap_or(8);
+    let mut group = c.benchmark_group(GROUP);
+    // Two cores shared with other work: few, long-enough samples.
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for placement in placements {
+        eprintln!("rtt: placement {}", placement.describe());
+        // The client's CPU now; the server's is set when it starts.
+        let before = echo::pin_client(placement).expect("rtt: pinning the client");
+        for contender in Contender::ALL {
+            let id = format!("{}{}", contender.id(), placement.suffix());
+            // Started by the first case that runs (a filter may skip them
+            // all), then shared by this contender's sizes.
+            let mut client: Option<Client> = None;
+            for len in SIZES {
+                let mut rec = Recorder::new();
+                // Bytes through the transport per round trip: both ways.
+                group.throughput(Throughput::Bytes(2 * len as u64));
+                group.bench_with_input(BenchmarkId::new(&id, len), &len, |b, &len| {
+                    let client = client.get_or_insert_with(|| {
+                        Client::start(contender, placement, max)
+                            .unwrap_or_else(|e| panic!("rtt: starting {id}: {e}"))
+                    });
+                    b.iter_custom(|iters| batch(client, len, iters, &mut rec));
+                });
+                if rec.hist.is_empty() {
+                    continue;
+                }
+                let notes = [
+                    ("contender", contender.id().to_owned()),
+                    ("placement", placement.describe()),
+                    ("payload_bytes", len.to_string()),
+                    ("warm_up_excluded", rec.measuring.to_string()),
+                ];
+                match percentiles::write(GROUP, &id, &len.to_string(), &rec.hist, &notes) {
+                    Ok(path) => eprintln!(
+                        "rtt: {id}/{len}: p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns ({} round trips) -> {}",
+                        rec.hist.value_at_quantile(0.5),
+                        rec.hist.value_at_quantile(0.99),
+                        rec.hist.value_at_quantile(0.999),
+                        rec.hist.max(),
+                        rec.hist.len(),
+                        path.display()
+                    ),
+                    Err(e) => panic!("rtt: writing the percentiles of {id}/{len}: {e}"),
+                }
+            }
+            if let Some(client) = client
+                && let Err(e) = client.finish()
+            {
+                panic!("rtt: {id}: {e}");
+            }
+        }
+        echo::restore_affinity(before).expect("rtt: restoring the CPU affinity");
+    }
+    group.finish();
+}
+
+fn main() {
+    // Re-executed as a contender's echo server: serve, then exit.
+    if let Some(code) = echo::serve_if_peer() {
+        std::process::exit(code);
+    }
+    let mut c = Criterion::default().configure_from_args();
+    rtt(&mut c);
+    c.final_summary();
+}

@@ -1,0 +1,849 @@
+//! Echo peers in a separate process, for the round-trip benches.
+//!
+//! A bench binary re-executes itself as the peer: [`Client::start`] spawns
+//! `current_exe()` with [`PEER_ENV`] naming the [`Contender`], and the bench's
+//! `main` calls [`serve_if_peer`] first, which runs the echo server and exits.
+//! One server process lives for all the message sizes of one contender, so
+//! process start-up stays out of every measurement.
+//!
+//! Every contender does the same work per round trip, so that they compare:
+//! the client **writes** the payload (its first 8 bytes the sequence number,
+//! the rest a fill byte derived from it), the server **reads** all of it and
+//! **writes** it into its reply (a copy), checking the sequence number, and
+//! the client **reads** every byte of the reply and checks it. Lengths must be
+//! multiples of 8 and at least 8 (the raw contender moves whole words).
+//!
+//! Where the processes run is a [`Placement`]: free, both on one core, or on
+//! two different cores.
+#![forbid(unsafe_code)]
+
+use std::error::Error;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, getppid, set_parent_process_death_signal};
+use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+use shm_channel::layout::object_size;
+use shm_channel::ring::testing::SharedWords;
+use shm_channel::ring::{RecvError, WaitPolicy};
+use shm_channel::service::{self, ClientConfig, ConnectError, Service, ServiceConfig};
+use shm_channel::{Channel, Kind};
+
+/// Errors of the bench harness: reported, then the bench fails.
+pub type Result<T, E = Box<dyn Error + Send + Sync>> = std::result::Result<T, E>;
+
+/// Names the contender when this process is a re-executed echo server.
+pub const PEER_ENV: &str = "SHM_BENCH_ECHO_PEER";
+/// Where the server finds its client (a service name, a socket path, an
+/// address, or the raw contender's memfds).
+const WHERE_ENV: &str = "SHM_BENCH_ECHO_WHERE";
+/// The largest payload the server must handle.
+const MAX_ENV: &str = "SHM_BENCH_ECHO_MAX";
+/// The client's pid: the server exits if it is no longer its parent.
+const PARENT_ENV: &str = "SHM_BENCH_ECHO_PARENT";
+
+/// A healthy peer answers in microseconds; this only fires when it is stuck
+/// or gone, and turns a hang into a failed bench.
+pub const STUCK: Duration = Duration::from_secs(10);
+/// How long the server may take to come up, and to exit at the end.
+const START_STOP: Duration = Duration::from_secs(10);
+/// How often a waiting server checks that its client still lives.
+const LIVENESS: Duration = Duration::from_millis(100);
+/// The shm contenders' protocol name and ring maximum (room for several of
+/// the largest payloads; rings start at a page and grow on demand).
+const PROTOCOL: &str = "BenchEcho";
+const RING_MAX: u64 = 4 << 20;
+/// Message ids of the shm contenders.
+const PING: u64 = 1;
+const PONG: u64 = 2;
+/// The object id of the payload.
+const PAYLOAD: u64 = 0;
+
+/// One way of doing the echo; [`id`](Contender::id) is the criterion id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contender {
+    /// shm-channel, both sides polling (`WaitPolicy::SPIN`).
+    ShmSpin,
+    /// shm-channel with its default policy: adaptive spin, then park.
+    ShmPark,
+    /// shm-channel parking at once (`WaitPolicy::PARK`): every message a
+    /// kernel wake-up.
+    ShmParkNoSpin,
+    /// A Unix stream socket, blocking reads and writes.
+    Uds,
+    /// Two pipes (the server's stdin and stdout).
+    Pipe,
+    /// TCP over loopback with `TCP_NODELAY`.
+    Tcp,
+    /// A bare shared-memory ping-pong on atomic words, no library: the
+    /// physical limit.
+    RawSpin,
+}
+
+impl Contender {
+    /// Every contender, in the order the benches run them.
+    pub const ALL: [Contender; 7] = [
+        Contender::RawSpin,
+        Contender::ShmSpin,
+        Contender::ShmPark,
+        Contender::ShmParkNoSpin,
+        Contender::Uds,
+        Contender::Pipe,
+        Contender::Tcp,
+    ];
+
+    /// The id in criterion's output and in the docs.
+    pub fn id(self) -> &'static str {
+        match self {
+            Contender::ShmSpin => "shm-spin",
+            Contender::ShmPark => "shm-park",
+            Contender::ShmParkNoSpin => "shm-park-nospin",
+            Contender::Uds => "uds",
+            Contender::Pipe => "pipe",
+            Contender::Tcp => "tcp",
+            Contender::RawSpin => "raw-spin",
+        }
+    }
+
+    /// The contender with this id.
+    pub fn from_id(id: &str) -> Option<Contender> {
+        Self::ALL.into_iter().find(|c| c.id() == id)
+    }
+
+    /// The shm contenders' wait policy (both sides use the same).
+    fn wait_policy(self) -> Option<WaitPolicy> {
+        match self {
+            Contender::ShmSpin => Some(WaitPolicy::SPIN),
+            Contender::ShmPark => Some(WaitPolicy::default()),
+            Contender::ShmParkNoSpin => Some(WaitPolicy::PARK),
+            _ => None,
+        }
+    }
+}
+
+/// Which CPUs the client and the server run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Wherever the scheduler puts them.
+    Unpinned,
+    /// Both pinned to this one CPU: every hand-over is a context switch.
+    SameCore(usize),
+    /// Client on the first CPU, server on the second.
+    CrossCore(usize, usize),
+}
+
+impl Placement {
+    /// Placements named in `list` (comma-separated: `unpinned`, `samecore`,
+    /// `crosscore`), built from the CPUs this process may run on; a
+    /// placement that needs more CPUs than allowed is left out with a note
+    /// on stderr.
+    pub fn parse_list(list: &str) -> Result<Vec<Placement>> {
+        let cpus = allowed_cpus()?;
+        let mut out = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let placement = match (name, cpus.as_slice()) {
+                ("unpinned", _) => Placement::Unpinned,
+                ("samecore", [first, ..]) => Placement::SameCore(*first),
+                ("crosscore", [first, second, ..]) => Placement::CrossCore(*first, *second),
+                ("samecore" | "crosscore", _) => {
+                    eprintln!("rtt: skipping {name}: this process may only run on CPUs {cpus:?}");
+                    continue;
+                }
+                _ => return Err(format!("unknown placement {name:?}").into()),
+            };
+            out.push(placement);
+        }
+        Ok(out)
+    }
+
+    /// Appended to the contender's id: ``, `-samecore`, `-crosscore`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Placement::Unpinned => "",
+            Placement::SameCore(_) => "-samecore",
+            Placement::CrossCore(..) => "-crosscore",
+        }
+    }
+
+    /// For humans and the JSON files: `unpinned`, `both on CPU 0`, ...
+    pub fn describe(self) -> String {
+        match self {
+            Placement::Unpinned => "unpinned".to_owned(),
+            Placement::SameCore(cpu) => format!("client and server both on CPU {cpu}"),
+            Placement::CrossCore(a, b) => format!("client on CPU {a}, server on CPU {b}"),
+        }
+    }
+
+    /// The (client, server) CPUs, if pinned.
+    fn cpus(self) -> Option<(usize, usize)> {
+        match self {
+            Placement::Unpinned => None,
+            Placement::SameCore(cpu) => Some((cpu, cpu)),
+            Placement::CrossCore(a, b) => Some((a, b)),
+        }
+    }
+}
+
+/// The CPUs this thread may run on.
+pub fn allowed_cpus() -> Result<Vec<usize>> {
+    let set = sched_getaffinity(None)?;
+    Ok((0..CpuSet::MAX_CPU).filter(|&i| set.is_set(i)).collect())
+}
+
+/// Pins the calling thread (and the processes it spawns from now on) for
+/// the client's side of `placement`; returns the previous mask, to give to
+/// [`restore_affinity`]. `Unpinned` changes nothing.
+pub fn pin_client(placement: Placement) -> Result<Option<CpuSet>> {
+    let Some((cpu, _)) = placement.cpus() else {
+        return Ok(None);
+    };
+    let before = sched_getaffinity(None)?;
+    sched_setaffinity(None, &one_cpu(cpu))?;
+    Ok(Some(before))
+}
+
+/// Undoes [`pin_client`].
+pub fn restore_affinity(before: Option<CpuSet>) -> Result<()> {
+    if let Some(set) = before {
+        sched_setaffinity(None, &set)?;
+    }
+    Ok(())
+}
+
+fn one_cpu(cpu: usize) -> CpuSet {
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    set
+}
+
+/// Writes the payload of round trip `seq` into `data`.
+pub fn fill_payload(data: &mut [u8], seq: u64) {
+    let (head, rest) = data.split_at_mut(8);
+    head.copy_from_slice(&seq.to_le_bytes());
+    rest.fill(seq as u8);
+}
+
+/// Reads every byte of `data` and checks it is the payload of round trip
+/// `seq` of `len` bytes.
+pub fn check_payload(data: &[u8], seq: u64, len: usize) -> Result<()> {
+    if data.len() != len {
+        return Err(format!(
+            "round trip {seq}: {} bytes came back, not {len}",
+            data.len()
+        )
+        .into());
+    }
+    let (head, rest) = data.split_at(8);
+    let fill = seq as u8;
+    // An OR over all bytes rather than `all`: no early exit, so it
+    // vectorises and always reads everything.
+    let diff = rest.iter().fold(0u8, |acc, &b| acc | (b ^ fill));
+    if head != seq.to_le_bytes() || diff != 0 {
+        return Err(format!("round trip {seq}: the payload came back corrupted").into());
+    }
+    Ok(())
+}
+
+/// The sequence number in a payload's first 8 bytes.
+fn payload_seq(data: &[u8]) -> Result<u64> {
+    data.first_chunk::<8>()
+        .map(|b| u64::from_le_bytes(*b))
+        .ok_or_else(|| "payload shorter than 8 bytes".into())
+}
+
+fn check_len(len: usize, max: usize) -> Result<()> {
+    if len < 8 || !len.is_multiple_of(8) || len > max {
+        return Err(format!("payload of {len} bytes: must be a multiple of 8 in 8..={max}").into());
+    }
+    Ok(())
+}
+
+/// The client end: the connection and the server process.
+pub struct Client {
+    conn: Conn,
+    server: ServerProcess,
+    max: usize,
+    seq: u64,
+}
+
+enum Conn {
+    Shm(Box<Channel>),
+    Stream(StreamConn),
+    Raw(RawConn),
+}
+
+impl Client {
+    /// Starts a server process for `contender` placed as `placement` says
+    /// (the caller pinned this thread with [`pin_client`]) and connects to
+    /// it; payloads up to `max` bytes.
+    pub fn start(contender: Contender, placement: Placement, max: usize) -> Result<Client> {
+        check_len(max, usize::MAX)?;
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.env(PEER_ENV, contender.id())
+            .env(MAX_ENV, max.to_string())
+            .env(PARENT_ENV, std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let deadline = Instant::now() + START_STOP;
+        let pin = |server: &ServerProcess| -> Result<()> {
+            if let Some((_, cpu)) = placement.cpus() {
+                sched_setaffinity(Some(server.pid()?), &one_cpu(cpu))?;
+            }
+            Ok(())
+        };
+        let (conn, server) = match contender {
+            Contender::ShmSpin | Contender::ShmPark | Contender::ShmParkNoSpin => {
+                let name = unique("rtt");
+                cmd.env(WHERE_ENV, &name);
+                let mut server = ServerProcess::spawn(&mut cmd)?;
+                pin(&server)?;
+                let config = ClientConfig::new(PROTOCOL, 1..=1).ring_sizes(RING_MAX, RING_MAX);
+                let mut channel = loop {
+                    match service::connect(&name, &config) {
+                        Ok(channel) => break channel,
+                        // Not bound yet: the server is still starting.
+                        Err(ConnectError::NotRunning { .. }) => server.still_starting(deadline)?,
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                if let Some(policy) = contender.wait_policy() {
+                    channel.set_wait_policy(policy);
+                }
+                (Conn::Shm(Box::new(channel)), server)
+            }
+            Contender::Uds => {
+                let path = std::env::temp_dir().join(format!("{}.sock", unique("rtt-uds")));
+                let listener = UnixListener::bind(&path)?;
+                let _unlink = RemoveOnDrop(path.clone());
+                cmd.env(WHERE_ENV, &path);
+                let mut server = ServerProcess::spawn(&mut cmd)?;
+                pin(&server)?;
+                listener.set_nonblocking(true)?;
+                let (stream, _) = accept_until(&mut server, deadline, || listener.accept())?;
+                stream.set_nonblocking(false)?;
+                let reader = stream.try_clone()?;
+                (Conn::Stream(StreamConn::new(reader, stream, max)), server)
+            }
+            Contender::Tcp => {
+                let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+                cmd.env(WHERE_ENV, listener.local_addr()?.to_string());
+                let mut server = ServerProcess::spawn(&mut cmd)?;
+                pin(&server)?;
+                listener.set_nonblocking(true)?;
+                let (stream, _) = accept_until(&mut server, deadline, || listener.accept())?;
+                stream.set_nonblocking(false)?;
+                stream.set_nodelay(true)?;
+                let reader = stream.try_clone()?;
+                (Conn::Stream(StreamConn::new(reader, stream, max)), server)
+            }
+            Contender::Pipe => {
+                cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+                let mut server = ServerProcess::spawn(&mut cmd)?;
+                pin(&server)?;
+                let child = server.child_mut()?;
+                let (Some(to), Some(from)) = (child.stdin.take(), child.stdout.take()) else {
+                    return Err("the server's pipes are missing".into());
+                };
+                (Conn::Stream(StreamConn::new(from, to, max)), server)
+            }
+            Contender::RawSpin => {
+                let raw = RawMemory::create(max)?;
+                cmd.env(WHERE_ENV, raw.proc_paths()?);
+                let server = ServerProcess::spawn(&mut cmd)?;
+                pin(&server)?;
+                (Conn::Raw(RawConn { mem: raw }), server)
+            }
+        };
+        Ok(Client {
+            conn,
+            server,
+            max,
+            seq: 0,
+        })
+    }
+
+    /// The server's pid.
+    pub fn server_pid(&self) -> u32 {
+        self.server.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// One round trip of `len` bytes: write the payload, send it, receive
+    /// the echo and check every byte of it.
+    pub fn round_trip(&mut self, len: usize) -> Result<()> {
+        check_len(len, self.max)?;
+        self.seq += 1;
+        let seq = self.seq;
+        match &mut self.conn {
+            Conn::Shm(ch) => {
+                let size = object_size(len as u64).ok_or("payload size overflows")?;
+                let mut slot = ch.allocate_for_send_timeout(size, PING, 1, false, STUCK)?;
+                slot.set_kind(Kind::OneWay);
+                fill_payload(slot.object_mut(PAYLOAD, len as u64)?, seq);
+                slot.send()?;
+                let reply = ch.recv_timeout(STUCK)?;
+                let data = reply.object(PAYLOAD).ok_or("a reply without its payload")?;
+                check_payload(data, seq, len)
+            }
+            Conn::Stream(s) => s.round_trip(seq, len),
+            Conn::Raw(r) => r.round_trip(seq, len),
+        }
+    }
+
+    /// Ends the connection and waits for the server to exit cleanly.
+    pub fn finish(mut self) -> Result<()> {
+        match std::mem::replace(&mut self.conn, Conn::Raw(RawConn::closed())) {
+            Conn::Shm(ch) => (*ch).close()?,
+            // Dropping the write end is the server's end of input.
+            Conn::Stream(s) => drop(s),
+            Conn::Raw(r) => r.mem.control(CTL_REQUEST).store(QUIT, Ordering::Release),
+        }
+        self.server.wait_success()
+    }
+}
+
+/// A unique name among this process's servers and other processes.
+fn unique(what: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("shm-bench-{what}-{}-{n}", std::process::id())
+}
+
+/// Removes a socket file when the client is set up (or fails to be).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Polls a non-blocking `accept` until the server connects, fails, or the
+/// deadline passes.
+fn accept_until<T>(
+    server: &mut ServerProcess,
+    deadline: Instant,
+    mut accept: impl FnMut() -> io::Result<T>,
+) -> Result<T> {
+    loop {
+        match accept() {
+            Ok(v) => return Ok(v),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => server.still_starting(deadline)?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The server process: killed and reaped if dropped before it exited, so a
+/// failing bench leaves nothing behind.
+struct ServerProcess(Option<Child>);
+
+impl ServerProcess {
+    fn spawn(cmd: &mut Command) -> Result<ServerProcess> {
+        Ok(ServerProcess(Some(cmd.spawn()?)))
+    }
+
+    fn child_mut(&mut self) -> Result<&mut Child> {
+        self.0.as_mut().ok_or_else(|| "the server is gone".into())
+    }
+
+    fn pid(&self) -> Result<Pid> {
+        self.0
+            .as_ref()
+            .map(Pid::from_child)
+            .ok_or_else(|| "the server is gone".into())
+    }
+
+    /// Between attempts to reach a starting server: fails if it exited or
+    /// the deadline passed, else waits a millisecond.
+    fn still_starting(&mut self, deadline: Instant) -> Result<()> {
+        if let Some(status) = self.child_mut()?.try_wait()? {
+            return Err(format!("the echo server exited while starting: {status}").into());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("the echo server did not come up within {START_STOP:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        Ok(())
+    }
+
+    /// Waits for the server to exit with success; kills it after
+    /// [`START_STOP`].
+    fn wait_success(&mut self) -> Result<()> {
+        let deadline = Instant::now() + START_STOP;
+        let child = self.child_mut()?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.0 = None;
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("the echo server failed: {status}").into())
+                };
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("the echo server did not exit within {START_STOP:?}").into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A byte stream (socket or pipes) with length-prefixed frames: 4 bytes of
+/// length (little-endian), then the payload.
+struct StreamConn {
+    reader: BufReader<Box<dyn Read + Send>>,
+    writer: Box<dyn Write + Send>,
+    /// The frame being sent (length and payload), reused.
+    out: Vec<u8>,
+    /// The payload received, reused.
+    input: Vec<u8>,
+}
+
+impl StreamConn {
+    fn new(
+        reader: impl Read + Send + 'static,
+        writer: impl Write + Send + 'static,
+        max: usize,
+    ) -> Self {
+        StreamConn {
+            // Room for a whole frame: one `read` usually takes all of it.
+            reader: BufReader::with_capacity(max + 4, Box::new(reader)),
+            writer: Box::new(writer),
+            out: Vec::with_capacity(max + 4),
+            input: vec![0; max],
+        }
+    }
+
+    /// Sends `frame`'s payload as one frame (one `write` when it fits the
+    /// socket or pipe buffer).
+    fn send_frame(&mut self) -> io::Result<()> {
+        self.writer.write_all(&self.out)
+    }
+
+    /// Receives one frame into `self.input`; `Ok(None)` at a clean end of
+    /// input between frames.
+    fn recv_frame(&mut self, max: usize) -> Result<Option<usize>> {
+        let mut len = [0u8; 4];
+        match self.reader.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if len > max {
+            return Err(format!("a frame of {len} bytes, more than the {max} expected").into());
+        }
+        self.reader.read_exact(&mut self.input[..len])?;
+        Ok(Some(len))
+    }
+
+    fn round_trip(&mut self, seq: u64, len: usize) -> Result<()> {
+        self.out.clear();
+        self.out.extend_from_slice(&(len as u32).to_le_bytes());
+        self.out.resize(4 + len, 0);
+        fill_payload(&mut self.out[4..], seq);
+        self.send_frame()?;
+        let got = self
+            .recv_frame(len)?
+            .ok_or("the echo server closed the connection")?;
+        check_payload(&self.input[..got], seq, len)
+    }
+
+    /// The server's side: echoes frames until the client closes.
+    fn serve(&mut self, max: usize) -> Result<()> {
+        let mut expect = 1;
+        while let Some(len) = self.recv_frame(max)? {
+            let data = &self.input[..len];
+            check_seq(payload_seq(data)?, expect)?;
+            expect += 1;
+            self.out.clear();
+            self.out.extend_from_slice(&(len as u32).to_le_bytes());
+            // The copy reads every byte received and writes every byte sent.
+            self.out.extend_from_slice(data);
+            self.send_frame()?;
+        }
+        Ok(())
+    }
+}
+
+fn check_seq(got: u64, expect: u64) -> Result<()> {
+    if got != expect {
+        return Err(format!("expected round trip {expect}, got {got}").into());
+    }
+    Ok(())
+}
+
+/// Control words of the raw contender, each on its own 128-byte stretch
+/// (two cache lines, so the adjacent-line prefetcher does not couple them).
+const CTL_REQUEST: usize = 0;
+const CTL_LEN: usize = 1;
+const CTL_REPLY: usize = 16;
+/// The request word that tells the raw server to exit.
+const QUIT: u64 = u64::MAX;
+/// Spins before a raw waiter starts yielding: about 128 `pause`s (a
+/// microsecond or a few; AMD's `pause` is slow), where a round trip across
+/// cores takes a fraction of one. Without yielding, a waiter that shares its
+/// CPU with its peer (pinned to one core, or a busy machine) would hand over
+/// only when the scheduler's tick preempts it.
+const RAW_PURE_SPINS: u32 = 128;
+
+/// The raw contender's shared memory: one page of control words, then the
+/// request's pages and the reply's pages, each a [`SharedWords`] page (a
+/// sealed memfd mapped in both processes).
+struct RawMemory {
+    pages: Vec<SharedWords>,
+    /// Pages per payload.
+    per_payload: usize,
+}
+
+impl RawMemory {
+    fn create(max: usize) -> Result<RawMemory> {
+        let per_payload = (max / 8).div_ceil(SharedWords::LEN);
+        let pages = (0..1 + 2 * per_payload)
+            .map(|i| SharedWords::create(&format!("shm-bench-raw-{i}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RawMemory { pages, per_payload })
+    }
+
+    /// The server opens our pages through `/proc/<pid>/fd/<fd>` (the fds are
+    /// close-on-exec, so they are not inherited).
+    fn proc_paths(&self) -> Result<String> {
+        let pid = std::process::id();
+        let paths: Vec<String> = self
+            .pages
+            .iter()
+            .map(|p| {
+                format!(
+                    "/proc/{pid}/fd/{}",
+                    std::os::fd::AsRawFd::as_raw_fd(&p.fd())
+                )
+            })
+            .collect();
+        Ok(paths.join(","))
+    }
+
+    fn open(paths: &str, max: usize) -> Result<RawMemory> {
+        let per_payload = (max / 8).div_ceil(SharedWords::LEN);
+        let pages = paths
+            .split(',')
+            .map(|path| -> Result<SharedWords> {
+                let file: File = OpenOptions::new().read(true).write(true).open(path)?;
+                Ok(SharedWords::open(OwnedFd::from(file))?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if pages.len() != 1 + 2 * per_payload {
+            return Err(format!("{} raw pages for payloads of {max} bytes", pages.len()).into());
+        }
+        Ok(RawMemory { pages, per_payload })
+    }
+
+    fn control(&self, i: usize) -> &AtomicU64 {
+        self.pages[0]
+            .word(i)
+            .expect("control words lie in the first page")
+    }
+
+    /// Word `i` of the request (`reply == false`) or of the reply. (Plain
+    /// indexing: an iterator chain over the pages measured 4x slower.)
+    fn word(&self, reply: bool, i: usize) -> &AtomicU64 {
+        let first = 1 + if reply { self.per_payload } else { 0 };
+        self.pages[first + i / SharedWords::LEN]
+            .word(i % SharedWords::LEN)
+            .expect("payload words lie within the pages made for the largest payload")
+    }
+}
+
+/// Spins until `word` holds something other than `old` (`Acquire`); returns it.
+fn raw_wait_change(word: &AtomicU64, old: u64) -> u64 {
+    let mut spins = 0u32;
+    loop {
+        let v = word.load(Ordering::Acquire);
+        if v != old {
+            return v;
+        }
+        if spins < RAW_PURE_SPINS {
+            spins += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+struct RawConn {
+    mem: RawMemory,
+}
+
+impl RawConn {
+    fn closed() -> RawConn {
+        RawConn {
+            mem: RawMemory {
+                pages: Vec::new(),
+                per_payload: 0,
+            },
+        }
+    }
+
+    fn round_trip(&mut self, seq: u64, len: usize) -> Result<()> {
+        let m = &self.mem;
+        let words = len / 8;
+        let fill = u64::from_ne_bytes([seq as u8; 8]);
+        // The payload as words: the same bytes as `fill_payload` writes.
+        m.word(false, 0).store(seq.to_le(), Ordering::Relaxed);
+        for i in 1..words {
+            m.word(false, i).store(fill, Ordering::Relaxed);
+        }
+        m.control(CTL_LEN).store(len as u64, Ordering::Relaxed);
+        // Release: the payload and length are visible before the request.
+        m.control(CTL_REQUEST).store(seq, Ordering::Release);
+        raw_wait_change(m.control(CTL_REPLY), seq - 1);
+        let mut diff = m.word(true, 0).load(Ordering::Relaxed) ^ seq.to_le();
+        for i in 1..words {
+            diff |= m.word(true, i).load(Ordering::Relaxed) ^ fill;
+        }
+        if diff != 0 {
+            return Err(format!("round trip {seq}: the payload came back corrupted").into());
+        }
+        Ok(())
+    }
+
+    /// The server's side: echoes until the client says [`QUIT`].
+    fn serve(&self) -> Result<()> {
+        let m = &self.mem;
+        let mut last = 0;
+        loop {
+            let seq = raw_wait_change(m.control(CTL_REQUEST), last);
+            if seq == QUIT {
+                return Ok(());
+            }
+            check_seq(seq, last + 1)?;
+            last = seq;
+            let len = usize::try_from(m.control(CTL_LEN).load(Ordering::Relaxed))?;
+            if len > m.per_payload * SharedWords::LEN * 8 {
+                return Err(format!("a raw request of {len} bytes does not fit").into());
+            }
+            let words = len / 8;
+            // The copy reads every word received and writes every word sent.
+            for i in 0..words {
+                m.word(true, i)
+                    .store(m.word(false, i).load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            let head = u64::from_le(m.word(true, 0).load(Ordering::Relaxed));
+            check_seq(head, seq)?;
+            m.control(CTL_REPLY).store(seq, Ordering::Release);
+        }
+    }
+}
+
+/// If this process is a re-executed echo server, serves its client and
+/// returns the exit code; `None` in the bench process itself. Call it first
+/// thing in `main`.
+pub fn serve_if_peer() -> Option<i32> {
+    let id = std::env::var(PEER_ENV).ok()?;
+    Some(match serve(&id) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("echo server ({id}): {e}");
+            1
+        }
+    })
+}
+
+fn serve(id: &str) -> Result<()> {
+    let contender = Contender::from_id(id).ok_or_else(|| format!("unknown contender {id:?}"))?;
+    let env = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
+    let max: usize = env(MAX_ENV)?.parse()?;
+    let parent: i32 = env(PARENT_ENV)?.parse()?;
+    // Die with the client even if it is killed; then check it did not die
+    // before this took effect.
+    set_parent_process_death_signal(Some(Signal::KILL))?;
+    if getppid().map(Pid::as_raw_pid) != Some(parent) {
+        return Err("the client is gone".into());
+    }
+    match contender {
+        Contender::ShmSpin | Contender::ShmPark | Contender::ShmParkNoSpin => {
+            let name = env(WHERE_ENV)?;
+            let config = ServiceConfig::new(PROTOCOL, 1..=1).ring_sizes(RING_MAX, RING_MAX);
+            let mut service = Service::bind(&name, config)?;
+            let mut channel = service.accept_timeout(START_STOP)?;
+            drop(service);
+            if let Some(policy) = contender.wait_policy() {
+                channel.set_wait_policy(policy);
+            }
+            serve_shm(&mut channel, max)
+        }
+        Contender::Uds => {
+            let stream = UnixStream::connect(env(WHERE_ENV)?)?;
+            StreamConn::new(stream.try_clone()?, stream, max).serve(max)
+        }
+        Contender::Tcp => {
+            let stream = TcpStream::connect(env(WHERE_ENV)?)?;
+            stream.set_nodelay(true)?;
+            StreamConn::new(stream.try_clone()?, stream, max).serve(max)
+        }
+        Contender::Pipe => {
+            // Our own handles on stdin and stdout (duplicates), unbuffered:
+            // `io::Stdout` would split frames at newline bytes.
+            let input = File::from(io::stdin().as_fd().try_clone_to_owned()?);
+            let output = File::from(io::stdout().as_fd().try_clone_to_owned()?);
+            StreamConn::new(input, output, max).serve(max)
+        }
+        Contender::RawSpin => RawConn {
+            mem: RawMemory::open(&env(WHERE_ENV)?, max)?,
+        }
+        .serve(),
+    }
+}
+
+/// Echoes until the client closes the channel.
+fn serve_shm(channel: &mut Channel, max: usize) -> Result<()> {
+    // A handle of our own on the send ring (with the policy just set), so a
+    // received message, borrowed from the channel, can be copied straight
+    // into the reply.
+    let tx = channel.tx().clone();
+    let mut expect = 1;
+    loop {
+        // Bounded waits: a spinning receiver (`WaitPolicy::SPIN`) never
+        // parks, so it learns that the client left only between waits.
+        match channel.recv_timeout(LIVENESS) {
+            Ok(msg) => {
+                let data = msg.object(PAYLOAD).ok_or("a request without its payload")?;
+                if data.len() > max {
+                    return Err(format!("a request of {} bytes", data.len()).into());
+                }
+                check_seq(payload_seq(data)?, expect)?;
+                expect += 1;
+                let size = object_size(data.len() as u64).ok_or("payload size overflows")?;
+                let mut slot = tx.allocate_for_send_timeout(size, PONG, 1, false, STUCK)?;
+                slot.set_kind(Kind::OneWay);
+                // The copy reads every byte received and writes every byte sent.
+                slot.object_mut(PAYLOAD, data.len() as u64)?
+                    .copy_from_slice(data);
+                slot.send()?;
+                continue;
+            }
+            Err(RecvError::PeerDied) => return Ok(()),
+            Err(RecvError::Timeout) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if !channel.peer_alive() {
+            return Ok(());
+        }
+    }
+}
