@@ -47,6 +47,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#[cfg(feature = "tokio")]
+pub mod async_channel;
 pub mod channel;
 pub mod event_loop;
 mod handshake;

@@ -41,6 +41,8 @@
     reason = "the ring, doorbells and crash recovery of later issues call the rest of this API"
 )]
 
+#[cfg(feature = "tokio")]
+mod async_fd;
 mod doorbell;
 mod epoll;
 mod futex;
@@ -51,6 +53,8 @@ mod socket;
 
 pub(crate) use doorbell::{Ready, eventfd_drain, eventfd_new, eventfd_signal, wait_any};
 pub(crate) use epoll::{Epoll, Interest, Readiness};
+#[cfg(feature = "tokio")]
+pub(crate) use async_fd::async_fd;
 pub(crate) use futex::{WaitOutcome, futex_wait, futex_wake};
 pub(crate) use memfd::{
     REQUIRED_SEALS, SealError, add_seals, allocated_bytes, check_received_seals, file_len,

@@ -1,0 +1,356 @@
+//! Channels and services on tokio (feature `tokio`, on by default): `recv().await`,
+//! `send_objects(..).await` and `accept().await`, each parked on a file descriptor, never
+//! polling.
+//!
+//! # Readiness
+//!
+//! The same doorbell protocol as the [event loop](crate::event_loop#arm-look-again-sleep-disarm),
+//! with tokio's reactor in place of our epoll. An [`AsyncChannel`] registers copies of three
+//! of its channel's fds with tokio ([`AsyncFd`]):
+//!
+//! - the receive ring's reader doorbell (the peer signals it after writing a message, if we
+//!   said we would sleep);
+//! - the send ring's writer doorbell (the peer signals it after freeing room, if we said we
+//!   wait for room);
+//! - the liveness socket (readable with a hang-up when the peer is gone).
+//!
+//! `recv` looks at the ring; if it is empty it **arms** the reader doorbell (which looks once
+//! more: a message that arrived in between is taken at once), then awaits the doorbell or
+//! the socket; woken, it drains the eventfd, clears tokio's readiness, **disarms** and looks
+//! again. Sending is the mirror image on the writer doorbell, only when the ring is full.
+//! While the peer keeps up, neither makes a system call. tokio's readiness is
+//! edge-triggered, but clearing it only clears the readiness that was seen (tokio tags it),
+//! so a signal that lands between the drain and the clear is never lost.
+//!
+//! Both are cancel-safe: a `recv` dropped before it returns consumed nothing, and the
+//! doorbell armed for it is disarmed. Time limits come from `tokio::time::timeout`.
+//!
+//! Unlike the blocking calls, the futures do not spin before parking (a spin would hold the
+//! executor's thread): each wait costs a kernel wake-up.
+//!
+//! # Example
+//!
+//! ```
+//! use shm_channel::async_channel::{self, AsyncService};
+//! use shm_channel::service::{ClientConfig, Service, ServiceConfig};
+//! use shm_channel::Kind;
+//!
+//! # let dir = std::env::temp_dir().join(format!("shm-channel-doc-async-{}", std::process::id()));
+//! # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//! # rt.block_on(async {
+//! let service = Service::bind("doc-async", ServiceConfig::new("Echo", 1..=1)
+//! #   .runtime_dir(&dir)
+//!     .ring_sizes(1 << 16, 1 << 16))?;
+//! let mut service = AsyncService::new(service)?;
+//! let server = tokio::spawn(async move {
+//!     let mut channel = service.accept().await?;
+//!     let message = channel.recv().await?;
+//!     let data = message.object(0).unwrap_or_default().to_vec();
+//!     drop(message);
+//!     channel.send_objects(1, Kind::Reply, &[(0, &data)]).await?;
+//!     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+//! });
+//!
+//! let config = ClientConfig::new("Echo", 1..=1)
+//! #   .runtime_dir(&dir)
+//!     .ring_sizes(1 << 16, 1 << 16);
+//! let mut client = async_channel::connect("doc-async", &config).await?;
+//! client.send_objects(1, Kind::Request, &[(0, b"ping")]).await?;
+//! assert_eq!(client.recv().await?.object(0), Some(&b"ping"[..]));
+//! server.await??;
+//! # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+//! # }).unwrap();
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use crate::channel::{Channel, ChannelId, TryRecvError, TrySendError};
+use crate::event_loop::HANDSHAKE_POLL;
+use crate::ring::{Kind, Message, RecvError, RingWriter, SendError};
+use crate::service::{self, AcceptError, ClientConfig, ConnectError, Service};
+use crate::sys;
+
+/// A [`Channel`] whose waits are tokio futures. See the [module docs](self).
+pub struct AsyncChannel {
+    // Registered copies of the channel's fds (dropping them deregisters them).
+    rx_bell: AsyncFd<OwnedFd>,
+    room_bell: AsyncFd<OwnedFd>,
+    socket: AsyncFd<OwnedFd>,
+    channel: Channel,
+}
+
+impl fmt::Debug for AsyncChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("AsyncChannel").field(&self.channel).finish()
+    }
+}
+
+/// A copy of `fd` registered with tokio for readability.
+fn register(fd: BorrowedFd<'_>) -> io::Result<AsyncFd<OwnedFd>> {
+    sys::async_fd(fd.try_clone_to_owned()?, Interest::READABLE)
+}
+
+impl AsyncChannel {
+    /// Wraps `channel`, registering its doorbells and socket with the current tokio runtime.
+    ///
+    /// Fails outside a tokio runtime. Panics inside one built without I/O (`enable_io`).
+    pub fn new(channel: Channel) -> io::Result<AsyncChannel> {
+        let bells = channel.doorbells();
+        Ok(AsyncChannel {
+            rx_bell: register(bells.rx_reader_wake.as_fd())?,
+            room_bell: register(bells.tx_writer_wake.as_fd())?,
+            socket: register(channel.socket_fd())?,
+            channel,
+        })
+    }
+
+    /// The channel's id.
+    pub fn id(&self) -> ChannelId {
+        self.channel.id()
+    }
+
+    /// The channel (its peer, its rings, its non-blocking calls).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// The writer of the ring towards the peer: clone it to send from other tasks or threads
+    /// (its own waits block the thread; [`send_objects`](Self::send_objects) does not).
+    pub fn tx(&self) -> &RingWriter {
+        self.channel.tx()
+    }
+
+    /// Unwraps the blocking channel (deregistering it from tokio).
+    pub fn into_inner(self) -> Channel {
+        self.channel
+    }
+
+    /// The next message, borrowed in place from the receive ring (dropping it frees its
+    /// space). Messages the peer sent before it died are delivered first; then
+    /// [`RecvError::PeerDied`]. Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Message<'_>, RecvError> {
+        loop {
+            if peek(&mut self.channel)? {
+                break;
+            }
+            // Arming looks at the ring once more: a message that came meanwhile is taken now.
+            if !self.channel.rx().arm_doorbell()? {
+                continue;
+            }
+            let armed = ArmedReader(&mut self.channel);
+            let woke = wait_either(&self.rx_bell, &self.socket).await;
+            drop(armed);
+            match woke {
+                Ok(Woke::Bell) => {}
+                // Gone or not, make the channel ask the kernel now (it does so at most every
+                // millisecond on its own), so an empty ring reads as `PeerDied` at once.
+                Ok(Woke::Socket) => {
+                    self.channel.peer_alive();
+                }
+                Err(e) => return Err(RecvError::Wait(e.to_string())),
+            }
+        }
+        // The look above found a complete message and nothing read it since: take it.
+        // (Taken here rather than inside the loop: a borrow returned from inside a loop keeps
+        // the channel borrowed for the rest of the loop too.)
+        match self.channel.try_recv() {
+            Ok(Some(message)) => Ok(message),
+            Ok(None) => Err(RecvError::Wait(
+                "the peer broke the ring protocol: a complete message became incomplete".into(),
+            )),
+            Err(e) => Err(recv_error(e)),
+        }
+    }
+
+    /// Sends one message made of `objects` (id, data), waiting for room as long as it takes.
+    /// Fails with [`SendError::PeerDied`] once the peer is gone. Cancel-safe: a send dropped
+    /// before it returns sent nothing.
+    pub async fn send_objects(
+        &self,
+        message_id: u64,
+        kind: Kind,
+        objects: &[(u64, &[u8])],
+    ) -> Result<(), SendError> {
+        let tx = self.channel.tx();
+        loop {
+            if try_send(&self.channel, message_id, kind, objects)? {
+                return Ok(());
+            }
+            tx.arm_room_doorbell();
+            let armed = ArmedWriter(tx);
+            // The reader may have freed room before it could see us armed: try again.
+            if try_send(&self.channel, message_id, kind, objects)? {
+                return Ok(());
+            }
+            let woke = wait_either(&self.room_bell, &self.socket).await;
+            drop(armed);
+            match woke {
+                Ok(Woke::Bell) => {}
+                Ok(Woke::Socket) => {
+                    self.channel.peer_alive();
+                }
+                Err(e) => return Err(SendError::Wait(e.to_string())),
+            }
+        }
+    }
+}
+
+/// Whether a complete message waits at the head of the ring, consuming nothing.
+fn peek(channel: &mut Channel) -> Result<bool, RecvError> {
+    match channel.try_recv() {
+        Ok(Some(message)) => {
+            // Not dropped: dropping would consume it.
+            std::mem::forget(message);
+            Ok(true)
+        }
+        Ok(None) => Ok(false),
+        Err(e) => Err(recv_error(e)),
+    }
+}
+
+/// One attempt to send: `Ok(false)` when the ring is full.
+fn try_send(
+    channel: &Channel,
+    message_id: u64,
+    kind: Kind,
+    objects: &[(u64, &[u8])],
+) -> Result<bool, SendError> {
+    match channel.try_send_objects(message_id, kind, objects) {
+        Ok(()) => Ok(true),
+        Err(TrySendError::Full) => Ok(false),
+        Err(TrySendError::PeerDied) => Err(SendError::PeerDied),
+        Err(TrySendError::TooLarge { size, max }) => Err(SendError::TooLarge { size, max }),
+        Err(TrySendError::Corrupt(c)) => Err(SendError::Corrupt(c)),
+        Err(TrySendError::Ring(e)) => Err(e),
+    }
+}
+
+fn recv_error(e: TryRecvError) -> RecvError {
+    match e {
+        TryRecvError::PeerDied => RecvError::PeerDied,
+        TryRecvError::WriterDied { pid, message_id } => RecvError::WriterDied { pid, message_id },
+        TryRecvError::Corrupt(c) => RecvError::Corrupt(c),
+        TryRecvError::Ring(e) => e,
+    }
+}
+
+/// Which fd woke a wait.
+enum Woke {
+    Bell,
+    Socket,
+}
+
+/// Awaits `bell` (an eventfd: drained) or `socket` (hung up, or bytes nobody reads).
+async fn wait_either(bell: &AsyncFd<OwnedFd>, socket: &AsyncFd<OwnedFd>) -> io::Result<Woke> {
+    tokio::select! {
+        guard = bell.readable() => {
+            let mut guard = guard?;
+            sys::eventfd_drain(guard.get_inner().as_fd())?;
+            // Clears only the readiness this guard saw: a signal after the drain stays.
+            guard.clear_ready();
+            Ok(Woke::Bell)
+        }
+        guard = socket.readable() => {
+            guard?.clear_ready();
+            Ok(Woke::Socket)
+        }
+    }
+}
+
+/// Disarms the reader doorbell when dropped (a `recv` future dropped mid-wait included).
+struct ArmedReader<'a>(&'a mut Channel);
+
+impl Drop for ArmedReader<'_> {
+    fn drop(&mut self) {
+        self.0.rx().disarm_doorbell();
+    }
+}
+
+/// Disarms the room doorbell when dropped.
+struct ArmedWriter<'a>(&'a RingWriter);
+
+impl Drop for ArmedWriter<'_> {
+    fn drop(&mut self) {
+        self.0.disarm_room_doorbell();
+    }
+}
+
+/// A service whose `accept` is a tokio future. See the [module docs](self).
+pub struct AsyncService {
+    listener: AsyncFd<OwnedFd>,
+    service: Service,
+}
+
+impl fmt::Debug for AsyncService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("AsyncService").field(&self.service).finish()
+    }
+}
+
+impl AsyncService {
+    /// Wraps `service`, registering its listening socket with the current tokio runtime.
+    ///
+    /// Fails outside a tokio runtime. Panics inside one built without I/O (`enable_io`).
+    pub fn new(service: Service) -> io::Result<AsyncService> {
+        Ok(AsyncService {
+            listener: register(service.as_fd())?,
+            service,
+        })
+    }
+
+    /// The service.
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// The service, to change it (for instance [`Service::take_refused`]).
+    pub fn service_mut(&mut self) -> &mut Service {
+        &mut self.service
+    }
+
+    /// The next channel whose handshake completes. Clients that fail their handshake are
+    /// refused and skipped, as with [`Service::accept_timeout`]. Cancel-safe.
+    ///
+    /// While handshakes are in progress it looks at them every [`HANDSHAKE_POLL`] (their
+    /// sockets are the service's own); otherwise it sleeps on the listening socket.
+    pub async fn accept(&mut self) -> Result<AsyncChannel, AcceptError> {
+        loop {
+            if let Some(channel) = self.service.try_accept()? {
+                return Ok(AsyncChannel::new(channel)?);
+            }
+            if self.service.pending_handshakes() > 0 {
+                tokio::select! {
+                    guard = self.listener.readable() => guard?.clear_ready(),
+                    () = tokio::time::sleep(HANDSHAKE_POLL) => {}
+                }
+            } else {
+                // Cleared before `try_accept` takes every waiting connection: one that comes
+                // later makes the listener ready again.
+                self.listener.readable().await?.clear_ready();
+            }
+        }
+    }
+}
+
+/// Connects to the service `name` (see [`service::connect`]) without blocking the runtime's
+/// threads (the handshake runs on tokio's blocking pool).
+pub async fn connect(name: &str, config: &ClientConfig) -> Result<AsyncChannel, ConnectError> {
+    let (name, config) = (name.to_owned(), config.clone());
+    let channel = tokio::task::spawn_blocking(move || service::connect(&name, &config))
+        .await
+        .map_err(|e| ConnectError::Io {
+            op: "connect on the blocking pool",
+            source: io::Error::other(e),
+        })??;
+    AsyncChannel::new(channel).map_err(|source| ConnectError::Io {
+        op: "register the channel with tokio",
+        source,
+    })
+}
