@@ -51,10 +51,10 @@ mod mmap;
 mod process;
 mod socket;
 
-pub(crate) use doorbell::{Ready, eventfd_drain, eventfd_new, eventfd_signal, wait_any};
-pub(crate) use epoll::{Epoll, Interest, Readiness};
 #[cfg(feature = "tokio")]
 pub(crate) use async_fd::async_fd;
+pub(crate) use doorbell::{Ready, eventfd_drain, eventfd_new, eventfd_signal, wait_any};
+pub(crate) use epoll::{Epoll, Interest, Readiness};
 pub(crate) use futex::{WaitOutcome, futex_wait, futex_wake};
 pub(crate) use memfd::{
     REQUIRED_SEALS, SealError, add_seals, allocated_bytes, check_received_seals, file_len,
