@@ -356,9 +356,11 @@ impl RingMem {
     /// "full" rather than hang).
     fn lock(&self) -> Option<SpinGuard<'_>> {
         let lock = self.word(off::SPINLOCK);
-        let give_up = Instant::now() + LOCK_GIVE_UP;
         let me = (u64::from(self.pid) << 32) | u64::from(thread_tag());
         let backoff = Backoff::new();
+        // The clock is read only once spinning has failed: the uncontended
+        // path is one compare-and-swap.
+        let mut give_up: Option<Instant> = None;
         let mut deadline: Option<Instant> = None;
         loop {
             // SYNC POINT: acquiring the lock makes the previous holder's
@@ -374,7 +376,7 @@ impl RingMem {
                     std::thread::yield_now();
                     let now = Instant::now();
                     let due = *deadline.get_or_insert(now + LOCK_LIVENESS_CHECK);
-                    if now >= give_up {
+                    if now >= *give_up.get_or_insert(now + LOCK_GIVE_UP) {
                         return None;
                     }
                     if now < due {
@@ -446,15 +448,14 @@ struct SpinGuard<'a> {
 impl Drop for SpinGuard<'_> {
     fn drop(&mut self) {
         // SYNC POINT: releasing the lock publishes this critical section's
-        // writes to the next holder. compare_exchange rather than store: if
-        // the lock was stolen (we were presumed dead), do not release the
-        // new holder's lock.
-        let _ = self.mem.word(off::SPINLOCK).compare_exchange(
-            self.me,
-            0,
-            Ordering::Release,
-            Ordering::Relaxed,
-        );
+        // writes to the next holder. If the lock was taken over (we were
+        // presumed dead), leave the new holder's lock alone. A plain load
+        // and store suffice: only the holder stores a free lock, and a
+        // takeover happens only from a dead pid, never from a live one.
+        let lock = self.mem.word(off::SPINLOCK);
+        if lock.load(Ordering::Relaxed) == self.me {
+            lock.store(0, Ordering::Release);
+        }
     }
 }
 
@@ -667,6 +668,7 @@ impl Ring {
             consumed: self.mem.word(off::CONSUMED_COUNT).load(Ordering::Relaxed),
             policy: WaitPolicy::default(),
             freed: 0,
+            cached_cap: self.mem.capacity()?,
         })
     }
 
@@ -936,12 +938,16 @@ impl RingWriter {
         no_queue: bool,
         timeout: Duration,
     ) -> Result<Slot<'_>, SendError> {
-        let deadline = Instant::now().checked_add(timeout);
         let attempt = || match self.try_allocate_for_send(size, message_id, obj_count, no_queue) {
             Ok(slot) => Some(Ok(slot)),
             Err(TrySendError::Full) if !no_queue => None,
             Err(e) => Some(Err(SendError::from(e))),
         };
+        // The fast path reads no clock.
+        if let Some(done) = attempt() {
+            return done;
+        }
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             if let Some(done) = attempt() {
                 return done;
@@ -1179,6 +1185,8 @@ pub struct RingReader {
     policy: WaitPolicy,
     /// Bytes released since writers were last rung.
     freed: u64,
+    /// Capacity validated when `cached_write` was loaded.
+    cached_cap: u64,
 }
 
 impl fmt::Debug for RingReader {
@@ -1278,15 +1286,19 @@ impl RingReader {
             // SYNC POINT: acquiring WriteOffset makes the record headers,
             // capacity and wrap offset the writers published visible.
             let word = mem.word(off::WRITE_POS).load(Ordering::Acquire);
+            // The capacity only grows, and only matters for what lies below
+            // the write position: reload it with the write position, never
+            // per message (it shares the writers' busy cache line).
             let cap = mem.capacity()?;
             write =
                 RingPos::unpack(word, cap).ok_or_else(|| Corrupt::new("write offset invalid"))?;
             self.cached_write = write;
+            self.cached_cap = cap;
             if write == self.read {
                 return Ok(Head::Empty);
             }
         }
-        let cap = mem.capacity()?;
+        let cap = self.cached_cap;
         let limit = if write.lap == self.read.lap {
             if write.offset < self.read.offset {
                 return Err(Corrupt::new("write offset behind read offset").into());
@@ -1398,7 +1410,7 @@ impl RingReader {
         // Writers waiting for room are rung once a quarter of the ring is
         // free again, or when it is empty: waking them for every message
         // would cost a kernel wake-up per message while the ring is full.
-        let cap = self.mem.word(off::BUFFER_SIZE).load(Ordering::Relaxed);
+        let cap = self.cached_cap;
         if (self.freed >= cap / 4 || self.read == self.cached_write) && self.mem.ring(Side::Writer)
         {
             self.freed = 0;
@@ -1418,6 +1430,10 @@ impl RingReader {
     /// liveness socket attached, returns [`RecvError::PeerDied`] once the
     /// peer is gone and every message it sent has been received.
     pub fn receive_timeout(&mut self, timeout: Duration) -> Result<Message<'_>, RecvError> {
+        // The fast path reads no clock and clones nothing.
+        if let Some((at, len, flags)) = self.poll_once()? {
+            return self.message(at, len, flags);
+        }
         let deadline = Instant::now().checked_add(timeout);
         let mem = Arc::clone(&self.mem);
         let policy = self.policy;
@@ -1566,10 +1582,11 @@ impl<'a> Message<'a> {
 
 impl Drop for Message<'_> {
     fn drop(&mut self) {
+        // The reader owns the record until it advances: a plain store.
         self.reader
             .mem
             .record_flags(self.at)
-            .fetch_or(flags::CONSUMED, Ordering::Relaxed);
+            .store(self.flags | flags::CONSUMED, Ordering::Relaxed);
         self.reader.advance(self.at, self.len);
     }
 }

@@ -76,8 +76,13 @@ impl Default for WaitPolicy {
     }
 }
 
-/// Pure spinning before yields are mixed in.
-const PURE_SPIN: Duration = Duration::from_micros(2);
+/// Pure spinning before yields are mixed in. Long enough that a peer on
+/// another core answering within a few microseconds is caught without a
+/// system call (a yield costs microseconds on a busy virtual machine), short
+/// enough that a peer sharing our core soon gets to run.
+const PURE_SPIN: Duration = Duration::from_micros(10);
+/// After the pure spin, yield once every this many clock checks.
+const YIELD_EVERY: u32 = 4;
 /// The smallest adaptive limit.
 const MIN_SPIN_NS: u32 = 1_000;
 /// Even with nothing to wait for, a parked side looks again this often: a
@@ -146,7 +151,7 @@ impl SpinLimit {
             if end.is_some_and(|e| now >= e) {
                 break;
             }
-            if now - start > PURE_SPIN {
+            if now - start > PURE_SPIN && (round / 32).is_multiple_of(YIELD_EVERY) {
                 // A peer on the same core runs only if we let it.
                 std::thread::yield_now();
             }
