@@ -26,7 +26,11 @@
 //! doorbell armed for it is disarmed. Time limits come from `tokio::time::timeout`.
 //!
 //! Unlike the blocking calls, the futures do not spin before parking (a spin would hold the
-//! executor's thread): each wait costs a kernel wake-up.
+//! executor's thread): each wait costs a kernel wake-up. Like a parked blocking call, a
+//! waiting future looks at its ring again every [`LOOK_AGAIN`] even when nobody rang: a
+//! wake-up taken by someone else (a clone of the writer parked on the same doorbell in
+//! another thread drains the eventfd it shares with us) or a peer that does not ring costs
+//! latency, never a hang.
 //!
 //! # Example
 //!
@@ -72,7 +76,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use crate::channel::{Channel, ChannelId, TryRecvError, TrySendError};
-use crate::event_loop::HANDSHAKE_POLL;
+use crate::event_loop::{HANDSHAKE_POLL, LOOK_AGAIN};
 use crate::ring::{Kind, Message, RecvError, RingWriter, SendError};
 use crate::service::{self, AcceptError, ClientConfig, ConnectError, Service};
 use crate::sys;
@@ -247,9 +251,11 @@ enum Woke {
     Socket,
 }
 
-/// Awaits `bell` (an eventfd: drained) or `socket` (hung up, or bytes nobody reads).
+/// Awaits `bell` (an eventfd: drained) or `socket` (hung up, or bytes nobody reads), or
+/// [`LOOK_AGAIN`] (as `Woke::Bell`: the caller looks at the ring again).
 async fn wait_either(bell: &AsyncFd<OwnedFd>, socket: &AsyncFd<OwnedFd>) -> io::Result<Woke> {
     tokio::select! {
+        () = tokio::time::sleep(LOOK_AGAIN) => Ok(Woke::Bell),
         guard = bell.readable() => {
             let mut guard = guard?;
             sys::eventfd_drain(guard.get_inner().as_fd())?;

@@ -41,7 +41,9 @@
 //! # No busy loop
 //!
 //! An idle loop sleeps in `epoll_wait` with nothing armed but doorbells: it uses no CPU
-//! (tested). Before sleeping it may spin a short, adaptive time looking at the rings
+//! (tested). It wakes every [`LOOK_AGAIN`] all the same to look at every ring, as a parked
+//! receiver does, so a peer that writes without ringing (a broken one, or a wake-up taken by
+//! someone else) costs latency, never a hang. Before sleeping it may spin a short, adaptive time looking at the rings
 //! ([`EventLoop::set_wait_policy`]; by default at most 100 µs, halved after every spin
 //! that found nothing): a busy peer is then caught without a kernel wake-up. The one timer
 //! is the handshake: the service reads a client's hello only inside
@@ -114,6 +116,10 @@ use crate::sys::{self, Epoll, Interest, Readiness};
 
 /// While handshakes are in progress, how often the loop lets the service read their hellos.
 pub const HANDSHAKE_POLL: Duration = Duration::from_millis(1);
+
+/// The longest the loop sleeps without looking at every ring, like a parked receiver (see
+/// [`WaitPolicy`]): a peer that writes without ringing is served late, never forgotten.
+pub const LOOK_AGAIN: Duration = Duration::from_millis(250);
 
 /// The fewest messages delivered between two looks at every fd (see the
 /// [module docs](self#fairness)).
@@ -553,6 +559,9 @@ impl EventLoop {
                     wait = Some(Duration::ZERO);
                 }
             }
+        }
+        if !self.channels.is_empty() {
+            wait = Some(wait.map_or(LOOK_AGAIN, |w| w.min(LOOK_AGAIN)));
         }
         if self.service.pending_handshakes() > 0 {
             self.accept_due = true;

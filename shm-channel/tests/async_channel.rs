@@ -408,6 +408,50 @@ fn a_send_waits_for_room_and_the_reader_wakes_it() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// CPU time of the calling thread (utime + stime, in ticks of 10 ms).
+fn thread_cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// A `recv().await` with nothing to receive parks on its fds: on a current-thread runtime
+/// (whose reactor runs on this very thread) one second of it costs next to no CPU.
+#[test]
+fn an_idle_recv_burns_no_cpu() {
+    let _serial = serial();
+    let dir = runtime_dir();
+    let name = unique_name("idle");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ticks = support::with_watchdog(WATCHDOG, {
+        let dir = dir.clone();
+        move || {
+            rt.block_on(async {
+                let service = Service::bind(&name, service_config(&dir)).expect("bind");
+                let mut service = AsyncService::new(service).expect("async service");
+                let config = client_config(&dir);
+                let (server, client) =
+                    tokio::join!(service.accept(), async_channel::connect(&name, &config));
+                let (mut server, _client) = (server.expect("accept"), client.expect("connect"));
+                let before = thread_cpu_ticks();
+                let got = tokio::time::timeout(Duration::from_secs(1), server.recv()).await;
+                assert!(got.is_err(), "received from an idle client");
+                thread_cpu_ticks() - before
+            })
+        }
+    });
+    eprintln!("an idle recv().await used {ticks} ticks (10 ms each) of CPU in 1 s");
+    assert!(
+        ticks <= 5,
+        "an idle recv used {ticks} ticks of CPU in one second"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn an_async_channel_outside_a_runtime_is_an_error_not_a_panic() {
     let _serial = serial();

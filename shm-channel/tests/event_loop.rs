@@ -29,6 +29,9 @@ const CONNECTIONS: usize = 8;
 /// Messages each connection echoes.
 const MESSAGES: u64 = 200;
 
+/// Messages each channel of the `burst` child sends before it exits.
+const BURST: u64 = 50;
+
 const DIR_ENV: &str = "SHM_LOOP_TEST_DIR";
 const NAME_ENV: &str = "SHM_LOOP_TEST_NAME";
 const INDEX_ENV: &str = "SHM_LOOP_TEST_INDEX";
@@ -241,6 +244,28 @@ fn el_child() {
                 .collect();
             std::thread::sleep(WATCHDOG);
         }
+        // Connects `index` channels, sends BURST small messages on each, and exits without
+        // waiting for anyone to read them.
+        "burst" => {
+            let channels: Vec<_> = (0..index)
+                .map(|_| service::connect(&name, &client_config(&dir)).expect("connect"))
+                .collect();
+            for ch in &channels {
+                for seq in 0..BURST {
+                    let data = [seq as u8; 100];
+                    ch.try_send_objects(
+                        seq,
+                        Kind::OneWay,
+                        &[
+                            (0, &seq.to_le_bytes()),
+                            (1, &data),
+                            (2, &checksum(&data).to_le_bytes()),
+                        ],
+                    )
+                    .expect("room for the whole burst");
+                }
+            }
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -387,6 +412,61 @@ fn an_idle_event_loop_burns_no_cpu_and_sees_sigkilled_clients() {
     drop(lp);
     std::fs::remove_dir_all(&dir).ok();
     assert_fds_back_to(before);
+}
+
+/// A client process that sent messages and exited before the loop read any: every message is
+/// delivered, in order, before its channel's `Disconnected`.
+#[test]
+fn what_a_dead_client_sent_is_delivered_before_its_disconnection() {
+    let _serial = serial();
+    let dir = runtime_dir();
+    let name = unique_name("burst");
+    const CHANNELS: usize = 2;
+    let mut lp = EventLoop::new(Service::bind(&name, service_config(&dir)).expect("bind"))
+        .expect("event loop");
+    let child = Proc::spawn("burst", &dir, &name, CHANNELS);
+    let lp = with_watchdog(WATCHDOG, move || {
+        let mut connected = 0;
+        while connected < CHANNELS {
+            match lp.next_event(STEP).expect("next_event") {
+                Some(Event::Connected(_)) => connected += 1,
+                other => panic!("expected a connection, got {other:?}"),
+            }
+        }
+        lp
+    });
+    // The loop reads nothing until the client is gone.
+    assert!(child.wait(), "burst client failed");
+    let mut lp = lp;
+    let (received, gone) = with_watchdog(WATCHDOG, move || {
+        let mut received: HashMap<ChannelId, u64> = HashMap::new();
+        let mut gone = Vec::new();
+        while gone.len() < CHANNELS {
+            match lp.next_event(STEP).expect("next_event") {
+                Some(Event::Message {
+                    channel, message, ..
+                }) => {
+                    let n = received.entry(channel).or_default();
+                    assert_eq!(check(&message), *n, "{channel}: out of order");
+                    *n += 1;
+                }
+                Some(Event::Disconnected(id, reason)) => {
+                    assert_eq!(reason, DisconnectReason::PeerDied);
+                    assert_eq!(
+                        received.get(&id).copied().unwrap_or(0),
+                        BURST,
+                        "{id} disconnected before all its messages were delivered"
+                    );
+                    gone.push(id);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (received, gone)
+    });
+    assert_eq!(received.len(), CHANNELS);
+    assert_eq!(gone.len(), CHANNELS);
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Three channels with five messages waiting each: the loop hands them out one channel at a
