@@ -254,9 +254,10 @@ fn async_server_echoes_random_sizes_to_async_clients_in_another_process() {
     let dir = runtime_dir();
     let name = unique_name("echo");
     let rt = runtime();
+    // Bound before the client process starts, which connects at once.
+    let service = Service::bind(&name, service_config(&dir)).expect("bind");
     let child = Proc::spawn("clients", &dir, &name);
     let results = rt.block_on(async {
-        let service = Service::bind(&name, service_config(&dir)).expect("bind");
         let mut service = AsyncService::new(service).expect("async service");
         let work = async {
             let mut tasks = Vec::new();
@@ -295,9 +296,9 @@ fn a_sigkilled_peer_ends_a_pending_recv_with_peer_died() {
     let dir = runtime_dir();
     let name = unique_name("victim");
     let rt = runtime();
+    let service = Service::bind(&name, service_config(&dir)).expect("bind");
     let mut child = Proc::spawn("victim", &dir, &name);
     rt.block_on(async {
-        let service = Service::bind(&name, service_config(&dir)).expect("bind");
         let mut service = AsyncService::new(service).expect("async service");
         let mut ch = tokio::time::timeout(WATCHDOG, service.accept())
             .await
