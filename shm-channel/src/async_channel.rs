@@ -208,13 +208,9 @@ impl AsyncChannel {
 
 /// Whether a complete message waits at the head of the ring, consuming nothing.
 fn peek(channel: &mut Channel) -> Result<bool, RecvError> {
-    match channel.try_recv() {
-        Ok(Some(message)) => {
-            // Not dropped: dropping would consume it.
-            std::mem::forget(message);
-            Ok(true)
-        }
-        Ok(None) => Ok(false),
+    match channel.try_peek() {
+        Ok(true) => Ok(true),
+        Ok(false) => Ok(false),
         Err(e) => Err(recv_error(e)),
     }
 }

@@ -208,6 +208,20 @@ pub enum TryRecvError {
     Ring(ring::RecvError),
 }
 
+impl TryRecvError {
+    /// The channel's view of a ring error met without waiting.
+    fn from_ring(e: ring::RecvError) -> Self {
+        match e {
+            ring::RecvError::WriterDied { pid, message_id } => {
+                TryRecvError::WriterDied { pid, message_id }
+            }
+            ring::RecvError::Corrupt(c) => TryRecvError::Corrupt(c),
+            // Anything the ring adds later (it never waits here) is passed on as is.
+            other => TryRecvError::Ring(other),
+        }
+    }
+}
+
 /// One end of a full-duplex channel between two processes. See the [module docs](self).
 ///
 /// Dropping it closes every fd it holds and shuts the socket down, so the peer sees the
@@ -418,9 +432,32 @@ impl Channel {
     /// The next message, if one is complete; never waits. Messages the peer sent before it
     /// died are still delivered; after the last one, [`TryRecvError::PeerDied`].
     pub fn try_recv(&mut self) -> Result<Option<Message<'_>>, TryRecvError> {
-        // Ask the kernel about the peer before looking at the ring (a message written before
-        // the peer died is then always delivered before `PeerDied`), at most every
-        // `LIVENESS_INTERVAL`: `Instant::now` costs no system call, `poll` does.
+        let gone = self.liveness_tick();
+        match self.rx.try_receive() {
+            Ok(Some(m)) => Ok(Some(m)),
+            Ok(None) if gone => Err(TryRecvError::PeerDied),
+            Ok(None) => Ok(None),
+            Err(e) => Err(TryRecvError::from_ring(e)),
+        }
+    }
+
+    /// Whether a complete message waits, without consuming it (what an event loop asks
+    /// before it hands the message out); the same errors as [`try_recv`](Self::try_recv).
+    pub fn try_peek(&mut self) -> Result<bool, TryRecvError> {
+        let gone = self.liveness_tick();
+        match self.rx.peek() {
+            Ok(true) => Ok(true),
+            Ok(false) if gone => Err(TryRecvError::PeerDied),
+            Ok(false) => Ok(false),
+            Err(e) => Err(TryRecvError::from_ring(e)),
+        }
+    }
+
+    /// Asks the kernel about the peer before looking at the ring (a message written before
+    /// the peer died is then always delivered before `PeerDied`), at most every
+    /// `LIVENESS_INTERVAL`: `Instant::now` costs no system call, `poll` does. Returns whether
+    /// the peer is gone.
+    fn liveness_tick(&mut self) -> bool {
         let now = Instant::now();
         let due = self
             .last_liveness_check
@@ -429,19 +466,7 @@ impl Channel {
             self.last_liveness_check = Some(now);
             self.check_peer();
         }
-        let gone = self.peer_gone.load(Ordering::Relaxed);
-        match self.rx.try_receive() {
-            Ok(Some(m)) => Ok(Some(m)),
-            Ok(None) if gone => Err(TryRecvError::PeerDied),
-            // `try_receive` never waits, so it never times out; were it to, "nothing yet".
-            Ok(None) | Err(ring::RecvError::Timeout) => Ok(None),
-            Err(ring::RecvError::WriterDied { pid, message_id }) => {
-                Err(TryRecvError::WriterDied { pid, message_id })
-            }
-            Err(ring::RecvError::Corrupt(c)) => Err(TryRecvError::Corrupt(c)),
-            // Anything the ring adds later (it never waits here) is passed on as is.
-            Err(other) => Err(TryRecvError::Ring(other)),
-        }
+        self.peer_gone.load(Ordering::Relaxed)
     }
 
     /// Sends one message made of `objects` (id, data), waiting up to `timeout` for room: spins

@@ -519,13 +519,9 @@ impl EventLoop {
             // yet", and everything sent before the end is still delivered first.
             e.channel.peer_alive();
         }
-        match e.channel.try_recv() {
-            Ok(Some(message)) => {
-                // Not dropped: dropping would consume it. `next_event` receives it again.
-                std::mem::forget(message);
-                Peek::Message
-            }
-            Ok(None) => Peek::Empty,
+        match e.channel.try_peek() {
+            Ok(true) => Peek::Message,
+            Ok(false) => Peek::Empty,
             Err(TryRecvError::WriterDied { pid, message_id }) => Peek::Lost { pid, message_id },
             Err(e) => Peek::Gone(reason_of(e)),
         }

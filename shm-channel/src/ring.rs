@@ -1213,6 +1213,12 @@ impl RingReader {
         }
     }
 
+    /// Whether a complete message waits at the head, without consuming it.
+    /// (Messages abandoned unsent are skipped on the way, as by a receive.)
+    pub fn peek(&mut self) -> Result<bool, RecvError> {
+        Ok(self.poll_once()?.is_some())
+    }
+
     /// One look at the ring: the next complete message's place, if any.
     /// A corrupt ring poisons this reader.
     fn poll_once(&mut self) -> Result<Option<(u64, u64, u64)>, RecvError> {
