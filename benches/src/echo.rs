@@ -355,7 +355,7 @@ impl Client {
             }
             Contender::RawSpin => {
                 let raw = RawMemory::create(max)?;
-                cmd.env(WHERE_ENV, raw.proc_paths()?);
+                cmd.env(WHERE_ENV, raw.proc_paths());
                 let server = ServerProcess::spawn(&mut cmd)?;
                 pin(&server)?;
                 (Conn::Raw(RawConn { mem: raw }), server)
@@ -397,14 +397,17 @@ impl Client {
     }
 
     /// Ends the connection and waits for the server to exit cleanly.
-    pub fn finish(mut self) -> Result<()> {
-        match std::mem::replace(&mut self.conn, Conn::Raw(RawConn::closed())) {
+    pub fn finish(self) -> Result<()> {
+        let Client {
+            conn, mut server, ..
+        } = self;
+        match conn {
             Conn::Shm(ch) => (*ch).close()?,
             // Dropping the write end is the server's end of input.
             Conn::Stream(s) => drop(s),
             Conn::Raw(r) => r.mem.control(CTL_REQUEST).store(QUIT, Ordering::Release),
         }
-        self.server.wait_success()
+        server.wait_success()
     }
 }
 
@@ -623,7 +626,7 @@ impl RawMemory {
 
     /// The server opens our pages through `/proc/<pid>/fd/<fd>` (the fds are
     /// close-on-exec, so they are not inherited).
-    fn proc_paths(&self) -> Result<String> {
+    fn proc_paths(&self) -> String {
         let pid = std::process::id();
         let paths: Vec<String> = self
             .pages
@@ -635,7 +638,7 @@ impl RawMemory {
                 )
             })
             .collect();
-        Ok(paths.join(","))
+        paths.join(",")
     }
 
     fn open(paths: &str, max: usize) -> Result<RawMemory> {
@@ -691,15 +694,6 @@ struct RawConn {
 }
 
 impl RawConn {
-    fn closed() -> RawConn {
-        RawConn {
-            mem: RawMemory {
-                pages: Vec::new(),
-                per_payload: 0,
-            },
-        }
-    }
-
     fn round_trip(&mut self, seq: u64, len: usize) -> Result<()> {
         let m = &self.mem;
         let words = len / 8;
