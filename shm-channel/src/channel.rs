@@ -407,6 +407,9 @@ impl Channel {
                     return Err(TrySendError::TooLarge { size, max });
                 }
                 Err(ring::TrySendError::Corrupt(c)) => return Err(TrySendError::Corrupt(c)),
+                Err(ring::TrySendError::Io(e)) => {
+                    return Err(TrySendError::Ring(ring::SendError::Io(e)));
+                }
             };
         slot.set_kind(kind);
         for (id, data) in objects {

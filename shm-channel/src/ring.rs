@@ -66,6 +66,8 @@ pub use wait::{WaitPolicy, WaitStats};
 /// holder is alive. Critical sections are a few dozen instructions (a
 /// growth adds an `ftruncate` and an `mmap`), so a millisecond is long.
 const LOCK_LIVENESS_CHECK: Duration = Duration::from_millis(1);
+/// Skipped (abandoned) records one look at the ring steps over at most.
+const MAX_SKIPS_PER_LOOK: usize = 1024;
 /// How long a try-reservation waits for a spinlock whose holder lives.
 const LOCK_GIVE_UP: Duration = Duration::from_millis(20);
 /// How long a message may stay `ALLOCATED` at the head of the ring before
@@ -115,6 +117,50 @@ impl Corrupt {
     }
 }
 
+/// What can go wrong looking at the ring's shared state: a broken peer
+/// (poisons), or this process running out of resources (does not).
+#[derive(Debug)]
+enum Fault {
+    Corrupt(Corrupt),
+    Io(String),
+}
+
+impl From<Corrupt> for Fault {
+    fn from(c: Corrupt) -> Self {
+        Fault::Corrupt(c)
+    }
+}
+
+impl From<Fault> for TrySendError {
+    fn from(f: Fault) -> Self {
+        match f {
+            Fault::Corrupt(c) => TrySendError::Corrupt(c),
+            Fault::Io(e) => TrySendError::Io(e),
+        }
+    }
+}
+
+impl From<Fault> for RecvError {
+    fn from(f: Fault) -> Self {
+        match f {
+            Fault::Corrupt(c) => RecvError::Corrupt(c),
+            Fault::Io(e) => RecvError::Io(e),
+        }
+    }
+}
+
+impl From<Fault> for RingError {
+    fn from(f: Fault) -> Self {
+        match f {
+            Fault::Corrupt(c) => RingError::Corrupt(c),
+            Fault::Io(e) => RingError::Region(RegionError::Io {
+                op: "mmap",
+                source: std::io::Error::other(e),
+            }),
+        }
+    }
+}
+
 impl From<LayoutError> for Corrupt {
     fn from(e: LayoutError) -> Self {
         Corrupt::new(e)
@@ -157,6 +203,10 @@ pub enum TrySendError {
         /// The largest message the ring can hold.
         max: u64,
     },
+    /// Growing the ring failed (out of memory, or mapping limits); the
+    /// ring itself is fine and a smaller message may still go through.
+    #[error("could not grow the ring: {0}")]
+    Io(String),
     /// The ring is corrupt.
     #[error(transparent)]
     Corrupt(#[from] Corrupt),
@@ -189,6 +239,9 @@ pub enum SendError {
     /// Waiting on the doorbell failed (the message was not sent).
     #[error("waiting for room failed: {0}")]
     Wait(String),
+    /// Growing the ring failed (out of memory, or mapping limits).
+    #[error("could not grow the ring: {0}")]
+    Io(String),
     /// The ring is corrupt.
     #[error(transparent)]
     Corrupt(#[from] Corrupt),
@@ -200,6 +253,7 @@ impl From<TrySendError> for SendError {
             TrySendError::Full => SendError::Dropped,
             TrySendError::TooLarge { size, max } => SendError::TooLarge { size, max },
             TrySendError::Corrupt(c) => SendError::Corrupt(c),
+            TrySendError::Io(e) => SendError::Io(e),
         }
     }
 }
@@ -227,6 +281,10 @@ pub enum RecvError {
     /// Waiting on the doorbell failed.
     #[error("waiting for a message failed: {0}")]
     Wait(String),
+    /// Mapping the part of the ring the peer grew failed (out of memory,
+    /// or mapping limits); the message stays in the ring.
+    #[error("could not map the grown ring: {0}")]
+    Io(String),
     /// The ring is corrupt.
     #[error(transparent)]
     Corrupt(#[from] Corrupt),
@@ -237,13 +295,11 @@ struct RingMem {
     region: Box<dyn Region>,
     /// The maximum capacity, validated at creation/open.
     max_size: u64,
-    /// Last `ReadOffset` a writer loaded: a lower bound of the real one, so
-    /// writers only touch the reader's cache line when this says "full".
-    /// Only read and written under the spinlock.
-    cached_read: AtomicU64,
     /// Set when a writer found the ring corrupt.
     poisoned: AtomicBool,
     reader_taken: AtomicBool,
+    /// Serialises this process's reservations (see `try_allocate_for_send`).
+    local: std::sync::Mutex<()>,
     /// This process's pid, for the spinlock and reservations.
     pid: u32,
     /// Doorbell fds, when a channel attached them (else futexes).
@@ -288,9 +344,11 @@ impl RingMem {
         // SAFETY: 1. callers pass a validated record offset `at` with
         // `at + 64 <= mapped_len`, so the word at `at + 16` is mapped for the
         // region's lifetime; 2. `at` is 64-aligned, so the word is 8-aligned;
-        // 3. the flags word is only accessed atomically while shared (the
-        // reserving writer initialises it under the spinlock before
-        // publishing `WriteOffset`, and nobody reads it before that).
+        // 3. while the word can be written by another thread (from its
+        // reservation until the reader releases the record) every access
+        // in this process is atomic; the plain `&[u8]` views that also cover
+        // it (a message being validated or borrowed) exist only after it was
+        // published and before it is released, when nobody writes it.
         unsafe { AtomicU64::from_ptr(self.region.base().add(at as usize + 16).cast::<u64>()) }
     }
 
@@ -305,18 +363,6 @@ impl RingMem {
         // SAFETY: the caller guarantees the range is mapped and not written
         // concurrently by this process; another process writing it can only
         // change byte values, and every `u8` value is valid.
-        unsafe { std::slice::from_raw_parts(self.region.base().add(at as usize), len as usize) }
-    }
-
-    /// Bytes `[at, at + len)` of the ring, for a received message view.
-    ///
-    /// # Safety
-    /// As [`bytes`](Self::bytes), and the caller picks a lifetime `'b` that
-    /// ends before this `RingMem` is dropped (it keeps an owner of the
-    /// `Arc<RingMem>` borrowed for `'b`).
-    unsafe fn bytes_unbounded<'b>(&self, at: u64, len: u64) -> &'b [u8] {
-        debug_assert!(at + len <= self.region.mapped_len() as u64);
-        // SAFETY: as in `bytes`; the lifetime is the caller's promise.
         unsafe { std::slice::from_raw_parts(self.region.base().add(at as usize), len as usize) }
     }
 
@@ -335,18 +381,26 @@ impl RingMem {
     }
 
     /// Validated current capacity; maps it in this process if needed.
-    fn capacity(&self) -> Result<u64, Corrupt> {
-        let cap = self.word(off::BUFFER_SIZE).load(Ordering::Relaxed);
+    fn capacity(&self) -> Result<u64, Fault> {
+        // SYNC POINT: acquire pairs with the release of a writer that grew
+        // the ring: the larger file is there before the capacity says so.
+        let cap = self.word(off::BUFFER_SIZE).load(Ordering::Acquire);
         if cap < PAGE_SIZE || cap > self.max_size || !cap.is_multiple_of(PAGE_SIZE) {
-            return Err(Corrupt::new(format_args!(
+            return Err(Fault::Corrupt(Corrupt::new(format_args!(
                 "capacity {cap} outside one page..={}",
                 self.max_size
-            )));
+            ))));
         }
         if cap as usize > self.region.mapped_len() {
             self.region
                 .ensure_mapped(cap as usize, false)
-                .map_err(|e| Corrupt::new(format_args!("capacity {cap} not backed: {e}")))?;
+                .map_err(|e| match e {
+                    // The peer published a capacity its file does not have.
+                    RegionError::Truncated { .. } | RegionError::TooLarge { .. } => {
+                        Fault::Corrupt(Corrupt::new(format_args!("capacity {cap} not backed: {e}")))
+                    }
+                    other => Fault::Io(other.to_string()),
+                })?;
         }
         Ok(cap)
     }
@@ -557,11 +611,11 @@ impl Ring {
             .map_err(|source| RegionError::Io { op: "dup", source })?;
         let region = MemfdRegion::open(fd, max as usize)?;
         let mem = Self::mem(Box::new(region), max);
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         // SYNC POINT: acquiring "initialised" makes the creator's header
         // writes visible.
         while mem.word(off::INITIALIZED).load(Ordering::Acquire) != RING_INITIALIZED {
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Corrupt::new("ring header never initialised").into());
             }
             std::thread::sleep(Duration::from_micros(100));
@@ -586,9 +640,9 @@ impl Ring {
         RingMem {
             region,
             max_size,
-            cached_read: AtomicU64::new(RingPos::START.pack()),
             poisoned: AtomicBool::new(false),
             reader_taken: AtomicBool::new(false),
+            local: std::sync::Mutex::new(()),
             pid: sys::pid(),
             bells: OnceLock::new(),
             writer_spin: SpinLimit::new(&WaitPolicy::default()),
@@ -655,11 +709,17 @@ impl Ring {
         if self.mem.reader_taken.swap(true, Ordering::AcqRel) {
             return Err(RingError::ReaderTaken);
         }
-        let read = RingPos::unpack(
-            self.mem.word(off::READ_POS).load(Ordering::Acquire),
-            self.mem.max_size,
-        )
-        .ok_or_else(|| Corrupt::new("read offset invalid"))?;
+        let start = || -> Result<(RingPos, u64), RingError> {
+            let read = RingPos::unpack(
+                self.mem.word(off::READ_POS).load(Ordering::Acquire),
+                self.mem.max_size,
+            )
+            .ok_or_else(|| Corrupt::new("read offset invalid"))?;
+            Ok((read, self.mem.capacity()?))
+        };
+        let (read, cap) = start().inspect_err(|_| {
+            self.mem.reader_taken.store(false, Ordering::Release);
+        })?;
         Ok(RingReader {
             mem: Arc::clone(&self.mem),
             read,
@@ -668,7 +728,7 @@ impl Ring {
             consumed: self.mem.word(off::CONSUMED_COUNT).load(Ordering::Relaxed),
             policy: WaitPolicy::default(),
             freed: 0,
-            cached_cap: self.mem.capacity()?,
+            cached_cap: cap,
         })
     }
 
@@ -692,7 +752,9 @@ impl Ring {
         self.mem.max_message()
     }
 
-    /// Messages reserved and not yet consumed.
+    /// Messages reserved and not yet consumed. Approximate after a writer
+    /// died between its reservation's steps (the counters may be off by the
+    /// messages it had in flight); the positions stay exact.
     pub fn len(&self) -> u64 {
         let sent = self.mem.word(off::MESSAGE_COUNT).load(Ordering::Relaxed);
         let read = self.mem.word(off::CONSUMED_COUNT).load(Ordering::Relaxed);
@@ -714,8 +776,19 @@ impl Ring {
 }
 
 fn checked_max(config: &RingConfig) -> Result<u64, RingError> {
-    align_up(config.max_size.max(PAGE_SIZE), PAGE_SIZE)
-        .ok_or(RingError::Config(LayoutError::Overflow))
+    let max = align_up(config.max_size.max(PAGE_SIZE), PAGE_SIZE)
+        .ok_or(RingError::Config(LayoutError::Overflow))?;
+    // Validate the whole header before any memory is reserved for it.
+    let header = RingHeader {
+        protocol_version: config.protocol_version,
+        protocol_name: config.protocol_name.clone(),
+        max_size: max,
+    };
+    let mut scratch = [0u8; RING_HEADER_SIZE as usize];
+    header
+        .encode(&mut scratch, PAGE_SIZE)
+        .map_err(RingError::Config)?;
+    Ok(max)
 }
 
 /// Sends into a ring. Cheap to clone; `Send + Sync`.
@@ -729,6 +802,51 @@ impl fmt::Debug for RingWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RingWriter").finish_non_exhaustive()
     }
+}
+
+/// Where the unread data lies, from a read position, the write position,
+/// the capacity and the wrap offset: (same lap, end of the free space after
+/// the write position, read position). An inconsistency names itself.
+fn judge(
+    read_word: u64,
+    write: RingPos,
+    cap: u64,
+    wrap: u64,
+) -> Result<(bool, u64, RingPos), &'static str> {
+    let read = RingPos::unpack(read_word, cap).ok_or("read offset invalid")?;
+    if read.lap == write.lap {
+        if read.offset > write.offset {
+            return Err("read offset ahead of write offset");
+        }
+        Ok((true, cap, read))
+    } else if read.is_lap_before(write) {
+        if wrap > cap || read.offset > wrap || (write.offset > read.offset && read.offset != wrap) {
+            return Err("wrap offset inconsistent");
+        }
+        // Reader done with the old lap but not yet in this one: the data is
+        // [start, write) and the space after it is free to the end.
+        Ok((
+            false,
+            if read.offset == wrap {
+                cap
+            } else {
+                read.offset
+            },
+            read,
+        ))
+    } else {
+        Err("read and write offsets more than a lap apart")
+    }
+}
+
+/// Loads the reader's position (under the lock) and shares it with the
+/// other writers as their new lower bound.
+fn reload_read(mem: &RingMem) -> u64 {
+    // SYNC POINT: acquiring ReadOffset means the reader is done with every
+    // byte before it, so we may overwrite them.
+    let word = mem.word(off::READ_POS).load(Ordering::Acquire);
+    mem.word(off::READ_CACHE).store(word, Ordering::Relaxed);
+    word
 }
 
 /// Where a reservation goes, decided under the lock.
@@ -767,6 +885,10 @@ impl RingWriter {
                 max: mem.max_message(),
             });
         }
+        // This process's writers also serialise on a local mutex: the shared
+        // spinlock is peer-writable, and a peer that cleared it under us
+        // must not make two of our threads reserve the same bytes.
+        let _local = mem.local.lock().unwrap_or_else(|e| e.into_inner());
         let guard = mem.lock().ok_or(TrySendError::Full)?;
         let place = self.place(&guard, record, no_queue).map_err(|e| match e {
             TrySendError::Corrupt(c) => TrySendError::Corrupt(mem.poison(c)),
@@ -808,13 +930,10 @@ impl RingWriter {
         mem.word(off::WRITE_POS)
             .store(place.new_write.pack(), Ordering::Release);
         drop(guard);
-        // SAFETY: as above: the range after the header is reserved for this
-        // slot until it is published or abandoned.
-        let payload = unsafe { mem.bytes_mut(place.at + MESSAGE_HEADER_SIZE, size) };
         Ok(Slot {
             mem,
             at: place.at,
-            payload,
+            size,
             cursor: 0,
             written: 0,
             object_count: obj_count,
@@ -838,34 +957,20 @@ impl RingWriter {
         let write = RingPos::unpack(mem.word(off::WRITE_POS).load(Ordering::Relaxed), cap)
             .ok_or_else(|| Corrupt::new("write offset invalid"))?;
         let wrap = mem.word(off::WRAP_OFFSET).load(Ordering::Relaxed);
-        let mut reloaded = false;
-        let mut read_word = mem.cached_read.load(Ordering::Relaxed);
+        let mut read_word = mem.word(off::READ_CACHE).load(Ordering::Relaxed);
+        let mut fresh = false;
         loop {
-            let read = RingPos::unpack(read_word, cap)
-                .ok_or_else(|| Corrupt::new("read offset invalid"))?;
-            // `tail_free`: room after the write position in this lap that
-            // must stay below `limit` (the reader's unread tail, or the end).
-            let (same_lap, limit) = if read.lap == write.lap {
-                if read.offset > write.offset {
-                    return Err(Corrupt::new("read offset ahead of write offset").into());
+            // Only a freshly loaded read position may condemn the ring: the
+            // cache is a lower bound that a writer which died mid-update, or
+            // a hostile peer, may have left inconsistent.
+            let (same_lap, limit, read) = match judge(read_word, write, cap, wrap) {
+                Ok(state) => state,
+                Err(what) if fresh => return Err(Corrupt::new(what).into()),
+                Err(_) => {
+                    read_word = reload_read(mem);
+                    fresh = true;
+                    continue;
                 }
-                (true, cap)
-            } else if read.is_lap_before(write) {
-                if wrap > cap
-                    || read.offset > wrap
-                    || write.offset > read.offset && read.offset != wrap
-                {
-                    return Err(Corrupt::new("wrap offset inconsistent").into());
-                }
-                if read.offset == wrap {
-                    // The reader finished the old lap but has not stepped
-                    // into this one yet: the data is [start, write).
-                    (false, cap)
-                } else {
-                    (false, read.offset)
-                }
-            } else {
-                return Err(Corrupt::new("read and write offsets more than a lap apart").into());
             };
             if write.offset + record <= limit {
                 return Ok(Placement {
@@ -877,11 +982,28 @@ impl RingWriter {
                     wrap: None,
                 });
             }
-            // Wrap to the next lap rather than grow, so a ring whose reader
-            // keeps up stays small. Only from the reader's lap (so one wrap
-            // offset is enough), and only over space the reader is done with.
+            // Growth appends after the data, so only while it does not wrap,
+            // and only if the record then fits after the write position.
+            let can_grow = limit == cap
+                && !no_queue
+                && cap < mem.max_size
+                && write.offset + record <= mem.max_size;
+            // Wrap rather than grow, so a ring whose reader keeps up stays
+            // small; but grow when the unread data (with this record) would
+            // fill more than a quarter of the ring: once the data wraps the
+            // ring cannot grow until the reader catches up, so a burst would
+            // find it full at its small capacity.
+            let unread = if same_lap {
+                write.offset - read.offset
+            } else {
+                write.offset - RING_HEADER_SIZE
+            };
+            let crowded = unread + record > (cap - RING_HEADER_SIZE) / 4;
+            // Wrap only from the reader's lap (so one wrap offset is
+            // enough), and only over space the reader is done with.
             let empty = read == write;
-            if same_lap
+            if !(can_grow && crowded)
+                && same_lap
                 && RING_HEADER_SIZE + record <= cap
                 && (empty || RING_HEADER_SIZE + record <= read.offset)
             {
@@ -895,30 +1017,23 @@ impl RingWriter {
                     wrap: Some(write.offset),
                 });
             }
-            if !reloaded {
-                // Our cached read offset may be stale: look at the reader's.
-                // SYNC POINT: acquiring ReadOffset means the reader is done
-                // with every byte before it, so we may overwrite them.
-                read_word = mem.word(off::READ_POS).load(Ordering::Acquire);
-                mem.cached_read.store(read_word, Ordering::Relaxed);
-                reloaded = true;
+            if !fresh {
+                // The cached read position may be stale: look at the reader's.
+                read_word = reload_read(mem);
+                fresh = true;
                 continue;
             }
-            // Full at this capacity: grow, if the data does not wrap (new
-            // space is appended after it, nothing moves).
-            if limit == cap && !no_queue && cap < mem.max_size {
-                let mut new_cap = cap;
+            if can_grow {
+                let mut new_cap = (cap * 2).min(mem.max_size);
                 while new_cap < mem.max_size && write.offset + record > new_cap {
                     new_cap = (new_cap * 2).min(mem.max_size);
                 }
-                if new_cap == cap {
-                    new_cap = (cap * 2).min(mem.max_size);
-                }
                 mem.region
                     .ensure_mapped(new_cap as usize, true)
-                    .map_err(|e| Corrupt::new(format_args!("growing the ring: {e}")))?;
-                // Published to the reader by the WriteOffset release below.
-                mem.word(off::BUFFER_SIZE).store(new_cap, Ordering::Relaxed);
+                    .map_err(|e| TrySendError::Io(e.to_string()))?;
+                // SYNC POINT: release pairs with the reader's acquire in
+                // `capacity`: the grown file comes before the new capacity.
+                mem.word(off::BUFFER_SIZE).store(new_cap, Ordering::Release);
                 cap = new_cap;
                 continue;
             }
@@ -1052,7 +1167,12 @@ impl RingWriter {
 pub struct Slot<'a> {
     mem: &'a RingMem,
     at: u64,
-    payload: &'a mut [u8],
+    /// Bytes of the object area. Kept as a length, not a `&mut [u8]`: a
+    /// reference held across `send` would still be live (and, under Rust's
+    /// aliasing rules, exclusive) while the reader reads the published bytes.
+    /// `&mut [u8]` is made only inside `object_mut` / `raw_payload`, tied to
+    /// their `&mut self` borrow.
+    size: u64,
     cursor: u64,
     written: u64,
     object_count: u64,
@@ -1067,7 +1187,7 @@ impl fmt::Debug for Slot<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Slot")
             .field("message_id", &self.message_id)
-            .field("size", &self.payload.len())
+            .field("size", &self.size)
             .field("written", &self.written)
             .finish_non_exhaustive()
     }
@@ -1101,15 +1221,19 @@ impl Slot<'_> {
     /// (its padding is already zeroed).
     pub fn object_mut(&mut self, id: u64, len: u64) -> Result<&mut [u8], LayoutError> {
         let size = shm_layout::object_size(len).ok_or(LayoutError::Overflow)?;
-        let available = self.payload.len() as u64 - self.cursor;
+        let available = self.size - self.cursor;
         if size > available || self.written >= self.object_count {
             return Err(LayoutError::NoSpace {
                 needed: size,
                 available,
             });
         }
-        let at = self.cursor as usize;
-        let obj = &mut self.payload[at..at + size as usize];
+        let start = self.at + MESSAGE_HEADER_SIZE + self.cursor;
+        // SAFETY: [start, start + size) lies inside this slot's object area
+        // (`cursor + size <= self.size`), which `try_allocate_for_send`
+        // reserved for this slot alone until it is published; the returned
+        // slice borrows `self` mutably, so it ends before `send` publishes.
+        let obj = unsafe { self.mem.bytes_mut(start, size) };
         obj[..8].copy_from_slice(&id.to_le_bytes());
         obj[8..16].copy_from_slice(&len.to_le_bytes());
         obj[16 + len as usize..].fill(0);
@@ -1129,15 +1253,18 @@ impl Slot<'_> {
     /// owns the layout: it must hold exactly the reserved objects, with
     /// headers and zero padding). Marks the whole area as written.
     pub fn raw_payload(&mut self) -> &mut [u8] {
-        self.cursor = self.payload.len() as u64;
+        self.cursor = self.size;
         self.written = self.object_count;
-        self.payload
+        // SAFETY: the object area [at + 48, at + 48 + size) was reserved for
+        // this slot alone until it is published; the slice borrows `self`
+        // mutably, so it ends before `send` publishes.
+        unsafe { self.mem.bytes_mut(self.at + MESSAGE_HEADER_SIZE, self.size) }
     }
 
     /// Publishes the message. Fails (and publishes it as skipped) when the
     /// objects written do not fill the reservation exactly.
     pub fn send(mut self) -> Result<(), SendError> {
-        if self.cursor != self.payload.len() as u64 || self.written != self.object_count {
+        if self.cursor != self.size || self.written != self.object_count {
             let err = LayoutError::ObjectCount {
                 count: self.object_count,
                 found: self.written,
@@ -1197,10 +1324,17 @@ impl fmt::Debug for RingReader {
     }
 }
 
+impl Drop for RingReader {
+    fn drop(&mut self) {
+        // The ring may be read again, by a new reader of this process.
+        self.mem.reader_taken.store(false, Ordering::Release);
+    }
+}
+
 /// What sits at the read position.
 enum Head {
     Empty,
-    Pending,
+    Pending { at: u64, limit: u64 },
     Ready { at: u64, limit: u64, flags: u64 },
 }
 
@@ -1232,35 +1366,37 @@ impl RingReader {
     /// Borrows the validated message at `at` for as long as `self` is
     /// borrowed.
     fn message(&mut self, at: u64, len: u64, flags: u64) -> Result<Message<'_>, RecvError> {
-        // SAFETY: 1. `try_receive_at` validated that [at, at + len) lies
-        // inside the published, mapped data; 2. the mapping lives as long as
-        // `self.mem`, which the returned message keeps borrowed through
-        // `self`, so the slice cannot outlive it; 3. this process never
-        // writes a published message (writers only write reservations,
-        // which lie outside the unread data) and the read position, which
-        // would release it, only moves when the message is dropped.
-        let bytes = unsafe { self.mem.bytes_unbounded(at, len) };
-        let view = MessageView::parse(bytes).map_err(|e| {
-            RecvError::Corrupt(
-                self.mem
-                    .poison(Corrupt::new(format_args!("message at {at}: {e}"))),
-            )
-        })?;
+        // SAFETY: `try_receive_at` validated that [at, at + len) lies inside
+        // the published, mapped data, which this process never writes
+        // (writers only write reservations, outside the unread data). The
+        // slice lives only for this validation.
+        let bytes = unsafe { self.mem.bytes(at, len) };
+        let header = MessageView::parse(bytes)
+            .map(|v| *v.header())
+            .map_err(|e| {
+                RecvError::Corrupt(
+                    self.mem
+                        .poison(Corrupt::new(format_args!("message at {at}: {e}"))),
+                )
+            })?;
         Ok(Message {
             reader: self,
             at,
             len,
             flags,
-            view,
+            header,
         })
     }
 
     /// Finds the next complete message: (offset, length, flags).
     fn try_receive_at(&mut self) -> Result<Option<(u64, u64, u64)>, RecvError> {
-        loop {
+        // A flood of skipped records must not keep a non-blocking call busy
+        // forever: after this many, report "nothing yet" (the caller looks
+        // again).
+        for _ in 0..MAX_SKIPS_PER_LOOK {
             match self.head()? {
                 Head::Empty => return Ok(None),
-                Head::Pending => return self.check_stalled_writer(),
+                Head::Pending { at, limit } => return self.check_stalled_writer(at, limit),
                 Head::Ready { at, limit, flags } => {
                     self.stall = None;
                     // SAFETY: [at, at + 48) is inside the validated published
@@ -1282,72 +1418,83 @@ impl RingReader {
                 }
             }
         }
+        Ok(None)
     }
 
     /// Looks at the read position without consuming.
     fn head(&mut self) -> Result<Head, RecvError> {
-        let mem = &*self.mem;
-        let mut write = self.cached_write;
-        if write == self.read {
-            // SYNC POINT: acquiring WriteOffset makes the record headers,
-            // capacity and wrap offset the writers published visible.
-            let word = mem.word(off::WRITE_POS).load(Ordering::Acquire);
-            // The capacity only grows, and only matters for what lies below
-            // the write position: reload it with the write position, never
-            // per message (it shares the writers' busy cache line).
-            let cap = mem.capacity()?;
-            write =
-                RingPos::unpack(word, cap).ok_or_else(|| Corrupt::new("write offset invalid"))?;
-            self.cached_write = write;
-            self.cached_cap = cap;
+        // At most twice: once more after stepping into the next lap.
+        loop {
+            let mem = &*self.mem;
+            let mut write = self.cached_write;
             if write == self.read {
-                return Ok(Head::Empty);
+                // SYNC POINT: acquiring WriteOffset makes the record headers,
+                // capacity and wrap offset the writers published visible.
+                let word = mem.word(off::WRITE_POS).load(Ordering::Acquire);
+                // The capacity only grows, and only matters for what lies
+                // below the write position: reload it with the write
+                // position, never per message (it shares the writers' busy
+                // cache line).
+                let cap = mem.capacity()?;
+                write = RingPos::unpack(word, cap)
+                    .ok_or_else(|| Corrupt::new("write offset invalid"))?;
+                self.cached_write = write;
+                self.cached_cap = cap;
+                if write == self.read {
+                    return Ok(Head::Empty);
+                }
             }
-        }
-        let cap = self.cached_cap;
-        let limit = if write.lap == self.read.lap {
-            if write.offset < self.read.offset {
-                return Err(Corrupt::new("write offset behind read offset").into());
+            let cap = self.cached_cap;
+            let limit = if write.lap == self.read.lap {
+                if write.offset < self.read.offset {
+                    return Err(Corrupt::new("write offset behind read offset").into());
+                }
+                write.offset
+            } else if self.read.is_lap_before(write) {
+                let wrap = mem.word(off::WRAP_OFFSET).load(Ordering::Relaxed);
+                if wrap > cap || wrap < self.read.offset || !wrap.is_multiple_of(RECORD_ALIGN) {
+                    return Err(Corrupt::new(format_args!("wrap offset {wrap} invalid")).into());
+                }
+                if wrap == self.read.offset {
+                    // Step into the writers' lap (they are in it: one look
+                    // more finds the data there).
+                    self.read = self.read.next_lap();
+                    self.publish_read();
+                    continue;
+                }
+                wrap
+            } else {
+                return Err(Corrupt::new("write offset more than a lap ahead").into());
+            };
+            let at = self.read.offset;
+            if at + RECORD_ALIGN > limit || limit > cap {
+                return Err(Corrupt::new(format_args!(
+                    "message at {at} beyond the data end {limit}"
+                ))
+                .into());
             }
-            write.offset
-        } else if self.read.is_lap_before(write) {
-            let wrap = mem.word(off::WRAP_OFFSET).load(Ordering::Relaxed);
-            if wrap > cap || wrap < self.read.offset || !wrap.is_multiple_of(RECORD_ALIGN) {
-                return Err(Corrupt::new(format_args!("wrap offset {wrap} invalid")).into());
-            }
-            if wrap == self.read.offset {
-                self.read = self.read.next_lap();
-                self.publish_read();
-                return self.head();
-            }
-            wrap
-        } else {
-            return Err(Corrupt::new("write offset more than a lap ahead").into());
-        };
-        let at = self.read.offset;
-        if at + RECORD_ALIGN > limit || limit > cap {
-            return Err(
-                Corrupt::new(format_args!("message at {at} beyond the data end {limit}")).into(),
-            );
-        }
-        // SYNC POINT: acquiring WRITTEN makes the message's bytes visible.
-        let flags = mem.record_flags(at).load(Ordering::Acquire);
-        if flags & flags::WRITTEN != 0 {
-            Ok(Head::Ready { at, limit, flags })
-        } else if flags & flags::ALLOCATED != 0 {
-            Ok(Head::Pending)
-        } else {
-            Err(Corrupt::new(format_args!(
-                "message at {at} neither allocated nor written (flags {flags:#x})"
-            ))
-            .into())
+            // SYNC POINT: acquiring WRITTEN makes the message's bytes visible.
+            let flags = mem.record_flags(at).load(Ordering::Acquire);
+            return if flags & flags::WRITTEN != 0 {
+                Ok(Head::Ready { at, limit, flags })
+            } else if flags & flags::ALLOCATED != 0 {
+                Ok(Head::Pending { at, limit })
+            } else {
+                Err(Corrupt::new(format_args!(
+                    "message at {at} neither allocated nor written (flags {flags:#x})"
+                ))
+                .into())
+            };
         }
     }
 
     /// The head message is still being written. After a while, check that
     /// its writer lives; skip and report it if not.
-    fn check_stalled_writer(&mut self) -> Result<Option<(u64, u64, u64)>, RecvError> {
-        let at = self.read.offset;
+    fn check_stalled_writer(
+        &mut self,
+        at: u64,
+        limit: u64,
+    ) -> Result<Option<(u64, u64, u64)>, RecvError> {
         let now = Instant::now();
         match self.stall {
             Some((stalled_at, since)) if stalled_at == at => {
@@ -1371,10 +1518,6 @@ impl RingReader {
         let head = unsafe { self.mem.bytes(at, MESSAGE_HEADER_SIZE) };
         let message_id = u64::from_le_bytes(head[8..16].try_into().unwrap_or([0; 8]));
         let len = u64::from_le_bytes(head[24..32].try_into().unwrap_or([0; 8]));
-        let limit = match self.head()? {
-            Head::Pending | Head::Ready { .. } => self.limit_for(at)?,
-            Head::Empty => return Ok(None),
-        };
         if !(MESSAGE_HEADER_SIZE..=limit - at).contains(&len) {
             return Err(
                 Corrupt::new(format_args!("abandoned message at {at}: bad length {len}")).into(),
@@ -1383,23 +1526,6 @@ impl RingReader {
         self.stall = None;
         self.advance(at, len);
         Err(RecvError::WriterDied { pid, message_id })
-    }
-
-    /// The end of the published data after `at` in the current lap.
-    fn limit_for(&self, at: u64) -> Result<u64, RecvError> {
-        let cap = self.mem.capacity()?;
-        let limit = if self.cached_write.lap == self.read.lap {
-            self.cached_write.offset
-        } else {
-            self.mem
-                .word(off::WRAP_OFFSET)
-                .load(Ordering::Relaxed)
-                .min(cap)
-        };
-        if limit < at + RECORD_ALIGN {
-            return Err(Corrupt::new("data end moved backwards").into());
-        }
-        Ok(limit)
     }
 
     /// Moves past the message at `at` and publishes the new read position.
@@ -1526,12 +1652,27 @@ impl RingReader {
 
 /// A received message, borrowed in place from the ring. Dropping it marks it
 /// consumed and frees its space.
+///
+/// Everything borrowed from a message borrows the message itself, so no
+/// slice can outlive it (its space is reused once it is dropped):
+///
+/// ```compile_fail
+/// # use shm_channel::{Kind, Ring, RingConfig};
+/// # let ring = Ring::create_heap(&RingConfig::new("Doc", 1 << 16)).unwrap();
+/// # let mut reader = ring.reader().unwrap();
+/// let data: &[u8] = {
+///     let m = reader.try_receive().unwrap().unwrap();
+///     m.object(0).unwrap() // error: `m` does not live long enough
+/// };
+/// ```
 pub struct Message<'a> {
     reader: &'a mut RingReader,
     at: u64,
     len: u64,
     flags: u64,
-    view: MessageView<'a>,
+    /// The header as validated on receipt. No slice is kept: one held by
+    /// the message would still be live while `Drop` releases the space.
+    header: MessageHeader,
 }
 
 impl fmt::Debug for Message<'_> {
@@ -1539,20 +1680,20 @@ impl fmt::Debug for Message<'_> {
         f.debug_struct("Message")
             .field("message_id", &self.message_id())
             .field("len", &self.len)
-            .field("objects", &self.view.header().object_count)
+            .field("objects", &self.header.object_count)
             .finish()
     }
 }
 
-impl<'a> Message<'a> {
+impl Message<'_> {
     /// The message id.
     pub fn message_id(&self) -> u64 {
-        self.view.header().message_id
+        self.header.message_id
     }
 
     /// The request id (0 where none).
     pub fn request_id(&self) -> u64 {
-        self.view.header().request_id
+        self.header.request_id
     }
 
     /// The kind, as sent.
@@ -1565,24 +1706,28 @@ impl<'a> Message<'a> {
         self.flags
     }
 
+    /// The whole message (header and objects), borrowed from the ring.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: [at, at + len) was validated inside the published, mapped
+        // data when the message was received; it is released (the read
+        // position moves past it) only when `self` is dropped, and the slice
+        // borrows `self`; this process never writes published messages.
+        unsafe { self.reader.mem.bytes(self.at, self.len) }
+    }
+
     /// The validated view: header and objects.
-    pub fn view(&self) -> &MessageView<'a> {
-        &self.view
+    pub fn view(&self) -> MessageView<'_> {
+        MessageView::from_validated(self.header, self.bytes())
     }
 
     /// The objects, in order.
-    pub fn objects(&self) -> shm_layout::ObjectIter<'a> {
-        self.view.objects()
+    pub fn objects(&self) -> shm_layout::ObjectIter<'_> {
+        self.view().objects()
     }
 
     /// The data of the first object with this id.
-    pub fn object(&self, id: u64) -> Option<&'a [u8]> {
-        self.view.object(id)
-    }
-
-    /// The whole message (header and objects).
-    pub fn bytes(&self) -> &'a [u8] {
-        self.view.bytes()
+    pub fn object(&self, id: u64) -> Option<&[u8]> {
+        self.view().object(id)
     }
 }
 

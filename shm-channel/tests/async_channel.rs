@@ -87,7 +87,7 @@ fn payload(stream: u64, seq: u64) -> Vec<u8> {
 
 /// Checks a message of the echo protocol (0: seq, 1: data, 2: checksum); returns its seq
 /// and data.
-fn check<'a>(msg: &Message<'a>) -> (u64, &'a [u8]) {
+fn check<'m>(msg: &'m Message<'_>) -> (u64, &'m [u8]) {
     let seq = u64::from_le_bytes(msg.object(0).expect("seq").try_into().expect("8 bytes"));
     let data = msg.object(1).expect("data");
     let sum = u64::from_le_bytes(msg.object(2).expect("sum").try_into().expect("8 bytes"));

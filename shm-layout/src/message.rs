@@ -264,6 +264,18 @@ impl<'a> MessageView<'a> {
         Ok(MessageView { header, bytes })
     }
 
+    /// A view of bytes that [`parse`](Self::parse) already validated into
+    /// `header` (a reader that keeps the header and re-borrows the bytes
+    /// later). Nothing unsafe follows from wrong arguments: every access
+    /// through the view stays bounds-checked inside `bytes`.
+    pub fn from_validated(header: MessageHeader, bytes: &'a [u8]) -> Self {
+        let end = (header.length as usize).min(bytes.len());
+        MessageView {
+            header,
+            bytes: &bytes[..end],
+        }
+    }
+
     /// The header as validated.
     pub fn header(&self) -> &MessageHeader {
         &self.header

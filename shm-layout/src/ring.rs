@@ -50,6 +50,11 @@ pub const MESSAGE_COUNT: usize = 152;
 /// design kept in the header, because a large message wrapping around an
 /// empty ring may overwrite the skipped tail itself.
 pub const WRAP_OFFSET: usize = 160;
+/// The writers' shared lower bound of `ReadOffset`: the value a writer last
+/// loaded from the reader's line, so writers only touch that line when this
+/// says "full". Shared (not per process) so that every writer's bound is at
+/// most one lap behind `WriteOffset`.
+pub const READ_CACHE: usize = 168;
 
 /// `ReadOffset`: the [`RingPos`] of the next message to read.
 pub const READ_POS: usize = 256;
@@ -160,6 +165,7 @@ impl RingHeader {
         write_u64(out, BUFFER_SIZE, capacity);
         write_u64(out, WRITE_POS, RingPos::START.pack());
         write_u64(out, WRAP_OFFSET, RING_HEADER_SIZE);
+        write_u64(out, READ_CACHE, RingPos::START.pack());
         write_u64(out, READ_POS, RingPos::START.pack());
         Ok(())
     }
@@ -239,7 +245,14 @@ mod tests {
     #[test]
     fn offsets_keep_writers_apart() {
         // Producer, consumer and doorbell words each in their own 128 bytes.
-        for producer in [SPINLOCK, WRITE_POS, BUFFER_SIZE, MESSAGE_COUNT, WRAP_OFFSET] {
+        for producer in [
+            SPINLOCK,
+            WRITE_POS,
+            BUFFER_SIZE,
+            MESSAGE_COUNT,
+            WRAP_OFFSET,
+            READ_CACHE,
+        ] {
             assert_eq!(producer / 128, 1);
         }
         for consumer in [READ_POS, CONSUMED_COUNT] {

@@ -202,6 +202,7 @@ fn two_writers_one_reader_threads() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "memfd_create is not supported by Miri")]
 fn shared_words_are_shared_and_bounded() {
     use std::os::fd::AsFd;
     let a = testing::SharedWords::create("shared-words-test").unwrap();
