@@ -584,8 +584,11 @@ impl Ring {
             .map_err(RingError::Config)?;
         let mem = Self::mem(region, max);
         // Copy the encoded header in word by word: the header is only ever
-        // accessed atomically once shared.
-        for (i, chunk) in bytes.chunks_exact(8).enumerate().skip(1) {
+        // accessed atomically once shared. The doorbell block is left alone:
+        // it is zero in fresh memory, and its words are 32-bit atomics that
+        // must never be accessed with another size.
+        let words = off::READER_DOORBELL / 8;
+        for (i, chunk) in bytes.chunks_exact(8).enumerate().take(words).skip(1) {
             let value = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
             mem.word(i * 8).store(value, Ordering::Relaxed);
         }
@@ -620,8 +623,11 @@ impl Ring {
             }
             std::thread::sleep(Duration::from_micros(100));
         }
+        // The header up to the doorbells (32-bit atomics the peer may be
+        // using: never read them with another size).
         let mut bytes = [0u8; RING_HEADER_SIZE as usize];
-        for (i, chunk) in bytes.chunks_exact_mut(8).enumerate() {
+        let words = off::READER_DOORBELL / 8;
+        for (i, chunk) in bytes.chunks_exact_mut(8).enumerate().take(words) {
             chunk.copy_from_slice(&mem.word(i * 8).load(Ordering::Relaxed).to_le_bytes());
         }
         let header = RingHeader::decode(&bytes, max).map_err(Corrupt::from)?;

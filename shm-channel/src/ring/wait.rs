@@ -33,7 +33,10 @@
 //! `2t` (up to [`WaitPolicy::max_spin`]); when the spin ends in parking, it
 //! halves. A busy peer is thus caught without a wake-up, and an idle one
 //! soon costs no spinning. After a short pure spin the waiter yields the
-//! CPU between polls, so a peer sharing its core gets to run.
+//! CPU now and then, so a peer sharing its core gets to run; a message that
+//! arrives only after a yield that ran someone else counts as a miss, so
+//! two processes sharing one core soon stop spinning and hand over through
+//! the kernel, which is cheaper there than yielding.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -83,6 +86,8 @@ impl Default for WaitPolicy {
 const PURE_SPIN: Duration = Duration::from_micros(10);
 /// After the pure spin, yield once every this many clock checks.
 const YIELD_EVERY: u32 = 4;
+/// A yield that took longer than this ran another thread on our core.
+const YIELDED_AWAY: Duration = Duration::from_micros(2);
 /// The smallest adaptive limit.
 const MIN_SPIN_NS: u32 = 1_000;
 /// Even with nothing to wait for, a parked side looks again this often: a
@@ -135,10 +140,20 @@ impl SpinLimit {
             end = Some(end.map_or(d, |e| e.min(d)));
         }
         let mut round = 0u32;
+        // Whether a yield gave the CPU away for a while: someone else ran on
+        // our core, likely the peer we wait for.
+        let mut ran_others = false;
         loop {
             if let Some(v) = ready() {
                 if policy.adaptive {
-                    self.on_hit(start.elapsed(), policy);
+                    if ran_others {
+                        // The peer shares our core and answered only once we
+                        // yielded: spinning there steals its time, and a
+                        // kernel wake-up on one core is cheaper than a yield.
+                        self.on_miss();
+                    } else {
+                        self.on_hit(start.elapsed(), policy);
+                    }
                 }
                 return Some(v);
             }
@@ -154,6 +169,7 @@ impl SpinLimit {
             if now - start > PURE_SPIN && (round / 32).is_multiple_of(YIELD_EVERY) {
                 // A peer on the same core runs only if we let it.
                 std::thread::yield_now();
+                ran_others |= now.elapsed() > YIELDED_AWAY;
             }
         }
         if policy.adaptive {
