@@ -293,6 +293,9 @@ pub enum RecvError {
 /// The memory shared by every handle on one ring in this process.
 struct RingMem {
     region: Box<dyn Region>,
+    /// `region.base()`, read once: the base never moves, and the hot path
+    /// should not make a dynamic call per word it touches.
+    base: *mut u8,
     /// The maximum capacity, validated at creation/open.
     max_size: u64,
     /// Set when a writer found the ring corrupt.
@@ -311,6 +314,17 @@ struct RingMem {
     stats: WaitCounters,
 }
 
+// SAFETY: `RingMem` is `Send` and `Sync` but for its `base` pointer, which
+// is a copy of `region.base()`: 1. the region it points into is owned by the
+// same `RingMem` (`Region: Send + Sync`), so the pointer is valid wherever
+// the region is; 2. every access through it is either atomic or to a range
+// reserved by, or published to, exactly one handle (see the SAFETY comments
+// of `word`, `record_flags`, `bytes` and `bytes_mut`), which is what makes
+// sharing the region between threads sound in the first place.
+unsafe impl Send for RingMem {}
+// SAFETY: as for `Send` above.
+unsafe impl Sync for RingMem {}
+
 impl RingMem {
     /// The header word at `offset`.
     fn word(&self, offset: usize) -> &AtomicU64 {
@@ -321,7 +335,7 @@ impl RingMem {
         // constants, 8-aligned and inside the header, and the base is page
         // aligned, so the address is aligned for `AtomicU64`; 3. every
         // access to header words, in every process, is atomic.
-        unsafe { AtomicU64::from_ptr(self.region.base().add(offset).cast::<u64>()) }
+        unsafe { AtomicU64::from_ptr(self.base.add(offset).cast::<u64>()) }
     }
 
     /// A futex word of the header (the doorbells).
@@ -330,7 +344,7 @@ impl RingMem {
         debug_assert!(offset.is_multiple_of(64) && offset < RING_HEADER_SIZE as usize);
         // SAFETY: as in `word`: mapped for the region's lifetime, aligned,
         // only ever accessed atomically.
-        unsafe { AtomicU32::from_ptr(self.region.base().add(offset).cast::<u32>()) }
+        unsafe { AtomicU32::from_ptr(self.base.add(offset).cast::<u32>()) }
     }
 
     /// The flags word of the message at `at`.
@@ -349,7 +363,7 @@ impl RingMem {
         // in this process is atomic; the plain `&[u8]` views that also cover
         // it (a message being validated or borrowed) exist only after it was
         // published and before it is released, when nobody writes it.
-        unsafe { AtomicU64::from_ptr(self.region.base().add(at as usize + 16).cast::<u64>()) }
+        unsafe { AtomicU64::from_ptr(self.base.add(at as usize + 16).cast::<u64>()) }
     }
 
     /// Bytes `[at, at + len)` of the ring, for reading.
@@ -363,7 +377,7 @@ impl RingMem {
         // SAFETY: the caller guarantees the range is mapped and not written
         // concurrently by this process; another process writing it can only
         // change byte values, and every `u8` value is valid.
-        unsafe { std::slice::from_raw_parts(self.region.base().add(at as usize), len as usize) }
+        unsafe { std::slice::from_raw_parts(self.base.add(at as usize), len as usize) }
     }
 
     /// Bytes `[at, at + len)` of the ring, for writing a reserved message.
@@ -377,7 +391,7 @@ impl RingMem {
         debug_assert!(at + len <= self.region.mapped_len() as u64);
         // SAFETY: the caller owns the reservation of this range, which no
         // other handle in this process reads or writes until published.
-        unsafe { std::slice::from_raw_parts_mut(self.region.base().add(at as usize), len as usize) }
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(at as usize), len as usize) }
     }
 
     /// Validated current capacity; maps it in this process if needed.
@@ -644,6 +658,7 @@ impl Ring {
 
     fn mem(region: Box<dyn Region>, max_size: u64) -> RingMem {
         RingMem {
+            base: region.base(),
             region,
             max_size,
             poisoned: AtomicBool::new(false),
@@ -1545,13 +1560,15 @@ impl RingReader {
             .store(self.consumed, Ordering::Relaxed);
         self.publish_read();
         self.freed = self.freed.saturating_add(record);
-        // Writers waiting for room are rung once a quarter of the ring is
-        // free again, or when it is empty: waking them for every message
-        // would cost a kernel wake-up per message while the ring is full.
-        let cap = self.cached_cap;
-        if (self.freed >= cap / 4 || self.read == self.cached_write) && self.mem.ring(Side::Writer)
-        {
+        // Writers waiting for room are looked for (a fence and a load) and
+        // rung once a quarter of the ring is free again, or when it is
+        // empty: not for every message, which would cost a fence per
+        // message, and a kernel wake-up per message while the ring is full.
+        // A writer that armed after our last look is found at the next one
+        // (the ring drains to empty at the latest).
+        if self.freed >= self.cached_cap / 4 || self.read == self.cached_write {
             self.freed = 0;
+            self.mem.ring(Side::Writer);
         }
     }
 
