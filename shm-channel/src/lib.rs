@@ -12,6 +12,9 @@
 //!   maximum without moving unread data. A writer killed mid-operation does
 //!   not wedge the ring, and nothing a broken peer writes makes the reader
 //!   read out of bounds or panic.
+//! - [`wire`]: the value codec generated stubs use to encode arguments into
+//!   ring objects and decode them back as borrowed views (`&str`, `&[u8]`,
+//!   [`wire::VecView`]) without copies.
 //! - [`layout`]: the byte layout of headers, messages and objects (the
 //!   `shm-layout` crate, shared with the IDL tools).
 //!
@@ -56,6 +59,7 @@ pub(crate) mod region;
 pub mod ring;
 pub mod service;
 pub(crate) mod sys;
+pub mod wire;
 
 pub use channel::{Channel, ChannelId, PeerCredentials};
 pub use event_loop::{Event, EventLoop};

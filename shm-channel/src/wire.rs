@@ -1,0 +1,1329 @@
+//! The value codec: how IDL values become the bytes of a ring object, and how
+//! the receiver reads them back as borrowed views without copying.
+//!
+//! This implements the encoding pinned in `docs/IDL.md` ("How messages are
+//! encoded", the same table as idl-parser's `sizes` module): compact,
+//! little-endian, no padding and no alignment inside an object.
+//!
+//! | IDL type | bytes | Rust on send ([`Encode`]) | Rust on receive ([`Decode`]) |
+//! |---|---|---|---|
+//! | `bool` | 1 (0 or 1, anything else is refused) | `bool` | `bool` |
+//! | `u8`, `i8` / `u16`, `i16` / `u32`, `i32`, `f32` / `u64`, `i64`, `f64` | 1 / 2 / 4 / 8 | value | value |
+//! | `string<N>`, `string` | `u32` length + UTF-8 | `str`, `String` | `&'a str`, or `String` |
+//! | `bytes<N>`, `bytes` | `u32` length + the bytes | `[u8]`, `Vec<u8>` | `&'a [u8]`, or `Vec<u8>` |
+//! | `[T; N]` | N × T | `[T; N]` | `[T; N]` |
+//! | `vec<T, N>`, `vec<T>` | `u32` count + the elements | `[T]`, `Vec<T>` | [`VecView`] (plain numbers), [`SeqView`] (anything), or `Vec<T>` |
+//! | `option<T>` | `u8` tag (0 none, 1 some) + T if some | `Option<T>` | `Option<T>` |
+//! | `result<T, E>` | `u8` tag (0 ok, 1 err) + T or E | `Result<T, E>` | `Result<T, E>` |
+//! | `()` | nothing | `()` | `()` |
+//! | struct | the fields in order | generated | generated |
+//! | enum | `u32` discriminant + the variant's payload, if any | generated | generated |
+//!
+//! Each method parameter is one ring object (object id = parameter index) and
+//! a reply is one object (id 0); the object headers and their padding to 8
+//! bytes are the ring's business. The codec only fills the `&mut [u8]` that
+//! `Slot::object_mut(id, len)` hands out: size it with
+//! [`Encode::encoded_len`], fill it with [`encode_to`], read it back with
+//! [`decode_exact`].
+//!
+//! # Example
+//!
+//! A struct-like sequence of values — what a generated `impl Encode` /
+//! `impl Decode` does field by field — encoded into a caller's buffer (in real
+//! use, the ring slot) and decoded back with the strings and bytes borrowed
+//! from that buffer:
+//!
+//! ```
+//! use shm_channel::wire::{Decode, Encode, Reader, WireError, Writer, decode_exact, encode_to};
+//!
+//! /// What a code generator would emit for `struct Blit { surface: u64,
+//! /// title: string<64>, pixels: bytes, gamma: option<u16> }` on the receive
+//! /// side: a view borrowing from the ring.
+//! #[derive(Debug, PartialEq)]
+//! struct BlitView<'a> {
+//!     surface: u64,
+//!     title: &'a str,
+//!     pixels: &'a [u8],
+//!     gamma: Option<u16>,
+//! }
+//!
+//! impl Encode for BlitView<'_> {
+//!     fn encoded_len(&self) -> usize {
+//!         self.surface.encoded_len()
+//!             + self.title.encoded_len()
+//!             + self.pixels.encoded_len()
+//!             + self.gamma.encoded_len()
+//!     }
+//!     fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+//!         self.surface.encode(w)?;
+//!         shm_channel::wire::encode_bounded(self.title, 64, w)?;
+//!         self.pixels.encode(w)?;
+//!         self.gamma.encode(w)
+//!     }
+//! }
+//!
+//! impl<'a> Decode<'a> for BlitView<'a> {
+//!     const MIN_ENCODED_LEN: usize = u64::MIN_ENCODED_LEN
+//!         + <&str>::MIN_ENCODED_LEN
+//!         + <&[u8]>::MIN_ENCODED_LEN
+//!         + <Option<u16>>::MIN_ENCODED_LEN;
+//!     fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+//!         Ok(BlitView {
+//!             surface: r.decode()?,
+//!             title: shm_channel::wire::decode_bounded(r, 64)?,
+//!             pixels: r.decode()?,
+//!             gamma: r.decode()?,
+//!         })
+//!     }
+//! }
+//!
+//! let sent = BlitView { surface: 7, title: "hi", pixels: &[1, 2, 3], gamma: Some(5) };
+//! let mut slot = vec![0u8; sent.encoded_len()]; // in real use: the ring's object
+//! assert_eq!(encode_to(&sent, &mut slot)?, slot.len());
+//! assert_eq!(
+//!     slot,
+//!     [7, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, b'h', b'i', 3, 0, 0, 0, 1, 2, 3, 1, 5, 0]
+//! );
+//!
+//! let got: BlitView<'_> = decode_exact(&slot)?;
+//! assert_eq!(got, sent);
+//! // Borrowed, not copied: the title points into the buffer.
+//! assert!(slot.as_ptr_range().contains(&got.title.as_ptr()));
+//! # Ok::<(), WireError>(())
+//! ```
+//!
+//! # Peer bytes
+//!
+//! Decoding never panics, never reads out of bounds and never allocates more
+//! than the input justifies: every length and count is read once into a local,
+//! checked against the bytes that remain (a count against the remaining bytes
+//! divided by the element's [`Decode::MIN_ENCODED_LEN`]) before anything is
+//! allocated or looped over, and then only the checked local is used. Nesting
+//! through `Box` and `Vec` is limited to [`MAX_DEPTH`] levels so that a
+//! hostile recursive value cannot overflow the stack.
+//!
+//! A `&str` is validated as UTF-8 once, on the very bytes it then borrows.
+//! Those bytes live in shared memory: a peer that rewrites a message after
+//! publishing it is outside the model, exactly as `docs/LAYOUT.md`
+//! ("Validation") says for messages. Such a peer can change what the reader
+//! sees, never where the reader reads: every access stays inside the
+//! validated buffer.
+
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::iter::{FusedIterator, Map};
+use std::marker::PhantomData;
+use std::slice::ChunksExact;
+
+use thiserror::Error;
+
+/// How deeply `Box` and `Vec` values may nest inside one decoded value.
+///
+/// Only recursive IDL types (a struct reaching itself through `option` or
+/// `vec`) can nest without limit; this bound keeps a hostile peer from
+/// overflowing the reader's stack with one.
+pub const MAX_DEPTH: u32 = 100;
+
+/// Why a value could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The input ended inside a value.
+    #[error("truncated value: {needed} more bytes needed, {available} available")]
+    Truncated {
+        /// Bytes the next field needs.
+        needed: usize,
+        /// Bytes left in the input.
+        available: usize,
+    },
+    /// A value decoded completely but bytes remain after it.
+    #[error("{count} unexpected bytes after the value")]
+    TrailingBytes {
+        /// How many bytes were left over.
+        count: usize,
+    },
+    /// A `bool` byte was neither 0 nor 1.
+    #[error("invalid bool byte {0} (expected 0 or 1)")]
+    InvalidBool(u8),
+    /// An `option` or `result` tag byte was neither 0 nor 1.
+    #[error("invalid option/result tag {0} (expected 0 or 1)")]
+    InvalidTag(u8),
+    /// A string's bytes are not UTF-8.
+    #[error("string is not valid UTF-8 (valid up to byte {valid_up_to})")]
+    InvalidUtf8 {
+        /// Length of the valid prefix.
+        valid_up_to: usize,
+    },
+    /// An enum discriminant names no variant.
+    #[error("unknown enum discriminant {0}")]
+    UnknownDiscriminant(u32),
+    /// A length or count exceeds the IDL bound (`string<N>`, `bytes<N>`,
+    /// `vec<T, N>`), or exceeds `u32::MAX` and cannot be encoded at all.
+    #[error("length {len} exceeds the bound {max}")]
+    TooLong {
+        /// The actual length (bytes) or count (elements).
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A sequence's count cannot fit in the bytes that remain, even at the
+    /// element type's smallest encoding.
+    #[error(
+        "sequence of {count} elements (at least {min_element_len} bytes each) \
+         cannot fit in the {available} bytes that remain"
+    )]
+    CountTooLarge {
+        /// The count read from the input.
+        count: usize,
+        /// The smallest encoding of one element.
+        min_element_len: usize,
+        /// Bytes left in the input.
+        available: usize,
+    },
+    /// The output buffer is too small for the value being encoded.
+    #[error("output buffer too small: {needed} bytes needed, {available} available")]
+    BufferTooSmall {
+        /// Bytes the encoding needs (at least).
+        needed: usize,
+        /// Bytes left in the buffer.
+        available: usize,
+    },
+    /// `Box`/`Vec` values nest deeper than [`MAX_DEPTH`].
+    #[error("value nests deeper than {max} levels")]
+    TooDeep {
+        /// The limit, [`MAX_DEPTH`].
+        max: u32,
+    },
+}
+
+/// Encodes `value` at the start of `out` and returns the bytes written
+/// ([`Encode::encoded_len`]); nothing is written when `out` is too small.
+pub fn encode_to<T: Encode + ?Sized>(value: &T, out: &mut [u8]) -> Result<usize, WireError> {
+    let needed = value.encoded_len();
+    if needed > out.len() {
+        return Err(WireError::BufferTooSmall {
+            needed,
+            available: out.len(),
+        });
+    }
+    let mut w = Writer::new(out);
+    value.encode(&mut w)?;
+    Ok(w.position())
+}
+
+/// Encodes `value` into a new `Vec` of exactly [`Encode::encoded_len`] bytes
+/// (for tests and for transports that do not write in place).
+pub fn encode_to_vec<T: Encode + ?Sized>(value: &T) -> Result<Vec<u8>, WireError> {
+    let mut out = vec![0; value.encoded_len()];
+    let written = encode_to(value, &mut out)?;
+    out.truncate(written);
+    Ok(out)
+}
+
+/// Decodes one `T` that must fill `bytes` exactly (an object's data); bytes
+/// left after it are [`WireError::TrailingBytes`].
+pub fn decode_exact<'a, T: Decode<'a>>(bytes: &'a [u8]) -> Result<T, WireError> {
+    let mut r = Reader::new(bytes);
+    let value = T::decode(&mut r)?;
+    r.finish()?;
+    Ok(value)
+}
+
+/// Fails with [`WireError::TooLong`] when `len` exceeds `max`.
+pub fn check_bound(len: usize, max: usize) -> Result<(), WireError> {
+    if len > max {
+        Err(WireError::TooLong { len, max })
+    } else {
+        Ok(())
+    }
+}
+
+/// Encodes a bounded `string<N>`, `bytes<N>` or `vec<T, N>`, refusing one
+/// longer than `max` (bytes for strings and bytes, elements for vecs).
+pub fn encode_bounded<T: Encode + LengthPrefixed + ?Sized>(
+    value: &T,
+    max: usize,
+    w: &mut Writer<'_>,
+) -> Result<(), WireError> {
+    check_bound(value.prefix_len(), max)?;
+    value.encode(w)
+}
+
+/// Decodes a bounded `string<N>`, `bytes<N>` or `vec<T, N>`, refusing a
+/// length prefix above `max` before reading anything behind it.
+pub fn decode_bounded<'a, T: Decode<'a> + LengthPrefixed>(
+    r: &mut Reader<'a>,
+    max: usize,
+) -> Result<T, WireError> {
+    check_bound(r.peek_length()?, max)?;
+    T::decode(r)
+}
+
+/// A value that can be written in the wire encoding.
+///
+/// Implemented here for every built-in IDL type; generated code implements it
+/// for structs (each field in order) and enums (`put_u32(discriminant)` then
+/// the payload). [`encoded_len`](Encode::encoded_len) must be exact: the ring
+/// object is sized from it before [`encode`](Encode::encode) fills it.
+pub trait Encode {
+    /// The exact number of bytes [`encode`](Encode::encode) writes.
+    fn encoded_len(&self) -> usize;
+
+    /// Writes the value at the writer's position.
+    ///
+    /// Fails with [`WireError::BufferTooSmall`] when the buffer ends first,
+    /// or [`WireError::TooLong`] for a string, bytes or vec of more than
+    /// `u32::MAX` items.
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError>;
+
+    /// [`encoded_len`](Encode::encoded_len) of all `items`, without a count.
+    /// The default sums; plain numbers override it with a multiplication.
+    fn slice_encoded_len(items: &[Self]) -> usize
+    where
+        Self: Sized,
+    {
+        items.iter().map(Self::encoded_len).sum()
+    }
+
+    /// Encodes all `items` back to back, without a count (the body of a
+    /// `vec` or an array). The default loops; plain numbers override it with
+    /// one bounds check for the whole slice.
+    fn encode_slice(items: &[Self], w: &mut Writer<'_>) -> Result<(), WireError>
+    where
+        Self: Sized,
+    {
+        items.iter().try_for_each(|item| item.encode(w))
+    }
+}
+
+/// A value that can be read from the wire encoding, possibly borrowing from
+/// the input for `'a`.
+///
+/// Implemented here for every built-in IDL type (borrowed: `&'a str`,
+/// `&'a [u8]`, [`VecView`], [`SeqView`]; owned copies: `String`, `Vec<T>`);
+/// generated code implements it for structs and enums and their views.
+pub trait Decode<'a>: Sized {
+    /// The fewest bytes any value of this type encodes to: 1 for `bool`, the
+    /// size for numbers, 4 for strings, bytes and vecs, 1 for `option` and
+    /// `result` (plus the smaller of `T`, `E` for `result`), N × T for
+    /// arrays, the sum of the fields for a struct, 4 for an enum.
+    ///
+    /// A count read from peer bytes is refused when its elements could not
+    /// fit in the remaining input at this size, so an implementation must
+    /// never claim more than the truth (claiming less only weakens that
+    /// check). An element type of size 0 is counted as 1 byte, so a `vec` of
+    /// zero-sized values may hold at most as many elements as bytes remain
+    /// after its count: the price of never looping on a hostile count.
+    const MIN_ENCODED_LEN: usize;
+
+    /// Reads one value at the reader's position.
+    fn decode(r: &mut Reader<'a>) -> Result<Self, WireError>;
+
+    /// Validates one value and moves past it (what [`SeqView`] does for each
+    /// element up front). The default decodes and drops; types that can
+    /// validate without building the value override it.
+    fn skip(r: &mut Reader<'a>) -> Result<(), WireError> {
+        Self::decode(r).map(drop)
+    }
+
+    /// Reads `count` values into a `Vec`. Callers check `count` first
+    /// ([`Reader::count`]); plain numbers override this with one bounds
+    /// check and a bulk conversion.
+    fn decode_vec(r: &mut Reader<'a>, count: usize) -> Result<Vec<Self>, WireError> {
+        r.check_count(count, Self::MIN_ENCODED_LEN)?;
+        let mut items = Vec::with_capacity(count);
+        for _ in 0..count {
+            items.push(Self::decode(r)?);
+        }
+        Ok(items)
+    }
+
+    /// Reads `N` values into an array. The default goes through a `Vec` (no
+    /// `unsafe`, no `Default` needed); plain numbers and `bool` override it
+    /// without allocating.
+    fn decode_array<const N: usize>(r: &mut Reader<'a>) -> Result<[Self; N], WireError> {
+        let items = Self::decode_vec(r, N)?;
+        let got = items.len();
+        // `decode_vec` returns exactly N items or an error, so this cannot
+        // fail; it is still mapped to an error rather than unwrapped.
+        items.try_into().map_err(|_| WireError::Truncated {
+            needed: N,
+            available: got,
+        })
+    }
+}
+
+/// Types whose encoding starts with a `u32` length or count: strings, bytes,
+/// vecs and their views. [`encode_bounded`] and [`decode_bounded`] enforce an
+/// IDL bound on them.
+pub trait LengthPrefixed {
+    /// The length that goes into the prefix: bytes for strings and bytes,
+    /// elements for vecs.
+    fn prefix_len(&self) -> usize;
+}
+
+/// A write cursor over a caller's buffer (the ring object being filled).
+///
+/// Every `put_*` checks the space left and fails with
+/// [`WireError::BufferTooSmall`] rather than panicking; nothing allocates.
+#[derive(Debug)]
+pub struct Writer<'b> {
+    buf: &'b mut [u8],
+    pos: usize,
+}
+
+macro_rules! writer_put {
+    ($($(#[$doc:meta])* $name:ident: $t:ty;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(&mut self, value: $t) -> Result<(), WireError> {
+                self.put_raw(&value.to_le_bytes())
+            }
+        )*
+    };
+}
+
+impl<'b> Writer<'b> {
+    /// A writer at the start of `buf`.
+    pub fn new(buf: &'b mut [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    /// Bytes written so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Bytes still free.
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// The next `n` bytes, to be filled by the caller; the position moves past
+    /// them. Not zeroed: the caller must write every byte (sender code zeroes
+    /// nothing else, the encoding has no padding).
+    pub fn reserve(&mut self, n: usize) -> Result<&mut [u8], WireError> {
+        let available = self.remaining();
+        let start = self.pos;
+        let end = start
+            .checked_add(n)
+            .filter(|&end| end <= self.buf.len())
+            .ok_or(WireError::BufferTooSmall {
+                needed: n,
+                available,
+            })?;
+        self.pos = end;
+        Ok(&mut self.buf[start..end])
+    }
+
+    /// Copies `bytes` as they are (no length prefix).
+    pub fn put_raw(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        self.reserve(bytes.len())?.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    writer_put! {
+        /// Writes a `u8`.
+        put_u8: u8;
+        /// Writes an `i8`.
+        put_i8: i8;
+        /// Writes a little-endian `u16`.
+        put_u16: u16;
+        /// Writes a little-endian `i16`.
+        put_i16: i16;
+        /// Writes a little-endian `u32`.
+        put_u32: u32;
+        /// Writes a little-endian `i32`.
+        put_i32: i32;
+        /// Writes a little-endian `u64`.
+        put_u64: u64;
+        /// Writes a little-endian `i64`.
+        put_i64: i64;
+        /// Writes a little-endian IEEE 754 `f32` (NaN payloads kept).
+        put_f32: f32;
+        /// Writes a little-endian IEEE 754 `f64` (NaN payloads kept).
+        put_f64: f64;
+    }
+
+    /// Writes a `bool` as 0 or 1.
+    pub fn put_bool(&mut self, value: bool) -> Result<(), WireError> {
+        self.put_u8(u8::from(value))
+    }
+
+    /// Writes an `option`/`result` tag: 0 (none / ok) or 1 (some / err).
+    pub fn put_tag(&mut self, set: bool) -> Result<(), WireError> {
+        self.put_u8(u8::from(set))
+    }
+
+    /// Writes a `u32` length or count prefix; fails with
+    /// [`WireError::TooLong`] above `u32::MAX`.
+    pub fn put_len(&mut self, len: usize) -> Result<(), WireError> {
+        let len = u32::try_from(len).map_err(|_| WireError::TooLong {
+            len,
+            max: u32::MAX as usize,
+        })?;
+        self.put_u32(len)
+    }
+
+    /// Writes `bytes` with its `u32` length prefix (an IDL `bytes`).
+    pub fn put_bytes(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        self.put_len(bytes.len())?;
+        self.put_raw(bytes)
+    }
+
+    /// Writes an IDL `bytes` of `len` bytes in place: the length prefix, then
+    /// `fill` writes the bytes straight into the buffer (the ring), with no
+    /// intermediate copy. `fill` must write all `len` bytes.
+    pub fn put_bytes_with<R>(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R, WireError> {
+        let needed = len.saturating_add(4);
+        if needed > self.remaining() {
+            return Err(WireError::BufferTooSmall {
+                needed,
+                available: self.remaining(),
+            });
+        }
+        self.put_len(len)?;
+        Ok(fill(self.reserve(len)?))
+    }
+}
+
+/// A read cursor over received bytes (a ring object), handing out values
+/// that borrow from them for `'a`.
+///
+/// Every read checks the bytes left and fails with [`WireError::Truncated`]
+/// rather than panicking.
+#[derive(Debug, Clone)]
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    depth: u32,
+}
+
+macro_rules! reader_get {
+    ($($(#[$doc:meta])* $name:ident: $t:ty;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(&mut self) -> Result<$t, WireError> {
+                Ok(<$t>::from_le_bytes(self.array()?))
+            }
+        )*
+    };
+}
+
+impl<'a> Reader<'a> {
+    /// A reader at the start of `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self {
+            buf,
+            pos: 0,
+            depth: 0,
+        }
+    }
+
+    /// Bytes consumed so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Bytes not yet consumed.
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// The bytes not yet consumed.
+    pub fn rest(&self) -> &'a [u8] {
+        let buf: &'a [u8] = self.buf;
+        buf.get(self.pos..).unwrap_or_default()
+    }
+
+    /// Fails with [`WireError::TrailingBytes`] unless every byte was consumed.
+    pub fn finish(&self) -> Result<(), WireError> {
+        match self.remaining() {
+            0 => Ok(()),
+            count => Err(WireError::TrailingBytes { count }),
+        }
+    }
+
+    /// Decodes a `T` (so generated code can write `field: r.decode()?`).
+    pub fn decode<T: Decode<'a>>(&mut self) -> Result<T, WireError> {
+        T::decode(self)
+    }
+
+    /// The next `n` bytes, borrowed; the position moves past them.
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        let buf: &'a [u8] = self.buf;
+        let start = self.pos;
+        let bytes = start
+            .checked_add(n)
+            .and_then(|end| buf.get(start..end))
+            .ok_or(WireError::Truncated {
+                needed: n,
+                available: self.remaining(),
+            })?;
+        self.pos += n;
+        Ok(bytes)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    reader_get! {
+        /// Reads a `u8`.
+        u8: u8;
+        /// Reads an `i8`.
+        i8: i8;
+        /// Reads a little-endian `u16`.
+        u16: u16;
+        /// Reads a little-endian `i16`.
+        i16: i16;
+        /// Reads a little-endian `u32` (also an enum discriminant).
+        u32: u32;
+        /// Reads a little-endian `i32`.
+        i32: i32;
+        /// Reads a little-endian `u64`.
+        u64: u64;
+        /// Reads a little-endian `i64`.
+        i64: i64;
+        /// Reads a little-endian IEEE 754 `f32`.
+        f32: f32;
+        /// Reads a little-endian IEEE 754 `f64`.
+        f64: f64;
+    }
+
+    /// Reads a `bool`; a byte other than 0 or 1 is [`WireError::InvalidBool`].
+    pub fn bool(&mut self) -> Result<bool, WireError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(WireError::InvalidBool(other)),
+        }
+    }
+
+    /// Reads an `option`/`result` tag: `false` for 0 (none / ok), `true` for
+    /// 1 (some / err), [`WireError::InvalidTag`] otherwise.
+    pub fn tag(&mut self) -> Result<bool, WireError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(WireError::InvalidTag(other)),
+        }
+    }
+
+    /// Reads a `u32` length prefix (of a string or bytes). Not checked
+    /// against the input: [`take`](Reader::take) does that.
+    pub fn length(&mut self) -> Result<usize, WireError> {
+        // u32 -> usize is lossless on every target this crate builds for
+        // (Linux, 32 and 64 bit); on a 16-bit target the saturated length
+        // would simply fail as truncated.
+        Ok(usize::try_from(self.u32()?).unwrap_or(usize::MAX))
+    }
+
+    /// The next `u32` length prefix, without consuming it (for
+    /// [`decode_bounded`]).
+    pub fn peek_length(&self) -> Result<usize, WireError> {
+        self.clone().length()
+    }
+
+    /// Reads a `u32` element count and checks that that many elements of at
+    /// least `min_element_len` bytes each fit in what remains
+    /// ([`WireError::CountTooLarge`] otherwise), so the caller may allocate
+    /// and loop over it.
+    pub fn count(&mut self, min_element_len: usize) -> Result<usize, WireError> {
+        let count = self.length()?;
+        self.check_count(count, min_element_len)?;
+        Ok(count)
+    }
+
+    /// Checks that `count` elements of at least `min_element_len` bytes each
+    /// (at least 1, see [`Decode::MIN_ENCODED_LEN`]) fit in what remains.
+    pub fn check_count(&self, count: usize, min_element_len: usize) -> Result<(), WireError> {
+        let available = self.remaining();
+        if count > available / min_element_len.max(1) {
+            return Err(WireError::CountTooLarge {
+                count,
+                min_element_len,
+                available,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` one nesting level deeper, failing with [`WireError::TooDeep`]
+    /// beyond [`MAX_DEPTH`]. `Box<T>` and `Vec<T>` decode through this; a
+    /// generated view that recurses some other way should too.
+    pub fn nested<R>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<R, WireError>,
+    ) -> Result<R, WireError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(WireError::TooDeep { max: MAX_DEPTH });
+        }
+        self.depth += 1;
+        let out = f(self);
+        self.depth -= 1;
+        out
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// Plain numbers: the element types a [`VecView`] reads straight from the
+/// input (`u8`..`u64`, `i8`..`i64`, `f32`, `f64`; not `bool`, whose bytes need
+/// checking). Sealed.
+pub trait Plain: Copy + sealed::Sealed + 'static {
+    /// Encoded size in bytes.
+    const SIZE: usize;
+
+    /// Reads one value from a chunk of [`SIZE`](Plain::SIZE) little-endian
+    /// bytes, at any alignment. A shorter chunk reads as if zero-padded
+    /// (never happens through [`VecView`]; no panic either way).
+    fn from_le_chunk(chunk: &[u8]) -> Self;
+}
+
+macro_rules! plain {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+
+        impl Plain for $t {
+            const SIZE: usize = size_of::<$t>();
+
+            fn from_le_chunk(chunk: &[u8]) -> Self {
+                let mut le = [0; size_of::<$t>()];
+                let n = chunk.len().min(le.len());
+                le[..n].copy_from_slice(&chunk[..n]);
+                <$t>::from_le_bytes(le)
+            }
+        }
+
+        impl Encode for $t {
+            fn encoded_len(&self) -> usize {
+                size_of::<$t>()
+            }
+
+            fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+                w.put_raw(&self.to_le_bytes())
+            }
+
+            fn slice_encoded_len(items: &[Self]) -> usize {
+                items.len() * size_of::<$t>()
+            }
+
+            fn encode_slice(items: &[Self], w: &mut Writer<'_>) -> Result<(), WireError> {
+                let out = w.reserve(items.len() * size_of::<$t>())?;
+                for (chunk, item) in out.chunks_exact_mut(size_of::<$t>()).zip(items) {
+                    chunk.copy_from_slice(&item.to_le_bytes());
+                }
+                Ok(())
+            }
+        }
+
+        impl<'a> Decode<'a> for $t {
+            const MIN_ENCODED_LEN: usize = size_of::<$t>();
+
+            fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+                Ok(<$t>::from_le_bytes(r.array()?))
+            }
+
+            fn skip(r: &mut Reader<'a>) -> Result<(), WireError> {
+                r.take(size_of::<$t>()).map(drop)
+            }
+
+            fn decode_vec(r: &mut Reader<'a>, count: usize) -> Result<Vec<Self>, WireError> {
+                r.check_count(count, size_of::<$t>())?;
+                let bytes = r.take(count * size_of::<$t>())?;
+                Ok(bytes.chunks_exact(size_of::<$t>()).map(<$t>::from_le_chunk).collect())
+            }
+
+            fn decode_array<const N: usize>(r: &mut Reader<'a>) -> Result<[Self; N], WireError> {
+                r.check_count(N, size_of::<$t>())?;
+                let bytes = r.take(N * size_of::<$t>())?;
+                let mut out = [<$t>::default(); N];
+                for (item, chunk) in out.iter_mut().zip(bytes.chunks_exact(size_of::<$t>())) {
+                    *item = <$t>::from_le_chunk(chunk);
+                }
+                Ok(out)
+            }
+        }
+    )*};
+}
+
+plain!(u8, i8, u16, i16, u32, i32, u64, i64, f32, f64);
+
+impl Encode for bool {
+    fn encoded_len(&self) -> usize {
+        1
+    }
+
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        w.put_bool(*self)
+    }
+}
+
+impl<'a> Decode<'a> for bool {
+    const MIN_ENCODED_LEN: usize = 1;
+
+    fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+        r.bool()
+    }
+
+    fn decode_array<const N: usize>(r: &mut Reader<'a>) -> Result<[Self; N], WireError> {
+        r.check_count(N, 1)?;
+        let mut out = [false; N];
+        for item in &mut out {
+            *item = r.bool()?;
+        }
+        Ok(out)
+    }
+}
+
+impl Encode for () {
+    fn encoded_len(&self) -> usize {
+        0
+    }
+
+    fn encode(&self, _: &mut Writer<'_>) -> Result<(), WireError> {
+        Ok(())
+    }
+}
+
+impl<'a> Decode<'a> for () {
+    const MIN_ENCODED_LEN: usize = 0;
+
+    fn decode(_: &mut Reader<'a>) -> Result<Self, WireError> {
+        Ok(())
+    }
+}
+
+impl Encode for str {
+    fn encoded_len(&self) -> usize {
+        4 + self.len()
+    }
+
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        w.put_bytes(self.as_bytes())
+    }
+}
+
+impl LengthPrefixed for str {
+    fn prefix_len(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Encode for String {
+    fn encoded_len(&self) -> usize {
+        self.as_str().encoded_len()
+    }
+
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        self.as_str().encode(w)
+    }
+}
+
+impl LengthPrefixed for String {
+    fn prefix_len(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<'a> Decode<'a> for &'a str {
+    const MIN_ENCODED_LEN: usize = 4;
+
+    fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+        let len = r.length()?;
+        // Validated once, on exactly the bytes that are then borrowed.
+        std::str::from_utf8(r.take(len)?).map_err(|e| WireError::InvalidUtf8 {
+            valid_up_to: e.valid_up_to(),
+        })
+    }
+}
+
+impl<'a> Decode<'a> for String {
+    const MIN_ENCODED_LEN: usize = 4;
+
+    fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+        <&str>::decode(r).map(str::to_owned)
+    }
+
+    fn skip(r: &mut Reader<'a>) -> Result<(), WireError> {
+        <&str>::decode(r).map(drop)
+    }
+}
+
+/// An IDL `bytes` (and, identically encoded, `vec<u8>`).
+impl<'a> Decode<'a> for &'a [u8] {
+    const MIN_ENCODED_LEN: usize = 4;
+
+    fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+        let len = r.length()?;
+        r.take(len)
+    }
+}
+
+/// An IDL `vec<T>`; with `T = u8`, an IDL `bytes` (same encoding).
+impl<T: Encode> Encode for [T] {
+    fn encoded_len(&self) -> usize {
+        4 + T::slice_encoded_len(self)
+    }
+
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        w.put_len(self.len())?;
+        T::encode_slice(self, w)
+    }
+}
+
+impl<T> LengthPrefixed for [T] {
+    fn prefix_len(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<T: Encode> Encode for Vec<T> {
+    fn encoded_len(&self) -> usize {
+        self.as_slice().encoded_len()
+    }
+
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        self.as_slice().encode(w)
+    }
+}
+
+impl<T> LengthPrefixed for Vec<T> {
+    fn prefix_len(&self) -> usize {
+        self.len()
+    }
+}
+
+/// An owned copy of a `vec<T>` (or `bytes`, for `Vec<u8>`); allocates at
+/// most one element per [`Decode::MIN_ENCODED_LEN`] bytes of input.
+impl<'a, T: Decode<'a>> Decode<'a> for Vec<T> {
+    const MIN_ENCODED_LEN: usize = 4;
+
+    fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+        let count = r.count(T::MIN_ENCODED_LEN)?;
+        r.nested(|r| T::decode_vec(r, count))
+    }
+
+    fn skip(r: &mut Reader<'a>) -> Result<(), WireError> {
+        let count = r.count(T::MIN_ENCODED_LEN)?;
+        r.nested(|r| (0..count).try_for_each(|_| T::skip(r)))
+    }
+}
+
+impl<T: Encode + ?Sized> Encode for &T {
+    fn encoded_len(&self) -> usize {
+        (**self).encoded_len()
+    }
+
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        (**self).encode(w)
+    }
+}
+
+impl<T: LengthPrefixed + ?Sized> LengthPrefixed for &T {
+    fn prefix_len(&self) -> usize {
+        (**self).prefix_len()
+    }
+}
+
+/// The indirection recursive IDL types need; encodes as the `T` inside.
+impl<T: Encode + ?Sized> Encode for Box<T> {
+    fn encoded_len(&self) -> usize {
+        (**self).encoded_len()
+    }
+
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        (**self).encode(w)
+    }
+}
+
+/// Decodes one nesting level deeper (see [`MAX_DEPTH`]).
+impl<'a, T: Decode<'a>> Decode<'a> for Box<T> {
+    const MIN_ENCODED_LEN: usize = T::MIN_ENCODED_LEN;
+
+    fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+        r.nested(T::decode).map(Box::new)
+    }
+
+    fn skip(r: &mut Reader<'a>) -> Result<(), WireError> {
+        r.nested(T::skip)
+    }
+}
+
+/// An IDL `[T; N]`: N values, no count.
+impl<T: Encode, const N: usize> Encode for [T; N] {
+    fn encoded_len(&self) -> usize {
+        T::slice_encoded_len(self)
+    }
+
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        T::encode_slice(self, w)
+    }
+}
+
+impl<'a, T: Decode<'a>, const N: usize> Decode<'a> for [T; N] {
+    const MIN_ENCODED_LEN: usize = N.saturating_mul(T::MIN_ENCODED_LEN);
+
+    fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+        T::decode_array(r)
+    }
+
+    fn skip(r: &mut Reader<'a>) -> Result<(), WireError> {
+        r.check_count(N, T::MIN_ENCODED_LEN)?;
+        (0..N).try_for_each(|_| T::skip(r))
+    }
+}
+
+impl<T: Encode> Encode for Option<T> {
+    fn encoded_len(&self) -> usize {
+        1 + self.as_ref().map_or(0, T::encoded_len)
+    }
+
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        w.put_tag(self.is_some())?;
+        match self {
+            Some(value) => value.encode(w),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<'a, T: Decode<'a>> Decode<'a> for Option<T> {
+    const MIN_ENCODED_LEN: usize = 1;
+
+    fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+        if r.tag()? {
+            T::decode(r).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn skip(r: &mut Reader<'a>) -> Result<(), WireError> {
+        if r.tag()? { T::skip(r) } else { Ok(()) }
+    }
+}
+
+impl<T: Encode, E: Encode> Encode for Result<T, E> {
+    fn encoded_len(&self) -> usize {
+        1 + match self {
+            Ok(value) => value.encoded_len(),
+            Err(error) => error.encoded_len(),
+        }
+    }
+
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        w.put_tag(self.is_err())?;
+        match self {
+            Ok(value) => value.encode(w),
+            Err(error) => error.encode(w),
+        }
+    }
+}
+
+impl<'a, T: Decode<'a>, E: Decode<'a>> Decode<'a> for Result<T, E> {
+    const MIN_ENCODED_LEN: usize = 1 + if T::MIN_ENCODED_LEN < E::MIN_ENCODED_LEN {
+        T::MIN_ENCODED_LEN
+    } else {
+        E::MIN_ENCODED_LEN
+    };
+
+    fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+        if r.tag()? {
+            E::decode(r).map(Err)
+        } else {
+            T::decode(r).map(Ok)
+        }
+    }
+
+    fn skip(r: &mut Reader<'a>) -> Result<(), WireError> {
+        if r.tag()? { E::skip(r) } else { T::skip(r) }
+    }
+}
+
+/// A received `vec<T>` of plain numbers, borrowed from the input: no copy,
+/// no allocation, no alignment assumption (each element is read with
+/// `from_le_bytes` when asked for).
+pub struct VecView<'a, T: Plain> {
+    bytes: &'a [u8],
+    _element: PhantomData<T>,
+}
+
+/// The iterator of a [`VecView`].
+pub type VecViewIter<'a, T> = Map<ChunksExact<'a, u8>, fn(&[u8]) -> T>;
+
+impl<'a, T: Plain> VecView<'a, T> {
+    /// A view over `bytes`, the elements without their count; `None` unless
+    /// the length is a whole number of elements.
+    pub fn new(bytes: &'a [u8]) -> Option<Self> {
+        bytes.len().is_multiple_of(T::SIZE).then_some(Self {
+            bytes,
+            _element: PhantomData,
+        })
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / T::SIZE
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Element `i`, or `None` past the end.
+    pub fn get(&self, i: usize) -> Option<T> {
+        let start = i.checked_mul(T::SIZE)?;
+        let chunk = self.bytes.get(start..start.checked_add(T::SIZE)?)?;
+        Some(T::from_le_chunk(chunk))
+    }
+
+    /// The elements, in order.
+    pub fn iter(&self) -> VecViewIter<'a, T> {
+        self.bytes.chunks_exact(T::SIZE).map(T::from_le_chunk)
+    }
+
+    /// An owned copy of the elements.
+    pub fn to_vec(&self) -> Vec<T> {
+        self.iter().collect()
+    }
+
+    /// The elements' encoded bytes (little-endian, without the count).
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+}
+
+impl<T: Plain> Clone for VecView<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: Plain> Copy for VecView<'_, T> {}
+
+impl<T: Plain + fmt::Debug> fmt::Debug for VecView<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<'a, T: Plain> IntoIterator for VecView<'a, T> {
+    type Item = T;
+    type IntoIter = VecViewIter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<'a, T: Plain> IntoIterator for &VecView<'a, T> {
+    type Item = T;
+    type IntoIter = VecViewIter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<'a, T: Plain> Decode<'a> for VecView<'a, T> {
+    const MIN_ENCODED_LEN: usize = 4;
+
+    fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+        let count = r.count(T::SIZE)?;
+        Ok(Self {
+            bytes: r.take(count * T::SIZE)?,
+            _element: PhantomData,
+        })
+    }
+}
+
+/// Re-sends a received view as it came, one copy of its bytes.
+impl<T: Plain> Encode for VecView<'_, T> {
+    fn encoded_len(&self) -> usize {
+        4 + self.bytes.len()
+    }
+
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        w.put_len(self.len())?;
+        w.put_raw(self.bytes)
+    }
+}
+
+impl<T: Plain> LengthPrefixed for VecView<'_, T> {
+    fn prefix_len(&self) -> usize {
+        self.len()
+    }
+}
+
+/// A received `vec<T>` of any element type, borrowed from the input and
+/// decoded lazily, one element per iteration step.
+///
+/// Decoding the view checks the count against the remaining bytes, then
+/// validates every element once (with [`Decode::skip`]) to find where the
+/// sequence ends, so a view that decoded is a valid sequence; iterating
+/// decodes each element again from the borrowed bytes. The items are
+/// `Result`s only because the bytes live in shared memory (see the module
+/// docs): for a message nobody rewrote they are all `Ok`.
+///
+/// For `vec<string>` this validates each string's UTF-8 twice (up front and
+/// when iterated); decode a `Vec<&'a str>` instead to validate once at the
+/// cost of one allocation.
+pub struct SeqView<'a, T> {
+    bytes: &'a [u8],
+    count: usize,
+    depth: u32,
+    _element: PhantomData<fn() -> T>,
+}
+
+impl<'a, T: Decode<'a>> SeqView<'a, T> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The elements, decoded one by one.
+    pub fn iter(&self) -> SeqIter<'a, T> {
+        SeqIter {
+            reader: Reader {
+                buf: self.bytes,
+                pos: 0,
+                depth: self.depth,
+            },
+            left: self.count,
+            _element: PhantomData,
+        }
+    }
+
+    /// All elements decoded into a `Vec`.
+    pub fn to_vec(&self) -> Result<Vec<T>, WireError> {
+        self.iter().collect()
+    }
+
+    /// The elements' encoded bytes (without the count).
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+}
+
+impl<T> Clone for SeqView<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for SeqView<'_, T> {}
+
+impl<'a, T: Decode<'a> + fmt::Debug> fmt::Debug for SeqView<'a, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<'a, T: Decode<'a>> IntoIterator for SeqView<'a, T> {
+    type Item = Result<T, WireError>;
+    type IntoIter = SeqIter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<'a, T: Decode<'a>> IntoIterator for &SeqView<'a, T> {
+    type Item = Result<T, WireError>;
+    type IntoIter = SeqIter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<'a, T: Decode<'a>> Decode<'a> for SeqView<'a, T> {
+    const MIN_ENCODED_LEN: usize = 4;
+
+    fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+        let count = r.count(T::MIN_ENCODED_LEN)?;
+        let start = r.rest();
+        let depth = r.nested(|r| {
+            (0..count).try_for_each(|_| T::skip(r))?;
+            Ok(r.depth)
+        })?;
+        let used = start.len() - r.remaining();
+        Ok(Self {
+            bytes: start.get(..used).unwrap_or_default(),
+            count,
+            depth,
+            _element: PhantomData,
+        })
+    }
+}
+
+/// Re-sends a received view as it came, one copy of its bytes.
+impl<T> Encode for SeqView<'_, T> {
+    fn encoded_len(&self) -> usize {
+        4 + self.bytes.len()
+    }
+
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        w.put_len(self.count)?;
+        w.put_raw(self.bytes)
+    }
+}
+
+impl<T> LengthPrefixed for SeqView<'_, T> {
+    fn prefix_len(&self) -> usize {
+        self.count
+    }
+}
+
+/// The iterator of a [`SeqView`]: decodes the next element on each step and
+/// stops after the first error.
+pub struct SeqIter<'a, T> {
+    reader: Reader<'a>,
+    left: usize,
+    _element: PhantomData<fn() -> T>,
+}
+
+impl<'a, T: Decode<'a>> Iterator for SeqIter<'a, T> {
+    type Item = Result<T, WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let item = T::decode(&mut self.reader);
+        if item.is_err() {
+            self.left = 0;
+        }
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left.min(1), Some(self.left))
+    }
+}
+
+impl<'a, T: Decode<'a>> FusedIterator for SeqIter<'a, T> {}
+
+impl<T> fmt::Debug for SeqIter<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SeqIter").field("left", &self.left).finish()
+    }
+}
