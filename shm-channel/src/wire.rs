@@ -1327,3 +1327,700 @@ impl<T> fmt::Debug for SeqIter<'_, T> {
         f.debug_struct("SeqIter").field("left", &self.left).finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Encodes into a buffer larger than needed and checks that exactly
+    /// `encoded_len` bytes were written and nothing after them.
+    fn encoded<T: Encode + ?Sized>(value: &T) -> Vec<u8> {
+        let len = value.encoded_len();
+        let mut buf = vec![0xAA; len + 16];
+        let written = encode_to(value, &mut buf).expect("buffer is large enough");
+        assert_eq!(written, len, "encoded_len must equal the bytes written");
+        assert!(
+            buf[len..].iter().all(|&b| b == 0xAA),
+            "wrote past encoded_len"
+        );
+        buf.truncate(len);
+        // An exact-size buffer is enough, and one byte less is refused cleanly.
+        assert_eq!(encode_to(value, &mut vec![0; len]), Ok(len));
+        if len > 0 {
+            assert!(matches!(
+                encode_to(value, &mut vec![0; len - 1]),
+                Err(WireError::BufferTooSmall { .. })
+            ));
+        }
+        buf
+    }
+
+    // What a code generator would emit -------------------------------------
+
+    /// `struct Msg { id: u64, name: string<16>, data: bytes, flags: vec<u16, 8>,
+    /// tags: vec<string>, note: option<string> }`, receive-side view.
+    #[derive(Debug, PartialEq)]
+    struct MsgView<'a> {
+        id: u64,
+        name: &'a str,
+        data: &'a [u8],
+        flags: VecView<'a, u16>,
+        tags: SeqView<'a, &'a str>,
+        note: Option<&'a str>,
+    }
+
+    impl PartialEq for VecView<'_, u16> {
+        fn eq(&self, other: &Self) -> bool {
+            self.as_bytes() == other.as_bytes()
+        }
+    }
+
+    impl<'a> PartialEq for SeqView<'a, &'a str> {
+        fn eq(&self, other: &Self) -> bool {
+            self.count == other.count && self.bytes == other.bytes
+        }
+    }
+
+    /// The send side of the same struct.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Msg {
+        id: u64,
+        name: String,
+        data: Vec<u8>,
+        flags: Vec<u16>,
+        tags: Vec<String>,
+        note: Option<String>,
+    }
+
+    impl Encode for Msg {
+        fn encoded_len(&self) -> usize {
+            self.id.encoded_len()
+                + self.name.encoded_len()
+                + self.data.encoded_len()
+                + self.flags.encoded_len()
+                + self.tags.encoded_len()
+                + self.note.encoded_len()
+        }
+
+        fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+            self.id.encode(w)?;
+            encode_bounded(&self.name, 16, w)?;
+            self.data.encode(w)?;
+            encode_bounded(&self.flags, 8, w)?;
+            self.tags.encode(w)?;
+            self.note.encode(w)
+        }
+    }
+
+    impl<'a> Decode<'a> for MsgView<'a> {
+        const MIN_ENCODED_LEN: usize = 8 + 4 + 4 + 4 + 4 + 1;
+
+        fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+            Ok(Self {
+                id: r.decode()?,
+                name: decode_bounded(r, 16)?,
+                data: r.decode()?,
+                flags: decode_bounded(r, 8)?,
+                tags: r.decode()?,
+                note: r.decode()?,
+            })
+        }
+    }
+
+    /// `enum Shape { Empty, Circle(u32) = 5, Label(string) }`.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Shape {
+        Empty,
+        Circle(u32),
+        Label(String),
+    }
+
+    impl Encode for Shape {
+        fn encoded_len(&self) -> usize {
+            4 + match self {
+                Shape::Empty => 0,
+                Shape::Circle(r) => r.encoded_len(),
+                Shape::Label(s) => s.encoded_len(),
+            }
+        }
+
+        fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+            match self {
+                Shape::Empty => w.put_u32(0),
+                Shape::Circle(r) => {
+                    w.put_u32(5)?;
+                    r.encode(w)
+                }
+                Shape::Label(s) => {
+                    w.put_u32(6)?;
+                    s.encode(w)
+                }
+            }
+        }
+    }
+
+    impl<'a> Decode<'a> for Shape {
+        const MIN_ENCODED_LEN: usize = 4;
+
+        fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+            match r.u32()? {
+                0 => Ok(Shape::Empty),
+                5 => r.decode().map(Shape::Circle),
+                6 => r.decode().map(Shape::Label),
+                other => Err(WireError::UnknownDiscriminant(other)),
+            }
+        }
+    }
+
+    /// A recursive type: `struct Node { value: u8, next: option<Node> }`.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Node {
+        value: u8,
+        next: Option<Box<Node>>,
+    }
+
+    impl Encode for Node {
+        fn encoded_len(&self) -> usize {
+            self.value.encoded_len() + self.next.encoded_len()
+        }
+
+        fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+            self.value.encode(w)?;
+            self.next.encode(w)
+        }
+    }
+
+    impl<'a> Decode<'a> for Node {
+        const MIN_ENCODED_LEN: usize = 2;
+
+        fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+            Ok(Node {
+                value: r.decode()?,
+                next: r.decode()?,
+            })
+        }
+    }
+
+    fn chain(depth: usize) -> Node {
+        let mut node = Node {
+            value: 0,
+            next: None,
+        };
+        for i in 1..depth {
+            node = Node {
+                value: i as u8,
+                next: Some(Box::new(node)),
+            };
+        }
+        node
+    }
+
+    // Exact bytes ----------------------------------------------------------
+
+    #[test]
+    fn scalars_exact_bytes() {
+        assert_eq!(encoded(&true), [1]);
+        assert_eq!(encoded(&false), [0]);
+        assert_eq!(encoded(&0xABu8), [0xAB]);
+        assert_eq!(encoded(&-2i8), [0xFE]);
+        assert_eq!(encoded(&0x0102u16), [2, 1]);
+        assert_eq!(encoded(&-2i16), [0xFE, 0xFF]);
+        assert_eq!(encoded(&0x0102_0304u32), [4, 3, 2, 1]);
+        assert_eq!(encoded(&-1i32), [0xFF; 4]);
+        assert_eq!(encoded(&0x0102_0304_0506_0708u64), [8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(encoded(&i64::MIN), [0, 0, 0, 0, 0, 0, 0, 0x80]);
+        assert_eq!(encoded(&1.0f32), [0, 0, 0x80, 0x3F]);
+        assert_eq!(encoded(&-2.0f64), [0, 0, 0, 0, 0, 0, 0, 0xC0]);
+        assert_eq!(encoded(&()), [0u8; 0]);
+
+        assert_eq!(decode_exact::<u16>(&[2, 1]), Ok(0x0102));
+        assert_eq!(decode_exact::<i32>(&[0xFF; 4]), Ok(-1));
+        assert_eq!(decode_exact::<f32>(&[0, 0, 0x80, 0x3F]), Ok(1.0));
+        assert_eq!(decode_exact::<bool>(&[1]), Ok(true));
+        assert_eq!(decode_exact::<()>(&[]), Ok(()));
+    }
+
+    #[test]
+    fn strings_bytes_exact_bytes() {
+        assert_eq!(encoded("hi"), [2, 0, 0, 0, b'h', b'i']);
+        assert_eq!(encoded(&String::from("hi")), [2, 0, 0, 0, b'h', b'i']);
+        assert_eq!(encoded(""), [0, 0, 0, 0]);
+        assert_eq!(encoded(&b"\x01\x02\x03"[..]), [3, 0, 0, 0, 1, 2, 3]);
+        assert_eq!(encoded(&vec![9u8]), [1, 0, 0, 0, 9]);
+
+        let bytes = [2, 0, 0, 0, b'h', b'i'];
+        let s: &str = decode_exact(&bytes).unwrap();
+        assert_eq!(s, "hi");
+        assert_eq!(s.as_ptr(), bytes[4..].as_ptr(), "borrowed, not copied");
+        let b: &[u8] = decode_exact(&bytes).unwrap();
+        assert_eq!(b, b"hi");
+        assert_eq!(b.as_ptr(), bytes[4..].as_ptr());
+        assert_eq!(decode_exact::<String>(&bytes).unwrap(), "hi");
+        assert_eq!(decode_exact::<Vec<u8>>(&bytes).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn option_result_exact_bytes() {
+        assert_eq!(encoded(&Some(5u16)), [1, 5, 0]);
+        assert_eq!(encoded(&None::<u16>), [0]);
+        assert_eq!(encoded(&Some("a")), [1, 1, 0, 0, 0, b'a']);
+        assert_eq!(encoded(&Ok::<u32, u8>(7)), [0, 7, 0, 0, 0]);
+        assert_eq!(encoded(&Err::<u32, u8>(3)), [1, 3]);
+        assert_eq!(encoded(&Ok::<(), u8>(())), [0]);
+        assert_eq!(encoded(&Some(Some(true))), [1, 1, 1]);
+
+        assert_eq!(decode_exact::<Option<u16>>(&[1, 5, 0]), Ok(Some(5)));
+        assert_eq!(decode_exact::<Option<u16>>(&[0]), Ok(None));
+        assert_eq!(decode_exact::<Result<(), u8>>(&[0]), Ok(Ok(())));
+        assert_eq!(decode_exact::<Result<u32, u8>>(&[1, 3]), Ok(Err(3)));
+    }
+
+    #[test]
+    fn vec_and_array_exact_bytes() {
+        assert_eq!(encoded(&vec![1u16, 2]), [2, 0, 0, 0, 1, 0, 2, 0]);
+        assert_eq!(encoded(&[1u16, 2][..]), [2, 0, 0, 0, 1, 0, 2, 0]);
+        assert_eq!(encoded(&Vec::<u64>::new()), [0, 0, 0, 0]);
+        assert_eq!(
+            encoded(&vec!["a", "bc"]),
+            [2, 0, 0, 0, 1, 0, 0, 0, b'a', 2, 0, 0, 0, b'b', b'c']
+        );
+        assert_eq!(encoded(&vec![true, false]), [2, 0, 0, 0, 1, 0]);
+        // Arrays carry no count.
+        assert_eq!(encoded(&[1u16, 2]), [1, 0, 2, 0]);
+        assert_eq!(encoded(&[Some(1u8), None]), [1, 1, 0]);
+        assert_eq!(encoded(&[0u32; 0]), [0u8; 0]);
+
+        let bytes = [3, 0, 0, 0, 1, 0, 0xFF, 0xFF, 3, 0];
+        let view: VecView<'_, i16> = decode_exact(&bytes).unwrap();
+        assert_eq!(view.len(), 3);
+        assert_eq!(view.get(1), Some(-1));
+        assert_eq!(view.get(3), None);
+        assert_eq!(view.get(usize::MAX), None);
+        assert_eq!(view.to_vec(), [1, -1, 3]);
+        assert_eq!(view.iter().rev().collect::<Vec<_>>(), [3, -1, 1]);
+        assert_eq!(view.as_bytes().as_ptr(), bytes[4..].as_ptr());
+        assert_eq!(encoded(&view), bytes);
+        assert_eq!(decode_exact::<Vec<i16>>(&bytes).unwrap(), [1, -1, 3]);
+        assert_eq!(decode_exact::<[u16; 2]>(&[1, 0, 2, 0]), Ok([1, 2]));
+        assert_eq!(decode_exact::<[bool; 2]>(&[1, 0]), Ok([true, false]));
+
+        let bytes = [2, 0, 0, 0, 1, 0, 0, 0, b'a', 2, 0, 0, 0, b'b', b'c', 7];
+        let mut r = Reader::new(&bytes);
+        let seq: SeqView<'_, &str> = r.decode().unwrap();
+        assert_eq!(r.u8(), Ok(7), "the view ends where the sequence ends");
+        r.finish().unwrap();
+        assert_eq!(seq.len(), 2);
+        assert_eq!(seq.to_vec().unwrap(), ["a", "bc"]);
+        assert_eq!(encoded(&seq), bytes[..15]);
+    }
+
+    #[test]
+    fn views_are_unaligned() {
+        // A u64 view starting at an odd address reads correctly.
+        let mut bytes = vec![0u8];
+        bytes.extend(encoded(&vec![u64::MAX - 1, 42]));
+        let mut r = Reader::new(&bytes);
+        r.u8().unwrap();
+        let view: VecView<'_, u64> = r.decode().unwrap();
+        assert_eq!(view.to_vec(), [u64::MAX - 1, 42]);
+    }
+
+    #[test]
+    fn generated_style_struct_and_enum() {
+        let msg = Msg {
+            id: 1,
+            name: "n".into(),
+            data: vec![1, 2],
+            flags: vec![3],
+            tags: vec!["x".into()],
+            note: None,
+        };
+        let bytes = encoded(&msg);
+        assert_eq!(
+            bytes,
+            [
+                1, 0, 0, 0, 0, 0, 0, 0, // id
+                1, 0, 0, 0, b'n', // name
+                2, 0, 0, 0, 1, 2, // data
+                1, 0, 0, 0, 3, 0, // flags
+                1, 0, 0, 0, 1, 0, 0, 0, b'x', // tags
+                0,    // note
+            ]
+        );
+        let view: MsgView<'_> = decode_exact(&bytes).unwrap();
+        assert_eq!((view.id, view.name, view.data), (1, "n", &[1u8, 2][..]));
+        assert_eq!(view.flags.to_vec(), [3]);
+        assert_eq!(view.tags.to_vec().unwrap(), ["x"]);
+        assert_eq!(view.note, None);
+
+        assert_eq!(encoded(&Shape::Empty), [0, 0, 0, 0]);
+        assert_eq!(encoded(&Shape::Circle(9)), [5, 0, 0, 0, 9, 0, 0, 0]);
+        assert_eq!(
+            decode_exact::<Shape>(&[5, 0, 0, 0, 9, 0, 0, 0]),
+            Ok(Shape::Circle(9))
+        );
+        assert_eq!(
+            decode_exact::<Shape>(&[1, 0, 0, 0]),
+            Err(WireError::UnknownDiscriminant(1))
+        );
+    }
+
+    // Errors ---------------------------------------------------------------
+
+    #[test]
+    fn decode_errors() {
+        assert_eq!(decode_exact::<bool>(&[2]), Err(WireError::InvalidBool(2)));
+        assert_eq!(
+            decode_exact::<[bool; 2]>(&[0, 2]),
+            Err(WireError::InvalidBool(2))
+        );
+        assert_eq!(
+            decode_exact::<Option<u8>>(&[2, 0]),
+            Err(WireError::InvalidTag(2))
+        );
+        assert_eq!(
+            decode_exact::<Result<u8, u8>>(&[9, 0]),
+            Err(WireError::InvalidTag(9))
+        );
+        assert_eq!(
+            decode_exact::<&str>(&[2, 0, 0, 0, b'a', 0xFF]),
+            Err(WireError::InvalidUtf8 { valid_up_to: 1 })
+        );
+        assert_eq!(
+            decode_exact::<u32>(&[1, 2]),
+            Err(WireError::Truncated {
+                needed: 4,
+                available: 2
+            })
+        );
+        assert_eq!(
+            decode_exact::<&[u8]>(&[5, 0, 0, 0, 1]),
+            Err(WireError::Truncated {
+                needed: 5,
+                available: 1
+            })
+        );
+        assert_eq!(
+            decode_exact::<u8>(&[1, 2, 3]),
+            Err(WireError::TrailingBytes { count: 2 })
+        );
+        assert_eq!(
+            decode_exact::<Vec<u32>>(&[2, 0, 0, 0, 1, 0, 0, 0]),
+            Err(WireError::CountTooLarge {
+                count: 2,
+                min_element_len: 4,
+                available: 4
+            })
+        );
+        let msg = WireError::TooLong { len: 300, max: 256 }.to_string();
+        assert!(msg.contains("300") && msg.contains("256"), "{msg}");
+    }
+
+    #[test]
+    fn hostile_counts_fail_fast() {
+        let hostile = [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0];
+        let too_large = |e: WireError| matches!(e, WireError::CountTooLarge { count, .. } if count == u32::MAX as usize);
+        assert!(too_large(decode_exact::<Vec<u64>>(&hostile).unwrap_err()));
+        assert!(too_large(decode_exact::<Vec<u8>>(&hostile).unwrap_err()));
+        assert!(too_large(
+            decode_exact::<Vec<String>>(&hostile).unwrap_err()
+        ));
+        assert!(too_large(
+            decode_exact::<Vec<Vec<u8>>>(&hostile).unwrap_err()
+        ));
+        assert!(too_large(decode_exact::<Vec<()>>(&hostile).unwrap_err()));
+        assert!(too_large(
+            decode_exact::<VecView<'_, u32>>(&hostile).unwrap_err()
+        ));
+        assert!(too_large(
+            decode_exact::<SeqView<'_, ()>>(&hostile).unwrap_err()
+        ));
+        assert!(too_large(
+            decode_exact::<SeqView<'_, Shape>>(&hostile).unwrap_err()
+        ));
+        // A hostile string length is simply truncated: nothing is allocated.
+        assert!(matches!(
+            decode_exact::<String>(&hostile),
+            Err(WireError::Truncated { .. })
+        ));
+        // Zero-sized elements: at most one per remaining byte.
+        assert_eq!(
+            decode_exact::<Vec<()>>(&[4, 0, 0, 0, 0, 0, 0, 0]).map(|v| v.len()),
+            Err(WireError::TrailingBytes { count: 4 })
+        );
+        assert_eq!(
+            decode_exact::<Vec<()>>(&[2, 0, 0, 0, 9, 9]).map(|v| v.len()),
+            Err(WireError::TrailingBytes { count: 2 })
+        );
+        // A huge array type checks before allocating too.
+        assert!(matches!(
+            decode_exact::<[String; 4096]>(&[0; 16]),
+            Err(WireError::CountTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn nesting_is_limited() {
+        // `chain(n)` holds n - 1 boxes: MAX_DEPTH of them decode, one more does not.
+        let ok = chain(MAX_DEPTH as usize + 1);
+        let bytes = encoded(&ok);
+        assert_eq!(decode_exact::<Node>(&bytes), Ok(ok));
+        let deep = encoded(&chain(MAX_DEPTH as usize + 2));
+        assert_eq!(
+            decode_exact::<Node>(&deep),
+            Err(WireError::TooDeep { max: MAX_DEPTH })
+        );
+        // Hostile: a megabyte of "some" tags, far deeper than any stack.
+        let mut hostile = Vec::new();
+        for _ in 0..(1 << 19) {
+            hostile.extend([7, 1]);
+        }
+        assert_eq!(
+            decode_exact::<Node>(&hostile),
+            Err(WireError::TooDeep { max: MAX_DEPTH })
+        );
+        // Through vecs too.
+        let mut nested = Vec::new();
+        for _ in 0..=MAX_DEPTH {
+            nested.extend([1, 0, 0, 0]);
+        }
+        nested.extend([0, 0, 0, 0]);
+        type V = Vec<Vec<Vec<Vec<Vec<Vec<Vec<Vec<Vec<Vec<u8>>>>>>>>>>;
+        assert!(decode_exact::<V>(&nested).is_err());
+    }
+
+    #[test]
+    fn bounds() {
+        let mut buf = [0u8; 64];
+        let mut w = Writer::new(&mut buf);
+        assert_eq!(encode_bounded("abc", 3, &mut w), Ok(()));
+        assert_eq!(
+            encode_bounded("abcd", 3, &mut w),
+            Err(WireError::TooLong { len: 4, max: 3 })
+        );
+        assert_eq!(
+            encode_bounded(&vec![1u64, 2], 1, &mut w),
+            Err(WireError::TooLong { len: 2, max: 1 })
+        );
+        assert_eq!(w.position(), 7, "a refused value writes nothing");
+
+        let bytes = encoded("abcd");
+        let mut r = Reader::new(&bytes);
+        assert_eq!(
+            decode_bounded::<&str>(&mut r, 3),
+            Err(WireError::TooLong { len: 4, max: 3 })
+        );
+        assert_eq!(decode_bounded::<&str>(&mut r, 4), Ok("abcd"));
+        let bytes = encoded(&vec![1u16, 2, 3]);
+        assert_eq!(
+            decode_bounded::<VecView<'_, u16>>(&mut Reader::new(&bytes), 2).map(|v| v.len()),
+            Err(WireError::TooLong { len: 3, max: 2 })
+        );
+        assert_eq!(
+            decode_bounded::<Vec<u16>>(&mut Reader::new(&bytes), 3),
+            Ok(vec![1, 2, 3])
+        );
+        // The bound is checked before the (hostile) body is looked at.
+        assert_eq!(
+            decode_bounded::<Vec<u64>>(&mut Reader::new(&[0xFF; 4]), 1024),
+            Err(WireError::TooLong {
+                len: u32::MAX as usize,
+                max: 1024
+            })
+        );
+    }
+
+    #[test]
+    fn writer_in_place_bytes() {
+        let mut buf = [0u8; 10];
+        let mut w = Writer::new(&mut buf);
+        let r = w
+            .put_bytes_with(3, |out| out.copy_from_slice(b"xyz"))
+            .unwrap();
+        assert_eq!(r, ());
+        assert_eq!(
+            w.put_bytes_with(4, |_| ()),
+            Err(WireError::BufferTooSmall {
+                needed: 8,
+                available: 3
+            })
+        );
+        assert_eq!(w.position(), 7);
+        assert_eq!(&buf[..7], [3, 0, 0, 0, b'x', b'y', b'z']);
+    }
+
+    // Properties -----------------------------------------------------------
+
+    macro_rules! round_trip_owned {
+        ($($name:ident: $t:ty = $strategy:expr;)*) => {$(
+            proptest! {
+                #[test]
+                fn $name(value in $strategy) {
+                    let value: $t = value;
+                    let bytes = encoded(&value);
+                    prop_assert_eq!(decode_exact::<$t>(&bytes), Ok(value));
+                }
+            }
+        )*};
+    }
+
+    round_trip_owned! {
+        rt_bool: bool = any::<bool>();
+        rt_u8: u8 = any::<u8>();
+        rt_i8: i8 = any::<i8>();
+        rt_u16: u16 = any::<u16>();
+        rt_i16: i16 = any::<i16>();
+        rt_u32: u32 = any::<u32>();
+        rt_i32: i32 = any::<i32>();
+        rt_u64: u64 = any::<u64>();
+        rt_i64: i64 = any::<i64>();
+        rt_string: String = any::<String>();
+        rt_bytes: Vec<u8> = proptest::collection::vec(any::<u8>(), 0..300);
+        rt_vec_u32: Vec<u32> = proptest::collection::vec(any::<u32>(), 0..100);
+        rt_vec_bool: Vec<bool> = proptest::collection::vec(any::<bool>(), 0..100);
+        rt_array_u16: [u16; 4] = any::<[u16; 4]>();
+        rt_array_bool: [bool; 5] = any::<[bool; 5]>();
+        rt_array_string: [String; 3] = any::<[String; 3]>();
+        rt_option_u64: Option<u64> = any::<Option<u64>>();
+        rt_result: Result<u32, String> = any::<Result<u32, String>>();
+        rt_result_unit: Result<(), i16> = any::<Result<(), i16>>();
+        rt_option_vec_string: Option<Vec<String>> =
+            proptest::option::of(proptest::collection::vec(any::<String>(), 0..8));
+        rt_nested: Vec<Option<Result<u64, Vec<String>>>> = proptest::collection::vec(
+            proptest::option::of(proptest::result::maybe_ok(
+                any::<u64>(),
+                proptest::collection::vec(any::<String>(), 0..4),
+            )),
+            0..8,
+        );
+        rt_array_of_vecs: [Vec<i64>; 2] = any::<[Vec<i64>; 2]>();
+        rt_box: Box<Option<u8>> = any::<Option<u8>>().prop_map(Box::new);
+        rt_shape: Shape = prop_oneof![
+            Just(Shape::Empty),
+            any::<u32>().prop_map(Shape::Circle),
+            any::<String>().prop_map(Shape::Label),
+        ];
+        rt_shapes: Vec<Shape> = proptest::collection::vec(
+            prop_oneof![Just(Shape::Empty), any::<u32>().prop_map(Shape::Circle)],
+            0..10,
+        );
+        rt_node: Node = (1usize..50).prop_map(chain);
+    }
+
+    proptest! {
+        #[test]
+        fn rt_floats(a in any::<f32>(), b in any::<f64>(), v in proptest::collection::vec(any::<f64>(), 0..20)) {
+            prop_assert_eq!(decode_exact::<f32>(&encoded(&a))?.to_bits(), a.to_bits());
+            prop_assert_eq!(decode_exact::<f64>(&encoded(&b))?.to_bits(), b.to_bits());
+            let bytes = encoded(&v);
+            let view: VecView<'_, f64> = decode_exact(&bytes)?;
+            let bits = |x: &[f64]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&view.to_vec()), bits(&v));
+            prop_assert_eq!(bits(&decode_exact::<Vec<f64>>(&bytes)?), bits(&v));
+        }
+
+        #[test]
+        fn rt_borrowed(s in any::<String>(), b in proptest::collection::vec(any::<u8>(), 0..100),
+                       o in any::<Option<String>>()) {
+            let bytes = encoded(s.as_str());
+            prop_assert_eq!(decode_exact::<&str>(&bytes)?, s.as_str());
+            let bytes = encoded(b.as_slice());
+            prop_assert_eq!(decode_exact::<&[u8]>(&bytes)?, b.as_slice());
+            let view: VecView<'_, u8> = decode_exact(&bytes)?;
+            prop_assert_eq!(view.as_bytes(), b.as_slice());
+            let bytes = encoded(&o);
+            prop_assert_eq!(decode_exact::<Option<&str>>(&bytes)?, o.as_deref());
+            let r: Result<&str, u8> = o.as_deref().ok_or(3);
+            let bytes = encoded(&r);
+            prop_assert_eq!(decode_exact::<Result<&str, u8>>(&bytes)?, r);
+        }
+
+        #[test]
+        fn rt_views(v in proptest::collection::vec(any::<i32>(), 0..50),
+                    s in proptest::collection::vec(any::<String>(), 0..10),
+                    n in proptest::collection::vec(proptest::collection::vec(any::<u16>(), 0..5), 0..5)) {
+            let bytes = encoded(&v);
+            let view: VecView<'_, i32> = decode_exact(&bytes)?;
+            prop_assert_eq!(view.len(), v.len());
+            prop_assert_eq!(view.iter().collect::<Vec<_>>(), v.clone());
+            for (i, x) in v.iter().enumerate() {
+                prop_assert_eq!(view.get(i), Some(*x));
+            }
+            prop_assert_eq!(encoded(&view), bytes);
+
+            let bytes = encoded(&s);
+            let seq: SeqView<'_, &str> = decode_exact(&bytes)?;
+            prop_assert_eq!(seq.len(), s.len());
+            prop_assert_eq!(seq.to_vec()?, s.iter().map(String::as_str).collect::<Vec<_>>());
+            prop_assert_eq!(decode_exact::<Vec<&str>>(&bytes)?, s.iter().map(String::as_str).collect::<Vec<_>>());
+            prop_assert_eq!(encoded(&seq), bytes);
+
+            let bytes = encoded(&n);
+            let seq: SeqView<'_, VecView<'_, u16>> = decode_exact(&bytes)?;
+            let back: Vec<Vec<u16>> = seq.iter().map(|v| v.map(|v| v.to_vec())).collect::<Result<_, _>>()?;
+            prop_assert_eq!(back, n);
+        }
+
+        #[test]
+        fn rt_generated_struct(id in any::<u64>(), name in "[a-z]{0,16}",
+                               data in proptest::collection::vec(any::<u8>(), 0..64),
+                               flags in proptest::collection::vec(any::<u16>(), 0..=8),
+                               tags in proptest::collection::vec(any::<String>(), 0..4),
+                               note in any::<Option<String>>()) {
+            let msg = Msg { id, name, data, flags, tags, note };
+            let bytes = encoded(&msg);
+            let view: MsgView<'_> = decode_exact(&bytes)?;
+            prop_assert_eq!(view.id, msg.id);
+            prop_assert_eq!(view.name, msg.name.as_str());
+            prop_assert_eq!(view.data, msg.data.as_slice());
+            prop_assert_eq!(view.flags.to_vec(), msg.flags.clone());
+            prop_assert_eq!(view.tags.to_vec()?, msg.tags.iter().map(String::as_str).collect::<Vec<_>>());
+            prop_assert_eq!(view.note, msg.note.as_deref());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_exact::<bool>(&bytes);
+            let _ = decode_exact::<u64>(&bytes);
+            let _ = decode_exact::<&str>(&bytes);
+            let _ = decode_exact::<String>(&bytes);
+            let _ = decode_exact::<&[u8]>(&bytes);
+            let _ = decode_exact::<Vec<u32>>(&bytes);
+            let _ = decode_exact::<Vec<()>>(&bytes);
+            let _ = decode_exact::<[bool; 3]>(&bytes);
+            let _ = decode_exact::<[&str; 2]>(&bytes);
+            let _ = decode_exact::<Option<Vec<String>>>(&bytes);
+            let _ = decode_exact::<Result<u8, Vec<Option<&str>>>>(&bytes);
+            let _ = decode_exact::<Shape>(&bytes);
+            let _ = decode_exact::<Node>(&bytes);
+            let _ = decode_exact::<MsgView<'_>>(&bytes);
+            if let Ok(view) = decode_exact::<VecView<'_, u64>>(&bytes) {
+                let _ = view.to_vec();
+            }
+            if let Ok(seq) = decode_exact::<SeqView<'_, Option<&str>>>(&bytes) {
+                for item in &seq {
+                    prop_assert!(item.is_ok(), "a validated view decodes again");
+                }
+            }
+            // A prefix reader never panics either, whatever it reads.
+            let mut r = Reader::new(&bytes);
+            while r.remaining() > 0 {
+                if r.decode::<Option<&str>>().is_err() {
+                    break;
+                }
+            }
+        }
+
+        #[test]
+        fn decode_ok_means_reencode_identical(bytes in proptest::collection::vec(0u8..3, 0..64)) {
+            // Any accepted input is canonical: re-encoding gives the same bytes.
+            if let Ok(v) = decode_exact::<Vec<Option<bool>>>(&bytes) {
+                prop_assert_eq!(encoded(&v), bytes.clone());
+            }
+            if let Ok(v) = decode_exact::<Option<Result<bool, u8>>>(&bytes) {
+                prop_assert_eq!(encoded(&v), bytes);
+            }
+        }
+    }
+}
