@@ -15,6 +15,8 @@
 //! - [`wire`]: the value codec generated stubs use to encode arguments into
 //!   ring objects and decode them back as borrowed views (`&str`, `&[u8]`,
 //!   [`wire::VecView`]) without copies.
+//! - [`rpc`]: what generated stubs call: request ids, replies matched to calls, typed
+//!   call errors, events, cancel, and a server loop that survives panicking handlers.
 //! - [`layout`]: the byte layout of headers, messages and objects (the
 //!   `shm-layout` crate, shared with the IDL tools).
 //!
@@ -57,6 +59,7 @@ pub mod event_loop;
 mod handshake;
 pub(crate) mod region;
 pub mod ring;
+pub mod rpc;
 pub mod service;
 pub(crate) mod sys;
 pub mod wire;

@@ -1,0 +1,132 @@
+//! The RPC layer generated stubs call: request ids, replies matched to their calls, typed
+//! call errors, events, versions, cancellation, and a server dispatch loop that survives
+//! panicking handlers and misbehaving clients.
+//!
+//! Everything here moves **opaque objects** (`&[u8]` per object id, or a callback that
+//! fills them in place); encoding values into objects is the codec's business. Stubs are
+//! written against the [`Transport`] trait, which the shm [`Channel`](crate::Channel)
+//! implements and network connections can implement over the same message bytes.
+//!
+//! # Wire conventions
+//!
+//! On top of the message header (`shm-layout`), the RPC layer defines:
+//!
+//! | message | kind | request id | flags (bits 16..32) | objects |
+//! |---|---|---|---|---|
+//! | call | `Request` | the call's id (never 0) | — | the arguments |
+//! | one-way | `OneWay` | 0 | — | the arguments |
+//! | `@sync` one-way | `OneWay` | the call's id | [`flags::SYNC`] | the arguments |
+//! | reply | `Reply` | the call's id | — | the result |
+//! | completion of `@sync` | `Reply` | the call's id | — | none |
+//! | error reply | `Reply` | the call's id | [`flags::ERROR`] | object [`ERROR_OBJECT`]: the encoded error |
+//! | failed call (panic, ...) | `Reply` | the call's id | [`flags::FAULT`] | object [`ERROR_OBJECT`]: UTF-8 reason |
+//! | unknown method | `Reply` | the call's id | [`flags::UNKNOWN_METHOD`] | none |
+//! | cancel | `Control` | the canceled call's id | [`flags::CANCEL`] | none |
+//! | event | `Event` | 0 | — | the event's fields |
+//!
+//! A reply carries the message id of its request (the method id). Request ids are allocated
+//! per client, from 1 upwards; a reply whose request id is not the one awaited (the late
+//! reply of a call that timed out or was canceled) is discarded.
+
+mod client;
+mod server;
+mod transport;
+
+pub use client::{
+    CallError, CancelHandle, Client, DEFAULT_EVENT_QUEUE, DEFAULT_TIMEOUT, EventItem, Method,
+    RawError,
+};
+pub use server::{
+    BroadcastReport, EventHub, HandlerError, HandlerResult, Replied, RequestView, Responder,
+    ServeEnd, ServeOptions, send_event, serve_channel, serve_service,
+};
+pub use transport::{
+    IncomingMessage, ObjectSink, Outgoing, Transport, TransportError, TransportSender, send_objects,
+};
+
+/// The RPC layer's flag bits (bits 16..32 of a message's flags word; the ring ignores them).
+pub mod flags {
+    /// On a `Reply`: the call failed with the method's error; object
+    /// [`ERROR_OBJECT`](super::ERROR_OBJECT) holds it, encoded by the codec.
+    pub const ERROR: u64 = 1 << 16;
+    /// On a `Reply`: the server failed the call (its handler panicked or gave up); object
+    /// [`ERROR_OBJECT`](super::ERROR_OBJECT) holds the reason, UTF-8.
+    pub const FAULT: u64 = 1 << 17;
+    /// On a `Reply`: the server has no handler for the method.
+    pub const UNKNOWN_METHOD: u64 = 1 << 18;
+    /// On a `Control` message: the client no longer waits for the call with this request
+    /// id; the server may skip it. Its reply, if any, is discarded.
+    pub const CANCEL: u64 = 1 << 19;
+    /// On a `OneWay` message: the sender waits for an empty `Reply` (same request id) once
+    /// the handler has run (`@sync`).
+    pub const SYNC: u64 = 1 << 20;
+    /// Every bit defined above.
+    pub const ALL: u64 = ERROR | FAULT | UNKNOWN_METHOD | CANCEL | SYNC;
+}
+
+/// The object id of an error reply's payload (and of a fault's reason).
+pub const ERROR_OBJECT: u64 = 0;
+
+/// A received message copied out of the transport (a queued event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedMessage {
+    /// The message id.
+    pub message_id: u64,
+    /// What the message is.
+    pub kind: shm_layout::Kind,
+    /// The request id (0 where none).
+    pub request_id: u64,
+    /// The RPC flag bits.
+    pub flags: u64,
+    /// The objects (id, data), in order.
+    pub objects: Vec<(u64, Vec<u8>)>,
+}
+
+impl OwnedMessage {
+    /// Copies a borrowed message.
+    pub fn copy_of(m: &(impl IncomingMessage + ?Sized)) -> Self {
+        let objects = (0..m.object_count())
+            .filter_map(|i| m.object_at(i).map(|(id, d)| (id, d.to_vec())))
+            .collect();
+        OwnedMessage {
+            message_id: m.message_id(),
+            kind: m.kind(),
+            request_id: m.request_id(),
+            flags: m.flags(),
+            objects,
+        }
+    }
+}
+
+impl IncomingMessage for OwnedMessage {
+    fn message_id(&self) -> u64 {
+        self.message_id
+    }
+
+    fn kind(&self) -> shm_layout::Kind {
+        self.kind
+    }
+
+    fn request_id(&self) -> u64 {
+        self.request_id
+    }
+
+    fn flags(&self) -> u64 {
+        self.flags
+    }
+
+    fn object(&self, id: u64) -> Option<&[u8]> {
+        self.objects
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, d)| &d[..])
+    }
+
+    fn object_at(&self, index: usize) -> Option<(u64, &[u8])> {
+        self.objects.get(index).map(|(i, d)| (*i, &d[..]))
+    }
+
+    fn object_count(&self) -> usize {
+        self.objects.len()
+    }
+}
