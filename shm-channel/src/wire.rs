@@ -1032,11 +1032,12 @@ impl<T: Encode, E: Encode> Encode for Result<T, E> {
 }
 
 impl<'a, T: Decode<'a>, E: Decode<'a>> Decode<'a> for Result<T, E> {
-    const MIN_ENCODED_LEN: usize = 1 + if T::MIN_ENCODED_LEN < E::MIN_ENCODED_LEN {
+    const MIN_ENCODED_LEN: usize = if T::MIN_ENCODED_LEN < E::MIN_ENCODED_LEN {
         T::MIN_ENCODED_LEN
     } else {
         E::MIN_ENCODED_LEN
-    };
+    }
+    .saturating_add(1);
 
     fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
         if r.tag()? {
@@ -1502,6 +1503,30 @@ mod tests {
         }
     }
 
+    /// Recursive through a vec: `struct Tree { kids: vec<Tree> }`.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Tree {
+        kids: Vec<Tree>,
+    }
+
+    impl Encode for Tree {
+        fn encoded_len(&self) -> usize {
+            self.kids.encoded_len()
+        }
+
+        fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+            self.kids.encode(w)
+        }
+    }
+
+    impl<'a> Decode<'a> for Tree {
+        const MIN_ENCODED_LEN: usize = 4;
+
+        fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+            Ok(Tree { kids: r.decode()? })
+        }
+    }
+
     fn chain(depth: usize) -> Node {
         let mut node = Node {
             value: 0,
@@ -1780,14 +1805,23 @@ mod tests {
             decode_exact::<Node>(&hostile),
             Err(WireError::TooDeep { max: MAX_DEPTH })
         );
-        // Through vecs too.
+        // Through vecs too: `struct Tree { kids: vec<Tree> }`.
         let mut nested = Vec::new();
         for _ in 0..=MAX_DEPTH {
             nested.extend([1, 0, 0, 0]);
         }
         nested.extend([0, 0, 0, 0]);
-        type V = Vec<Vec<Vec<Vec<Vec<Vec<Vec<Vec<Vec<Vec<u8>>>>>>>>>>;
-        assert!(decode_exact::<V>(&nested).is_err());
+        assert_eq!(
+            decode_exact::<Tree>(&nested),
+            Err(WireError::TooDeep { max: MAX_DEPTH })
+        );
+        assert_eq!(
+            decode_exact::<SeqView<'_, Tree>>(&nested).map(|v| v.len()),
+            Err(WireError::TooDeep { max: MAX_DEPTH })
+        );
+        let ok = &nested[8..];
+        let tree = decode_exact::<Tree>(ok).unwrap();
+        assert_eq!(encoded(&tree), ok);
     }
 
     #[test]
@@ -1835,10 +1869,11 @@ mod tests {
     fn writer_in_place_bytes() {
         let mut buf = [0u8; 10];
         let mut w = Writer::new(&mut buf);
-        let r = w
-            .put_bytes_with(3, |out| out.copy_from_slice(b"xyz"))
-            .unwrap();
-        assert_eq!(r, ());
+        let filled = w.put_bytes_with(3, |out| {
+            out.copy_from_slice(b"xyz");
+            out.len()
+        });
+        assert_eq!(filled, Ok(3));
         assert_eq!(
             w.put_bytes_with(4, |_| ()),
             Err(WireError::BufferTooSmall {
