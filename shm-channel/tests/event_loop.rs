@@ -10,16 +10,17 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use shm_channel::event_loop::{DisconnectReason, Event, EventLoop};
-use shm_channel::ring::Message;
 use shm_channel::service::{self, ClientConfig, Service, ServiceConfig};
 use shm_channel::{Channel, ChannelId, Kind};
-use support::{WATCHDOG, child_role, unique_name, with_watchdog};
+use support::echo::{Checked, stream_payload};
+use support::{
+    ChildGuard, WATCHDOG, assert_fds_back_to, child_role, child_service_env, fd_count, runtime_dir,
+    serial, service_env, thread_cpu_ticks, unique_name, with_watchdog,
+};
 
 const PROTOCOL: &str = "LoopTest";
 const STEP: Duration = Duration::from_secs(10);
@@ -31,20 +32,6 @@ const MESSAGES: u64 = 200;
 
 /// Messages each channel of the `burst` child sends before it exits.
 const BURST: u64 = 50;
-
-const DIR_ENV: &str = "SHM_LOOP_TEST_DIR";
-const NAME_ENV: &str = "SHM_LOOP_TEST_NAME";
-const INDEX_ENV: &str = "SHM_LOOP_TEST_INDEX";
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn runtime_dir() -> PathBuf {
-    std::env::temp_dir().join(unique_name("rt"))
-}
 
 fn service_config(dir: &Path) -> ServiceConfig {
     ServiceConfig::new(PROTOCOL, 1..=1)
@@ -59,34 +46,14 @@ fn client_config(dir: &Path) -> ClientConfig {
         .timeout(STEP)
 }
 
-/// FNV-1a.
-fn checksum(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
 /// Payload `seq` of stream `stream`: 1 B .. 16 KiB, bytes from a per-stream generator.
 fn payload(stream: u64, seq: u64) -> Vec<u8> {
-    let mut x = (stream << 32 | seq).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let len = 1 + (next() % (16 << 10)) as usize;
-    (0..len).map(|_| next() as u8).collect()
+    stream_payload(stream, seq, 16 << 10)
 }
 
-/// Checks a message of the echo protocol: objects (0: seq, 1: data, 2: checksum of data).
-/// Returns its seq.
-fn check(msg: &Message<'_>) -> u64 {
-    let seq = u64::from_le_bytes(msg.object(0).expect("seq").try_into().expect("8 bytes"));
-    let data = msg.object(1).expect("data");
-    let sum = u64::from_le_bytes(msg.object(2).expect("sum").try_into().expect("8 bytes"));
-    assert_eq!(checksum(data), sum, "message {seq} corrupted");
-    seq
+/// Checks a checked message; returns its seq.
+fn check(msg: &shm_channel::ring::Message<'_>) -> u64 {
+    support::echo::check(msg).0
 }
 
 fn send_checked(ch: &Channel, stream: u64, seq: u64) {
@@ -94,44 +61,10 @@ fn send_checked(ch: &Channel, stream: u64, seq: u64) {
     ch.send_objects(
         seq,
         Kind::Request,
-        &[
-            (0, &seq.to_le_bytes()),
-            (1, &data),
-            (2, &checksum(&data).to_le_bytes()),
-        ],
+        &Checked::new(seq, &data).objects(),
         STEP,
     )
     .unwrap_or_else(|e| panic!("send {seq}: {e}"));
-}
-
-/// Open fds of this process.
-fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("/proc").count()
-}
-
-/// Waits (up to the watchdog) for the fd count to come back to `before`: threads that drain
-/// children's pipes close them a moment after the children end.
-fn assert_fds_back_to(before: usize) {
-    let deadline = Instant::now() + WATCHDOG;
-    loop {
-        let now = fd_count();
-        if now == before {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "fds left behind: {before} before, {now} after"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// CPU time of the calling thread (utime + stime, in ticks of 10 ms).
-fn thread_cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc");
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
 }
 
 /// 64 channels are ~1000 fds in this process; make sure the soft limit allows them.
@@ -149,52 +82,23 @@ fn raise_nofile_limit() {
     }
 }
 
-/// A child process, killed and reaped when dropped.
-struct Proc(Option<std::process::Child>);
-
-impl Proc {
-    fn spawn(role: &str, dir: &Path, name: &str, index: usize) -> Proc {
-        let exe = std::env::current_exe().expect("current_exe");
-        let child = Command::new(exe)
-            .args(["--exact", "el_child", "--nocapture", "--test-threads=1"])
-            .env(support::CHILD_ENV, role)
-            .env(DIR_ENV, dir)
-            .env(NAME_ENV, name)
-            .env(INDEX_ENV, index.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn test child");
-        Proc(Some(child))
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.as_ref().map_or(0, std::process::Child::id)
-    }
-
-    /// Waits for the exit (killing it after the watchdog); whether it succeeded.
-    fn wait(mut self) -> bool {
-        let mut child = self.0.take().expect("not waited yet");
-        let deadline = Instant::now() + WATCHDOG;
-        loop {
-            if let Some(s) = child.try_wait().expect("try_wait") {
-                return s.success();
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("child did not end within {WATCHDOG:?}; killed it");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
+/// Re-executes this test binary as an `el_child` in `role`.
+fn spawn_child(role: &str, dir: &Path, name: &str, index: usize) -> ChildGuard {
+    ChildGuard::spawn("el_child", role, &service_env(dir, name, index as u64))
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+/// An event loop over a new service `name` in `dir`.
+fn bind_loop(dir: &Path, name: &str) -> EventLoop {
+    EventLoop::new(Service::bind(name, service_config(dir)).expect("bind")).expect("event loop")
+}
+
+/// Waits for `n` connections; any other event fails.
+fn wait_for_connections(lp: &mut EventLoop, n: usize) {
+    let mut connected = 0;
+    while connected < n {
+        match lp.next_event(STEP).expect("next_event") {
+            Some(Event::Connected(_)) => connected += 1,
+            other => panic!("expected a connection, got {other:?}"),
         }
     }
 }
@@ -203,12 +107,7 @@ impl Drop for Proc {
 #[test]
 fn el_child() {
     let Some(role) = child_role() else { return };
-    let dir = PathBuf::from(std::env::var(DIR_ENV).expect("dir env"));
-    let name = std::env::var(NAME_ENV).expect("name env");
-    let index: u64 = std::env::var(INDEX_ENV)
-        .expect("index env")
-        .parse()
-        .expect("index");
+    let (dir, name, index) = child_service_env();
     match role.as_str() {
         // CONNECTIONS threads, each connects and echoes MESSAGES checked messages (a window of
         // 4 in flight), checking every reply.
@@ -253,16 +152,8 @@ fn el_child() {
             for ch in &channels {
                 for seq in 0..BURST {
                     let data = [seq as u8; 100];
-                    ch.try_send_objects(
-                        seq,
-                        Kind::OneWay,
-                        &[
-                            (0, &seq.to_le_bytes()),
-                            (1, &data),
-                            (2, &checksum(&data).to_le_bytes()),
-                        ],
-                    )
-                    .expect("room for the whole burst");
+                    ch.try_send_objects(seq, Kind::OneWay, &Checked::new(seq, &data).objects())
+                        .expect("room for the whole burst");
                 }
             }
         }
@@ -329,10 +220,9 @@ fn one_event_loop_serves_64_channels_of_8_processes() {
     let before = fd_count();
     let dir = runtime_dir();
     let name = unique_name("loop64");
-    let lp = EventLoop::new(Service::bind(&name, service_config(&dir)).expect("bind"))
-        .expect("event loop");
-    let children: Vec<Proc> = (0..PROCESSES)
-        .map(|i| Proc::spawn("clients", &dir, &name, i))
+    let lp = bind_loop(&dir, &name);
+    let children: Vec<ChildGuard> = (0..PROCESSES)
+        .map(|i| spawn_child("clients", &dir, &name, i))
         .collect();
     let total = PROCESSES * CONNECTIONS;
     let (lp, tally) = with_watchdog(Duration::from_secs(120), move || {
@@ -342,7 +232,7 @@ fn one_event_loop_serves_64_channels_of_8_processes() {
         (lp, tally)
     });
     for (i, c) in children.into_iter().enumerate() {
-        assert!(c.wait(), "client process {i} failed");
+        assert!(c.wait().success(), "client process {i} failed");
     }
     assert_eq!(tally.connected, total);
     assert!(lp.is_empty());
@@ -366,10 +256,9 @@ fn an_idle_event_loop_burns_no_cpu_and_sees_sigkilled_clients() {
     let dir = runtime_dir();
     let name = unique_name("idle");
     const IDLE: usize = 4;
-    let mut lp = EventLoop::new(Service::bind(&name, service_config(&dir)).expect("bind"))
-        .expect("event loop");
-    let child = Proc::spawn("idle", &dir, &name, IDLE);
-    let pid = child.pid();
+    let mut lp = bind_loop(&dir, &name);
+    let child = spawn_child("idle", &dir, &name, IDLE);
+    let pid = child.id();
     let lp = with_watchdog(WATCHDOG, move || {
         let mut tally = Tally::default();
         serve(&mut lp, &mut tally, |t| t.connected == IDLE);
@@ -422,21 +311,14 @@ fn what_a_dead_client_sent_is_delivered_before_its_disconnection() {
     let dir = runtime_dir();
     let name = unique_name("burst");
     const CHANNELS: usize = 2;
-    let mut lp = EventLoop::new(Service::bind(&name, service_config(&dir)).expect("bind"))
-        .expect("event loop");
-    let child = Proc::spawn("burst", &dir, &name, CHANNELS);
+    let mut lp = bind_loop(&dir, &name);
+    let child = spawn_child("burst", &dir, &name, CHANNELS);
     let lp = with_watchdog(WATCHDOG, move || {
-        let mut connected = 0;
-        while connected < CHANNELS {
-            match lp.next_event(STEP).expect("next_event") {
-                Some(Event::Connected(_)) => connected += 1,
-                other => panic!("expected a connection, got {other:?}"),
-            }
-        }
+        wait_for_connections(&mut lp, CHANNELS);
         lp
     });
     // The loop reads nothing until the client is gone.
-    assert!(child.wait(), "burst client failed");
+    assert!(child.wait().success(), "burst client failed");
     let mut lp = lp;
     let (received, gone) = with_watchdog(WATCHDOG, move || {
         let mut received: HashMap<ChannelId, u64> = HashMap::new();
@@ -476,8 +358,7 @@ fn messages_are_delivered_round_robin() {
     let _serial = serial();
     let dir = runtime_dir();
     let name = unique_name("fair");
-    let mut lp = EventLoop::new(Service::bind(&name, service_config(&dir)).expect("bind"))
-        .expect("event loop");
+    let mut lp = bind_loop(&dir, &name);
     let (sent_tx, sent_rx) = std::sync::mpsc::channel();
     let clients = std::thread::spawn({
         let (dir, name) = (dir.clone(), name.clone());
@@ -495,13 +376,7 @@ fn messages_are_delivered_round_robin() {
         }
     });
     let order = with_watchdog(WATCHDOG, move || {
-        let mut connected = 0;
-        while connected < 3 {
-            match lp.next_event(STEP).expect("next_event") {
-                Some(Event::Connected(_)) => connected += 1,
-                other => panic!("expected a connection, got {other:?}"),
-            }
-        }
+        wait_for_connections(&mut lp, 3);
         // Read nothing before all 15 messages wait in the rings.
         sent_rx.recv_timeout(STEP).expect("clients sent");
         let mut order = Vec::new();

@@ -13,37 +13,10 @@ use std::time::{Duration, Instant};
 use shm_channel::layout::{self, object_size};
 use shm_channel::ring::{RecvError, SendError, Slot, TrySendError};
 use shm_channel::{Kind, Ring, RingConfig, RingReader, RingWriter};
-use support::{ChildGuard, child_role, unique_name, with_watchdog};
+use support::ring::{Rng, check_checked, checked_size, write_checked};
+use support::{ChildGuard, child_role, thread_cpu_ticks, unique_name, with_watchdog};
 
 const LONG: Duration = Duration::from_secs(30);
-
-/// A tiny deterministic generator (xorshift64*), so failures reproduce.
-#[derive(Clone)]
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-}
-
-fn checksum(data: &[u8]) -> u64 {
-    // FNV-1a
-    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
 
 fn heap(max: u64) -> Ring {
     Ring::create_heap(&RingConfig::new("Conformance", max)).unwrap()
@@ -51,11 +24,6 @@ fn heap(max: u64) -> Ring {
 
 fn memfd(max: u64) -> Ring {
     Ring::create_memfd(&unique_name("ring"), &RingConfig::new("Conformance", max)).unwrap()
-}
-
-/// Bytes the objects of a `send_checked` message take.
-fn checked_size(payload_len: usize) -> u64 {
-    object_size(16).unwrap() + object_size(payload_len as u64).unwrap() + object_size(8).unwrap()
 }
 
 /// Sends a message of (producer, seq, payload, checksum) objects.
@@ -71,32 +39,15 @@ fn fill_checked(
     seq: u64,
     payload: &[u8],
 ) -> Result<(), SendError> {
-    slot.set_kind(Kind::OneWay);
-    let head = slot.object_mut(0, 16).unwrap();
-    head[..8].copy_from_slice(&producer.to_le_bytes());
-    head[8..].copy_from_slice(&seq.to_le_bytes());
-    slot.push_object(1, payload).unwrap();
-    slot.push_object(2, &checksum(payload).to_le_bytes())
-        .unwrap();
+    write_checked(&mut slot, producer, seq, payload);
     slot.send()
 }
 
 /// Receives one message sent by `send_checked`, checks it, returns (producer, seq, len).
 fn recv_checked(r: &mut RingReader) -> (u64, u64, usize) {
     let m = r.receive_timeout(LONG).expect("receive");
-    let objs: Vec<_> = m.objects().map(|o| o.unwrap()).collect();
-    assert_eq!(objs.len(), 3);
-    let producer = u64::from_le_bytes(objs[0].data[..8].try_into().unwrap());
-    let seq = u64::from_le_bytes(objs[0].data[8..].try_into().unwrap());
-    assert_eq!(m.message_id(), producer);
-    assert_eq!(m.kind(), Kind::OneWay);
-    let sum = u64::from_le_bytes(objs[2].data.try_into().unwrap());
-    assert_eq!(
-        checksum(objs[1].data),
-        sum,
-        "payload of {producer}/{seq} damaged"
-    );
-    (producer, seq, objs[1].data.len())
+    let (producer, seq, payload) = check_checked(&m);
+    (producer, seq, payload.len())
 }
 
 mod suite {
@@ -448,18 +399,32 @@ fn reset_header(file: &File) {
 
 const RING_PATH_ENV: &str = "SHM_CHANNEL_RING_PATH";
 
-/// The child side: opens the parent's ring through /proc and does what its
-/// role says, then waits to be killed.
-#[test]
-fn crash_child() {
-    let Some(role) = child_role() else { return };
+/// The path through which a child process opens `ring`'s memfd.
+fn proc_fd_path(ring: &Ring) -> String {
+    format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        ring.fd().unwrap().as_raw_fd()
+    )
+}
+
+/// The child side: maps the parent's ring through the path it was given.
+fn open_parent_ring() -> Ring {
     let path = std::env::var(RING_PATH_ENV).unwrap();
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(&path)
         .unwrap();
-    let ring = Ring::open_memfd(file.into(), 1 << 20, LONG).unwrap();
+    Ring::open_memfd(file.into(), 1 << 20, LONG).unwrap()
+}
+
+/// The child side: opens the parent's ring through /proc and does what its
+/// role says, then waits to be killed.
+#[test]
+fn crash_child() {
+    let Some(role) = child_role() else { return };
+    let ring = open_parent_ring();
     let w = ring.writer();
     match role.as_str() {
         "hold-lock" => {
@@ -480,12 +445,7 @@ fn crash_child() {
 }
 
 fn spawn_crash_child(ring: &Ring, role: &str) -> ChildGuard {
-    let path = format!(
-        "/proc/{}/fd/{}",
-        std::process::id(),
-        ring.fd().unwrap().as_raw_fd()
-    );
-    let mut child = ChildGuard::spawn("crash_child", role, &[(RING_PATH_ENV, path)]);
+    let mut child = ChildGuard::spawn("crash_child", role, &[(RING_PATH_ENV, proc_fd_path(ring))]);
     child.wait_for_line(if role == "hold-lock" {
         "locked"
     } else {
@@ -666,17 +626,6 @@ mod parking {
         assert_eq!(err, SendError::PeerDied);
     }
 
-    /// CPU time of the calling thread, from /proc (utime + stime, in ticks
-    /// of 10 ms on Linux).
-    fn thread_cpu_ticks() -> u64 {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        // Fields after the command name (which may hold spaces) start after ')'.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split(' ').collect();
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-    }
-
     #[test]
     fn an_idle_parked_receiver_burns_no_cpu() {
         let ring = memfd(1 << 16);
@@ -704,13 +653,7 @@ mod parking {
         if support::child_role().as_deref() != Some("slow-sender") {
             return;
         }
-        let path = std::env::var(RING_PATH_ENV).unwrap();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let ring = Ring::open_memfd(file.into(), 1 << 20, LONG).unwrap();
+        let ring = open_parent_ring();
         let w = ring.writer();
         for i in 0..20u64 {
             std::thread::sleep(Duration::from_millis(3));
@@ -724,15 +667,10 @@ mod parking {
         let ring = memfd(1 << 20);
         let mut r = ring.reader().unwrap();
         r.set_wait_policy(WaitPolicy::PARK);
-        let path = format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            ring.fd().unwrap().as_raw_fd()
-        );
         let child = ChildGuard::spawn(
             "parking::slow_sender_child",
             "slow-sender",
-            &[(RING_PATH_ENV, path)],
+            &[(RING_PATH_ENV, proc_fd_path(&ring))],
         );
         let got = with_watchdog(LONG, move || {
             (0..20u64)

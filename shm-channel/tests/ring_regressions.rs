@@ -1,11 +1,14 @@
 //! Regression tests for bugs found in review of the ring (each failed
 //! before its fix).
 
+mod support;
+
 use std::time::Duration;
 
 use shm_channel::layout::object_size;
 use shm_channel::ring::TrySendError;
 use shm_channel::{Kind, Ring, RingConfig};
+use support::dead_pid;
 
 const LONG: Duration = Duration::from_secs(10);
 
@@ -15,14 +18,6 @@ fn memfd(max: u64) -> Ring {
 
 fn reopen(ring: &Ring, max: u64) -> Ring {
     Ring::open_memfd(ring.fd().unwrap().try_clone_to_owned().unwrap(), max, LONG).unwrap()
-}
-
-/// The pid of a process that has exited and been reaped.
-fn dead_pid() -> u32 {
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let pid = child.id();
-    child.wait().unwrap();
-    pid
 }
 
 /// A writer that maps the ring after it wrapped (a restarted writer

@@ -23,40 +23,14 @@ use std::time::Duration;
 use shm_channel::layout::{self, MessageHeader, flags, object_size, ring as off};
 use shm_channel::ring::{RecvError, SendError, Slot, TrySendError};
 use shm_channel::{Kind, Ring, RingConfig, RingReader};
-use support::{unique_name, with_watchdog};
+use support::ring::{Rng, check_checked, checked_size, write_checked};
+use support::{checksum, dead_pid, unique_name, with_watchdog};
 
 const LONG: Duration = Duration::from_secs(60);
 
 /// Iterations scaled down under Miri.
 fn n(native: u64, miri: u64) -> u64 {
     if cfg!(miri) { miri } else { native }
-}
-
-/// xorshift64*, so failures reproduce.
-#[derive(Clone)]
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-}
-
-fn checksum(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 fn heap(max: u64) -> Ring {
@@ -67,46 +41,25 @@ fn memfd(max: u64) -> Ring {
     Ring::create_memfd(&unique_name("review"), &RingConfig::new("Review", max)).unwrap()
 }
 
-/// Objects of a checked message: (producer, seq), payload, checksum.
-fn checked_size(len: usize) -> u64 {
-    object_size(16).unwrap() + object_size(len as u64).unwrap() + object_size(8).unwrap()
-}
-
 /// The largest payload of a checked message that the ring can hold.
 fn max_checked_payload(ring_max_message: u64) -> usize {
     // 48 header + 32 (producer, seq) + 16 payload header + 24 checksum.
     ((ring_max_message - 120) & !7) as usize
 }
 
+/// A checked message whose request id is its seq.
 fn fill_checked(mut slot: Slot<'_>, producer: u64, seq: u64, payload: &[u8]) {
-    slot.set_kind(Kind::OneWay);
     slot.set_request_id(seq);
-    let head = slot.object_mut(0, 16).unwrap();
-    head[..8].copy_from_slice(&producer.to_le_bytes());
-    head[8..].copy_from_slice(&seq.to_le_bytes());
-    slot.push_object(1, payload).unwrap();
-    slot.push_object(2, &checksum(payload).to_le_bytes())
-        .unwrap();
+    write_checked(&mut slot, producer, seq, payload);
     slot.send().unwrap();
 }
 
-/// Checks a received checked message; returns (producer, seq, payload len,
-/// checksum of the whole message).
+/// Checks a received checked message (its request id too); returns
+/// (producer, seq, payload len, checksum of the whole message).
 fn check(m: &shm_channel::ring::Message<'_>) -> (u64, u64, usize, u64) {
-    let objs: Vec<_> = m.objects().map(|o| o.unwrap()).collect();
-    assert_eq!(objs.len(), 3);
-    let producer = u64::from_le_bytes(objs[0].data[..8].try_into().unwrap());
-    let seq = u64::from_le_bytes(objs[0].data[8..].try_into().unwrap());
-    assert_eq!(m.message_id(), producer);
+    let (producer, seq, payload) = check_checked(m);
     assert_eq!(m.request_id(), seq);
-    assert_eq!(m.kind(), Kind::OneWay);
-    let sum = u64::from_le_bytes(objs[2].data.try_into().unwrap());
-    assert_eq!(
-        checksum(objs[1].data),
-        sum,
-        "payload of {producer}/{seq} damaged"
-    );
-    (producer, seq, objs[1].data.len(), checksum(m.bytes()))
+    (producer, seq, payload.len(), checksum(m.bytes()))
 }
 
 /// A payload length: mostly small, often near the largest the ring holds.
@@ -483,14 +436,6 @@ fn growth_under_concurrency_read_from_a_second_mapping() {
 }
 
 // ---- a writer killed inside its critical section, state by state ----
-
-/// A pid that belonged to a process that has exited and been reaped.
-fn dead_pid() -> u32 {
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let pid = child.id();
-    child.wait().unwrap();
-    pid
-}
 
 fn word(file: &File, at: usize) -> u64 {
     let mut b = [0u8; 8];

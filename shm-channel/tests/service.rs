@@ -9,7 +9,6 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,7 +19,11 @@ use shm_channel::service::{
     RefusalCode, Service, ServiceConfig,
 };
 use shm_channel::{Channel, Kind};
-use support::{WATCHDOG, child_role, unique_name, with_watchdog};
+use support::echo::{self, Checked};
+use support::{
+    ChildGuard, WATCHDOG, child_role, child_service_env, fd_count, runtime_dir, service_env,
+    unique_name, with_watchdog,
+};
 
 /// Messages each client exchanges in the many-clients test (the issue asks for 10,000).
 const MESSAGES_PER_CLIENT: u64 = 10_000;
@@ -30,15 +33,6 @@ const CLIENTS: usize = 16;
 const ECHO_MESSAGES: u64 = 2_000;
 const PROTOCOL: &str = "SvcTest";
 const STEP: Duration = Duration::from_secs(10);
-
-const DIR_ENV: &str = "SHM_SVC_TEST_DIR";
-const NAME_ENV: &str = "SHM_SVC_TEST_NAME";
-const COUNT_ENV: &str = "SHM_SVC_TEST_COUNT";
-
-/// A fresh runtime directory path (created by `Service::bind`, mode 0700).
-fn runtime_dir() -> PathBuf {
-    std::env::temp_dir().join(unique_name("rt"))
-}
 
 fn service_config(dir: &Path) -> ServiceConfig {
     ServiceConfig::new(PROTOCOL, 1..=3)
@@ -53,31 +47,6 @@ fn client_config(dir: &Path) -> ClientConfig {
         .timeout(STEP)
 }
 
-fn env(dir: &Path, name: &str, count: u64) -> Vec<(&'static str, String)> {
-    vec![
-        (DIR_ENV, dir.display().to_string()),
-        (NAME_ENV, name.to_owned()),
-        (COUNT_ENV, count.to_string()),
-    ]
-}
-
-fn child_env() -> (PathBuf, String, u64) {
-    let dir = PathBuf::from(std::env::var(DIR_ENV).expect("dir env"));
-    let name = std::env::var(NAME_ENV).expect("name env");
-    let count = std::env::var(COUNT_ENV)
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (dir, name, count)
-}
-
-/// FNV-1a.
-fn checksum(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
 /// Payload `seq` of a stream: its length varies from 1 B to ~8 KiB; its bytes depend on `seq`.
 fn payload(seq: u64) -> Vec<u8> {
     let len = 1 + (seq.wrapping_mul(2_654_435_761) % 8192) as usize;
@@ -88,16 +57,7 @@ fn payload(seq: u64) -> Vec<u8> {
 fn send_checked(ch: &Channel, seq: u64) {
     let data = payload(seq);
     ch.tx()
-        .send_objects(
-            seq,
-            Kind::OneWay,
-            &[
-                (0, &seq.to_le_bytes()),
-                (1, &data),
-                (2, &checksum(&data).to_le_bytes()),
-            ],
-            STEP,
-        )
+        .send_objects(seq, Kind::OneWay, &Checked::new(seq, &data).objects(), STEP)
         .unwrap_or_else(|e| panic!("send {seq}: {e}"));
 }
 
@@ -111,11 +71,8 @@ fn recv_checked(ch: &mut Channel, expect: u64) {
 }
 
 fn check(msg: &shm_channel::ring::Message<'_>, expect: u64) {
-    let seq = u64::from_le_bytes(msg.object(0).expect("seq").try_into().expect("8 bytes"));
+    let (seq, data) = echo::check(msg);
     assert_eq!(seq, expect, "out of order");
-    let data = msg.object(1).expect("payload");
-    let sum = u64::from_le_bytes(msg.object(2).expect("sum").try_into().expect("8 bytes"));
-    assert_eq!(checksum(data), sum, "payload of {seq} corrupted");
     assert_eq!(data, &payload(seq)[..]);
 }
 
@@ -124,12 +81,7 @@ fn echo_until_peer_dies(ch: &mut Channel) -> u64 {
     let mut n = 0;
     loop {
         let (id, objects): (u64, Vec<(u64, Vec<u8>)>) = match ch.try_recv() {
-            Ok(Some(m)) => (
-                m.message_id(),
-                m.objects()
-                    .map(|o| o.map(|o| (o.id, o.data.to_vec())).expect("valid object"))
-                    .collect(),
-            ),
+            Ok(Some(m)) => (m.message_id(), echo::owned_objects(&m)),
             Ok(None) => {
                 std::thread::yield_now();
                 continue;
@@ -137,7 +89,7 @@ fn echo_until_peer_dies(ch: &mut Channel) -> u64 {
             Err(TryRecvError::PeerDied) => return n,
             Err(e) => panic!("echo: {e}"),
         };
-        let refs: Vec<(u64, &[u8])> = objects.iter().map(|(i, d)| (*i, &d[..])).collect();
+        let refs = echo::borrowed(&objects);
         loop {
             match ch.try_send_objects(id, Kind::OneWay, &refs) {
                 Ok(()) => break,
@@ -148,11 +100,6 @@ fn echo_until_peer_dies(ch: &mut Channel) -> u64 {
         }
         n += 1;
     }
-}
-
-/// Open fds of this process.
-fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("/proc").count()
 }
 
 /// Polls `peer_alive` until it turns false; returns how long that took.
@@ -170,111 +117,49 @@ fn sigkill(pid: u32) {
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill");
 }
 
-/// A child process (this test binary, re-executed as `svc_child` in a role) whose stdout is
-/// drained by a thread for its whole life, so it can be waited on for several lines and may
-/// print after that; killed and reaped when dropped.
-struct Proc {
-    child: Option<std::process::Child>,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(role: &str, env: &[(&'static str, String)]) -> Proc {
-        Self::spawn_with(role, env, |_| {})
+/// Receives 200 checked messages, SIGKILLs the peer mid-stream and measures how long `ch`
+/// takes to see it die; everything the peer sent before dying is still delivered, then
+/// `PeerDied`. `me` and `peer` name the two ends in what it prints.
+fn kill_the_peer_mid_stream(ch: &mut Channel, me: &str, peer: &str) {
+    for seq in 0..200 {
+        recv_checked(ch, seq);
     }
-
-    fn spawn_with(
-        role: &str,
-        env: &[(&'static str, String)],
-        configure: impl FnOnce(&mut Command),
-    ) -> Proc {
-        let exe = std::env::current_exe().expect("current_exe");
-        let mut cmd = Command::new(exe);
-        cmd.args(["--exact", "svc_child", "--nocapture", "--test-threads=1"])
-            .env(support::CHILD_ENV, role)
-            .envs(env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
-        configure(&mut cmd);
-        let mut child = cmd.spawn().expect("spawn test child");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for l in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(l); // keep draining even when nobody listens
+    let pid = ch.peer().pid;
+    sigkill(pid);
+    let took = time_until_dead(ch, Duration::from_secs(2));
+    eprintln!("{me} saw the SIGKILLed {peer} (pid {pid}) die after {took:?}");
+    let mut seq = 200;
+    loop {
+        match ch.try_recv() {
+            Ok(Some(m)) => {
+                check(&m, seq);
+                seq += 1;
             }
-        });
-        Proc {
-            child: Some(child),
-            lines,
+            Ok(None) => panic!("ring empty but peer dead: must report PeerDied"),
+            Err(TryRecvError::PeerDied) => break,
+            Err(TryRecvError::WriterDied { .. }) => {} // killed mid-message
+            Err(e) => panic!("{e}"),
         }
-    }
-
-    /// Waits for a line ending with `line`; returns every line seen up to it.
-    fn wait_for_line(&mut self, line: &str) -> Vec<String> {
-        let deadline = Instant::now() + WATCHDOG;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                // libtest may have printed "test name ... " on the same line.
-                Ok(l) if l.trim_end().ends_with(line) => {
-                    seen.push(l);
-                    return seen;
-                }
-                Ok(l) => seen.push(l),
-                Err(e) => panic!("child never printed {line:?} ({e}); it printed {seen:?}"),
-            }
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Waits for the exit (killing it after the watchdog); returns whether it succeeded and
-    /// the stdout lines not consumed yet.
-    fn wait(mut self) -> (bool, Vec<String>) {
-        let mut child = self.child.take().expect("not waited yet");
-        let deadline = Instant::now() + WATCHDOG;
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("try_wait") {
-                break s;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("child did not end within {WATCHDOG:?}; killed it");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        // The drain thread ends at EOF; give it a moment to pass the last lines on.
-        let mut rest = Vec::new();
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
-            rest.push(l);
-        }
-        (status.success(), rest)
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+/// Fails unless this process holds as many fds as `before`.
+fn assert_fds_as_before(me: &str, before: usize) {
+    let after = fd_count();
+    eprintln!("{me} fds: {before} before, {after} after");
+    assert_eq!(before, after, "fds left behind");
 }
 
-/// Child roles. Spawned with `Proc::spawn(role, env)`.
+/// Re-executes this test binary as a `svc_child` in `role`.
+fn spawn_child(role: &str, env: &[(&str, String)]) -> ChildGuard {
+    ChildGuard::spawn("svc_child", role, env)
+}
+
+/// Child roles. Spawned with `spawn_child(role, env)`.
 #[test]
 fn svc_child() {
     let Some(role) = child_role() else { return };
-    let (dir, name, count) = child_env();
+    let (dir, name, count) = child_service_env();
     match role.as_str() {
         // Connects, sends `count` checked messages, expects each echoed back in order.
         "echo-client" => {
@@ -320,13 +205,9 @@ fn svc_child() {
             let ch = svc.accept_timeout(WATCHDOG).expect("accept");
             for seq in 0.. {
                 let data = payload(seq);
-                let objs = [
-                    (0, &seq.to_le_bytes()[..]),
-                    (1, &data[..]),
-                    (2, &checksum(&data).to_le_bytes()[..]),
-                ];
+                let checked = Checked::new(seq, &data);
                 loop {
-                    match ch.try_send_objects(seq, Kind::OneWay, &objs) {
+                    match ch.try_send_objects(seq, Kind::OneWay, &checked.objects()) {
                         Ok(()) => break,
                         Err(TrySendError::Full) => std::thread::yield_now(),
                         Err(TrySendError::PeerDied) => return,
@@ -342,66 +223,23 @@ fn svc_child() {
             let mut svc = Service::bind(&name, service_config(&dir)).expect("bind");
             println!("ready");
             let mut ch = svc.accept_timeout(WATCHDOG).expect("accept");
-            for seq in 0..200 {
-                recv_checked(&mut ch, seq);
-            }
-            let pid = ch.peer().pid;
-            sigkill(pid);
-            let took = time_until_dead(&ch, Duration::from_secs(2));
-            eprintln!("server saw the SIGKILLed client (pid {pid}) die after {took:?}");
-            // Everything it sent before dying is still delivered, then PeerDied.
-            let mut seq = 200;
-            loop {
-                match ch.try_recv() {
-                    Ok(Some(m)) => {
-                        check(&m, seq);
-                        seq += 1;
-                    }
-                    Ok(None) => panic!("ring empty but peer dead: must report PeerDied"),
-                    Err(TryRecvError::PeerDied) => break,
-                    Err(TryRecvError::WriterDied { .. }) => {} // killed mid-message
-                    Err(e) => panic!("{e}"),
-                }
-            }
+            kill_the_peer_mid_stream(&mut ch, "server", "client");
             assert!(matches!(
                 ch.try_send_objects(1, Kind::OneWay, &[(0, b"x")]),
                 Ok(()) | Err(TrySendError::PeerDied)
             ));
             drop(ch);
             drop(svc);
-            let after = fd_count();
-            eprintln!("server fds: {before} before, {after} after");
-            assert_eq!(before, after, "fds left behind");
+            assert_fds_as_before("server", before);
             println!("victim-server ok");
         }
         // The client side of `server_killed_mid_stream`.
         "victim-client" => {
             let before = fd_count();
             let mut ch = service::connect(&name, &client_config(&dir)).expect("connect");
-            for seq in 0..200 {
-                recv_checked(&mut ch, seq);
-            }
-            let pid = ch.peer().pid;
-            sigkill(pid);
-            let took = time_until_dead(&ch, Duration::from_secs(2));
-            eprintln!("client saw the SIGKILLed server (pid {pid}) die after {took:?}");
-            let mut seq = 200;
-            loop {
-                match ch.try_recv() {
-                    Ok(Some(m)) => {
-                        check(&m, seq);
-                        seq += 1;
-                    }
-                    Ok(None) => panic!("ring empty but peer dead: must report PeerDied"),
-                    Err(TryRecvError::PeerDied) => break,
-                    Err(TryRecvError::WriterDied { .. }) => {}
-                    Err(e) => panic!("{e}"),
-                }
-            }
+            kill_the_peer_mid_stream(&mut ch, "client", "server");
             drop(ch);
-            let after = fd_count();
-            eprintln!("client fds: {before} before, {after} after");
-            assert_eq!(before, after, "fds left behind");
+            assert_fds_as_before("client", before);
             println!("victim-client ok");
         }
         // Runs as uid 65534: tries to connect to the root-owned service.
@@ -452,7 +290,7 @@ fn echo_between_two_processes() {
     let dir = runtime_dir();
     let name = unique_name("echo");
     let mut svc = Service::bind(&name, service_config(&dir)).unwrap();
-    let mut child = Proc::spawn("echo-client", &env(&dir, &name, ECHO_MESSAGES));
+    let mut child = spawn_child("echo-client", &service_env(&dir, &name, ECHO_MESSAGES));
     let n = with_watchdog(WATCHDOG, move || {
         let mut ch = svc.accept_timeout(STEP).unwrap();
         assert_eq!(ch.version(), 3, "highest common of 1..=3 and 2..=5");
@@ -461,7 +299,7 @@ fn echo_between_two_processes() {
     });
     assert_eq!(n, ECHO_MESSAGES);
     child.wait_for_line("echo-client done");
-    assert!(child.wait().0);
+    assert!(child.wait().success());
 }
 
 #[test]
@@ -472,8 +310,13 @@ fn sixteen_clients_on_one_server() {
     let dir = runtime_dir();
     let name = unique_name("many");
     let mut svc = Service::bind(&name, service_config(&dir)).unwrap();
-    let children: Vec<Proc> = (0..CLIENTS)
-        .map(|_| Proc::spawn("echo-client", &env(&dir, &name, MESSAGES_PER_CLIENT)))
+    let children: Vec<ChildGuard> = (0..CLIENTS)
+        .map(|_| {
+            spawn_child(
+                "echo-client",
+                &service_env(&dir, &name, MESSAGES_PER_CLIENT),
+            )
+        })
         .collect();
     let total = with_watchdog(Duration::from_secs(120), move || {
         let mut channels = Vec::new();
@@ -491,12 +334,7 @@ fn sixteen_clients_on_one_server() {
             for slot in open.iter_mut() {
                 let Some(ch) = slot else { continue };
                 let got = match ch.try_recv() {
-                    Ok(Some(m)) => Ok(Some((
-                        m.message_id(),
-                        m.objects()
-                            .map(|o| o.map(|o| (o.id, o.data.to_vec())).expect("valid object"))
-                            .collect::<Vec<_>>(),
-                    ))),
+                    Ok(Some(m)) => Ok(Some((m.message_id(), echo::owned_objects(&m)))),
                     Ok(None) => Ok(None),
                     Err(TryRecvError::PeerDied) => Err(()),
                     Err(e) => panic!("{e}"),
@@ -510,8 +348,9 @@ fn sixteen_clients_on_one_server() {
                     }
                 };
                 idle = false;
-                let refs: Vec<(u64, &[u8])> = objs.iter().map(|(i, d)| (*i, &d[..])).collect();
-                ch.tx().send_objects(id, Kind::OneWay, &refs, STEP).unwrap();
+                ch.tx()
+                    .send_objects(id, Kind::OneWay, &echo::borrowed(&objs), STEP)
+                    .unwrap();
                 total += 1;
             }
             if idle {
@@ -523,7 +362,7 @@ fn sixteen_clients_on_one_server() {
     assert_eq!(total, CLIENTS as u64 * MESSAGES_PER_CLIENT);
     for mut c in children {
         c.wait_for_line("echo-client done");
-        assert!(c.wait().0);
+        assert!(c.wait().success());
     }
 }
 
@@ -534,7 +373,7 @@ fn live_name_refused_stale_socket_replaced() {
     }
     let dir = runtime_dir();
     let name = unique_name("stale");
-    let mut holder = Proc::spawn("holder", &env(&dir, &name, 0));
+    let mut holder = spawn_child("holder", &service_env(&dir, &name, 0));
     holder.wait_for_line("ready");
 
     let err = Service::bind(&name, service_config(&dir)).unwrap_err();
@@ -599,17 +438,29 @@ fn names_and_runtime_dirs_are_checked() {
     Service::bind("x", service_config(&dir)).expect("0700 dir of ours");
 }
 
-/// Runs `svc` on a thread, accepting until `stop`; returns the channels it accepted and the
-/// refusals it recorded.
-fn serve_in_background(
-    mut svc: Service,
+/// A service that a thread serves until `stop`.
+struct BackgroundServer {
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(usize, Vec<service::RefusedClient>)> {
-    std::thread::spawn(move || {
+    thread: std::thread::JoinHandle<(usize, Vec<service::RefusedClient>)>,
+}
+
+impl BackgroundServer {
+    /// Stops serving; returns how many channels it accepted and the refusals it recorded.
+    fn stop(self) -> (usize, Vec<service::RefusedClient>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Runs `svc` on a thread, accepting (and echoing one message on each channel) until stopped.
+fn serve_in_background(mut svc: Service) -> BackgroundServer {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
         let mut accepted = 0;
         let mut refused = Vec::new();
         let mut channels = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
+        while !stopped.load(Ordering::Relaxed) {
             match svc.accept_timeout(Duration::from_millis(20)) {
                 Ok(mut ch) => {
                     accepted += 1;
@@ -629,7 +480,8 @@ fn serve_in_background(
             refused.extend(svc.take_refused());
         }
         (accepted, refused)
-    })
+    });
+    BackgroundServer { stop, thread }
 }
 
 fn good_client(dir: &Path, name: &str) {
@@ -649,8 +501,7 @@ fn wrong_protocol_and_no_common_version() {
     let dir = runtime_dir();
     let name = unique_name("proto");
     let svc = Service::bind(&name, service_config(&dir)).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = serve_in_background(svc, stop.clone());
+    let server = serve_in_background(svc);
     let (err1, err2) = with_watchdog(WATCHDOG, {
         let dir = dir.clone();
         let name = name.clone();
@@ -667,8 +518,7 @@ fn wrong_protocol_and_no_common_version() {
             (err1, err2)
         }
     });
-    stop.store(true, Ordering::Relaxed);
-    let (accepted, refused) = server.join().unwrap();
+    let (accepted, refused) = server.stop();
     eprintln!("client: {err1}\nclient: {err2}");
     assert!(
         matches!(&err1, ConnectError::Refused { code: RefusalCode::WrongProtocol, reason, .. }
@@ -715,8 +565,7 @@ fn hostile_handshakes_are_refused_while_others_are_served() {
     )
     .unwrap();
     let path = svc.path().to_owned();
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = serve_in_background(svc, stop.clone());
+    let server = serve_in_background(svc);
 
     let answers = with_watchdog(WATCHDOG, {
         let dir = dir.clone();
@@ -765,8 +614,7 @@ fn hostile_handshakes_are_refused_while_others_are_served() {
             )
         }
     });
-    stop.store(true, Ordering::Relaxed);
-    let (accepted, refused) = server.join().unwrap();
+    let (accepted, refused) = server.stop();
     let (garbage, oversized, truncated, silent, good_took, silent_took) = answers;
     eprintln!("good client served in {good_took:?}; silent client dropped after {silent_took:?}");
     for r in &refused {
@@ -810,12 +658,12 @@ fn client_killed_mid_stream() {
     }
     let dir = runtime_dir();
     let name = unique_name("kill-client");
-    let e = env(&dir, &name, 0);
-    let mut server = Proc::spawn("victim-server", &e);
+    let e = service_env(&dir, &name, 0);
+    let mut server = spawn_child("victim-server", &e);
     server.wait_for_line("ready");
-    let _client = Proc::spawn("streamer", &e);
+    let _client = spawn_child("streamer", &e);
     server.wait_for_line("victim-server ok");
-    assert!(server.wait().0);
+    assert!(server.wait().success());
 }
 
 #[test]
@@ -825,12 +673,12 @@ fn server_killed_mid_stream() {
     }
     let dir = runtime_dir();
     let name = unique_name("kill-server");
-    let e = env(&dir, &name, 0);
-    let mut server = Proc::spawn("stream-server", &e);
+    let e = service_env(&dir, &name, 0);
+    let mut server = spawn_child("stream-server", &e);
     server.wait_for_line("ready");
-    let mut client = Proc::spawn("victim-client", &e);
+    let mut client = spawn_child("victim-client", &e);
     client.wait_for_line("victim-client ok");
-    assert!(client.wait().0);
+    assert!(client.wait().success());
 }
 
 #[test]
@@ -840,8 +688,8 @@ fn server_restart() {
     }
     let dir = runtime_dir();
     let name = unique_name("restart");
-    let e = env(&dir, &name, 0);
-    let mut first = Proc::spawn("echo-server", &e);
+    let e = service_env(&dir, &name, 0);
+    let mut first = spawn_child("echo-server", &e);
     first.wait_for_line("ready");
     let mut ch = with_watchdog(WATCHDOG, {
         let (dir, name) = (dir.clone(), name.clone());
@@ -871,7 +719,7 @@ fn server_restart() {
     assert!(t.elapsed() < STEP);
     drop(ch);
 
-    let mut second = Proc::spawn("echo-server", &e);
+    let mut second = spawn_child("echo-server", &e);
     second.wait_for_line("ready");
     with_watchdog(WATCHDOG, move || {
         let mut ch = service::connect(&name, &client_config(&dir)).unwrap();
@@ -891,9 +739,9 @@ fn channel_drop_releases_every_fd() {
     // In a child, so that no other test's fds move the count.
     let dir = runtime_dir();
     let name = unique_name("fds");
-    let mut child = Proc::spawn("fd-count", &env(&dir, &name, 0));
+    let mut child = spawn_child("fd-count", &service_env(&dir, &name, 0));
     child.wait_for_line("fd-count ok");
-    assert!(child.wait().0);
+    assert!(child.wait().success());
 }
 
 /// The `fd-count` role: a service and both ends of a channel in one process, then nothing.
@@ -928,12 +776,12 @@ fn is_root() -> bool {
 
 /// Runs `svc_child` as `role` under uid/gid 65534; returns its stdout.
 fn run_as_nobody(role: &str, dir: &Path, name: &str) -> String {
-    let child = Proc::spawn_with(role, &env(dir, name, 0), |cmd| {
+    let child = ChildGuard::spawn_with("svc_child", role, &service_env(dir, name, 0), |cmd| {
         std::os::unix::process::CommandExt::uid(cmd, NOBODY);
         std::os::unix::process::CommandExt::gid(cmd, NOBODY);
     });
-    let (ok, lines) = child.wait();
-    assert!(ok, "the uid 65534 child failed: {lines:?}");
+    let (status, lines) = child.wait_with_output();
+    assert!(status.success(), "the uid 65534 child failed: {lines:?}");
     lines.join("\n")
 }
 
@@ -965,11 +813,9 @@ fn client_of_another_uid_is_refused() {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
     let name = unique_name("creds");
     let svc = Service::bind(&name, service_config(&dir).access(Access::OtherUsers)).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = serve_in_background(svc, stop.clone());
+    let server = serve_in_background(svc);
     let out = run_as_nobody("nobody-client", &dir, &name);
-    stop.store(true, Ordering::Relaxed);
-    let (accepted, refused) = server.join().unwrap();
+    let (accepted, refused) = server.stop();
     eprintln!("uid 65534 client: {out}");
     assert!(out.contains("refused for credentials"), "{out}");
     assert!(
@@ -1042,14 +888,12 @@ fn credential_policy_callback_and_allow_lists() {
         service_config(&dir).credentials(CredentialPolicy::nobody().allow_uid(me + 1)),
     )
     .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = serve_in_background(svc, stop.clone());
+    let server = serve_in_background(svc);
     let err = with_watchdog(WATCHDOG, {
         let (dir, name) = (dir.clone(), name.clone());
         move || service::connect(&name, &client_config(&dir)).unwrap_err()
     });
-    stop.store(true, Ordering::Relaxed);
-    server.join().unwrap();
+    server.stop();
     let text = err.to_string();
     assert!(
         text.contains("credentials refused") && text.contains(&format!("uids [{}]", me + 1)),
@@ -1064,11 +908,9 @@ fn credential_policy_callback_and_allow_lists() {
         ),
     )
     .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = serve_in_background(svc, stop.clone());
+    let server = serve_in_background(svc);
     with_watchdog(WATCHDOG, move || good_client(&dir, &name));
-    stop.store(true, Ordering::Relaxed);
-    assert_eq!(server.join().unwrap().0, 1);
+    assert_eq!(server.stop().0, 1);
 }
 
 // ---- A hostile or broken server: the client validates everything it receives. ----

@@ -1,10 +1,17 @@
 //! Helpers shared by the integration tests: child processes (the test binary
-//! re-executing itself) with a watchdog, and unique names.
+//! re-executing itself) with a watchdog, unique names, fd and CPU counts;
+//! the checked messages of the echo tests (`echo`) and of the ring tests
+//! (`ring`).
 
 #![allow(dead_code, reason = "each test file uses a subset")]
 
+pub mod echo;
+pub mod ring;
+
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Tells a re-executed test binary which child role to play.
@@ -17,11 +24,100 @@ pub fn child_role() -> Option<String> {
     std::env::var(CHILD_ENV).ok()
 }
 
+/// Hand a child the runtime directory and the service name of its test, and
+/// a number its role reads (a count, an index).
+const DIR_ENV: &str = "SHM_CHANNEL_TEST_DIR";
+const NAME_ENV: &str = "SHM_CHANNEL_TEST_NAME";
+const NUMBER_ENV: &str = "SHM_CHANNEL_TEST_NUMBER";
+
+/// The `env` of a `ChildGuard` that hands the child `dir`, `name` and
+/// `number`.
+pub fn service_env(dir: &Path, name: &str, number: u64) -> Vec<(&'static str, String)> {
+    vec![
+        (DIR_ENV, dir.display().to_string()),
+        (NAME_ENV, name.to_owned()),
+        (NUMBER_ENV, number.to_string()),
+    ]
+}
+
+/// In a child: the runtime directory, service name and number that
+/// `service_env` handed it.
+pub fn child_service_env() -> (PathBuf, String, u64) {
+    let dir = PathBuf::from(std::env::var(DIR_ENV).expect("dir env"));
+    let name = std::env::var(NAME_ENV).expect("name env");
+    let number = std::env::var(NUMBER_ENV)
+        .expect("number env")
+        .parse()
+        .expect("number");
+    (dir, name, number)
+}
+
 /// A name no other test (of this or another process) uses.
 pub fn unique_name(what: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("shm-channel-itest-{what}-{}-{n}", std::process::id())
+}
+
+/// A fresh runtime directory path (created by `Service::bind`, mode 0700).
+pub fn runtime_dir() -> PathBuf {
+    std::env::temp_dir().join(unique_name("rt"))
+}
+
+/// Takes the lock of the tests that must run one after the other within
+/// their test binary (those that count the fds of the process).
+pub fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// FNV-1a.
+pub fn checksum(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Open fds of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").expect("/proc").count()
+}
+
+/// Waits (up to the watchdog) for the fd count to come back to `before`:
+/// threads that drain children's pipes close them a moment after the
+/// children end.
+pub fn assert_fds_back_to(before: usize) {
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        let now = fd_count();
+        if now == before {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fds left behind: {before} before, {now} after"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// CPU time of the calling thread, from /proc (utime + stime, in ticks of
+/// 10 ms on Linux).
+pub fn thread_cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc");
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// A pid that belonged to a process that has exited and been reaped.
+pub fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().expect("spawn true");
+    let pid = child.id();
+    child.wait().expect("wait for true");
+    pid
 }
 
 /// A child process that is killed and reaped when dropped (a failed
@@ -43,6 +139,17 @@ impl ChildGuard {
     /// Re-executes this test binary to run only `test`, as child `role`,
     /// with its stdout piped to the parent.
     pub fn spawn(test: &str, role: &str, env: &[(&str, String)]) -> Self {
+        Self::spawn_with(test, role, env, |_| {})
+    }
+
+    /// `spawn`, with `configure` given the last word on the command (a uid,
+    /// say).
+    pub fn spawn_with(
+        test: &str,
+        role: &str,
+        env: &[(&str, String)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
         let exe = std::env::current_exe().expect("current_exe");
         let mut cmd = Command::new(exe);
         cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
@@ -52,6 +159,7 @@ impl ChildGuard {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        configure(&mut cmd);
         let mut child = cmd.spawn().expect("spawn test child");
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -74,13 +182,14 @@ impl ChildGuard {
     pub fn wait_for_line(&mut self, line: &str) {
         let rx = &self.1;
         let deadline = Instant::now() + WATCHDOG;
+        let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 // libtest may have printed "test name ... " on the same line.
                 Ok(l) if l.trim_end().ends_with(line) => return,
-                Ok(_) => continue,
-                Err(e) => panic!("child never printed {line:?}: {e}"),
+                Ok(l) => seen.push(l),
+                Err(e) => panic!("child never printed {line:?} ({e}); it printed {seen:?}"),
             }
         }
     }
@@ -94,6 +203,22 @@ impl ChildGuard {
 
     /// Waits for the child to end, killing it and failing after the watchdog.
     pub fn wait(mut self) -> ExitStatus {
+        self.wait_status()
+    }
+
+    /// `wait`, and the stdout lines not consumed yet.
+    pub fn wait_with_output(mut self) -> (ExitStatus, Vec<String>) {
+        let status = self.wait_status();
+        // The drain thread ends at EOF; give it a moment to pass the last
+        // lines on.
+        let mut rest = Vec::new();
+        while let Ok(l) = self.1.recv_timeout(Duration::from_millis(200)) {
+            rest.push(l);
+        }
+        (status, rest)
+    }
+
+    fn wait_status(&mut self) -> ExitStatus {
         let mut child = self.0.take().expect("child already waited for");
         let deadline = Instant::now() + WATCHDOG;
         loop {
