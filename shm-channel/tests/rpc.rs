@@ -556,3 +556,188 @@ fn other_clients_survive_a_killed_client() {
         drop(s);
     });
 }
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn client_config(s: &Setup) -> ClientConfig {
+    ClientConfig::new(PROTOCOL, 1..=3)
+        .ring_sizes(1 << 20, 1 << 20)
+        .runtime_dir(&s.dir)
+        .timeout(STEP)
+}
+
+#[test]
+fn async_eight_concurrent_calls_on_one_channel() {
+    if child_role().is_some() {
+        return;
+    }
+    let s = start_server(3);
+    with_watchdog(LIMIT, move || {
+        runtime().block_on(async {
+            let c = std::sync::Arc::new(
+                rpc::AsyncClient::connect(&s.name, &client_config(&s))
+                    .await
+                    .expect("connect"),
+            );
+            for round in 0..50u64 {
+                let mut tasks = tokio::task::JoinSet::new();
+                for i in 0..8u64 {
+                    let c = std::sync::Arc::clone(&c);
+                    tasks.spawn(async move {
+                        let data = payload(round * 8 + i);
+                        let got = c
+                            .call(&ECHO, &[(0, &data)], STEP, |m| {
+                                Ok(m.object(0).map(<[u8]>::to_vec))
+                            })
+                            .await
+                            .expect("call");
+                        assert_eq!(got.as_deref(), Some(&data[..]));
+                    });
+                }
+                while let Some(r) = tasks.join_next().await {
+                    r.expect("task");
+                }
+            }
+            // Eight slow calls really are in flight together.
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..8u64 {
+                let c = std::sync::Arc::clone(&c);
+                tasks.spawn(async move {
+                    let ms = 20 + i;
+                    let got = c
+                        .call(&SLOW, &[(0, &ms.to_le_bytes())], STEP, |m| {
+                            Ok(u64_of(m.object(0)))
+                        })
+                        .await
+                        .expect("slow");
+                    assert_eq!(got, ms);
+                });
+            }
+            let deadline = Instant::now() + STEP;
+            while c.in_flight() < 8 && Instant::now() < deadline && !tasks.is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(c.in_flight() >= 7, "only {} in flight", c.in_flight());
+            while let Some(r) = tasks.join_next().await {
+                r.expect("task");
+            }
+            assert_eq!(c.late_replies(), 0);
+        });
+        drop(s);
+    });
+}
+
+#[test]
+fn async_drop_cancels_timeout_events_and_errors() {
+    if child_role().is_some() {
+        return;
+    }
+    let s = start_server(3);
+    with_watchdog(LIMIT, move || {
+        runtime().block_on(async {
+            let c = rpc::AsyncClient::connect(&s.name, &client_config(&s))
+                .await
+                .expect("connect");
+            // Dropping a call's future cancels it; its late reply is discarded.
+            let ms = 200u64.to_le_bytes();
+            let args = [(0, &ms[..])];
+            let slow = c.call(&SLOW, &args, STEP, |_| Ok(()));
+            assert!(
+                tokio::time::timeout(Duration::from_millis(20), slow)
+                    .await
+                    .is_err()
+            );
+            assert_eq!(c.in_flight(), 0);
+            let err = c
+                .call(
+                    &SLOW,
+                    &[(0, &200u64.to_le_bytes())],
+                    Duration::from_millis(20),
+                    |_| Ok(()),
+                )
+                .await
+                .expect_err("timeout");
+            assert_eq!(err, CallError::Timeout);
+            let echoed = c
+                .call(&ECHO, &[(0, b"after")], STEP, |m| {
+                    Ok(m.object(0).map(<[u8]>::to_vec))
+                })
+                .await
+                .expect("echo");
+            assert_eq!(echoed.as_deref(), Some(&b"after"[..]));
+            assert_eq!(c.late_replies(), 2);
+            // Events interleaved with replies, in order.
+            for n in [3u64, 2] {
+                let got = c
+                    .call(&EVENTS, &[(0, &n.to_le_bytes())], STEP, |m| {
+                        Ok(u64_of(m.object(0)))
+                    })
+                    .await
+                    .expect("events");
+                assert_eq!(got, n);
+            }
+            for expect in 0..5 {
+                assert_eq!(tick(c.recv_event().await.expect("event")), expect);
+            }
+            // Errors, @sync, @since.
+            assert!(matches!(
+                c.call(&PANIC, &[], STEP, |_| Ok(())).await,
+                Err(CallError::Fault(_))
+            ));
+            assert_eq!(
+                c.call(&FAIL, &[], STEP, |_| Ok(())).await,
+                Err(CallError::Remote(RawError(b"bad thing".to_vec())))
+            );
+            c.send_sync(&NOOP, &[], STEP).await.expect("sync");
+            c.send_oneway(&NOOP, &[], STEP, false)
+                .await
+                .expect("one-way");
+            assert!(matches!(
+                c.call(&NEWER.since(4), &[], STEP, |_| Ok(())).await,
+                Err(CallError::Unsupported { .. })
+            ));
+        });
+        drop(s);
+    });
+}
+
+#[test]
+fn async_peer_died_fails_pending_calls() {
+    if child_role().is_some() {
+        return;
+    }
+    let s = start_server(3);
+    with_watchdog(LIMIT, move || {
+        runtime().block_on(async {
+            let c = rpc::AsyncClient::connect(&s.name, &client_config(&s))
+                .await
+                .expect("connect");
+            let Setup { server, .. } = s;
+            let killer = std::thread::spawn(move || {
+                thread::sleep(Duration::from_millis(200));
+                server.kill9();
+            });
+            let err = c
+                .call(
+                    &SLOW,
+                    &[(0, &20_000u64.to_le_bytes())],
+                    Duration::from_secs(25),
+                    |_| Ok(()),
+                )
+                .await
+                .expect_err("killed");
+            assert_eq!(err, CallError::PeerDied);
+            killer.join().expect("killer");
+            assert_eq!(
+                c.call(&ECHO, &[], STEP, |_| Ok(())).await,
+                Err(CallError::PeerDied)
+            );
+        });
+    });
+}

@@ -32,6 +32,11 @@ mod client;
 mod server;
 mod transport;
 
+#[cfg(feature = "tokio")]
+pub mod async_client;
+#[cfg(feature = "tokio")]
+pub use async_client::AsyncClient;
+
 pub use client::{
     CallError, CancelHandle, Client, DEFAULT_EVENT_QUEUE, DEFAULT_TIMEOUT, EventItem, Method,
     RawError,
