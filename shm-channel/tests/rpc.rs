@@ -35,6 +35,7 @@ const SLEEP: Method = Method::new("sleep", 7);
 const NOOP: Method = Method::new("noop", 8);
 const UNKNOWN: Method = Method::new("unknown", 9);
 const NEWER: Method = Method::new("newer", 10).since(2);
+const BROADCAST: Method = Method::new("broadcast", 11);
 /// The message id of the test events.
 const TICK: u64 = 100;
 
@@ -89,6 +90,12 @@ fn run_server(dir: &Path, name: &str, version: u32) {
                 resp.done()
             }
             8 => resp.done(),
+            11 => {
+                let report = events.broadcast(TICK, &[(0, &ticks.to_le_bytes())], STEP);
+                ticks += 1;
+                assert!(report.failed.is_empty(), "{report:?}");
+                resp.reply(&[(0, &(report.sent as u64).to_le_bytes())])
+            }
             _ => Err(HandlerError::UnknownMethod),
         }
     };
@@ -107,6 +114,32 @@ fn rpc_child() {
         .unwrap_or(3);
     match role.as_str() {
         "server" => run_server(&dir, &name, version),
+        "channel-server" => {
+            // One client on one channel, served by `serve_channel`; every echo is preceded
+            // by an event carrying the same bytes.
+            let config = ServiceConfig::new(PROTOCOL, 1..=version)
+                .ring_sizes(1 << 20, 1 << 20)
+                .runtime_dir(&dir);
+            let mut service = Service::bind(&name, config).expect("bind");
+            println!("ready");
+            let mut channel = service.accept_timeout(STEP).expect("accept");
+            let events = rpc::Transport::sender(&channel);
+            let end = rpc::serve_channel(
+                &mut channel,
+                |req: &rpc::RequestView<'_>, resp: rpc::Responder<'_>| match req.message_id() {
+                    1 => {
+                        let data = req.object(0).unwrap_or_default();
+                        rpc::send_event(&events, TICK, &[(0, data)], STEP)?;
+                        resp.reply(&[(0, data)])
+                    }
+                    3 => panic!("boom"),
+                    _ => Err(HandlerError::UnknownMethod),
+                },
+                &ServeOptions::default(),
+            )
+            .expect("serve");
+            println!("served: {end:?}");
+        }
         "client-forever" => {
             // A client that calls in a loop until it is killed.
             let mut client = Client::new(connect(&dir, &name));
@@ -248,14 +281,14 @@ fn timeout_then_late_reply_discarded() {
         let err = c
             .call(
                 &SLOW,
-                &[(0, &300u64.to_le_bytes())],
+                &[(0, &2_000u64.to_le_bytes())],
                 Duration::from_millis(50),
                 |_| Ok(()),
             )
             .expect_err("slow");
         assert_eq!(err, CallError::Timeout);
         assert!(
-            t.elapsed() < Duration::from_millis(250),
+            t.elapsed() < Duration::from_millis(1_500),
             "{:?}",
             t.elapsed()
         );
@@ -369,7 +402,7 @@ fn no_queue_dropped_when_ring_full() {
     with_watchdog(LIMIT, move || {
         let mut c = client(&s);
         // The server sleeps in a one-way handler while the client fills its ring.
-        c.send_oneway(&SLEEP, &[(0, &500u64.to_le_bytes())], STEP, false)
+        c.send_oneway(&SLEEP, &[(0, &2_000u64.to_le_bytes())], STEP, false)
             .expect("sleep");
         let data = vec![7u8; 1024];
         let t = Instant::now();
@@ -383,7 +416,7 @@ fn no_queue_dropped_when_ring_full() {
         };
         assert_eq!(dropped, CallError::Dropped);
         assert!(
-            t.elapsed() < Duration::from_millis(400),
+            t.elapsed() < Duration::from_millis(1_500),
             "no_queue waited: {:?}",
             t.elapsed()
         );
@@ -412,10 +445,10 @@ fn sync_oneway_waits_for_completion() {
         c.send_sync(&NOOP, &[], STEP).expect("sync noop");
         // A plain one-way returns at once.
         let t = Instant::now();
-        c.send_oneway(&SLEEP, &[(0, &200u64.to_le_bytes())], STEP, false)
+        c.send_oneway(&SLEEP, &[(0, &1_000u64.to_le_bytes())], STEP, false)
             .expect("one-way");
         assert!(
-            t.elapsed() < Duration::from_millis(150),
+            t.elapsed() < Duration::from_millis(800),
             "{:?}",
             t.elapsed()
         );
@@ -510,11 +543,11 @@ fn cancel_from_another_thread() {
         });
         let t = Instant::now();
         let err = c
-            .call(&SLOW, &[(0, &600u64.to_le_bytes())], STEP, |_| Ok(()))
+            .call(&SLOW, &[(0, &3_000u64.to_le_bytes())], STEP, |_| Ok(()))
             .expect_err("canceled");
         assert_eq!(err, CallError::Canceled);
         assert!(
-            t.elapsed() < Duration::from_millis(500),
+            t.elapsed() < Duration::from_millis(2_000),
             "{:?}",
             t.elapsed()
         );
@@ -739,5 +772,78 @@ fn async_peer_died_fails_pending_calls() {
                 Err(CallError::PeerDied)
             );
         });
+    });
+}
+
+#[test]
+fn serve_one_channel_until_the_client_leaves() {
+    if child_role().is_some() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique_name("rpc-rt"));
+    let name = unique_name("rpc");
+    let env = [
+        (DIR_ENV, dir.display().to_string()),
+        (NAME_ENV, name.clone()),
+    ];
+    let mut server = ChildGuard::spawn("rpc_child", "channel-server", &env);
+    server.wait_for_line("ready");
+    let server = with_watchdog(LIMIT, move || {
+        let mut c = Client::new(connect(&dir, &name));
+        for i in 0..100u64 {
+            assert_eq!(
+                echo(&mut c, &i.to_le_bytes()).expect("echo"),
+                i.to_le_bytes()
+            );
+        }
+        assert!(matches!(
+            c.call(&PANIC, &[], STEP, |_| Ok(())),
+            Err(CallError::Fault(_))
+        ));
+        assert_eq!(echo(&mut c, b"alive").expect("echo"), b"alive");
+        for i in 0..100u64 {
+            match c.recv_event(STEP).expect("event") {
+                EventItem::Event(m) => assert_eq!(m.object(0), Some(&i.to_le_bytes()[..])),
+                other => panic!("{other:?}"),
+            }
+        }
+        drop(c);
+        server.wait_for_line("served: PeerDied");
+        server
+    });
+    assert!(server.wait().success(), "the server failed");
+}
+
+#[test]
+fn broadcast_reaches_every_client() {
+    if child_role().is_some() {
+        return;
+    }
+    let s = start_server(3);
+    with_watchdog(LIMIT, move || {
+        let mut a = client(&s);
+        let mut b = client(&s);
+        // Both are known to the server once each has been served once.
+        assert_eq!(echo(&mut b, b"b").expect("echo"), b"b");
+        let sent = a
+            .call(&BROADCAST, &[], STEP, |m| Ok(u64_of(m.object(0))))
+            .expect("broadcast");
+        assert_eq!(sent, 2);
+        assert_eq!(tick(a.recv_event(STEP).expect("a's event")), 0);
+        assert_eq!(tick(b.recv_event(STEP).expect("b's event")), 0);
+        drop(b);
+        // A departed client is no longer sent to.
+        let deadline = Instant::now() + STEP;
+        loop {
+            let sent = a
+                .call(&BROADCAST, &[], STEP, |m| Ok(u64_of(m.object(0))))
+                .expect("broadcast");
+            if sent == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the hub kept a dead client");
+            thread::sleep(Duration::from_millis(10));
+        }
+        drop(s);
     });
 }
