@@ -15,8 +15,8 @@
 //! on without losing a wake-up. One task is simpler, never starves a call whose own future
 //! is not being polled, and keeps the ring drained (a sender waiting for room in the peer's
 //! ring is never blocked by a caller that stopped polling). The price is one copy of each
-//! reply; large payloads that must stay zero-copy go through the blocking [`Client`]
-//! (`super::Client`), which decodes in place.
+//! reply; large payloads that must stay zero-copy go through the blocking
+//! [`Client`](super::Client), which decodes in place.
 //!
 //! Requests are written in place from the calling task. The async channel's room doorbell
 //! is not reachable for in-place sends, so a call that finds the ring full retries every

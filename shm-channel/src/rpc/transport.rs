@@ -315,7 +315,25 @@ impl TransportSender for RingWriter {
 }
 
 /// One connection as the RPC layer sees it. Implemented by the shm [`Channel`]; a network
-/// connection implements it over the same message bytes (see the [module docs](self)).
+/// connection implements it over the same message bytes.
+///
+/// A transport moves **messages**: a header (message id, [`Kind`], request id, the RPC
+/// layer's flag bits) and a list of objects (id, bytes), in the byte layout of
+/// [`shm_layout`](crate::layout). Nothing in it is specific to shared memory:
+///
+/// - sending is *reserve, fill in place, publish* ([`TransportSender::send_with`]): the
+///   caller gives the objects' lengths up front and a callback that writes each object's
+///   bytes into an [`ObjectSink`]. Over shm the sink is the ring slot itself (zero copy); a
+///   TCP or QUIC connection implements the same call by filling a buffer with the very same
+///   message bytes ([`MessageWriter`](crate::layout::MessageWriter)) and writing it out;
+/// - receiving hands out a **borrowed** message ([`IncomingMessage`]): over shm it points
+///   into the ring and its space is freed when it is dropped; over a socket it points into
+///   the connection's receive buffer;
+/// - the sending half ([`Transport::Sender`]) is separate and clonable, so a reply can be
+///   written while the request is still borrowed, and a cancel or an event can be sent from
+///   another thread while one thread waits for a reply;
+/// - liveness and the handshake's version are plain queries; a connection that reconnects
+///   reports [`TransportError::PeerRestarted`].
 pub trait Transport: Send {
     /// The sending half (a clone of the channel's ring writer, over shm).
     type Sender: TransportSender + Clone + 'static;
