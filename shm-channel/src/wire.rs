@@ -112,9 +112,8 @@
 #![forbid(unsafe_code)]
 
 use std::fmt;
-use std::iter::{FusedIterator, Map};
+use std::iter::FusedIterator;
 use std::marker::PhantomData;
-use std::slice::ChunksExact;
 
 use thiserror::Error;
 
@@ -684,24 +683,68 @@ pub trait Plain: Copy + sealed::Sealed + 'static {
     /// Encoded size in bytes.
     const SIZE: usize;
 
-    /// Reads one value from a chunk of [`SIZE`](Plain::SIZE) little-endian
-    /// bytes, at any alignment. A shorter chunk reads as if zero-padded
-    /// (never happens through [`VecView`]; no panic either way).
-    fn from_le_chunk(chunk: &[u8]) -> Self;
+    /// The encoding of one value: `[u8; SIZE]` (alignment 1).
+    type Bytes: Copy + fmt::Debug + 'static;
+
+    /// `bytes` as whole encoded values, at any alignment; a partial value at
+    /// the end is left out.
+    fn as_le_chunks(bytes: &[u8]) -> &[Self::Bytes];
+
+    /// Reads one value from its little-endian encoding.
+    fn from_le(bytes: &Self::Bytes) -> Self;
+
+    /// Reads all whole values in `bytes` into a `Vec` (one bulk conversion).
+    fn read_le(bytes: &[u8]) -> Vec<Self>;
+
+    /// Writes `items` little-endian into `out`, which should be
+    /// `items.len() * SIZE` bytes (extra items or bytes are left alone).
+    fn write_le(items: &[Self], out: &mut [u8]);
 }
 
+// Each plain number with the bulk conversions of its slices; `u8` copies
+// whole slices, the others convert element by element (no alignment or
+// endianness assumption, no `unsafe`).
 macro_rules! plain {
-    ($($t:ty),*) => {$(
+    ($t:ty) => {
+        plain!(
+            $t,
+            |items: &[$t], out: &mut [u8]| {
+                let (chunks, _) = out.as_chunks_mut::<{ size_of::<$t>() }>();
+                for (chunk, item) in chunks.iter_mut().zip(items) {
+                    *chunk = item.to_le_bytes();
+                }
+            },
+            |bytes: &[u8]| -> Vec<$t> {
+                let (chunks, _) = bytes.as_chunks::<{ size_of::<$t>() }>();
+                chunks
+                    .iter()
+                    .map(|chunk| <$t>::from_le_bytes(*chunk))
+                    .collect()
+            }
+        );
+    };
+    ($t:ty, $write_le:expr, $read_le:expr) => {
         impl sealed::Sealed for $t {}
 
         impl Plain for $t {
             const SIZE: usize = size_of::<$t>();
 
-            fn from_le_chunk(chunk: &[u8]) -> Self {
-                let mut le = [0; size_of::<$t>()];
-                let n = chunk.len().min(le.len());
-                le[..n].copy_from_slice(&chunk[..n]);
-                <$t>::from_le_bytes(le)
+            type Bytes = [u8; size_of::<$t>()];
+
+            fn as_le_chunks(bytes: &[u8]) -> &[Self::Bytes] {
+                bytes.as_chunks().0
+            }
+
+            fn from_le(bytes: &Self::Bytes) -> Self {
+                <$t>::from_le_bytes(*bytes)
+            }
+
+            fn read_le(bytes: &[u8]) -> Vec<Self> {
+                ($read_le)(bytes)
+            }
+
+            fn write_le(items: &[Self], out: &mut [u8]) {
+                ($write_le)(items, out)
             }
         }
 
@@ -719,10 +762,8 @@ macro_rules! plain {
             }
 
             fn encode_slice(items: &[Self], w: &mut Writer<'_>) -> Result<(), WireError> {
-                let out = w.reserve(items.len() * size_of::<$t>())?;
-                for (chunk, item) in out.chunks_exact_mut(size_of::<$t>()).zip(items) {
-                    chunk.copy_from_slice(&item.to_le_bytes());
-                }
+                // `reserve` returns exactly `items.len() * SIZE` bytes.
+                ($write_le)(items, w.reserve(items.len() * size_of::<$t>())?);
                 Ok(())
             }
         }
@@ -740,24 +781,39 @@ macro_rules! plain {
 
             fn decode_vec(r: &mut Reader<'a>, count: usize) -> Result<Vec<Self>, WireError> {
                 r.check_count(count, size_of::<$t>())?;
-                let bytes = r.take(count * size_of::<$t>())?;
-                Ok(bytes.chunks_exact(size_of::<$t>()).map(<$t>::from_le_chunk).collect())
+                Ok(($read_le)(r.take(count * size_of::<$t>())?))
             }
 
             fn decode_array<const N: usize>(r: &mut Reader<'a>) -> Result<[Self; N], WireError> {
                 r.check_count(N, size_of::<$t>())?;
                 let bytes = r.take(N * size_of::<$t>())?;
                 let mut out = [<$t>::default(); N];
-                for (item, chunk) in out.iter_mut().zip(bytes.chunks_exact(size_of::<$t>())) {
-                    *item = <$t>::from_le_chunk(chunk);
+                for (item, chunk) in out.iter_mut().zip(<$t>::as_le_chunks(bytes)) {
+                    *item = <$t>::from_le_bytes(*chunk);
                 }
                 Ok(out)
             }
         }
-    )*};
+    };
 }
 
-plain!(u8, i8, u16, i16, u32, i32, u64, i64, f32, f64);
+plain!(
+    u8,
+    |items: &[u8], out: &mut [u8]| {
+        let n = items.len().min(out.len());
+        out[..n].copy_from_slice(&items[..n]);
+    },
+    |bytes: &[u8]| bytes.to_vec()
+);
+plain!(i8);
+plain!(u16);
+plain!(i16);
+plain!(u32);
+plain!(i32);
+plain!(u64);
+plain!(i64);
+plain!(f32);
+plain!(f64);
 
 impl Encode for bool {
     fn encoded_len(&self) -> usize {
@@ -1060,9 +1116,6 @@ pub struct VecView<'a, T: Plain> {
     _element: PhantomData<T>,
 }
 
-/// The iterator of a [`VecView`].
-pub type VecViewIter<'a, T> = Map<ChunksExact<'a, u8>, fn(&[u8]) -> T>;
-
 impl<'a, T: Plain> VecView<'a, T> {
     /// A view over `bytes`, the elements without their count; `None` unless
     /// the length is a whole number of elements.
@@ -1085,19 +1138,19 @@ impl<'a, T: Plain> VecView<'a, T> {
 
     /// Element `i`, or `None` past the end.
     pub fn get(&self, i: usize) -> Option<T> {
-        let start = i.checked_mul(T::SIZE)?;
-        let chunk = self.bytes.get(start..start.checked_add(T::SIZE)?)?;
-        Some(T::from_le_chunk(chunk))
+        T::as_le_chunks(self.bytes).get(i).map(T::from_le)
     }
 
     /// The elements, in order.
     pub fn iter(&self) -> VecViewIter<'a, T> {
-        self.bytes.chunks_exact(T::SIZE).map(T::from_le_chunk)
+        VecViewIter {
+            chunks: T::as_le_chunks(self.bytes).iter(),
+        }
     }
 
     /// An owned copy of the elements.
     pub fn to_vec(&self) -> Vec<T> {
-        self.iter().collect()
+        T::read_le(self.bytes)
     }
 
     /// The elements' encoded bytes (little-endian, without the count).
@@ -1135,6 +1188,58 @@ impl<'a, T: Plain> IntoIterator for &VecView<'a, T> {
 
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
+    }
+}
+
+/// The iterator of a [`VecView`]: reads each element as it goes.
+pub struct VecViewIter<'a, T: Plain> {
+    chunks: std::slice::Iter<'a, T::Bytes>,
+}
+
+impl<T: Plain> Iterator for VecViewIter<'_, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        self.chunks.next().map(T::from_le)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.chunks.size_hint()
+    }
+
+    fn nth(&mut self, n: usize) -> Option<T> {
+        self.chunks.nth(n).map(T::from_le)
+    }
+
+    fn fold<B, F: FnMut(B, T) -> B>(self, init: B, mut f: F) -> B {
+        self.chunks
+            .fold(init, |acc, bytes| f(acc, T::from_le(bytes)))
+    }
+}
+
+impl<T: Plain> DoubleEndedIterator for VecViewIter<'_, T> {
+    fn next_back(&mut self) -> Option<T> {
+        self.chunks.next_back().map(T::from_le)
+    }
+}
+
+impl<T: Plain> ExactSizeIterator for VecViewIter<'_, T> {}
+
+impl<T: Plain> FusedIterator for VecViewIter<'_, T> {}
+
+impl<T: Plain> Clone for VecViewIter<'_, T> {
+    fn clone(&self) -> Self {
+        Self {
+            chunks: self.chunks.clone(),
+        }
+    }
+}
+
+impl<T: Plain> fmt::Debug for VecViewIter<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VecViewIter")
+            .field("left", &self.chunks.len())
+            .finish()
     }
 }
 
