@@ -140,6 +140,19 @@ fn rpc_child() {
             .expect("serve");
             println!("served: {end:?}");
         }
+        "client-deaf" => {
+            // Sends large requests and never reads the replies: the server's reply ring to
+            // it fills up.
+            let channel = connect(&dir, &name);
+            let sender = rpc::Transport::sender(&channel);
+            let data = vec![1u8; 64 << 10];
+            for id in 1..=24u64 {
+                let out = rpc::Outgoing::new(ECHO.id, shm_channel::Kind::Request).request_id(id);
+                rpc::send_objects(&sender, &out, &[(0, &data)], STEP).expect("send");
+            }
+            println!("flooded");
+            thread::sleep(Duration::from_secs(60));
+        }
         "client-forever" => {
             // A client that calls in a loop until it is killed.
             let mut client = Client::new(connect(&dir, &name));
@@ -844,6 +857,36 @@ fn broadcast_reaches_every_client() {
             assert!(Instant::now() < deadline, "the hub kept a dead client");
             thread::sleep(Duration::from_millis(10));
         }
+        drop(s);
+    });
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped() {
+    if child_role().is_some() {
+        return;
+    }
+    let s = start_server(3);
+    with_watchdog(LIMIT, move || {
+        let env = [
+            (DIR_ENV, s.dir.display().to_string()),
+            (NAME_ENV, s.name.clone()),
+        ];
+        let mut deaf = ChildGuard::spawn("rpc_child", "client-deaf", &env);
+        deaf.wait_for_line("flooded");
+        // The server waits `reply_timeout` (5 s) for room in the deaf client's ring, then
+        // drops it and serves the others again.
+        let mut c = client(&s);
+        let t = Instant::now();
+        assert_eq!(echo(&mut c, b"served").expect("echo"), b"served");
+        assert!(t.elapsed() < Duration::from_secs(9), "{:?}", t.elapsed());
+        for i in 0..10u64 {
+            assert_eq!(
+                echo(&mut c, &i.to_le_bytes()).expect("echo"),
+                i.to_le_bytes()
+            );
+        }
+        drop(deaf);
         drop(s);
     });
 }

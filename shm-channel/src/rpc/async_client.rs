@@ -22,7 +22,7 @@
 //! is not reachable for in-place sends, so a call that finds the ring full retries every
 //! millisecond (a full request ring is the rare, overloaded case).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 use super::client::{
-    CallError, DEFAULT_EVENT_QUEUE, EventItem, Method, copy_fill, finish_reply, once_fill,
-    push_event, send_cancel,
+    CallError, DEFAULT_EVENT_QUEUE, EventItem, EventQueue, Method, copy_fill, finish_reply,
+    once_fill, send_cancel,
 };
 use super::transport::{IncomingMessage, ObjectSink, Outgoing, TransportError, TransportSender};
 use super::{OwnedMessage, flags};
@@ -53,18 +53,16 @@ struct Waiting {
 }
 
 /// What the reader task shares with the calls.
-#[derive(Default)]
 struct State {
     pending: HashMap<u64, Waiting>,
     /// Set when the reader ended: every later call fails with it.
     closed: Option<CallError>,
-    events: VecDeque<EventItem>,
+    events: EventQueue,
     event_waker: Option<Waker>,
 }
 
 struct Shared {
     state: Mutex<State>,
-    event_capacity: usize,
     late_replies: AtomicU64,
 }
 
@@ -118,8 +116,12 @@ impl AsyncClient {
     /// are reported as [`EventItem::Lost`]).
     pub fn with_event_queue(channel: AsyncChannel, capacity: usize) -> AsyncClient {
         let shared = Arc::new(Shared {
-            state: Mutex::default(),
-            event_capacity: capacity.max(1),
+            state: Mutex::new(State {
+                pending: HashMap::new(),
+                closed: None,
+                events: EventQueue::new(capacity),
+                event_waker: None,
+            }),
             late_replies: AtomicU64::new(0),
         });
         let sender = channel.tx().clone();
@@ -316,7 +318,7 @@ impl AsyncClient {
     pub async fn recv_event(&self) -> Result<EventItem, CallError> {
         poll_fn(|cx| {
             let mut state = self.shared.lock();
-            if let Some(e) = state.events.pop_front() {
+            if let Some(e) = state.events.pop() {
                 return Poll::Ready(Ok(e));
             }
             if let Some(e) = &state.closed {
@@ -378,7 +380,7 @@ async fn read_loop(mut channel: AsyncChannel, shared: Arc<Shared>) {
             Kind::Event => {
                 let event = OwnedMessage::copy_of(&msg);
                 let mut state = shared.lock();
-                push_event(&mut state.events, shared.event_capacity, event);
+                state.events.push(event);
                 if let Some(waker) = state.event_waker.take() {
                     waker.wake();
                 }

@@ -210,14 +210,46 @@ pub(crate) fn send_cancel(sender: &(impl TransportSender + ?Sized), id: u64) {
     let _ = super::send_objects(sender, &out, &[], Duration::ZERO);
 }
 
-/// Queues `m`, or counts it as lost when the queue is full (see [`EventItem::Lost`]).
-pub(crate) fn push_event(queue: &mut VecDeque<EventItem>, capacity: usize, m: OwnedMessage) {
-    if queue.len() < capacity {
-        queue.push_back(EventItem::Event(m));
-    } else if let Some(EventItem::Lost { count }) = queue.back_mut() {
-        *count += 1;
-    } else {
-        queue.push_back(EventItem::Lost { count: 1 });
+/// Events received while nobody asked for them: at most `capacity` events, and a
+/// [`EventItem::Lost`] marker where some had to be dropped (markers do not count).
+#[derive(Debug)]
+pub(crate) struct EventQueue {
+    items: VecDeque<EventItem>,
+    events: usize,
+    capacity: usize,
+}
+
+impl EventQueue {
+    pub(crate) fn new(capacity: usize) -> Self {
+        EventQueue {
+            items: VecDeque::new(),
+            events: 0,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Queues `m`, or counts it as lost when the queue is full.
+    pub(crate) fn push(&mut self, m: OwnedMessage) {
+        if self.events < self.capacity {
+            self.items.push_back(EventItem::Event(m));
+            self.events += 1;
+        } else if let Some(EventItem::Lost { count }) = self.items.back_mut() {
+            *count += 1;
+        } else {
+            self.items.push_back(EventItem::Lost { count: 1 });
+        }
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<EventItem> {
+        let item = self.items.pop_front()?;
+        if matches!(item, EventItem::Event(_)) {
+            self.events -= 1;
+        }
+        Some(item)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
     }
 }
 
@@ -262,8 +294,7 @@ pub struct Client<T: Transport> {
     transport: T,
     sender: T::Sender,
     next_request: u64,
-    events: VecDeque<EventItem>,
-    event_capacity: usize,
+    events: EventQueue,
     default_timeout: Duration,
     cancel: Arc<CancelState>,
     late_replies: u64,
@@ -276,8 +307,7 @@ impl<T: Transport> Client<T> {
             sender: transport.sender(),
             transport,
             next_request: 0,
-            events: VecDeque::new(),
-            event_capacity: DEFAULT_EVENT_QUEUE,
+            events: EventQueue::new(DEFAULT_EVENT_QUEUE),
             default_timeout: DEFAULT_TIMEOUT,
             cancel: Arc::default(),
             late_replies: 0,
@@ -287,7 +317,7 @@ impl<T: Transport> Client<T> {
     /// Keeps at most `capacity` events that arrive while a call waits (further ones are
     /// reported as [`EventItem::Lost`]).
     pub fn with_event_queue(mut self, capacity: usize) -> Self {
-        self.event_capacity = capacity.max(1);
+        self.events = EventQueue::new(capacity);
         self
     }
 
@@ -485,11 +515,7 @@ impl<T: Transport> Client<T> {
                 Ok(msg) => match msg.kind() {
                     Kind::Reply if msg.request_id() == id => return finish_reply(&msg, decode),
                     Kind::Reply => self.late_replies += 1,
-                    Kind::Event => push_event(
-                        &mut self.events,
-                        self.event_capacity,
-                        OwnedMessage::copy_of(&msg),
-                    ),
+                    Kind::Event => self.events.push(OwnedMessage::copy_of(&msg)),
                     // Requests, one-ways or control messages from a server: not ours to
                     // handle; skipped.
                     _ => {}
@@ -505,7 +531,7 @@ impl<T: Transport> Client<T> {
     /// The next event: the oldest queued one, else the next to arrive within `timeout`
     /// (replies nobody waits for are discarded meanwhile).
     pub fn recv_event(&mut self, timeout: Duration) -> Result<EventItem, CallError> {
-        if let Some(e) = self.events.pop_front() {
+        if let Some(e) = self.events.pop() {
             return Ok(e);
         }
         let deadline = Instant::now().checked_add(timeout);
@@ -531,7 +557,7 @@ impl<T: Transport> Client<T> {
 
     /// The next event if one is queued or has arrived; never waits.
     pub fn try_recv_event(&mut self) -> Result<Option<EventItem>, CallError> {
-        if let Some(e) = self.events.pop_front() {
+        if let Some(e) = self.events.pop() {
             return Ok(Some(e));
         }
         loop {
@@ -574,5 +600,103 @@ pub(crate) fn copy_fill<'o>(
             sink.object(*id, data.len() as u64)?.copy_from_slice(data);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: u64) -> OwnedMessage {
+        OwnedMessage {
+            message_id: 9,
+            kind: Kind::Event,
+            request_id: 0,
+            flags: 0,
+            objects: vec![(0, n.to_le_bytes().to_vec())],
+        }
+    }
+
+    #[test]
+    fn event_queue_overflow_is_counted_in_place() {
+        let mut q = EventQueue::new(2);
+        for n in 0..5 {
+            q.push(event(n));
+        }
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.pop(), Some(EventItem::Event(event(0))));
+        // Room for one event again: it goes after the marker.
+        q.push(event(5));
+        q.push(event(6));
+        let rest: Vec<_> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(
+            rest,
+            [
+                EventItem::Event(event(1)),
+                EventItem::Lost { count: 3 },
+                EventItem::Event(event(5)),
+                EventItem::Lost { count: 1 },
+            ]
+        );
+        q.push(event(7));
+        assert_eq!(q.pop(), Some(EventItem::Event(event(7))));
+    }
+
+    fn reply(flags: u64, objects: Vec<(u64, Vec<u8>)>) -> OwnedMessage {
+        OwnedMessage {
+            message_id: 4,
+            kind: Kind::Reply,
+            request_id: 1,
+            flags,
+            objects,
+        }
+    }
+
+    #[test]
+    fn replies_are_read_by_their_flags() {
+        let ok = reply(0, vec![(0, b"v".to_vec())]);
+        assert_eq!(
+            finish_reply(&ok, |m| Ok(m.object(0).map(<[u8]>::to_vec))),
+            Ok(Some(b"v".to_vec()))
+        );
+        assert_eq!(
+            finish_reply(&ok, |_| Err::<(), _>("bad".into())),
+            Err(CallError::Protocol("bad".into()))
+        );
+        let err = reply(flags::ERROR, vec![(ERROR_OBJECT, b"e".to_vec())]);
+        assert_eq!(
+            finish_reply(&err, |_| Ok(())),
+            Err(CallError::Remote(RawError(b"e".to_vec())))
+        );
+        let fault = reply(flags::FAULT, vec![(ERROR_OBJECT, b"panic".to_vec())]);
+        assert_eq!(
+            finish_reply(&fault, |_| Ok(())),
+            Err(CallError::Fault("panic".into()))
+        );
+        let unknown = reply(flags::UNKNOWN_METHOD, vec![]);
+        assert_eq!(
+            finish_reply(&unknown, |_| Ok(())),
+            Err(CallError::UnknownMethod { message_id: 4 })
+        );
+    }
+
+    #[test]
+    fn remote_errors_map_and_the_rest_is_kept() {
+        let e: CallError<u8> = CallError::Remote(RawError(vec![7])).map_remote(|r| r.0[0]);
+        assert_eq!(e, CallError::Remote(7));
+        let e: CallError<u8> =
+            CallError::Remote(RawError(vec![])).try_map_remote(|_| Err("empty".into()));
+        assert_eq!(e, CallError::Protocol("empty".into()));
+        let e: CallError<u8> = CallError::<RawError>::Timeout.map_remote(|_| 0);
+        assert_eq!(e, CallError::Timeout);
+        assert_eq!(
+            CallError::<RawError>::from(TransportError::Dropped),
+            CallError::Dropped
+        );
+    }
+
+    #[test]
+    fn flags_stay_in_the_rpc_range() {
+        assert_eq!(flags::ALL & !shm_layout::flags::APP_MASK, 0);
     }
 }
