@@ -92,6 +92,31 @@
 //! # Ok::<(), WireError>(())
 //! ```
 //!
+//! # For code generators
+//!
+//! - **Struct** `S { a: A, b: B }`: `impl Encode` sums the fields'
+//!   `encoded_len` and encodes them in order; `impl Decode<'a>` decodes them
+//!   in order (`r.decode()?`) and sets `MIN_ENCODED_LEN` to the sum of the
+//!   fields' `MIN_ENCODED_LEN` (a constant expression). A struct with a
+//!   `string`, `bytes` or `vec` gets a receive-side view with a lifetime
+//!   (`&'a str`, `&'a [u8]`, [`VecView`] / [`SeqView`]) next to the owned type
+//!   that sends.
+//! - **Enum**: `put_u32(discriminant)` then the payload, if any;
+//!   `encoded_len` is 4 + the payload's; decode matches on `r.u32()?` and
+//!   returns [`WireError::UnknownDiscriminant`] for anything else;
+//!   `MIN_ENCODED_LEN` is 4 (the payload is not always there).
+//! - **Bounds** (`string<N>`, `bytes<N>`, `vec<T, N>`): call
+//!   [`encode_bounded`] / [`decode_bounded`] on the field, or type it
+//!   [`Bounded<T, N>`] where bounds nest (`option<string<N>>`,
+//!   `vec<string<M>, N>`).
+//! - **Recursion** goes through `Box` (`option<Node>` is
+//!   `Option<Box<Node>>`) or `Vec`; both decode through [`Reader::nested`].
+//! - **Objects**: parameter `i` is one object; size it with `encoded_len`,
+//!   encode it with [`encode_to`] into the `&mut [u8]` the transport hands
+//!   out, and decode it with [`decode_exact`], which also refuses trailing
+//!   bytes. A large `bytes` argument can be filled in place with
+//!   [`Writer::put_bytes_with`].
+//!
 //! # Peer bytes
 //!
 //! Decoding never panics, never reads out of bounds and never allocates more
@@ -257,6 +282,83 @@ pub fn decode_bounded<'a, T: Decode<'a> + LengthPrefixed>(
 ) -> Result<T, WireError> {
     check_bound(r.peek_length()?, max)?;
     T::decode(r)
+}
+
+/// A `string<N>`, `bytes<N>` or `vec<T, N>` whose bound travels in its
+/// type, so that bounds nest: `option<string<256>>` is
+/// `Option<Bounded<&str, 256>>`, `vec<string<16>, 8>` is
+/// `Bounded<Vec<Bounded<String, 16>>, 8>`.
+///
+/// Encoding refuses a value over the bound and decoding refuses a length
+/// prefix over it before reading behind it, both with
+/// [`WireError::TooLong`]. The field is public for cheap wrapping and
+/// unwrapping; [`Bounded::new`] checks the bound early.
+///
+/// ```
+/// use shm_channel::wire::{Bounded, WireError, decode_exact, encode_to_vec};
+///
+/// let bytes = encode_to_vec(&Some(Bounded::<_, 4>("abc")))?;
+/// let back: Option<Bounded<&str, 4>> = decode_exact(&bytes)?;
+/// assert_eq!(back.as_deref(), Some(&"abc"));
+/// assert_eq!(
+///     decode_exact::<Option<Bounded<&str, 2>>>(&bytes),
+///     Err(WireError::TooLong { len: 3, max: 2 })
+/// );
+/// # Ok::<(), WireError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Bounded<T, const N: usize>(pub T);
+
+impl<T: LengthPrefixed, const N: usize> Bounded<T, N> {
+    /// Wraps `value`, refusing one longer than `N`.
+    pub fn new(value: T) -> Result<Self, WireError> {
+        check_bound(value.prefix_len(), N)?;
+        Ok(Self(value))
+    }
+}
+
+impl<T, const N: usize> Bounded<T, N> {
+    /// The wrapped value.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T, const N: usize> std::ops::Deref for Bounded<T, N> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: Encode + LengthPrefixed, const N: usize> Encode for Bounded<T, N> {
+    fn encoded_len(&self) -> usize {
+        self.0.encoded_len()
+    }
+
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        encode_bounded(&self.0, N, w)
+    }
+}
+
+impl<'a, T: Decode<'a> + LengthPrefixed, const N: usize> Decode<'a> for Bounded<T, N> {
+    const MIN_ENCODED_LEN: usize = T::MIN_ENCODED_LEN;
+
+    fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+        decode_bounded(r, N).map(Self)
+    }
+
+    fn skip(r: &mut Reader<'a>) -> Result<(), WireError> {
+        check_bound(r.peek_length()?, N)?;
+        T::skip(r)
+    }
+}
+
+impl<T: LengthPrefixed, const N: usize> LengthPrefixed for Bounded<T, N> {
+    fn prefix_len(&self) -> usize {
+        self.0.prefix_len()
+    }
 }
 
 /// A value that can be written in the wire encoding.
@@ -1967,6 +2069,44 @@ mod tests {
                 len: u32::MAX as usize,
                 max: 1024
             })
+        );
+    }
+
+    #[test]
+    fn bounded_wrapper_nests() {
+        // `vec<string<2>, 3>`
+        type Tags<'a> = Bounded<Vec<Bounded<&'a str, 2>>, 3>;
+        let ok = encoded(&Bounded::<_, 3>(vec![Bounded::<_, 2>("ab"), Bounded("c")]));
+        assert_eq!(ok, [2, 0, 0, 0, 2, 0, 0, 0, b'a', b'b', 1, 0, 0, 0, b'c']);
+        let tags: Tags<'_> = decode_exact(&ok).unwrap();
+        assert_eq!(tags.iter().map(|t| t.0).collect::<Vec<_>>(), ["ab", "c"]);
+
+        let long_item = encoded(&vec!["abc"]);
+        assert_eq!(
+            decode_exact::<Tags<'_>>(&long_item),
+            Err(WireError::TooLong { len: 3, max: 2 })
+        );
+        assert_eq!(
+            decode_exact::<SeqView<'_, Bounded<&str, 2>>>(&long_item).map(|v| v.len()),
+            Err(WireError::TooLong { len: 3, max: 2 }),
+            "a view validates bounds up front too"
+        );
+        let too_many = encoded(&vec!["a", "b", "c", "d"]);
+        assert_eq!(
+            decode_exact::<Tags<'_>>(&too_many),
+            Err(WireError::TooLong { len: 4, max: 3 })
+        );
+        assert_eq!(
+            encode_to_vec(&Bounded::<_, 1>(vec![Bounded::<_, 2>("abc")])),
+            Err(WireError::TooLong { len: 3, max: 2 })
+        );
+        assert_eq!(
+            Bounded::<_, 1>::new("ab"),
+            Err(WireError::TooLong { len: 2, max: 1 })
+        );
+        assert_eq!(
+            Bounded::<_, 2>::new("ab").map(Bounded::into_inner),
+            Ok("ab")
         );
     }
 
