@@ -741,6 +741,20 @@ fn async_drop_cancels_timeout_events_and_errors() {
                 Err(CallError::Remote(RawError(b"bad thing".to_vec())))
             );
             c.send_sync(&NOOP, &[], STEP).await.expect("sync");
+            // @no_queue against a full ring, async.
+            c.send_oneway(&SLEEP, &[(0, &1_000u64.to_le_bytes())], STEP, false)
+                .await
+                .expect("sleep");
+            let data = vec![3u8; 1024];
+            let mut sent = 0;
+            let dropped = loop {
+                match c.send_oneway(&NOOP, &[(0, &data)], STEP, true).await {
+                    Ok(()) => sent += 1,
+                    Err(e) => break e,
+                }
+                assert!(sent < 10_000, "the ring never filled");
+            };
+            assert_eq!(dropped, CallError::Dropped);
             c.send_oneway(&NOOP, &[], STEP, false)
                 .await
                 .expect("one-way");

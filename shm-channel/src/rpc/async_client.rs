@@ -191,6 +191,10 @@ impl AsyncClient {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(CallError::Timeout);
             }
+            // A full ring of a dead peer stays full: the reader has seen the end by now.
+            if let Some(e) = &self.shared.lock().closed {
+                return Err(e.clone());
+            }
             tokio::time::sleep(FULL_RETRY).await;
         }
     }
