@@ -336,6 +336,12 @@ impl<T: Transport> Client<T> {
         &self.transport
     }
 
+    /// The sending half: clone it to send one-way messages from other threads (a reply
+    /// still comes back only through a call on this client).
+    pub fn sender(&self) -> &T::Sender {
+        &self.sender
+    }
+
     /// Gives the transport back.
     pub fn into_transport(self) -> T {
         self.transport

@@ -90,9 +90,8 @@ pub struct OwnedMessage {
 impl OwnedMessage {
     /// Copies a borrowed message.
     pub fn copy_of(m: &(impl IncomingMessage + ?Sized)) -> Self {
-        let objects = (0..m.object_count())
-            .filter_map(|i| m.object_at(i).map(|(id, d)| (id, d.to_vec())))
-            .collect();
+        let mut objects = Vec::with_capacity(m.object_count());
+        m.for_each_object(&mut |id, d| objects.push((id, d.to_vec())));
         OwnedMessage {
             message_id: m.message_id(),
             kind: m.kind(),

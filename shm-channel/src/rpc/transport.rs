@@ -187,6 +187,14 @@ pub trait IncomingMessage {
     fn object_at(&self, index: usize) -> Option<(u64, &[u8])>;
     /// How many objects the message has.
     fn object_count(&self) -> usize;
+    /// Calls `f` with each object (id, data), in order.
+    fn for_each_object(&self, f: &mut dyn FnMut(u64, &[u8])) {
+        for i in 0..self.object_count() {
+            if let Some((id, data)) = self.object_at(i) {
+                f(id, data);
+            }
+        }
+    }
 }
 
 impl IncomingMessage for Message<'_> {
@@ -220,6 +228,13 @@ impl IncomingMessage for Message<'_> {
 
     fn object_count(&self) -> usize {
         self.view().header().object_count as usize
+    }
+
+    fn for_each_object(&self, f: &mut dyn FnMut(u64, &[u8])) {
+        // Validated on receipt: no errors to skip.
+        for o in self.objects().flatten() {
+            f(o.id, o.data);
+        }
     }
 }
 
