@@ -432,7 +432,12 @@ pub trait Decode<'a>: Sized {
     /// ([`Reader::count`]); plain numbers override this with one bounds
     /// check and a bulk conversion.
     fn decode_vec(r: &mut Reader<'a>, count: usize) -> Result<Vec<Self>, WireError> {
-        r.check_count(count, Self::MIN_ENCODED_LEN)?;
+        // Values that take no bytes (`()`, empty structs) are zero-sized in
+        // Rust too, so their `Vec` allocates nothing; a `vec` count of them is
+        // bounded by `Reader::count`, an array's by its type.
+        if Self::MIN_ENCODED_LEN > 0 {
+            r.check_count(count, Self::MIN_ENCODED_LEN)?;
+        }
         let mut items = Vec::with_capacity(count);
         for _ in 0..count {
             items.push(Self::decode(r)?);
@@ -1137,7 +1142,9 @@ impl<'a, T: Decode<'a>, const N: usize> Decode<'a> for [T; N] {
     }
 
     fn skip(r: &mut Reader<'a>) -> Result<(), WireError> {
-        r.check_count(N, T::MIN_ENCODED_LEN)?;
+        if T::MIN_ENCODED_LEN > 0 {
+            r.check_count(N, T::MIN_ENCODED_LEN)?;
+        }
         (0..N).try_for_each(|_| T::skip(r))
     }
 }
@@ -1985,6 +1992,14 @@ mod tests {
             decode_exact::<Vec<()>>(&[2, 0, 0, 0, 9, 9]).map(|v| v.len()),
             Err(WireError::TrailingBytes { count: 2 })
         );
+        // Arrays of zero-byte values need no bytes at all.
+        assert_eq!(decode_exact::<[(); 3]>(&[]), Ok([(); 3]));
+        // ...but a vec of them is counted at one byte each (the documented
+        // price of never looping on a hostile count).
+        assert!(matches!(
+            decode_exact::<SeqView<'_, [(); 3]>>(&[1, 0, 0, 0]),
+            Err(WireError::CountTooLarge { count: 1, .. })
+        ));
         // A huge array type checks before allocating too.
         assert!(matches!(
             decode_exact::<[String; 4096]>(&[0; 16]),
@@ -2290,6 +2305,31 @@ mod tests {
                     break;
                 }
             }
+        }
+
+        #[test]
+        fn corrupted_messages_never_panic(
+            tags in proptest::collection::vec(any::<String>(), 0..4),
+            flags in proptest::collection::vec(any::<u16>(), 0..=8),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        ) {
+            // Valid messages with a few bytes rewritten by a hostile peer:
+            // counts, lengths, tags and UTF-8 all land on garbage.
+            let msg = Msg { id: 1, name: "name".into(), data: vec![1; 5], flags, tags, note: Some("n".into()) };
+            let mut bytes = encoded(&msg);
+            for (at, value) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = value;
+            }
+            if let Ok(view) = decode_exact::<MsgView<'_>>(&bytes) {
+                prop_assert!(view.name.len() <= 16 && view.flags.len() <= 8);
+                for tag in &view.tags {
+                    prop_assert!(tag.is_ok());
+                }
+            }
+            let _ = decode_exact::<Vec<Option<Result<u64, Vec<String>>>>>(&bytes);
+            let _ = decode_exact::<SeqView<'_, SeqView<'_, Shape>>>(&bytes);
+            let _ = decode_exact::<Tree>(&bytes);
         }
 
         #[test]
