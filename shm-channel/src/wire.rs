@@ -104,7 +104,8 @@
 //! - **Enum**: `put_u32(discriminant)` then the payload, if any;
 //!   `encoded_len` is 4 + the payload's; decode matches on `r.u32()?` and
 //!   returns [`WireError::UnknownDiscriminant`] for anything else;
-//!   `MIN_ENCODED_LEN` is 4 (the payload is not always there).
+//!   `MIN_ENCODED_LEN` is 4 + the smallest variant payload's minimum (0 for
+//!   a unit variant; 4 alone is always safe).
 //! - **Bounds** (`string<N>`, `bytes<N>`, `vec<T, N>`): call
 //!   [`encode_bounded`] / [`decode_bounded`] on the field, or type it
 //!   [`Bounded<T, N>`] where bounds nest (`option<string<N>>`,
@@ -154,7 +155,7 @@ pub const MAX_DEPTH: u32 = 100;
 #[non_exhaustive]
 pub enum WireError {
     /// The input ended inside a value.
-    #[error("truncated value: {needed} more bytes needed, {available} available")]
+    #[error("truncated value: the next field needs {needed} bytes, {available} remain")]
     Truncated {
         /// Bytes the next field needs.
         needed: usize,
