@@ -35,10 +35,10 @@ use super::client::{
     CallError, DEFAULT_EVENT_QUEUE, EventItem, EventQueue, Method, copy_fill, finish_reply,
     once_fill, send_cancel,
 };
+use super::transport::AsyncTransport;
 use super::transport::{IncomingMessage, ObjectSink, Outgoing, TransportError, TransportSender};
 use super::{OwnedMessage, flags};
 use crate::async_channel::{self, AsyncChannel};
-use crate::ring::{RecvError, RingWriter};
 use crate::service::{ClientConfig, ConnectError};
 use shm_layout::Kind;
 
@@ -75,15 +75,15 @@ impl Shared {
 
 /// An async RPC client over one shm channel. Calls take `&self`: share it (`Arc`) and call
 /// from many tasks at once.
-pub struct AsyncClient {
+pub struct AsyncClient<T: AsyncTransport = AsyncChannel> {
     shared: Arc<Shared>,
-    sender: RingWriter,
+    sender: T::Sender,
     version: u32,
     next_request: AtomicU64,
     reader: JoinHandle<()>,
 }
 
-impl std::fmt::Debug for AsyncClient {
+impl<T: AsyncTransport> std::fmt::Debug for AsyncClient<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AsyncClient")
             .field("version", &self.version)
@@ -91,30 +91,32 @@ impl std::fmt::Debug for AsyncClient {
     }
 }
 
-impl Drop for AsyncClient {
+impl<T: AsyncTransport> Drop for AsyncClient<T> {
     fn drop(&mut self) {
         // The reader owns the channel: ending it closes the channel.
         self.reader.abort();
     }
 }
 
-impl AsyncClient {
+impl AsyncClient<AsyncChannel> {
     /// Connects to the service `name` (see [`async_channel::connect`]).
     pub async fn connect(name: &str, config: &ClientConfig) -> Result<AsyncClient, ConnectError> {
         Ok(AsyncClient::new(
             async_channel::connect(name, config).await?,
         ))
     }
+}
 
+impl<T: AsyncTransport> AsyncClient<T> {
     /// A client over `channel`; spawns its reader task on the current tokio runtime
     /// (panics outside one, as `tokio::spawn` does).
-    pub fn new(channel: AsyncChannel) -> AsyncClient {
+    pub fn new(channel: T) -> Self {
         Self::with_event_queue(channel, DEFAULT_EVENT_QUEUE)
     }
 
     /// As [`new`](Self::new), keeping at most `capacity` unreceived events (further ones
     /// are reported as [`EventItem::Lost`]).
-    pub fn with_event_queue(channel: AsyncChannel, capacity: usize) -> AsyncClient {
+    pub fn with_event_queue(channel: T, capacity: usize) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 pending: HashMap::new(),
@@ -124,8 +126,8 @@ impl AsyncClient {
             }),
             late_replies: AtomicU64::new(0),
         });
-        let sender = channel.tx().clone();
-        let version = channel.channel().version();
+        let sender = channel.sender();
+        let version = channel.version();
         let reader = tokio::spawn(read_loop(channel, Arc::clone(&shared)));
         AsyncClient {
             shared,
@@ -280,7 +282,7 @@ impl AsyncClient {
         }
         let mut guard = PendingGuard {
             shared: &self.shared,
-            sender: &self.sender,
+            sender: &self.sender as &dyn TransportSender,
             id,
             sent: false,
             done: false,
@@ -339,7 +341,7 @@ impl AsyncClient {
 /// the server it may skip the call.
 struct PendingGuard<'a> {
     shared: &'a Shared,
-    sender: &'a RingWriter,
+    sender: &'a dyn TransportSender,
     id: u64,
     sent: bool,
     done: bool,
@@ -358,13 +360,12 @@ impl Drop for PendingGuard<'_> {
 }
 
 /// The reader task: hands each reply to its call, queues events, discards the rest.
-async fn read_loop(mut channel: AsyncChannel, shared: Arc<Shared>) {
+async fn read_loop<T: AsyncTransport>(mut channel: T, shared: Arc<Shared>) {
     let end = loop {
         let msg = match channel.recv().await {
             Ok(m) => m,
-            Err(RecvError::WriterDied { .. }) => continue,
-            Err(RecvError::PeerDied) => break CallError::PeerDied,
-            Err(e) => break CallError::from(TransportError::from(e)),
+            Err(TransportError::MessageLost { .. }) => continue,
+            Err(e) => break CallError::from(e),
         };
         match msg.kind() {
             Kind::Reply => {
@@ -411,7 +412,7 @@ async fn read_loop(mut channel: AsyncChannel, shared: Arc<Shared>) {
 #[allow(dead_code, reason = "compile-time check only")]
 fn assert_send() {
     fn is_send<T: Send>(_: &T) {}
-    fn check(c: &AsyncClient) {
+    fn check(c: &AsyncClient<AsyncChannel>) {
         is_send(&c.call(&Method::new("m", 1), &[], Duration::ZERO, |_| Ok(())));
         is_send(&c.recv_event());
     }

@@ -46,7 +46,8 @@ pub use server::{
     ServeEnd, ServeOptions, send_event, serve_channel, serve_service,
 };
 pub use transport::{
-    IncomingMessage, ObjectSink, Outgoing, Transport, TransportError, TransportSender, send_objects,
+    AsyncTransport, IncomingMessage, ObjectSink, Outgoing, Transport, TransportError,
+    TransportSender, send_objects,
 };
 
 /// The RPC layer's flag bits (bits 16..32 of a message's flags word; the ring ignores them).

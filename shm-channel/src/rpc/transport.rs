@@ -393,3 +393,43 @@ impl Transport for Channel {
         Channel::version(self)
     }
 }
+
+/// A [`Transport`] whose receive is a future: what the async client's reader task reads
+/// from. Implemented by [`AsyncChannel`](crate::async_channel::AsyncChannel) (feature
+/// `tokio`); a network connection implements it over its socket, with the same message
+/// bytes and the same [`TransportSender`] for sending.
+pub trait AsyncTransport: Send + 'static {
+    /// The sending half.
+    type Sender: TransportSender + Clone + 'static;
+    /// A received message, borrowed from the transport until dropped.
+    type Message<'a>: IncomingMessage
+    where
+        Self: 'a;
+
+    /// A handle to send on this transport.
+    fn sender(&self) -> Self::Sender;
+    /// The protocol version settled by the handshake.
+    fn version(&self) -> u32;
+    /// The next message. Must be cancel-safe (a dropped future consumed nothing).
+    fn recv(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Self::Message<'_>, TransportError>> + Send;
+}
+
+#[cfg(feature = "tokio")]
+impl AsyncTransport for crate::async_channel::AsyncChannel {
+    type Sender = RingWriter;
+    type Message<'a> = Message<'a>;
+
+    fn sender(&self) -> RingWriter {
+        self.tx().clone()
+    }
+
+    fn version(&self) -> u32 {
+        self.channel().version()
+    }
+
+    async fn recv(&mut self) -> Result<Message<'_>, TransportError> {
+        Ok(crate::async_channel::AsyncChannel::recv(self).await?)
+    }
+}
