@@ -11,7 +11,7 @@
 //! | `u8`, `i8` / `u16`, `i16` / `u32`, `i32`, `f32` / `u64`, `i64`, `f64` | 1 / 2 / 4 / 8 | value | value |
 //! | `string<N>`, `string` | `u32` length + UTF-8 | `str`, `String` | `&'a str`, or `String` |
 //! | `bytes<N>`, `bytes` | `u32` length + the bytes | `[u8]`, `Vec<u8>` | `&'a [u8]`, or `Vec<u8>` |
-//! | `[T; N]` | N × T | `[T; N]` | `[T; N]` |
+//! | `[T; N]` | N × T | `[T; N]` | `[T; N]`, or [`ArrayView`] (plain numbers) |
 //! | `vec<T, N>`, `vec<T>` | `u32` count + the elements | `[T]`, `Vec<T>` | [`VecView`] (plain numbers), [`SeqView`] (anything), or `Vec<T>` |
 //! | `option<T>` | `u8` tag (0 none, 1 some) + T if some | `Option<T>` | `Option<T>` |
 //! | `result<T, E>` | `u8` tag (0 ok, 1 err) + T or E | `Result<T, E>` | `Result<T, E>` |
@@ -1383,6 +1383,70 @@ impl<T: Plain> LengthPrefixed for VecView<'_, T> {
     }
 }
 
+/// A received `[T; N]` of plain numbers, borrowed from the input: the
+/// array counterpart of [`VecView`] (which it derefs to), for arrays too big
+/// to copy onto the stack (`[u8; 1 MiB]`) or read only in part.
+pub struct ArrayView<'a, T: Plain, const N: usize>(VecView<'a, T>);
+
+impl<'a, T: Plain, const N: usize> ArrayView<'a, T, N> {
+    /// An owned copy of the elements.
+    pub fn to_array(&self) -> [T; N]
+    where
+        T: Default,
+    {
+        let mut out = [T::default(); N];
+        for (item, value) in out.iter_mut().zip(self.0.iter()) {
+            *item = value;
+        }
+        out
+    }
+}
+
+impl<'a, T: Plain, const N: usize> std::ops::Deref for ArrayView<'a, T, N> {
+    type Target = VecView<'a, T>;
+
+    fn deref(&self) -> &VecView<'a, T> {
+        &self.0
+    }
+}
+
+impl<T: Plain, const N: usize> Clone for ArrayView<'_, T, N> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: Plain, const N: usize> Copy for ArrayView<'_, T, N> {}
+
+impl<T: Plain + fmt::Debug, const N: usize> fmt::Debug for ArrayView<'_, T, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'a, T: Plain, const N: usize> Decode<'a> for ArrayView<'a, T, N> {
+    const MIN_ENCODED_LEN: usize = N.saturating_mul(T::SIZE);
+
+    fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+        r.check_count(N, T::SIZE)?;
+        Ok(Self(VecView {
+            bytes: r.take(N * T::SIZE)?,
+            _element: PhantomData,
+        }))
+    }
+}
+
+/// Re-sends a received view as it came (N values, no count).
+impl<T: Plain, const N: usize> Encode for ArrayView<'_, T, N> {
+    fn encoded_len(&self) -> usize {
+        self.0.bytes.len()
+    }
+
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        w.put_raw(self.0.bytes)
+    }
+}
+
 /// A received `vec<T>` of any element type, borrowed from the input and
 /// decoded lazily, one element per iteration step.
 ///
@@ -1853,6 +1917,27 @@ mod tests {
         assert_eq!(seq.len(), 2);
         assert_eq!(seq.to_vec().unwrap(), ["a", "bc"]);
         assert_eq!(encoded(&seq), bytes[..15]);
+    }
+
+    #[test]
+    fn array_view() {
+        let bytes = encoded(&[1u32, 2, 3]);
+        let view: ArrayView<'_, u32, 3> = decode_exact(&bytes).unwrap();
+        assert_eq!((view.len(), view.get(2)), (3, Some(3)));
+        assert_eq!(view.to_array(), [1, 2, 3]);
+        assert_eq!(encoded(&view), bytes);
+        assert_eq!(
+            decode_exact::<ArrayView<'_, u32, 4>>(&bytes).map(|v| v.len()),
+            Err(WireError::CountTooLarge {
+                count: 4,
+                min_element_len: 4,
+                available: 12
+            })
+        );
+        // Far too big for the stack as an array, free as a view.
+        let big = vec![7u8; 1 << 24];
+        let view: ArrayView<'_, u8, { 1 << 24 }> = decode_exact(&big).unwrap();
+        assert_eq!(view.as_bytes().as_ptr(), big.as_ptr());
     }
 
     #[test]
