@@ -524,3 +524,119 @@ impl EventHub {
         report
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::{Message, Ring, RingConfig, RingReader, RingWriter};
+    use crate::rpc::{CallError, Client, Method};
+    use std::thread;
+
+    /// A transport over two heap rings: shows the trait is implementable without a
+    /// `Channel` (what a network connection does with a socket instead).
+    struct HeapTransport {
+        tx: RingWriter,
+        rx: RingReader,
+        _rings: (Ring, Ring),
+    }
+
+    fn pair() -> (HeapTransport, HeapTransport) {
+        let config = RingConfig::new("RpcUnit", 1 << 16);
+        let a = Ring::create_heap(&config).expect("ring");
+        let b = Ring::create_heap(&config).expect("ring");
+        let one = HeapTransport {
+            tx: a.writer(),
+            rx: b.reader().expect("reader"),
+            _rings: (a.clone(), b.clone()),
+        };
+        let two = HeapTransport {
+            tx: b.writer(),
+            rx: a.reader().expect("reader"),
+            _rings: (a, b),
+        };
+        (one, two)
+    }
+
+    impl Transport for HeapTransport {
+        type Sender = RingWriter;
+        type Message<'a> = Message<'a>;
+
+        fn sender(&self) -> RingWriter {
+            self.tx.clone()
+        }
+
+        fn recv_timeout(&mut self, timeout: Duration) -> Result<Message<'_>, TransportError> {
+            Ok(self.rx.receive_timeout(timeout)?)
+        }
+
+        fn try_recv(&mut self) -> Result<Option<Message<'_>>, TransportError> {
+            Ok(self.rx.try_receive()?)
+        }
+
+        fn peer_alive(&self) -> bool {
+            true
+        }
+
+        fn version(&self) -> u32 {
+            2
+        }
+    }
+
+    #[test]
+    fn client_and_server_over_any_transport() {
+        let (client_side, mut server_side) = pair();
+        let stop = Arc::new(AtomicBool::new(false));
+        let opts = ServeOptions {
+            stop: Some(Arc::clone(&stop)),
+            poll: Duration::from_millis(5),
+            ..ServeOptions::default()
+        };
+        let server = thread::spawn(move || {
+            serve_channel(
+                &mut server_side,
+                |req: &RequestView<'_>, resp: Responder<'_>| match req.message_id() {
+                    1 => resp.reply(&[(0, req.object(0).unwrap_or_default())]),
+                    2 => panic!("unit boom"),
+                    _ => Err(HandlerError::Remote(vec![42])),
+                },
+                &opts,
+            )
+        });
+        let mut c = Client::new(client_side);
+        let echo = Method::new("echo", 1);
+        for i in 0..100u32 {
+            let got = c.call(
+                &echo,
+                &[(0, &i.to_le_bytes())],
+                Duration::from_secs(10),
+                |m| Ok(m.object(0).map(<[u8]>::to_vec)),
+            );
+            assert_eq!(got, Ok(Some(i.to_le_bytes().to_vec())));
+        }
+        let boom = c.call(
+            &Method::new("boom", 2),
+            &[],
+            Duration::from_secs(10),
+            |_| Ok(()),
+        );
+        assert!(matches!(boom, Err(CallError::Fault(ref why)) if why.contains("unit boom")));
+        let fail = c.call(
+            &Method::new("fail", 3),
+            &[],
+            Duration::from_secs(10),
+            |_| Ok(()),
+        );
+        assert_eq!(fail, Err(CallError::Remote(crate::rpc::RawError(vec![42]))));
+        let newer = Method::new("newer", 1).since(3);
+        assert!(matches!(
+            c.call(&newer, &[], Duration::from_secs(10), |_| Ok(())),
+            Err(CallError::Unsupported {
+                since: 3,
+                peer_version: 2,
+                ..
+            })
+        ));
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(server.join().expect("server"), Ok(ServeEnd::Stopped));
+    }
+}
