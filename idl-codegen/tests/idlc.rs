@@ -168,8 +168,9 @@ fn usage_errors_exit_2() {
         &["sizes"],
         &["fmt", "x.idl", "--check", "--write"],
         &["frobnicate"],
-        // Code generation is not in this version.
-        &["gen", "x.idl"],
+        &["gen"],
+        // `--check` compares against OUT, so it needs one.
+        &["gen", "x.idl", "--check"],
     ] {
         let out = idlc(&dir.0, args);
         assert_eq!(code(&out), 2, "idlc {args:?}: {}", stderr(&out));

@@ -7,13 +7,11 @@
 //! Exit codes, for every subcommand:
 //! - `0`: success;
 //! - `1`: the IDL is invalid (diagnostics printed on stderr), or
-//!   `fmt --check` found the file not canonically formatted;
+//!   `fmt --check` found the file not canonically formatted, or `gen --check`
+//!   found the output file stale;
 //! - `2`: a usage error (clap's own exit code) or an I/O error. Where both an
 //!   I/O error and invalid IDL occur (`check` over several files), `2` wins:
 //!   a file that could not be read was not checked at all.
-//!
-//! `idlc gen` (code generation) is not part of this version: the subcommand
-//! does not exist yet, so asking for it is a usage error.
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
@@ -49,6 +47,20 @@ enum Command {
         /// The `.idl` files to check.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+    },
+    /// Generate the Rust code of an IDL file (what `include_idl!` expands
+    /// to), formatted, on stdout or into OUT.
+    Gen {
+        /// The `.idl` file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Write the code into this file (only when its content changes)
+        /// instead of printing it.
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+        /// Write nothing; exit 1 when OUT is not what `gen` would write.
+        #[arg(long, requires = "output")]
+        check: bool,
     },
     /// Print each protocol's ring maxima, per direction, and which message
     /// decided each.
@@ -95,6 +107,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { files } => check(&files),
+        Command::Gen {
+            file,
+            output,
+            check,
+        } => generate(&file, output.as_deref(), check),
         Command::Sizes { file, json } => sizes(&file, json),
         Command::Fmt { file, check, write } => fmt(&file, check, write),
     };
@@ -134,6 +151,39 @@ fn check(files: &[PathBuf]) -> Result<(), Failure> {
     } else {
         Ok(())
     }
+}
+
+/// `idlc gen FILE [-o OUT] [--check]`.
+fn generate(file: &Path, output: Option<&Path>, check: bool) -> Result<(), Failure> {
+    let model = load_model(file)?;
+    let code = idl_codegen::generate_file(&model);
+    let Some(out) = output else {
+        return print_stdout(&code);
+    };
+    let current = match std::fs::read_to_string(out) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Failure::io(out, "cannot read", &e)),
+    };
+    if current.as_deref() == Some(code.as_str()) {
+        return Ok(());
+    }
+    if check {
+        let why = if current.is_some() {
+            "is stale"
+        } else {
+            "does not exist"
+        };
+        eprintln!(
+            "{}: {why}; `idlc gen {} -o {}` regenerates it",
+            out.display(),
+            file.display(),
+            out.display()
+        );
+        return Err(Failure::Rejected);
+    }
+    // Only a changed file is written: an unchanged mtime spares rebuilds.
+    std::fs::write(out, code).map_err(|e| Failure::io(out, "cannot write", &e))
 }
 
 /// `idlc sizes FILE [--json]`.
