@@ -421,10 +421,7 @@ fn gen_struct(facts: &Facts<'_>, s: &Struct) -> TokenStream {
     };
     if facts.borrowed.contains(&s.name) {
         let view = format_ident!("{}View", name);
-        let doc = doc_attr(&format!(
-            "The received form of [`{}`], borrowing its strings, bytes and sequences from the message.",
-            name
-        ));
+        let doc = view_doc(&name);
         let mut derives = vec![quote!(Debug), quote!(Clone)];
         if !facts.view_not_copy.contains(&s.name) {
             derives.push(quote!(Copy));
@@ -568,10 +565,7 @@ fn gen_enum(facts: &Facts<'_>, e: &Enum) -> TokenStream {
     };
     if facts.borrowed.contains(&e.name) {
         let view = format_ident!("{}View", name);
-        let doc = doc_attr(&format!(
-            "The received form of [`{}`], borrowing its strings, bytes and sequences from the message.",
-            name
-        ));
+        let doc = view_doc(&name);
         let mut derives = vec![quote!(Debug), quote!(Clone)];
         if !facts.view_not_copy.contains(&e.name) {
             derives.push(quote!(Copy));
@@ -921,6 +915,19 @@ fn is_keyword(name: &str) -> bool {
 fn type_allows(name: &str) -> Option<TokenStream> {
     let camel = name.starts_with(|c: char| c.is_ascii_uppercase()) && !name.contains('_');
     (!camel).then(|| quote!(#[allow(non_camel_case_types)]))
+}
+
+/// The doc of a view type: a link to the owned type, except where its name
+/// is a raw identifier (rustdoc cannot resolve links to `r#type`).
+fn view_doc(owned: &Ident) -> TokenStream {
+    let owned = owned.to_string();
+    let link = match owned.strip_prefix("r#") {
+        Some(bare) => format!("`{bare}`"),
+        None => format!("[`{owned}`]"),
+    };
+    doc_attr(&format!(
+        "The received form of {link}, borrowing its strings, bytes and sequences from the message."
+    ))
 }
 
 fn doc_attr(line: &str) -> TokenStream {

@@ -773,7 +773,7 @@ impl<'a> ::shm_channel::wire::Decode<'a> for r#type {
         })
     }
 }
-/// The received form of [`r#type`], borrowing its strings, bytes and sequences from the message.
+/// The received form of `type`, borrowing its strings, bytes and sequences from the message.
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy)]
 pub struct typeView<'a> {
