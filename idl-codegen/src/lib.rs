@@ -23,8 +23,8 @@
 //! `bytes` is `Vec<u8>`, `vec<T>` is `Vec<T>`, `option<T>` is `Option<T>`
 //! (`Option<Box<T>>` where a type reaches itself), `[T; N]` is `[T; N]`, and a
 //! bound nested inside another type (`option<string<8>>`) travels in the type
-//! as [`Bounded<T, N>`](https://docs.rs/shm-channel) so that both directions
-//! enforce it. Owned types derive `Debug, Clone, PartialEq`, plus `Eq` and
+//! as `shm_channel::wire::Bounded<T, N>` so that both directions enforce
+//! it. Owned types derive `Debug, Clone, PartialEq`, plus `Eq` and
 //! `Hash` without floats, `Copy` without heap data, `Default` where every
 //! field has one (an enum: when its first variant carries nothing). They
 //! implement `shm_channel::wire::Encode` and `Decode` (an owned copy).
@@ -721,9 +721,10 @@ const RESERVED_CONSTS: [&str; 6] = [
     "SERVER_TO_CLIENT_DECIDED_BY",
 ];
 
-/// The Rust constant for a method or event named `name`.
+/// The Rust constant for a method or event named `name`: upper snake case
+/// (`setGamma` -> `SET_GAMMA`).
 pub fn method_const_name(name: &str) -> String {
-    let upper = name.to_ascii_uppercase();
+    let upper = module_name(name).to_ascii_uppercase();
     if RESERVED_CONSTS.contains(&upper.as_str()) {
         format!("{upper}_METHOD")
     } else {
@@ -731,8 +732,8 @@ pub fn method_const_name(name: &str) -> String {
     }
 }
 
-/// The module of a protocol: `Display` -> `display`, `KeyValue` ->
-/// `key_value`.
+/// Snake case: the module of a protocol (`Display` -> `display`,
+/// `KeyValue` -> `key_value`).
 pub fn module_name(protocol: &str) -> String {
     let mut out = String::new();
     let chars: Vec<char> = protocol.chars().collect();
@@ -957,9 +958,18 @@ fn docs(lines: &[String]) -> TokenStream {
 }
 
 fn sanitize_docs(lines: &[String]) -> Vec<String> {
+    // `/// text` arrives as ` text`: the indentation common to all lines is
+    // the comment's, not the author's.
+    let common = lines
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
     let mut out = Vec::new();
     let mut fence: Option<String> = None;
     for line in lines {
+        let line = line.get(common..).unwrap_or_default();
         let trimmed = line.trim_start();
         let marker: String = trimmed
             .chars()
@@ -974,12 +984,16 @@ fn sanitize_docs(lines: &[String]) -> Vec<String> {
                 out.push(open.clone());
                 fence = None;
             }
-            Some(_) => out.push(line.strip_prefix(' ').unwrap_or(line).to_owned()),
+            Some(_) => out.push(line.to_owned()),
             None if is_fence => {
                 out.push(format!("{marker}text"));
                 fence = Some(marker);
             }
-            None => out.push(escape_html(trimmed.trim_end())),
+            // Up to 3 spaces keep nested lists; 4 would start a code block.
+            None => {
+                let indent = (line.len() - trimmed.len()).min(3);
+                out.push(format!("{:indent$}{}", "", escape_html(trimmed.trim_end())));
+            }
         }
     }
     if let Some(open) = fence {
@@ -1031,6 +1045,7 @@ mod tests {
         let lines: Vec<String> = [
             " Text with vec<u8>.",
             "     indented, not code",
+            "   - nested list",
             " ```",
             " let x = 1;",
             " ```",
@@ -1043,7 +1058,8 @@ mod tests {
             sanitize_docs(&lines),
             [
                 "Text with vec\\<u8>.",
-                "indented, not code",
+                "   indented, not code",
+                "  - nested list",
                 "```text",
                 "let x = 1;",
                 "```",
@@ -1058,5 +1074,7 @@ mod tests {
     fn reserved_method_names_get_a_suffix() {
         assert_eq!(method_const_name("name"), "NAME_METHOD");
         assert_eq!(method_const_name("vsync"), "VSYNC");
+        assert_eq!(method_const_name("set_gamma"), "SET_GAMMA");
+        assert_eq!(method_const_name("setGamma"), "SET_GAMMA");
     }
 }

@@ -169,7 +169,7 @@ impl<'a> ::shm_channel::wire::Decode<'a> for Scalars {
 ///
 /// A doc with an indented line that must not become a doctest:
 ///
-/// let x: u8 = "not rust";
+///    let x: u8 = "not rust";
 ///
 /// ```text
 /// nor this fence
