@@ -38,3 +38,31 @@ fn corpus_keywords() {
 fn corpus_protocols() {
     insta::assert_snapshot!(generated("../idl-parser/tests/corpus/valid/protocols.idl"));
 }
+
+/// No doc comment of the generated code can become a doctest: every fence
+/// is a `text` fence, and no line outside a fence is indented 4 spaces (an
+/// indented code block). Checked on the file whose docs try both.
+#[test]
+fn docs_never_become_doctests() {
+    let code = generated("tests/generated/every_type.idl");
+    let mut in_fence = false;
+    let mut fences = 0;
+    for line in code.lines() {
+        let Some(doc) = line.trim_start().strip_prefix("///") else {
+            continue;
+        };
+        let doc = doc.strip_prefix(' ').unwrap_or(doc);
+        if doc.trim_start().starts_with("```") {
+            if !in_fence {
+                assert_eq!(doc.trim(), "```text", "{line}");
+                fences += 1;
+            }
+            in_fence = !in_fence;
+        } else if !in_fence {
+            assert!(!doc.starts_with("    "), "indented code block: {line}");
+        }
+    }
+    assert!(!in_fence, "unclosed fence");
+    assert_eq!(fences, 1, "the fixture has one fence");
+    assert!(!code.contains("unsafe"), "generated code has no unsafe");
+}
