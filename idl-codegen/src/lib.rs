@@ -32,8 +32,9 @@
 //! A type that holds a `string`, `bytes` or `vec` (directly or through
 //! another type) also gets a receive-side **view**, `FooView<'a>`, borrowing
 //! from the ring: `&'a str`, `&'a [u8]`, `VecView<'a, T>` for vecs of plain
-//! numbers, `SeqView<'a, T>` for other vecs. Views implement `Decode<'a>`, and
-//! `Encode` so that a received value can be sent on as it came.
+//! numbers, `SeqView<'a, T>` for other vecs. Views implement `Decode<'a>`,
+//! `Encode` so that a received value can be sent on as it came, and
+//! `owned()` for an owned copy.
 //!
 //! Enums keep the IDL's discriminants (`#[repr(u32)]`, `A = 5`); they are the
 //! `u32` on the wire. Consts become Rust consts, and each protocol a module
@@ -435,8 +436,28 @@ fn gen_struct(facts: &Facts<'_>, s: &Struct) -> TokenStream {
             pub struct #view<'a> { #fields }
             #impls
         });
+        out.extend(owned_of_view(&name, &view));
     }
     out
+}
+
+/// `view.owned()`: an owned copy of a received view, for a handler that
+/// keeps the value past the message.
+fn owned_of_view(owned: &Ident, view: &Ident) -> TokenStream {
+    let wire = quote!(::shm_channel::wire);
+    quote! {
+        impl #view<'_> {
+            /// An owned copy of this view.
+            ///
+            /// Goes through the wire encoding (one temporary buffer), so it
+            /// re-checks the bytes: an error means they changed under the
+            /// view, which only a misbehaving peer can cause.
+            pub fn owned(&self) -> ::core::result::Result<#owned, #wire::WireError> {
+                let bytes = #wire::encode_to_vec(self)?;
+                #wire::decode_exact(&bytes)
+            }
+        }
+    }
 }
 
 fn struct_fields(facts: &Facts<'_>, s: &Struct, side: Side) -> TokenStream {
@@ -581,6 +602,7 @@ fn gen_enum(facts: &Facts<'_>, e: &Enum) -> TokenStream {
             pub enum #view<'a> { #variants }
             #impls
         });
+        out.extend(owned_of_view(&name, &view));
     }
     out
 }

@@ -185,6 +185,9 @@ fn containers_round_trip_through_the_view() {
     let shapes: Vec<ShapeView<'_>> = view.shapes.to_vec().expect("shapes");
     assert!(matches!(shapes[3], ShapeView::Named("n")));
     assert!(matches!(shapes[4], ShapeView::At(Rect { width: 5, .. })));
+    // Back to an owned value, for a handler that keeps it.
+    assert_eq!(view.owned(), Ok(value));
+    assert_eq!(shapes[3].owned(), Ok(Shape::Named("n".into())));
 }
 
 #[test]
@@ -221,6 +224,7 @@ fn recursive_types_round_trip() {
     assert_eq!(view.value, 1);
     assert_eq!(view.left.as_ref().map(|l| l.value), Some(2));
     assert_eq!(view.children.len(), 2);
+    assert_eq!(view.owned(), Ok(tree()));
 }
 
 #[test]

@@ -366,6 +366,19 @@ impl<'a> ::shm_channel::wire::Decode<'a> for ContainersView<'a> {
         })
     }
 }
+impl ContainersView<'_> {
+    /// An owned copy of this view.
+    ///
+    /// Goes through the wire encoding (one temporary buffer), so it
+    /// re-checks the bytes: an error means they changed under the
+    /// view, which only a misbehaving peer can cause.
+    pub fn owned(
+        &self,
+    ) -> ::core::result::Result<Containers, ::shm_channel::wire::WireError> {
+        let bytes = ::shm_channel::wire::encode_to_vec(self)?;
+        ::shm_channel::wire::decode_exact(&bytes)
+    }
+}
 /// Unit variants, explicit discriminants, payload variants.
 #[derive(Debug, Clone, PartialEq, Default)]
 #[allow(clippy::large_enum_variant)]
@@ -509,6 +522,19 @@ impl<'a> ::shm_channel::wire::Decode<'a> for ShapeView<'a> {
                 )
             }
         }
+    }
+}
+impl ShapeView<'_> {
+    /// An owned copy of this view.
+    ///
+    /// Goes through the wire encoding (one temporary buffer), so it
+    /// re-checks the bytes: an error means they changed under the
+    /// view, which only a misbehaving peer can cause.
+    pub fn owned(
+        &self,
+    ) -> ::core::result::Result<Shape, ::shm_channel::wire::WireError> {
+        let bytes = ::shm_channel::wire::encode_to_vec(self)?;
+        ::shm_channel::wire::decode_exact(&bytes)
     }
 }
 /// Only plain data: decoded as the owned type, no view.
@@ -701,6 +727,17 @@ impl<'a> ::shm_channel::wire::Decode<'a> for TreeView<'a> {
         })
     }
 }
+impl TreeView<'_> {
+    /// An owned copy of this view.
+    ///
+    /// Goes through the wire encoding (one temporary buffer), so it
+    /// re-checks the bytes: an error means they changed under the
+    /// view, which only a misbehaving peer can cause.
+    pub fn owned(&self) -> ::core::result::Result<Tree, ::shm_channel::wire::WireError> {
+        let bytes = ::shm_channel::wire::encode_to_vec(self)?;
+        ::shm_channel::wire::decode_exact(&bytes)
+    }
+}
 /// Recursion through `option` only: no view, not `Copy`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Node {
@@ -810,6 +847,19 @@ impl<'a> ::shm_channel::wire::Decode<'a> for typeView<'a> {
             r#fn: ::shm_channel::wire::decode_bounded(r, 3)?,
             self_: r.decode()?,
         })
+    }
+}
+impl typeView<'_> {
+    /// An owned copy of this view.
+    ///
+    /// Goes through the wire encoding (one temporary buffer), so it
+    /// re-checks the bytes: an error means they changed under the
+    /// view, which only a misbehaving peer can cause.
+    pub fn owned(
+        &self,
+    ) -> ::core::result::Result<r#type, ::shm_channel::wire::WireError> {
+        let bytes = ::shm_channel::wire::encode_to_vec(self)?;
+        ::shm_channel::wire::decode_exact(&bytes)
     }
 }
 /// A protocol, for the module of constants.
