@@ -410,7 +410,14 @@ fn gen_struct(facts: &Facts<'_>, s: &Struct) -> TokenStream {
         derives.push(quote!(Default));
     }
     let docs = docs_or(&s.docs, &format!("The IDL struct `{}`.", s.name));
-    let allow = type_allows(&s.name);
+    let mut allow = type_allows(&s.name).unwrap_or_default();
+    // The lint ignores an `allow` on the field itself.
+    if s.fields
+        .iter()
+        .any(|f| f.name.chars().any(|c| c.is_ascii_uppercase()))
+    {
+        allow.extend(quote!(#[allow(non_snake_case)]));
+    }
     let fields = struct_fields(facts, s, Side::Owned);
     let impls = struct_impls(facts.model, s, &quote!(#name), &quote!(#name));
     let mut out = quote! {
@@ -466,9 +473,7 @@ fn struct_fields(facts: &Facts<'_>, s: &Struct, side: Side) -> TokenStream {
         let docs = docs_or(&f.docs, &format!("`{}: {}`", f.name, idl_type(&f.ty)));
         let name = ident(&f.name);
         let ty = facts.rust_type(&s.name, &f.ty, side, false);
-        let allow = (f.name.chars().any(|c| c.is_ascii_uppercase()))
-            .then(|| quote!(#[allow(non_snake_case)]));
-        out.extend(quote! { #docs #allow pub #name: #ty, });
+        out.extend(quote! { #docs pub #name: #ty, });
     }
     out
 }
