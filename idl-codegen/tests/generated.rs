@@ -240,6 +240,26 @@ fn keywords_are_usable() {
 }
 
 #[test]
+fn names_in_other_cases_and_cycles_through_enums() {
+    let mixed = mixed_Case {
+        camelField: 1,
+        big: [7; 40],
+        floats: vec![0.5, -1.0],
+    };
+    let buf = owned_round_trip(&mixed);
+    let view: mixed_CaseView<'_> = view_round_trip(&buf);
+    assert_eq!(view.floats.to_vec(), [0.5, -1.0]);
+    assert_eq!(lowerConst, 1);
+
+    let other = Other {
+        m: Mutual::Branch(Some(Box::new(Other::default()))),
+        pair: [Mutual::Leaf, Mutual::Branch(None)],
+    };
+    assert_eq!(round_trip(&other), other);
+    assert_eq!(every_type::DO_THING.id, 12);
+}
+
+#[test]
 fn bounds_are_enforced_both_ways() {
     let mut value = containers();
     value.name = "x".repeat(65);

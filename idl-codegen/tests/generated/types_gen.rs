@@ -16,6 +16,9 @@ pub const ENABLED: bool = true;
 pub const GREETING: &str = "hello, \"world\"\n";
 /// The IDL const `SHORT`.
 pub const SHORT: &str = "ok";
+/// The IDL const `lowerConst`.
+#[allow(non_upper_case_globals)]
+pub const lowerConst: u8 = 1;
 /// A point on a surface, in pixels from the top-left corner.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Copy, Default)]
 pub struct Point {
@@ -862,6 +865,180 @@ impl typeView<'_> {
         ::shm_channel::wire::decode_exact(&bytes)
     }
 }
+/// Names in other cases than Rust's: the generated code allows them.
+#[allow(non_camel_case_types)]
+#[allow(non_snake_case)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct mixed_Case {
+    /// `camelField: u8`
+    pub camelField: u8,
+    /// `big: [u8; 40]`
+    pub big: [u8; 40],
+    /// `floats: vec<f32, 2>`
+    pub floats: ::std::vec::Vec<f32>,
+}
+impl ::shm_channel::wire::Encode for mixed_Case {
+    fn encoded_len(&self) -> usize {
+        ::shm_channel::wire::Encode::encoded_len(&self.camelField)
+            + ::shm_channel::wire::Encode::encoded_len(&self.big)
+            + ::shm_channel::wire::Encode::encoded_len(&self.floats)
+    }
+    fn encode(
+        &self,
+        w: &mut ::shm_channel::wire::Writer<'_>,
+    ) -> ::core::result::Result<(), ::shm_channel::wire::WireError> {
+        ::shm_channel::wire::Encode::encode(&self.camelField, w)?;
+        ::shm_channel::wire::Encode::encode(&self.big, w)?;
+        ::shm_channel::wire::encode_bounded(&self.floats, 2, w)?;
+        ::core::result::Result::Ok(())
+    }
+}
+impl<'a> ::shm_channel::wire::Decode<'a> for mixed_Case {
+    const MIN_ENCODED_LEN: usize = 45;
+    fn decode(
+        r: &mut ::shm_channel::wire::Reader<'a>,
+    ) -> ::core::result::Result<Self, ::shm_channel::wire::WireError> {
+        ::core::result::Result::Ok(Self {
+            camelField: r.decode()?,
+            big: r.decode()?,
+            floats: ::shm_channel::wire::decode_bounded(r, 2)?,
+        })
+    }
+}
+/// The received form of [`mixed_Case`], borrowing its strings, bytes and sequences from the message.
+#[allow(non_camel_case_types)]
+#[allow(non_snake_case)]
+#[derive(Debug, Clone, Copy)]
+pub struct mixed_CaseView<'a> {
+    /// `camelField: u8`
+    pub camelField: u8,
+    /// `big: [u8; 40]`
+    pub big: [u8; 40],
+    /// `floats: vec<f32, 2>`
+    pub floats: ::shm_channel::wire::VecView<'a, f32>,
+}
+impl ::shm_channel::wire::Encode for mixed_CaseView<'_> {
+    fn encoded_len(&self) -> usize {
+        ::shm_channel::wire::Encode::encoded_len(&self.camelField)
+            + ::shm_channel::wire::Encode::encoded_len(&self.big)
+            + ::shm_channel::wire::Encode::encoded_len(&self.floats)
+    }
+    fn encode(
+        &self,
+        w: &mut ::shm_channel::wire::Writer<'_>,
+    ) -> ::core::result::Result<(), ::shm_channel::wire::WireError> {
+        ::shm_channel::wire::Encode::encode(&self.camelField, w)?;
+        ::shm_channel::wire::Encode::encode(&self.big, w)?;
+        ::shm_channel::wire::encode_bounded(&self.floats, 2, w)?;
+        ::core::result::Result::Ok(())
+    }
+}
+impl<'a> ::shm_channel::wire::Decode<'a> for mixed_CaseView<'a> {
+    const MIN_ENCODED_LEN: usize = 45;
+    fn decode(
+        r: &mut ::shm_channel::wire::Reader<'a>,
+    ) -> ::core::result::Result<Self, ::shm_channel::wire::WireError> {
+        ::core::result::Result::Ok(Self {
+            camelField: r.decode()?,
+            big: r.decode()?,
+            floats: ::shm_channel::wire::decode_bounded(r, 2)?,
+        })
+    }
+}
+impl mixed_CaseView<'_> {
+    /// An owned copy of this view.
+    ///
+    /// Goes through the wire encoding (one temporary buffer), so it
+    /// re-checks the bytes: an error means they changed under the
+    /// view, which only a misbehaving peer can cause.
+    pub fn owned(
+        &self,
+    ) -> ::core::result::Result<mixed_Case, ::shm_channel::wire::WireError> {
+        let bytes = ::shm_channel::wire::encode_to_vec(self)?;
+        ::shm_channel::wire::decode_exact(&bytes)
+    }
+}
+/// A cycle through an enum and a struct: `option` boxes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[allow(clippy::large_enum_variant)]
+#[repr(u32)]
+pub enum Mutual {
+    /// `Leaf` (discriminant 0).
+    #[default]
+    Leaf = 0,
+    /// `Branch` (discriminant 1).
+    Branch(::core::option::Option<::std::boxed::Box<Other>>) = 1,
+}
+impl ::shm_channel::wire::Encode for Mutual {
+    fn encoded_len(&self) -> usize {
+        4
+            + match self {
+                Self::Leaf => 0,
+                Self::Branch(value) => ::shm_channel::wire::Encode::encoded_len(value),
+            }
+    }
+    fn encode(
+        &self,
+        w: &mut ::shm_channel::wire::Writer<'_>,
+    ) -> ::core::result::Result<(), ::shm_channel::wire::WireError> {
+        match self {
+            Self::Leaf => w.put_u32(0),
+            Self::Branch(value) => {
+                w.put_u32(1)?;
+                ::shm_channel::wire::Encode::encode(value, w)
+            }
+        }
+    }
+}
+impl<'a> ::shm_channel::wire::Decode<'a> for Mutual {
+    const MIN_ENCODED_LEN: usize = 4;
+    fn decode(
+        r: &mut ::shm_channel::wire::Reader<'a>,
+    ) -> ::core::result::Result<Self, ::shm_channel::wire::WireError> {
+        match r.u32()? {
+            0 => ::core::result::Result::Ok(Self::Leaf),
+            1 => ::core::result::Result::Ok(Self::Branch(r.decode()?)),
+            other => {
+                ::core::result::Result::Err(
+                    ::shm_channel::wire::WireError::UnknownDiscriminant(other),
+                )
+            }
+        }
+    }
+}
+/// The IDL struct `Other`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Other {
+    /// `m: Mutual`
+    pub m: Mutual,
+    /// `pair: [Mutual; 2]`
+    pub pair: [Mutual; 2],
+}
+impl ::shm_channel::wire::Encode for Other {
+    fn encoded_len(&self) -> usize {
+        ::shm_channel::wire::Encode::encoded_len(&self.m)
+            + ::shm_channel::wire::Encode::encoded_len(&self.pair)
+    }
+    fn encode(
+        &self,
+        w: &mut ::shm_channel::wire::Writer<'_>,
+    ) -> ::core::result::Result<(), ::shm_channel::wire::WireError> {
+        ::shm_channel::wire::Encode::encode(&self.m, w)?;
+        ::shm_channel::wire::Encode::encode(&self.pair, w)?;
+        ::core::result::Result::Ok(())
+    }
+}
+impl<'a> ::shm_channel::wire::Decode<'a> for Other {
+    const MIN_ENCODED_LEN: usize = 12;
+    fn decode(
+        r: &mut ::shm_channel::wire::Reader<'a>,
+    ) -> ::core::result::Result<Self, ::shm_channel::wire::WireError> {
+        ::core::result::Result::Ok(Self {
+            m: r.decode()?,
+            pair: r.decode()?,
+        })
+    }
+}
 /// A protocol, for the module of constants.
 pub mod every_type {
     /// The protocol's name, as the handshake carries it.
@@ -884,6 +1061,12 @@ pub mod every_type {
     pub const NAME_METHOD: ::shm_channel::rpc::Method = ::shm_channel::rpc::Method {
         name: "name",
         id: 10,
+        since: 1,
+    };
+    /// The `fn doThing` of `EveryType`: message id 12, since version 1.
+    pub const DO_THING: ::shm_channel::rpc::Method = ::shm_channel::rpc::Method {
+        name: "doThing",
+        id: 12,
         since: 1,
     };
     /// The `event changed` of `EveryType`: message id 11, since version 1.
