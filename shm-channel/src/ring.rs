@@ -69,7 +69,7 @@ const LOCK_LIVENESS_CHECK: Duration = Duration::from_millis(1);
 /// Skipped (abandoned) records one look at the ring steps over at most.
 const MAX_SKIPS_PER_LOOK: usize = 1024;
 /// How long a try-reservation waits for a spinlock whose holder lives.
-const LOCK_GIVE_UP: Duration = Duration::from_millis(20);
+const LOCK_GIVE_UP: Duration = Duration::from_millis(5);
 /// How long a message may stay `ALLOCATED` at the head of the ring before
 /// the reader checks whether its writer is alive.
 const ALLOCATED_LIVENESS_CHECK: Duration = Duration::from_millis(10);
@@ -1074,16 +1074,24 @@ impl RingWriter {
         no_queue: bool,
         timeout: Duration,
     ) -> Result<Slot<'_>, SendError> {
+        // The fast path reads no clock.
+        match self.try_allocate_for_send(size, message_id, obj_count, no_queue) {
+            Ok(slot) => return Ok(slot),
+            Err(TrySendError::Full) if !no_queue => {}
+            Err(e) => return Err(SendError::from(e)),
+        }
+        let deadline = Instant::now().checked_add(timeout);
         let attempt = || match self.try_allocate_for_send(size, message_id, obj_count, no_queue) {
             Ok(slot) => Some(Ok(slot)),
+            // A failed attempt may itself have waited (up to LOCK_GIVE_UP on
+            // a spinlock a live peer holds): look at the deadline after each
+            // one, not only every few spins.
+            Err(TrySendError::Full) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                Some(Err(SendError::Timeout))
+            }
             Err(TrySendError::Full) if !no_queue => None,
             Err(e) => Some(Err(SendError::from(e))),
         };
-        // The fast path reads no clock.
-        if let Some(done) = attempt() {
-            return done;
-        }
-        let deadline = Instant::now().checked_add(timeout);
         loop {
             if let Some(done) = attempt() {
                 return done;

@@ -164,3 +164,40 @@ fn dropping_a_message_by_value() {
     drop(m);
     assert!(r.try_receive().unwrap().is_none());
 }
+
+/// A spinlock word that a live peer never releases (found by fuzzing): a
+/// send with a zero timeout fails with `Timeout` after about one give-up of
+/// the lock, not after dozens of them (it took 34 before the fix). Compared
+/// as a ratio to one `try_allocate_for_send` measured in the same run.
+#[test]
+fn a_held_spinlock_does_not_stretch_a_send_timeout() {
+    use shm_channel::layout::ring as off;
+    use shm_channel::ring::SendError;
+    use std::time::Instant;
+    use std::{fs::File, os::unix::fs::FileExt};
+    let ring = memfd(1 << 16);
+    let file = File::from(ring.fd().unwrap().try_clone_to_owned().unwrap());
+    // Held by this very process (alive) with a thread tag no thread has.
+    let word = (u64::from(std::process::id()) << 32) | 0xffff_fff0;
+    file.write_all_at(&word.to_le_bytes(), off::SPINLOCK as u64)
+        .unwrap();
+    let w = ring.writer();
+    let start = Instant::now();
+    assert_eq!(
+        w.try_allocate_for_send(24, 1, 1, false).unwrap_err(),
+        TrySendError::Full
+    );
+    let one_give_up = start.elapsed();
+    let start = Instant::now();
+    let err = w
+        .send_objects(1, Kind::Raw, &[(0, b"x")], Duration::ZERO)
+        .unwrap_err();
+    let send = start.elapsed();
+    assert_eq!(err, SendError::Timeout);
+    eprintln!("one give-up {one_give_up:?}, a zero-timeout send {send:?}");
+    assert!(
+        send < one_give_up * 8,
+        "a zero-timeout send took {send:?}, {:.1} lock give-ups of {one_give_up:?}",
+        send.as_secs_f64() / one_give_up.as_secs_f64()
+    );
+}
