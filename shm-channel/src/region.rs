@@ -124,11 +124,9 @@ pub(crate) struct HeapRegion {
     layout: Layout,
 }
 
-// SAFETY:
-// 1. `HeapRegion` owns its allocation exclusively, like a `Box<[u8]>`; the pointer has no
-//    thread-affine state.
-// 2. It never reads or writes the memory itself; users access it through `base()` with their
-//    own synchronisation (atomics), as they must for shared memory.
+// `HeapRegion` owns its allocation exclusively, like a `Box<[u8]>`, and never reads or
+// writes the memory itself: users access it through `base()` with their own synchronisation.
+// SAFETY: 1. the pointer has no thread-affine state; 2. all access is the users' (atomics).
 unsafe impl Send for HeapRegion {}
 // SAFETY: `&HeapRegion` only hands out the base address and fixed lengths; see `Send`.
 unsafe impl Sync for HeapRegion {}
@@ -151,10 +149,9 @@ impl HeapRegion {
 
 impl Drop for HeapRegion {
     fn drop(&mut self) {
-        // SAFETY:
-        // 1. `base` came from `alloc_zeroed(self.layout)` and is freed only here, once.
-        // 2. The region is being dropped, so nobody is handed its base any more; users stop
-        //    using pointers into a region before dropping it (as with any owned buffer).
+        // The region is being dropped: users stop using pointers into it before that.
+        // SAFETY: 1. `base` came from `alloc_zeroed(self.layout)`; 2. it is freed here, once;
+        // 3. no pointer into it is used any more.
         unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) }
     }
 }
@@ -626,10 +623,9 @@ mod tests {
                         r.ensure_mapped(len, true).unwrap();
                         assert!(r.mapped_len() >= len);
                         // Touch the last byte we asked for: it must be mapped now.
-                        // SAFETY: `len <= mapped_len`, asserted above, and the mapping never
-                        // goes away while `r` lives. No data race: `4 * step - t` is distinct
-                        // for distinct `t` (mod 4), so each byte is written by one thread only,
-                        // and nobody reads them.
+                        // `4 * step - t` differs for each `t` (mod 4): one writer per byte.
+                        // SAFETY: `len <= mapped_len` (asserted), mapped while `r` lives, and
+                        // each byte is written by one thread only and read by none.
                         unsafe { r.base().add(len - 1).write_volatile(1) };
                     }
                 })

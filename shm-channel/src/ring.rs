@@ -329,12 +329,11 @@ impl RingMem {
     /// The header word at `offset`.
     fn word(&self, offset: usize) -> &AtomicU64 {
         debug_assert!(offset.is_multiple_of(8) && offset < RING_HEADER_SIZE as usize);
-        // SAFETY: 1. the header page is mapped from creation/open until the
-        // region is dropped, and `self` owns the region, so the reference
-        // cannot outlive the mapping; 2. `offset` is one of the layout's
-        // constants, 8-aligned and inside the header, and the base is page
-        // aligned, so the address is aligned for `AtomicU64`; 3. every
-        // access to header words, in every process, is atomic.
+        // The header page is mapped from creation/open until the region is
+        // dropped, and `self` owns the region; `offset` is a layout constant,
+        // 8-aligned inside the header, and the base is page aligned.
+        // SAFETY: 1. mapped as long as the reference lives; 2. aligned;
+        // 3. header words are only ever accessed atomically, in every process.
         unsafe { AtomicU64::from_ptr(self.base.add(offset).cast::<u64>()) }
     }
 
@@ -355,14 +354,13 @@ impl RingMem {
         debug_assert!(
             at.is_multiple_of(RECORD_ALIGN) && at + RECORD_ALIGN <= self.region.mapped_len() as u64
         );
-        // SAFETY: 1. callers pass a validated record offset `at` with
-        // `at + 64 <= mapped_len`, so the word at `at + 16` is mapped for the
-        // region's lifetime; 2. `at` is 64-aligned, so the word is 8-aligned;
-        // 3. while the word can be written by another thread (from its
-        // reservation until the reader releases the record) every access
-        // in this process is atomic; the plain `&[u8]` views that also cover
-        // it (a message being validated or borrowed) exist only after it was
-        // published and before it is released, when nobody writes it.
+        // Callers pass a validated record offset with `at + 64 <= mapped_len`.
+        // While another thread may write the word (from its reservation until
+        // the reader releases the record) every access here is atomic; the
+        // `&[u8]` views that also cover it exist only between publication and
+        // release, when nobody writes it.
+        // SAFETY: 1. `at + 16` is mapped for the region's lifetime; 2. `at` is
+        // 64-aligned, so the word is 8-aligned; 3. no racing non-atomic access.
         unsafe { AtomicU64::from_ptr(self.base.add(at as usize + 16).cast::<u64>()) }
     }
 
@@ -928,10 +926,11 @@ impl RingWriter {
         let mut bytes = [0u8; MESSAGE_HEADER_SIZE as usize];
         // Cannot fail: the buffer is exactly a header long.
         let _ = header.encode(&mut bytes);
-        // SAFETY: `place` reserved [at, at + record) inside the validated and
+        // Soundness: `place` reserved [at, at + record) inside the validated and
         // mapped capacity; it is free space that no reader reads (it lies
         // outside [ReadOffset, WriteOffset)) and no other writer owns (we
         // hold the lock and have not released the range yet).
+        // SAFETY: sound for the reasons given just above.
         let head = unsafe { mem.bytes_mut(place.at, MESSAGE_HEADER_SIZE) };
         head[..16].copy_from_slice(&bytes[..16]);
         head[24..].copy_from_slice(&bytes[24..]);
@@ -1258,10 +1257,11 @@ impl Slot<'_> {
             });
         }
         let start = self.at + MESSAGE_HEADER_SIZE + self.cursor;
-        // SAFETY: [start, start + size) lies inside this slot's object area
+        // Soundness: [start, start + size) lies inside this slot's object area
         // (`cursor + size <= self.size`), which `try_allocate_for_send`
         // reserved for this slot alone until it is published; the returned
         // slice borrows `self` mutably, so it ends before `send` publishes.
+        // SAFETY: sound for the reasons given just above.
         let obj = unsafe { self.mem.bytes_mut(start, size) };
         obj[..8].copy_from_slice(&id.to_le_bytes());
         obj[8..16].copy_from_slice(&len.to_le_bytes());
@@ -1395,10 +1395,11 @@ impl RingReader {
     /// Borrows the validated message at `at` for as long as `self` is
     /// borrowed.
     fn message(&mut self, at: u64, len: u64, flags: u64) -> Result<Message<'_>, RecvError> {
-        // SAFETY: `try_receive_at` validated that [at, at + len) lies inside
+        // Soundness: `try_receive_at` validated that [at, at + len) lies inside
         // the published, mapped data, which this process never writes
         // (writers only write reservations, outside the unread data). The
         // slice lives only for this validation.
+        // SAFETY: sound for the reasons given just above.
         let bytes = unsafe { self.mem.bytes(at, len) };
         let header = MessageView::parse(bytes)
             .map(|v| *v.header())
@@ -1739,10 +1740,11 @@ impl Message<'_> {
 
     /// The whole message (header and objects), borrowed from the ring.
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: [at, at + len) was validated inside the published, mapped
+        // Soundness: [at, at + len) was validated inside the published, mapped
         // data when the message was received; it is released (the read
         // position moves past it) only when `self` is dropped, and the slice
         // borrows `self`; this process never writes published messages.
+        // SAFETY: sound for the reasons given just above.
         unsafe { self.reader.mem.bytes(self.at, self.len) }
     }
 
@@ -1826,11 +1828,12 @@ pub mod testing {
             if i >= Self::LEN || (i + 1) * 8 > self.region.mapped_len() {
                 return None;
             }
-            // SAFETY: 1. `i` is checked to lie inside the mapped page, which
+            // Soundness: 1. `i` is checked to lie inside the mapped page, which
             // stays mapped as long as `self.region` (the reference borrows
             // `self`); 2. the page is aligned and `i * 8` is a multiple of 8;
             // 3. the words are only ever accessed atomically, in every
             // process.
+            // SAFETY: sound for the reasons given just above.
             Some(unsafe { AtomicU64::from_ptr(self.region.base().add(i * 8).cast::<u64>()) })
         }
     }

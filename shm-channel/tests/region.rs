@@ -131,11 +131,12 @@ fn last_valid_byte_is_fine() {
 /// The word at `offset` of a mapped region, as an atomic.
 fn word(region: &MemfdRegion, offset: usize) -> &AtomicU32 {
     assert!(offset.is_multiple_of(4) && offset + 4 <= region.mapped_len());
-    // SAFETY:
+    // Soundness:
     // 1. The 4 bytes are inside the mapped prefix (asserted), which stays mapped as long as
     //    `region` lives, and the returned reference borrows `region`.
     // 2. `base` is page aligned and `offset` a multiple of 4: aligned for `AtomicU32`.
     // 3. Both processes access these bytes only through atomics (and futex syscalls).
+    // SAFETY: sound for the reasons given just above.
     unsafe { &*region.base().add(offset).cast::<AtomicU32>() }
 }
 

@@ -18,11 +18,12 @@ pub(crate) fn async_fd(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<Ow
             "not inside a tokio runtime: async channels must be created within one",
         ));
     }
-    // SAFETY: tokio requires the fd to be valid, open, the same file description, and the
+    // Soundness: tokio requires the fd to be valid, open, the same file description, and the
     // same number returned by every `as_raw_fd`, for as long as the `AsyncFd` holds it:
     // 1. an `OwnedFd` is an open fd by construction;
     // 2. the `AsyncFd` takes ownership of it, so nobody else can close it, and it is closed
     //    only when the `AsyncFd` drops it (after deregistering it) or hands it back;
     // 3. `OwnedFd::as_raw_fd` always returns the fd it was made from.
+    // SAFETY: sound for the reasons given just above.
     unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into_parts().1)
 }

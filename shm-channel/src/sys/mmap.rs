@@ -35,10 +35,11 @@ pub(crate) struct Reservation {
     mapped_end: Mutex<usize>,
 }
 
-// SAFETY:
+// Soundness:
 // 1. `Reservation` owns its address range exclusively, like a `Box<[u8]>` owns its buffer;
 //    the raw pointer is only an address, with no thread-affine state behind it.
 // 2. The only mutation, `mapped_end`, is behind a `Mutex`.
+// SAFETY: sound for the reasons given just above.
 unsafe impl Send for Reservation {}
 // SAFETY: `&Reservation` only exposes the base address (a copy), the lengths, and
 // `map_shared_fixed`, which serialises on the internal `Mutex`; see the `Send` impl.
@@ -79,10 +80,11 @@ pub(crate) fn reserve(len: usize) -> io::Result<Reservation> {
     let total = len
         .checked_add(page)
         .ok_or_else(|| invalid(format!("reservation length {len} overflows")))?;
-    // SAFETY:
+    // Soundness:
     // 1. The address hint is null, so the kernel picks a fresh range that overlaps no existing
     //    mapping: no memory anybody uses is affected.
     // 2. The new range is `PROT_NONE`, so no Rust code can access it until it is mapped again.
+    // SAFETY: sound for the reasons given just above.
     let ptr = unsafe {
         rustix::mm::mmap_anonymous(
             std::ptr::null_mut(),
@@ -151,7 +153,7 @@ pub(crate) fn map_shared_fixed(
     }
     // In bounds: `offset + len <= reservation.len`, checked above.
     let addr = reservation.base().wrapping_add(offset).cast::<c_void>();
-    // SAFETY:
+    // Soundness:
     // 1. `[addr, addr + len)` lies inside the reservation (checked above), which this process
     //    owns and which no other code maps into, so MAP_FIXED replaces only our own
     //    placeholder pages, never a mapping of somebody else in the process.
@@ -161,6 +163,7 @@ pub(crate) fn map_shared_fixed(
     // 3. `addr` is page aligned (base from mmap, `offset` a page multiple) and derived from the
     //    reservation's base pointer, so it has the provenance of the whole range.
     // 4. The guard page, at `reservation.len`, is outside the range.
+    // SAFETY: sound for the reasons given just above.
     let got = unsafe {
         rustix::mm::mmap(
             addr,
@@ -185,12 +188,13 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         // `len + page` did not overflow when the reservation was made.
         let total = self.len + self.page;
-        // SAFETY:
+        // Soundness:
         // 1. `base` and `total` are exactly the range `mmap` returned in `reserve`; the only
         //    mappings placed inside it since are our own `map_shared_fixed` ones, so unmapping
         //    it affects no memory owned by anybody else.
         // 2. We are being dropped: the owner (a region) no longer hands out the base, and the
         //    contract of `sys` makes users stop using pointers into the range before that.
+        // SAFETY: sound for the reasons given just above.
         let res = unsafe { rustix::mm::munmap(self.base.as_ptr().cast::<c_void>(), total) };
         // munmap of a range we mapped cannot fail; nothing useful to do in drop if it does.
         debug_assert!(res.is_ok(), "munmap failed: {res:?}");
