@@ -328,3 +328,124 @@ fn consts_and_protocol_constants() {
     assert_eq!(every_type::CLIENT_TO_SERVER_DECIDED_BY, "default");
     const { assert!(every_type::SERVER_TO_CLIENT_MAX >= 4096) };
 }
+
+/// The generated stubs over a real shm service (server on a thread of this
+/// process; the two-process behaviour tests live in `idl-tests`): two-way
+/// calls with views, a typed error, a one-way and an event sent from inside
+/// a handler, and `@since` refused against a version the server does not
+/// speak.
+mod stubs {
+    use super::types_gen::every_type::{self, Context, Event, Server};
+    use super::types_gen::*;
+    use super::{containers, tree};
+    use shm_channel::rpc::{CallError, ServeEnd, ServeOptions};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    struct Impl {
+        names: u32,
+    }
+
+    impl Server for Impl {
+        fn echo(&mut self, _ctx: &Context<'_>, value: ContainersView<'_>) -> Containers {
+            value.owned().expect("a valid view")
+        }
+
+        fn shape(&mut self, _ctx: &Context<'_>, s: ShapeView<'_>) -> Result<Tree, Plain> {
+            match s {
+                ShapeView::Empty => Ok(tree()),
+                _ => Err(Plain::One(7)),
+            }
+        }
+
+        fn name(&mut self, ctx: &Context<'_>, t: typeView<'_>) {
+            self.names += 1;
+            let node = Node {
+                value: t.r#match,
+                next: None,
+            };
+            ctx.events()
+                .changed(ctx.client(), &node)
+                .expect("event sent");
+        }
+
+        fn do_thing(&mut self, _ctx: &Context<'_>, _m: mixed_CaseView<'_>, _o: Other) {}
+    }
+
+    #[test]
+    fn generated_client_and_server_talk_over_shm() {
+        let service = format!("codegen-stubs-{}", std::process::id());
+        let stop = Arc::new(AtomicBool::new(false));
+        let opts = ServeOptions {
+            stop: Some(Arc::clone(&stop)),
+            poll: Duration::from_millis(10),
+            ..ServeOptions::default()
+        };
+        // Version 2 only: `shape` (since 2) works, a client limited to 1 is refused.
+        let config = every_type::service_config();
+        let events = every_type::Events::new();
+        let server = {
+            let service = service.clone();
+            let events = events.clone();
+            std::thread::spawn(move || {
+                every_type::serve_with(&service, Impl { names: 0 }, config, &events, &opts)
+            })
+        };
+        let mut client = connect_retrying(&service);
+        assert_eq!(client.version(), every_type::VERSION);
+        assert_eq!(client.echo(&containers()), Ok(containers()));
+        assert_eq!(client.shape(&Shape::Empty), Ok(tree()));
+        assert_eq!(
+            client.shape(&Shape::Dot),
+            Err(CallError::Remote(Plain::One(7)))
+        );
+        let t = r#type {
+            r#match: 9,
+            r#fn: "ab".into(),
+            self_: true,
+        };
+        client.name(&t).expect("one-way sent");
+        assert_eq!(
+            client.recv_event(Duration::from_secs(10)),
+            Ok(Event::Changed {
+                n: Node {
+                    value: 9,
+                    next: None
+                }
+            })
+        );
+        // A string over its bound is refused before sending.
+        let long = r#type {
+            r#fn: "abcd".into(),
+            ..t
+        };
+        assert!(matches!(client.name(&long), Err(CallError::Transport(_))));
+        assert_eq!(
+            client
+                .with_timeout(Duration::from_secs(5))
+                .echo(&containers()),
+            Ok(containers())
+        );
+        stop.store(true, Ordering::Relaxed);
+        assert!(matches!(
+            server.join().expect("server thread"),
+            Ok(ServeEnd::Stopped)
+        ));
+    }
+
+    fn connect_retrying(service: &str) -> every_type::Client {
+        let mut tries = 0;
+        loop {
+            match every_type::Client::connect(service) {
+                Ok(c) => return c,
+                Err(e) if tries < 200 => {
+                    tries += 1;
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("connect: {e}"),
+            }
+        }
+    }
+}

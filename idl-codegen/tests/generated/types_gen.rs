@@ -1041,6 +1041,7 @@ impl<'a> ::shm_channel::wire::Decode<'a> for Other {
 }
 /// A protocol, for the module of constants.
 pub mod every_type {
+    #![allow(clippy::too_many_arguments)]
     /// The protocol's name, as the handshake carries it.
     pub const NAME: &str = "EveryType";
     /// The protocol version this code speaks (`@version`).
@@ -1085,4 +1086,906 @@ pub mod every_type {
     /// What decided [`SERVER_TO_CLIENT_MAX`]: a method or event name,
     /// `@buffer`, `default` (an unbounded message) or `none`.
     pub const SERVER_TO_CLIENT_DECIDED_BY: &str = "default";
+    /// How [`Client::connect`] reaches a service of this protocol: [`NAME`],
+    /// versions `1..=VERSION`, and ring maxima from the IDL
+    /// ([`CLIENT_TO_SERVER_MAX`], [`SERVER_TO_CLIENT_MAX`]).
+    #[must_use]
+    pub fn client_config() -> ::shm_channel::ClientConfig {
+        ::shm_channel::ClientConfig::new(NAME, 1..=VERSION)
+            .ring_sizes(CLIENT_TO_SERVER_MAX, SERVER_TO_CLIENT_MAX)
+    }
+    /// How [`serve`] binds a service of this protocol: [`NAME`], versions
+    /// `1..=VERSION`, and ring maxima from the IDL.
+    #[must_use]
+    pub fn service_config() -> ::shm_channel::ServiceConfig {
+        ::shm_channel::ServiceConfig::new(NAME, 1..=VERSION)
+            .ring_sizes(CLIENT_TO_SERVER_MAX, SERVER_TO_CLIENT_MAX)
+    }
+    /// An event of `EveryType` (server to client), decoded from the message.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Event {
+        /// The event `changed`.
+        Changed {
+            /// `n: Node`
+            n: super::Node,
+        },
+    }
+    impl Event {
+        /// Decodes a received event message (its id picks the variant; its objects
+        /// are the fields, in order). An unknown id or a malformed field is an
+        /// error naming it.
+        pub fn decode(
+            msg: &dyn ::shm_channel::rpc::IncomingMessage,
+        ) -> ::core::result::Result<Self, ::std::string::String> {
+            match msg.message_id() {
+                11 => {
+                    ::core::result::Result::Ok(Self::Changed {
+                        n: ::shm_channel::rpc::typed::decode_field(
+                            msg,
+                            0,
+                            "event `changed`, field `n`",
+                        )?,
+                    })
+                }
+                other => {
+                    ::core::result::Result::Err(
+                        ::std::format!("unknown event id {other} for protocol {}", NAME),
+                    )
+                }
+            }
+        }
+        /// The event's constant (name, message id, version).
+        #[must_use]
+        pub fn method(&self) -> &'static ::shm_channel::rpc::Method {
+            match self {
+                Self::Changed { .. } => &CHANGED,
+            }
+        }
+    }
+    /// The blocking client of `EveryType`: one call at a time (methods take `&mut self`).
+    ///
+    /// Events that arrive while a call waits are queued for [`Client::recv_event`].
+    /// Every call has a deadline: the method's `@timeout`, else the client's default
+    /// ([`Client::set_default_timeout`]); [`Client::with_timeout`] overrides both for
+    /// the calls made through the handle it returns.
+    pub struct Client<T: ::shm_channel::rpc::Transport = ::shm_channel::Channel> {
+        inner: ::shm_channel::rpc::Client<T>,
+        timeout: ::core::option::Option<::std::time::Duration>,
+        lost_events: u64,
+    }
+    impl<T: ::shm_channel::rpc::Transport> ::core::fmt::Debug for Client<T> {
+        fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+            f.debug_struct("Client")
+                .field("protocol", &NAME)
+                .field("version", &self.inner.version())
+                .finish_non_exhaustive()
+        }
+    }
+    impl Client<::shm_channel::Channel> {
+        /// Connects to the service `service` with [`client_config`].
+        pub fn connect(
+            service: &str,
+        ) -> ::core::result::Result<Self, ::shm_channel::service::ConnectError> {
+            Self::connect_with(service, &client_config())
+        }
+        /// Connects to the service `service` with `config` (start from
+        /// [`client_config`] to keep the protocol's name, versions and ring sizes).
+        pub fn connect_with(
+            service: &str,
+            config: &::shm_channel::ClientConfig,
+        ) -> ::core::result::Result<Self, ::shm_channel::service::ConnectError> {
+            ::core::result::Result::Ok(
+                Self::new(::shm_channel::connect(service, config)?),
+            )
+        }
+    }
+    impl<T: ::shm_channel::rpc::Transport> Client<T> {
+        /// A client over a connected transport (its handshake settled the version).
+        pub fn new(transport: T) -> Self {
+            Self::from_rpc(::shm_channel::rpc::Client::new(transport))
+        }
+        /// A client over an RPC client (to keep its event queue size, default
+        /// timeout, cancel handles).
+        pub fn from_rpc(inner: ::shm_channel::rpc::Client<T>) -> Self {
+            Client {
+                inner,
+                timeout: ::core::option::Option::None,
+                lost_events: 0,
+            }
+        }
+        /// A handle whose calls use `timeout` as their deadline instead of the
+        /// method's `@timeout` or the client's default:
+        /// `client.with_timeout(d).method(..)`.
+        #[must_use]
+        pub fn with_timeout(
+            &mut self,
+            timeout: ::std::time::Duration,
+        ) -> WithTimeout<'_, T> {
+            self.timeout = ::core::option::Option::Some(timeout);
+            WithTimeout { client: self }
+        }
+        /// Sets the deadline of calls whose method has no `@timeout` (default
+        /// [`DEFAULT_TIMEOUT`](::shm_channel::rpc::DEFAULT_TIMEOUT)).
+        pub fn set_default_timeout(&mut self, timeout: ::std::time::Duration) {
+            self.inner.set_default_timeout(timeout);
+        }
+        /// The protocol version the handshake settled.
+        #[must_use]
+        pub fn version(&self) -> u32 {
+            self.inner.version()
+        }
+        /// The RPC client underneath (cancel handles, queued events, the transport).
+        pub fn rpc(&mut self) -> &mut ::shm_channel::rpc::Client<T> {
+            &mut self.inner
+        }
+        /// Gives the RPC client back.
+        pub fn into_rpc(self) -> ::shm_channel::rpc::Client<T> {
+            self.inner
+        }
+        /// Events dropped so far because the event queue was full while calls
+        /// waited (see [`Client::recv_event`]).
+        #[must_use]
+        pub fn lost_events(&self) -> u64 {
+            self.lost_events
+        }
+        fn timeout_for(
+            &self,
+            method: ::core::option::Option<::std::time::Duration>,
+        ) -> ::std::time::Duration {
+            self.timeout.or(method).unwrap_or_else(|| self.inner.default_timeout())
+        }
+        /// The next event: a queued one, else the next to arrive within `timeout`
+        /// (`CallError::Timeout` if none). Events dropped because the queue was full
+        /// are counted in [`Client::lost_events`]; a malformed or unknown event is
+        /// `CallError::Protocol`.
+        pub fn recv_event(
+            &mut self,
+            timeout: ::std::time::Duration,
+        ) -> ::core::result::Result<Event, ::shm_channel::rpc::CallError> {
+            let deadline = ::std::time::Instant::now().checked_add(timeout);
+            loop {
+                let left = deadline
+                    .map_or(
+                        timeout,
+                        |d| { d.saturating_duration_since(::std::time::Instant::now()) },
+                    );
+                match self.inner.recv_event(left)? {
+                    ::shm_channel::rpc::EventItem::Event(m) => {
+                        return Event::decode(&m)
+                            .map_err(::shm_channel::rpc::CallError::Protocol);
+                    }
+                    ::shm_channel::rpc::EventItem::Lost { count } => {
+                        self.lost_events += count;
+                    }
+                }
+            }
+        }
+        /// The next event if one is queued or has arrived; never waits.
+        pub fn try_recv_event(
+            &mut self,
+        ) -> ::core::result::Result<
+            ::core::option::Option<Event>,
+            ::shm_channel::rpc::CallError,
+        > {
+            loop {
+                match self.inner.try_recv_event()? {
+                    ::core::option::Option::Some(
+                        ::shm_channel::rpc::EventItem::Event(m),
+                    ) => {
+                        return Event::decode(&m)
+                            .map(::core::option::Option::Some)
+                            .map_err(::shm_channel::rpc::CallError::Protocol);
+                    }
+                    ::core::option::Option::Some(
+                        ::shm_channel::rpc::EventItem::Lost { count },
+                    ) => {
+                        self.lost_events += count;
+                    }
+                    ::core::option::Option::None => {
+                        return ::core::result::Result::Ok(::core::option::Option::None);
+                    }
+                }
+            }
+        }
+        /// Two-way: waits for the reply.
+        ///
+        /// Deadline: the client's default unless `with_timeout` overrides it.
+        pub fn echo(
+            &mut self,
+            value: &super::Containers,
+        ) -> ::core::result::Result<super::Containers, ::shm_channel::rpc::CallError> {
+            let shm_timeout = self.timeout_for(::core::option::Option::None);
+            let shm_lens: [u64; _] = [::shm_channel::rpc::typed::arg_len(value)];
+            self.inner
+                .call_with(
+                    &ECHO,
+                    &shm_lens,
+                    |shm_sink: &mut dyn ::shm_channel::rpc::ObjectSink| {
+                        ::shm_channel::rpc::typed::encode_arg(shm_sink, 0, value)?;
+                        ::core::result::Result::Ok(())
+                    },
+                    shm_timeout,
+                    |shm_reply: &dyn ::shm_channel::rpc::IncomingMessage| ::shm_channel::rpc::typed::decode_reply::<
+                        super::Containers,
+                    >(shm_reply),
+                )
+        }
+        /// Two-way: the method's error arrives as `CallError::Remote`.
+        ///
+        /// Deadline: the client's default unless `with_timeout` overrides it.
+        /// Since version 2: against an older peer it fails with `CallError::Unsupported` without sending.
+        pub fn shape(
+            &mut self,
+            s: &super::Shape,
+        ) -> ::core::result::Result<
+            super::Tree,
+            ::shm_channel::rpc::CallError<super::Plain>,
+        > {
+            ::shm_channel::rpc::typed::with_remote({
+                let shm_timeout = self.timeout_for(::core::option::Option::None);
+                let shm_lens: [u64; _] = [::shm_channel::rpc::typed::arg_len(s)];
+                self.inner
+                    .call_with(
+                        &SHAPE,
+                        &shm_lens,
+                        |shm_sink: &mut dyn ::shm_channel::rpc::ObjectSink| {
+                            ::shm_channel::rpc::typed::encode_arg(shm_sink, 0, s)?;
+                            ::core::result::Result::Ok(())
+                        },
+                        shm_timeout,
+                        |shm_reply: &dyn ::shm_channel::rpc::IncomingMessage| ::shm_channel::rpc::typed::decode_reply::<
+                            super::Tree,
+                        >(shm_reply),
+                    )
+            })
+        }
+        /// One-way: returns once the message is in the ring (waiting for room up to the deadline).
+        ///
+        /// Deadline: the client's default unless `with_timeout` overrides it.
+        pub fn name(
+            &mut self,
+            t: &super::r#type,
+        ) -> ::core::result::Result<(), ::shm_channel::rpc::CallError> {
+            let shm_timeout = self.timeout_for(::core::option::Option::None);
+            let shm_lens: [u64; _] = [::shm_channel::rpc::typed::arg_len(t)];
+            self.inner
+                .send_oneway_with(
+                    &NAME_METHOD,
+                    &shm_lens,
+                    |shm_sink: &mut dyn ::shm_channel::rpc::ObjectSink| {
+                        ::shm_channel::rpc::typed::encode_arg(shm_sink, 0, t)?;
+                        ::core::result::Result::Ok(())
+                    },
+                    shm_timeout,
+                    false,
+                )
+        }
+        /// One-way: returns once the message is in the ring (waiting for room up to the deadline).
+        ///
+        /// Deadline: the client's default unless `with_timeout` overrides it.
+        pub fn do_thing(
+            &mut self,
+            m: &super::mixed_Case,
+            o: &super::Other,
+        ) -> ::core::result::Result<(), ::shm_channel::rpc::CallError> {
+            let shm_timeout = self.timeout_for(::core::option::Option::None);
+            let shm_lens: [u64; _] = [
+                ::shm_channel::rpc::typed::arg_len(m),
+                ::shm_channel::rpc::typed::arg_len(o),
+            ];
+            self.inner
+                .send_oneway_with(
+                    &DO_THING,
+                    &shm_lens,
+                    |shm_sink: &mut dyn ::shm_channel::rpc::ObjectSink| {
+                        ::shm_channel::rpc::typed::encode_arg(shm_sink, 0, m)?;
+                        ::shm_channel::rpc::typed::encode_arg(shm_sink, 1, o)?;
+                        ::core::result::Result::Ok(())
+                    },
+                    shm_timeout,
+                    false,
+                )
+        }
+    }
+    /// A [`Client`] whose calls use the deadline given to [`Client::with_timeout`];
+    /// the override ends when the handle is dropped.
+    #[derive(Debug)]
+    pub struct WithTimeout<
+        'c,
+        T: ::shm_channel::rpc::Transport = ::shm_channel::Channel,
+    > {
+        client: &'c mut Client<T>,
+    }
+    impl<T: ::shm_channel::rpc::Transport> ::core::ops::Deref for WithTimeout<'_, T> {
+        type Target = Client<T>;
+        fn deref(&self) -> &Client<T> {
+            self.client
+        }
+    }
+    impl<T: ::shm_channel::rpc::Transport> ::core::ops::DerefMut for WithTimeout<'_, T> {
+        fn deref_mut(&mut self) -> &mut Client<T> {
+            self.client
+        }
+    }
+    impl<T: ::shm_channel::rpc::Transport> ::core::ops::Drop for WithTimeout<'_, T> {
+        fn drop(&mut self) {
+            self.client.timeout = ::core::option::Option::None;
+        }
+    }
+    /// The async client of `EveryType` (tokio): methods take `&self`, so many calls can be in flight on one channel; replies are matched by request id.
+    ///
+    /// Cheap to clone (clones share the channel). Needs shm-channel's `tokio`
+    /// feature (on by default) and a tokio runtime. Deadlines work as for [`Client`];
+    /// [`AsyncClient::with_timeout`] returns a clone whose calls use another.
+    pub struct AsyncClient<
+        T: ::shm_channel::rpc::AsyncTransport
+            = ::shm_channel::async_channel::AsyncChannel,
+    > {
+        inner: ::std::sync::Arc<::shm_channel::rpc::AsyncClient<T>>,
+        timeout: ::core::option::Option<::std::time::Duration>,
+        default_timeout: ::std::time::Duration,
+        lost_events: ::std::sync::Arc<::std::sync::atomic::AtomicU64>,
+    }
+    impl<T: ::shm_channel::rpc::AsyncTransport> ::core::clone::Clone for AsyncClient<T> {
+        fn clone(&self) -> Self {
+            AsyncClient {
+                inner: ::std::sync::Arc::clone(&self.inner),
+                timeout: self.timeout,
+                default_timeout: self.default_timeout,
+                lost_events: ::std::sync::Arc::clone(&self.lost_events),
+            }
+        }
+    }
+    impl<T: ::shm_channel::rpc::AsyncTransport> ::core::fmt::Debug for AsyncClient<T> {
+        fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+            f.debug_struct("AsyncClient")
+                .field("protocol", &NAME)
+                .field("version", &self.inner.version())
+                .finish_non_exhaustive()
+        }
+    }
+    impl AsyncClient<::shm_channel::async_channel::AsyncChannel> {
+        /// Connects to the service `service` with [`client_config`].
+        pub async fn connect(
+            service: &str,
+        ) -> ::core::result::Result<Self, ::shm_channel::service::ConnectError> {
+            Self::connect_with(service, &client_config()).await
+        }
+        /// Connects to the service `service` with `config`.
+        pub async fn connect_with(
+            service: &str,
+            config: &::shm_channel::ClientConfig,
+        ) -> ::core::result::Result<Self, ::shm_channel::service::ConnectError> {
+            ::core::result::Result::Ok(
+                Self::from_rpc(
+                    ::shm_channel::rpc::AsyncClient::connect(service, config).await?,
+                ),
+            )
+        }
+    }
+    impl<T: ::shm_channel::rpc::AsyncTransport> AsyncClient<T> {
+        /// A client over a connected transport; spawns its reader task, so call it
+        /// inside a tokio runtime.
+        pub fn new(transport: T) -> Self {
+            Self::from_rpc(::shm_channel::rpc::AsyncClient::new(transport))
+        }
+        /// A client over an RPC async client.
+        pub fn from_rpc(inner: ::shm_channel::rpc::AsyncClient<T>) -> Self {
+            AsyncClient {
+                inner: ::std::sync::Arc::new(inner),
+                timeout: ::core::option::Option::None,
+                default_timeout: ::shm_channel::rpc::DEFAULT_TIMEOUT,
+                lost_events: ::std::sync::Arc::default(),
+            }
+        }
+        /// A clone whose calls use `timeout` as their deadline instead of the
+        /// method's `@timeout` or the default: `client.with_timeout(d).method(..)`.
+        #[must_use]
+        pub fn with_timeout(&self, timeout: ::std::time::Duration) -> Self {
+            let mut c = self.clone();
+            c.timeout = ::core::option::Option::Some(timeout);
+            c
+        }
+        /// Sets the deadline of this handle's calls whose method has no `@timeout`.
+        pub fn set_default_timeout(&mut self, timeout: ::std::time::Duration) {
+            self.default_timeout = timeout;
+        }
+        /// The protocol version the handshake settled.
+        #[must_use]
+        pub fn version(&self) -> u32 {
+            self.inner.version()
+        }
+        /// The RPC client underneath.
+        #[must_use]
+        pub fn rpc(&self) -> &::shm_channel::rpc::AsyncClient<T> {
+            &self.inner
+        }
+        /// Events dropped so far because the event queue was full.
+        #[must_use]
+        pub fn lost_events(&self) -> u64 {
+            self.lost_events.load(::std::sync::atomic::Ordering::Relaxed)
+        }
+        fn timeout_for(
+            &self,
+            method: ::core::option::Option<::std::time::Duration>,
+        ) -> ::std::time::Duration {
+            self.timeout.or(method).unwrap_or(self.default_timeout)
+        }
+        /// The next event (waits until one arrives or the channel ends).
+        pub async fn recv_event(
+            &self,
+        ) -> ::core::result::Result<Event, ::shm_channel::rpc::CallError> {
+            loop {
+                match self.inner.recv_event().await? {
+                    ::shm_channel::rpc::EventItem::Event(m) => {
+                        return Event::decode(&m)
+                            .map_err(::shm_channel::rpc::CallError::Protocol);
+                    }
+                    ::shm_channel::rpc::EventItem::Lost { count } => {
+                        self.lost_events
+                            .fetch_add(count, ::std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        /// Two-way: waits for the reply.
+        ///
+        /// Deadline: the client's default unless `with_timeout` overrides it.
+        pub async fn echo(
+            &self,
+            value: &super::Containers,
+        ) -> ::core::result::Result<super::Containers, ::shm_channel::rpc::CallError> {
+            let shm_timeout = self.timeout_for(::core::option::Option::None);
+            let shm_lens: [u64; _] = [::shm_channel::rpc::typed::arg_len(value)];
+            self.inner
+                .call_with(
+                    &ECHO,
+                    &shm_lens,
+                    |shm_sink: &mut dyn ::shm_channel::rpc::ObjectSink| {
+                        ::shm_channel::rpc::typed::encode_arg(shm_sink, 0, value)?;
+                        ::core::result::Result::Ok(())
+                    },
+                    shm_timeout,
+                    |shm_reply: &dyn ::shm_channel::rpc::IncomingMessage| ::shm_channel::rpc::typed::decode_reply::<
+                        super::Containers,
+                    >(shm_reply),
+                )
+                .await
+        }
+        /// Two-way: the method's error arrives as `CallError::Remote`.
+        ///
+        /// Deadline: the client's default unless `with_timeout` overrides it.
+        /// Since version 2: against an older peer it fails with `CallError::Unsupported` without sending.
+        pub async fn shape(
+            &self,
+            s: &super::Shape,
+        ) -> ::core::result::Result<
+            super::Tree,
+            ::shm_channel::rpc::CallError<super::Plain>,
+        > {
+            ::shm_channel::rpc::typed::with_remote({
+                let shm_timeout = self.timeout_for(::core::option::Option::None);
+                let shm_lens: [u64; _] = [::shm_channel::rpc::typed::arg_len(s)];
+                self.inner
+                    .call_with(
+                        &SHAPE,
+                        &shm_lens,
+                        |shm_sink: &mut dyn ::shm_channel::rpc::ObjectSink| {
+                            ::shm_channel::rpc::typed::encode_arg(shm_sink, 0, s)?;
+                            ::core::result::Result::Ok(())
+                        },
+                        shm_timeout,
+                        |shm_reply: &dyn ::shm_channel::rpc::IncomingMessage| ::shm_channel::rpc::typed::decode_reply::<
+                            super::Tree,
+                        >(shm_reply),
+                    )
+                    .await
+            })
+        }
+        /// One-way: returns once the message is in the ring (waiting for room up to the deadline).
+        ///
+        /// Deadline: the client's default unless `with_timeout` overrides it.
+        pub async fn name(
+            &self,
+            t: &super::r#type,
+        ) -> ::core::result::Result<(), ::shm_channel::rpc::CallError> {
+            let shm_timeout = self.timeout_for(::core::option::Option::None);
+            let shm_lens: [u64; _] = [::shm_channel::rpc::typed::arg_len(t)];
+            self.inner
+                .send_oneway_with(
+                    &NAME_METHOD,
+                    &shm_lens,
+                    |shm_sink: &mut dyn ::shm_channel::rpc::ObjectSink| {
+                        ::shm_channel::rpc::typed::encode_arg(shm_sink, 0, t)?;
+                        ::core::result::Result::Ok(())
+                    },
+                    shm_timeout,
+                    false,
+                )
+                .await
+        }
+        /// One-way: returns once the message is in the ring (waiting for room up to the deadline).
+        ///
+        /// Deadline: the client's default unless `with_timeout` overrides it.
+        pub async fn do_thing(
+            &self,
+            m: &super::mixed_Case,
+            o: &super::Other,
+        ) -> ::core::result::Result<(), ::shm_channel::rpc::CallError> {
+            let shm_timeout = self.timeout_for(::core::option::Option::None);
+            let shm_lens: [u64; _] = [
+                ::shm_channel::rpc::typed::arg_len(m),
+                ::shm_channel::rpc::typed::arg_len(o),
+            ];
+            self.inner
+                .send_oneway_with(
+                    &DO_THING,
+                    &shm_lens,
+                    |shm_sink: &mut dyn ::shm_channel::rpc::ObjectSink| {
+                        ::shm_channel::rpc::typed::encode_arg(shm_sink, 0, m)?;
+                        ::shm_channel::rpc::typed::encode_arg(shm_sink, 1, o)?;
+                        ::core::result::Result::Ok(())
+                    },
+                    shm_timeout,
+                    false,
+                )
+                .await
+        }
+    }
+    /// Sends the events of `EveryType` to one client or to all, from any thread (and from inside handlers, through [`Context::events`]).
+    ///
+    /// Cheap to clone. [`serve_with`] registers every client it accepts; the
+    /// [`ChannelId`](::shm_channel::ChannelId) of a client is its
+    /// [`Context::client`]. Each send waits up to [`Events::with_timeout`] (default
+    /// 1 s) for room in that client's ring, except `@no_queue` events, which are
+    /// dropped (`TransportError::Dropped`) when the ring is full.
+    #[derive(Debug, Clone)]
+    pub struct Events {
+        hub: ::shm_channel::rpc::EventHub,
+        timeout: ::std::time::Duration,
+    }
+    impl ::core::default::Default for Events {
+        fn default() -> Self {
+            Self::from_hub(::shm_channel::rpc::EventHub::new())
+        }
+    }
+    impl Events {
+        /// A sender with no clients yet (give it to [`serve_with`]).
+        #[must_use]
+        pub fn new() -> Self {
+            Self::default()
+        }
+        /// A sender over an existing hub.
+        #[must_use]
+        pub fn from_hub(hub: ::shm_channel::rpc::EventHub) -> Self {
+            Events {
+                hub,
+                timeout: ::std::time::Duration::from_secs(1),
+            }
+        }
+        /// The same clients, with sends waiting up to `timeout` for room.
+        #[must_use]
+        pub fn with_timeout(mut self, timeout: ::std::time::Duration) -> Self {
+            self.timeout = timeout;
+            self
+        }
+        /// The hub underneath.
+        #[must_use]
+        pub fn hub(&self) -> &::shm_channel::rpc::EventHub {
+            &self.hub
+        }
+        /// The clients now connected.
+        #[must_use]
+        pub fn clients(&self) -> ::std::vec::Vec<::shm_channel::ChannelId> {
+            self.hub.clients()
+        }
+        /// Sends the event `changed` to `client`; `TransportError::PeerDied` if it is gone.
+        pub fn changed(
+            &self,
+            client: ::shm_channel::ChannelId,
+            n: &super::Node,
+        ) -> ::core::result::Result<(), ::shm_channel::rpc::TransportError> {
+            let shm_field_0 = ::shm_channel::rpc::typed::encode_object(n)?;
+            let shm_objects: [(u64, &[u8]); _] = [(0, &shm_field_0[..])];
+            let shm_out = ::shm_channel::rpc::Outgoing::new(
+                    CHANGED.id,
+                    ::shm_channel::Kind::Event,
+                )
+                .no_queue(false);
+            self.hub.send_message_to(client, &shm_out, &shm_objects, self.timeout)
+        }
+        /// Sends the event `changed` to every client; the report lists those that did not get it.
+        pub fn broadcast_changed(
+            &self,
+            n: &super::Node,
+        ) -> ::core::result::Result<
+            ::shm_channel::rpc::BroadcastReport,
+            ::shm_channel::rpc::TransportError,
+        > {
+            let shm_field_0 = ::shm_channel::rpc::typed::encode_object(n)?;
+            let shm_objects: [(u64, &[u8]); _] = [(0, &shm_field_0[..])];
+            let shm_out = ::shm_channel::rpc::Outgoing::new(
+                    CHANGED.id,
+                    ::shm_channel::Kind::Event,
+                )
+                .no_queue(false);
+            ::core::result::Result::Ok(
+                self.hub.broadcast_message(&shm_out, &shm_objects, self.timeout),
+            )
+        }
+    }
+    /// The server side of `EveryType`: one method per IDL `fn`, given the arguments borrowed from the request (no copy).
+    ///
+    /// Two-way methods return the value (or `Result<T, E>`: an `Err` reaches the
+    /// caller as `CallError::Remote`); one-way methods return nothing. A method that
+    /// panics fails only that call (the caller gets `CallError::Fault`); the server
+    /// keeps serving. Serve it with [`serve`], [`serve_with`] or [`serve_channel`].
+    pub trait Server {
+        /// Handles `echo`.
+        fn echo(
+            &mut self,
+            ctx: &Context<'_>,
+            value: super::ContainersView<'_>,
+        ) -> super::Containers;
+        /// Handles `shape`.
+        fn shape(
+            &mut self,
+            ctx: &Context<'_>,
+            s: super::ShapeView<'_>,
+        ) -> ::core::result::Result<super::Tree, super::Plain>;
+        /// Handles `name`.
+        ///
+        /// One-way: the caller does not wait.
+        fn name(&mut self, ctx: &Context<'_>, t: super::typeView<'_>);
+        /// Handles `doThing`.
+        ///
+        /// One-way: the caller does not wait.
+        fn do_thing(
+            &mut self,
+            ctx: &Context<'_>,
+            m: super::mixed_CaseView<'_>,
+            o: super::Other,
+        );
+    }
+    impl<S: Server + ?Sized> Server for &mut S {
+        fn echo(
+            &mut self,
+            ctx: &Context<'_>,
+            value: super::ContainersView<'_>,
+        ) -> super::Containers {
+            (**self).echo(ctx, value)
+        }
+        fn shape(
+            &mut self,
+            ctx: &Context<'_>,
+            s: super::ShapeView<'_>,
+        ) -> ::core::result::Result<super::Tree, super::Plain> {
+            (**self).shape(ctx, s)
+        }
+        fn name(&mut self, ctx: &Context<'_>, t: super::typeView<'_>) {
+            (**self).name(ctx, t)
+        }
+        fn do_thing(
+            &mut self,
+            ctx: &Context<'_>,
+            m: super::mixed_CaseView<'_>,
+            o: super::Other,
+        ) {
+            (**self).do_thing(ctx, m, o)
+        }
+    }
+    impl<S: Server + ?Sized> Server for ::std::boxed::Box<S> {
+        fn echo(
+            &mut self,
+            ctx: &Context<'_>,
+            value: super::ContainersView<'_>,
+        ) -> super::Containers {
+            (**self).echo(ctx, value)
+        }
+        fn shape(
+            &mut self,
+            ctx: &Context<'_>,
+            s: super::ShapeView<'_>,
+        ) -> ::core::result::Result<super::Tree, super::Plain> {
+            (**self).shape(ctx, s)
+        }
+        fn name(&mut self, ctx: &Context<'_>, t: super::typeView<'_>) {
+            (**self).name(ctx, t)
+        }
+        fn do_thing(
+            &mut self,
+            ctx: &Context<'_>,
+            m: super::mixed_CaseView<'_>,
+            o: super::Other,
+        ) {
+            (**self).do_thing(ctx, m, o)
+        }
+    }
+    /// What a handler knows about the call it serves.
+    #[derive(Debug)]
+    pub struct Context<'a> {
+        request: &'a ::shm_channel::rpc::RequestView<'a>,
+        events: &'a Events,
+    }
+    impl<'a> Context<'a> {
+        /// The client that called: the id to send it events with. On
+        /// [`serve_channel`], whose one client has no id, `ChannelId(0)`.
+        #[must_use]
+        pub fn client(&self) -> ::shm_channel::ChannelId {
+            self.request.channel().unwrap_or(::shm_channel::ChannelId(0))
+        }
+        /// The protocol version this client's handshake settled.
+        #[must_use]
+        pub fn version(&self) -> u32 {
+            self.request.version()
+        }
+        /// The event sender (this client and every other one).
+        #[must_use]
+        pub fn events(&self) -> &'a Events {
+            self.events
+        }
+        /// The request itself (ids, raw objects).
+        #[must_use]
+        pub fn request(&self) -> &'a ::shm_channel::rpc::RequestView<'a> {
+            self.request
+        }
+    }
+    /// Decodes one request and hands it to `server`, then writes the reply: the
+    /// handler of [`serve`] and [`serve_channel`], for custom loops. A malformed
+    /// argument fails the call with a fault (the handler is not called); an unknown
+    /// method id, or a method newer than the client's version, gets
+    /// `UNKNOWN_METHOD`.
+    #[allow(clippy::let_unit_value, clippy::unit_arg)]
+    pub fn dispatch<S: Server + ?Sized>(
+        server: &mut S,
+        events: &Events,
+        req: &::shm_channel::rpc::RequestView<'_>,
+        resp: ::shm_channel::rpc::Responder<'_>,
+    ) -> ::shm_channel::rpc::HandlerResult {
+        let ctx = Context { request: req, events };
+        match req.message_id() {
+            0 => {
+                let value = ::shm_channel::rpc::typed::decode_arg(
+                    req,
+                    0,
+                    "method `echo`, argument `value`",
+                )?;
+                let value = server.echo(&ctx, value);
+                ::shm_channel::rpc::typed::reply_value(resp, &value)
+            }
+            1 => {
+                if req.version() < 2 {
+                    return ::core::result::Result::Err(
+                        ::shm_channel::rpc::HandlerError::UnknownMethod,
+                    );
+                }
+                let s = ::shm_channel::rpc::typed::decode_arg(
+                    req,
+                    0,
+                    "method `shape`, argument `s`",
+                )?;
+                let value = server.shape(&ctx, s);
+                match value {
+                    ::core::result::Result::Ok(value) => {
+                        ::shm_channel::rpc::typed::reply_value(resp, &value)
+                    }
+                    ::core::result::Result::Err(e) => {
+                        ::core::result::Result::Err(
+                            ::shm_channel::rpc::typed::remote_error(&e),
+                        )
+                    }
+                }
+            }
+            10 => {
+                let t = ::shm_channel::rpc::typed::decode_arg(
+                    req,
+                    0,
+                    "method `name`, argument `t`",
+                )?;
+                server.name(&ctx, t);
+                resp.done()
+            }
+            12 => {
+                let m = ::shm_channel::rpc::typed::decode_arg(
+                    req,
+                    0,
+                    "method `doThing`, argument `m`",
+                )?;
+                let o = ::shm_channel::rpc::typed::decode_arg(
+                    req,
+                    1,
+                    "method `doThing`, argument `o`",
+                )?;
+                server.do_thing(&ctx, m, o);
+                resp.done()
+            }
+            _ => {
+                ::core::result::Result::Err(
+                    ::shm_channel::rpc::HandlerError::UnknownMethod,
+                )
+            }
+        }
+    }
+    /// Binds the service `service` ([`service_config`]) and serves every client with
+    /// `server` on this thread, forever (see [`serve_with`] to stop it and to send
+    /// events).
+    pub fn serve<S: Server>(
+        service: &str,
+        server: S,
+    ) -> ::core::result::Result<
+        ::shm_channel::rpc::ServeEnd,
+        ::shm_channel::rpc::ServeError,
+    > {
+        serve_with(
+            service,
+            server,
+            service_config(),
+            &Events::new(),
+            &::shm_channel::rpc::ServeOptions::default(),
+        )
+    }
+    /// Binds the service `service` with `config` and serves every client with
+    /// `server` on this thread until `opts.stop` is set. `events` learns of every
+    /// client (keep a clone to send events from other threads). A client that
+    /// dies or misbehaves is dropped; the others keep being served.
+    pub fn serve_with<S: Server>(
+        service: &str,
+        mut server: S,
+        config: ::shm_channel::ServiceConfig,
+        events: &Events,
+        opts: &::shm_channel::rpc::ServeOptions,
+    ) -> ::core::result::Result<
+        ::shm_channel::rpc::ServeEnd,
+        ::shm_channel::rpc::ServeError,
+    > {
+        ::shm_channel::rpc::serve(
+            service,
+            config,
+            events.hub(),
+            |
+                req: &::shm_channel::rpc::RequestView<'_>,
+                resp: ::shm_channel::rpc::Responder<'_>|
+            dispatch(&mut server, events, req, resp),
+            opts,
+        )
+    }
+    /// Serves the one client of `transport` with `server` until it goes away.
+    pub fn serve_channel<T: ::shm_channel::rpc::Transport, S: Server>(
+        transport: &mut T,
+        server: S,
+    ) -> ::core::result::Result<
+        ::shm_channel::rpc::ServeEnd,
+        ::shm_channel::rpc::TransportError,
+    > {
+        serve_channel_with(
+            transport,
+            server,
+            &Events::new(),
+            &::shm_channel::rpc::ServeOptions::default(),
+        )
+    }
+    /// [`serve_channel`] with options, and `events` to send this client events
+    /// (it is registered as `ChannelId(0)` while served).
+    pub fn serve_channel_with<T: ::shm_channel::rpc::Transport, S: Server>(
+        transport: &mut T,
+        mut server: S,
+        events: &Events,
+        opts: &::shm_channel::rpc::ServeOptions,
+    ) -> ::core::result::Result<
+        ::shm_channel::rpc::ServeEnd,
+        ::shm_channel::rpc::TransportError,
+    > {
+        let id = ::shm_channel::ChannelId(0);
+        events.hub().insert(id, transport.sender());
+        let end = ::shm_channel::rpc::serve_channel(
+            transport,
+            |
+                req: &::shm_channel::rpc::RequestView<'_>,
+                resp: ::shm_channel::rpc::Responder<'_>|
+            dispatch(&mut server, events, req, resp),
+            opts,
+        );
+        events.hub().remove(id);
+        end
+    }
 }

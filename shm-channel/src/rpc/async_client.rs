@@ -260,6 +260,37 @@ impl<T: AsyncTransport> AsyncClient<T> {
             .await
     }
 
+    /// [`send_sync`](Self::send_sync) with the arguments written in place by `fill` (objects
+    /// of data lengths `object_lens`).
+    pub async fn send_sync_with(
+        &self,
+        method: &Method,
+        object_lens: &[u64],
+        fill: impl FnOnce(&mut dyn ObjectSink) -> Result<(), TransportError> + Send,
+        timeout: Duration,
+    ) -> Result<(), CallError> {
+        let out = Outgoing::new(method.id, Kind::OneWay).flags(flags::SYNC);
+        self.round_trip(method, out, object_lens, fill, timeout, |_| Ok(()))
+            .await
+    }
+
+    /// [`send_oneway`](Self::send_oneway) with the arguments written in place by `fill`
+    /// (objects of data lengths `object_lens`): returns once the message is in the ring.
+    pub async fn send_oneway_with(
+        &self,
+        method: &Method,
+        object_lens: &[u64],
+        fill: impl FnOnce(&mut dyn ObjectSink) -> Result<(), TransportError> + Send,
+        timeout: Duration,
+        no_queue: bool,
+    ) -> Result<(), CallError> {
+        self.check_since(method)?;
+        let out = Outgoing::new(method.id, Kind::OneWay).no_queue(no_queue);
+        let deadline = Instant::now().checked_add(timeout);
+        self.send(&out, object_lens, &mut once_fill(fill), deadline)
+            .await
+    }
+
     async fn round_trip<R>(
         &self,
         method: &Method,

@@ -300,6 +300,16 @@ pub struct Client<T: Transport> {
     late_replies: u64,
 }
 
+impl Client<crate::Channel> {
+    /// Connects to the service `name` (see [`connect`](crate::connect)) and wraps the channel.
+    pub fn connect(
+        name: &str,
+        config: &crate::ClientConfig,
+    ) -> Result<Self, crate::service::ConnectError> {
+        Ok(Client::new(crate::connect(name, config)?))
+    }
+}
+
 impl<T: Transport> Client<T> {
     /// A client over `transport` (a connected [`Channel`](crate::Channel), for shm).
     pub fn new(transport: T) -> Self {

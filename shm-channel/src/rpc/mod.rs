@@ -31,6 +31,7 @@
 mod client;
 mod server;
 mod transport;
+pub mod typed;
 
 #[cfg(feature = "tokio")]
 pub mod async_client;
@@ -49,6 +50,7 @@ pub use transport::{
     AsyncTransport, IncomingMessage, ObjectSink, Outgoing, Transport, TransportError,
     TransportSender, send_objects,
 };
+pub use typed::{ServeError, serve};
 
 /// The RPC layer's flag bits (bits 16..32 of a message's flags word; the ring ignores them).
 pub mod flags {

@@ -494,9 +494,26 @@ impl EventHub {
         objects: &[(u64, &[u8])],
         timeout: Duration,
     ) -> Result<(), TransportError> {
+        self.send_message_to(
+            id,
+            &Outgoing::new(message_id, Kind::Event),
+            objects,
+            timeout,
+        )
+    }
+
+    /// Sends the message `out` (an event, usually; `no_queue` honoured) made of `objects` to
+    /// one client; [`TransportError::PeerDied`] for an unknown one.
+    pub fn send_message_to(
+        &self,
+        id: ChannelId,
+        out: &Outgoing,
+        objects: &[(u64, &[u8])],
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
         let sender = self.map().get(&id).cloned();
         match sender {
-            Some(s) => send_event(&*s, message_id, objects, timeout),
+            Some(s) => super::send_objects(&*s, out, objects, timeout),
             None => Err(TransportError::PeerDied),
         }
     }
@@ -509,6 +526,17 @@ impl EventHub {
         objects: &[(u64, &[u8])],
         timeout: Duration,
     ) -> BroadcastReport {
+        self.broadcast_message(&Outgoing::new(message_id, Kind::Event), objects, timeout)
+    }
+
+    /// [`broadcast`](Self::broadcast) of the message `out` (`no_queue` honoured: a client
+    /// whose ring is full gets [`TransportError::Dropped`] in the report).
+    pub fn broadcast_message(
+        &self,
+        out: &Outgoing,
+        objects: &[(u64, &[u8])],
+        timeout: Duration,
+    ) -> BroadcastReport {
         let senders: Vec<_> = self
             .map()
             .iter()
@@ -516,7 +544,7 @@ impl EventHub {
             .collect();
         let mut report = BroadcastReport::default();
         for (id, s) in senders {
-            match send_event(&*s, message_id, objects, timeout) {
+            match super::send_objects(&*s, out, objects, timeout) {
                 Ok(()) => report.sent += 1,
                 Err(e) => report.failed.push((id, e)),
             }
