@@ -182,7 +182,7 @@ pub fn reply_value_bounded<T: Encode + LengthPrefixed + ?Sized>(
 }
 
 /// The method's error `e` as the handler's error: an error reply whose object
-/// [`ERROR_OBJECT`] the caller decodes into `CallError::Remote(e)`.
+/// [`ERROR_OBJECT`](super::ERROR_OBJECT) the caller decodes into `CallError::Remote(e)`.
 pub fn remote_error<E: Encode + ?Sized>(e: &E) -> HandlerError {
     match wire::encode_to_vec(e) {
         Ok(bytes) => HandlerError::Remote(bytes),
