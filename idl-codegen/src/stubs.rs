@@ -197,6 +197,22 @@ impl Gen<'_, '_> {
             ids.extend(quote!(Self::#v { .. } => &#konst,));
         }
         let allow = snake.then(|| quote!(#[allow(non_snake_case)]));
+        let unknown = quote!(::core::result::Result::Err(::std::format!(
+            "unknown event id {other} for protocol {NAME}"
+        )));
+        let decode_body = if self.p.events.is_empty() {
+            quote! {
+                let other = msg.message_id();
+                #unknown
+            }
+        } else {
+            quote! {
+                match msg.message_id() {
+                    #arms
+                    other => #unknown,
+                }
+            }
+        };
         let method_body = if self.p.events.is_empty() {
             quote!(match *self {})
         } else {
@@ -219,12 +235,7 @@ impl Gen<'_, '_> {
                 pub fn decode(
                     msg: &dyn #rpc::IncomingMessage,
                 ) -> ::core::result::Result<Self, ::std::string::String> {
-                    match msg.message_id() {
-                        #arms
-                        other => ::core::result::Result::Err(::std::format!(
-                            "unknown event id {other} for protocol {}", NAME
-                        )),
-                    }
+                    #decode_body
                 }
 
                 /// The event's constant (name, message id, version).
@@ -1120,6 +1131,23 @@ impl Gen<'_, '_> {
                 )
             }
 
+            /// Serves every client of a service the caller bound (and wrapped in an
+            /// [`EventLoop`](::shm_channel::EventLoop)) with `server` on this thread until
+            /// `opts.stop` is set; `events` learns of every client.
+            pub fn serve_service<S: Server>(
+                event_loop: &mut ::shm_channel::EventLoop,
+                mut server: S,
+                events: &Events,
+                opts: &#rpc::ServeOptions,
+            ) -> ::core::result::Result<#rpc::ServeEnd, ::shm_channel::event_loop::EventLoopError> {
+                #rpc::serve_service(
+                    event_loop,
+                    events.hub(),
+                    |req: &#rpc::RequestView<'_>, resp: #rpc::Responder<'_>| dispatch(&mut server, events, req, resp),
+                    opts,
+                )
+            }
+
             /// Serves the one client of `transport` with `server` until it goes away.
             pub fn serve_channel<T: #rpc::Transport, S: Server>(
                 transport: &mut T,
@@ -1200,18 +1228,25 @@ pub(crate) fn camel(name: &str) -> String {
 /// Replaces every lifetime `'a` with `'_` (views in signatures where the
 /// lifetime is elided).
 fn anonymous_lifetimes(tokens: TokenStream) -> TokenStream {
-    let mut out = Vec::new();
+    let mut out: Vec<TokenTree> = Vec::new();
     let mut iter = tokens.into_iter().peekable();
     while let Some(tt) = iter.next() {
         match tt {
             TokenTree::Punct(p) if p.as_char() == '\'' && p.spacing() == Spacing::Joint => {
-                out.push(TokenTree::Punct(p));
+                let after_ref =
+                    matches!(out.last(), Some(TokenTree::Punct(r)) if r.as_char() == '&');
                 if let Some(TokenTree::Ident(i)) = iter.peek()
                     && i == "a"
                 {
                     let span = i.span();
                     iter.next();
-                    out.push(TokenTree::Ident(Ident::new("_", span)));
+                    // `&'a str` becomes `&str`; `View<'a>` becomes `View<'_>`.
+                    if !after_ref {
+                        out.push(TokenTree::Punct(p));
+                        out.push(TokenTree::Ident(Ident::new("_", span)));
+                    }
+                } else {
+                    out.push(TokenTree::Punct(p));
                 }
             }
             TokenTree::Group(g) => {
@@ -1240,5 +1275,7 @@ mod tests {
     fn lifetimes_become_anonymous() {
         let t = anonymous_lifetimes(quote!(Option<VecView<'a, u16>>));
         assert_eq!(t.to_string(), quote!(Option<VecView<'_, u16>>).to_string());
+        let t = anonymous_lifetimes(quote!(Option<&'a str>));
+        assert_eq!(t.to_string(), quote!(Option<&str>).to_string());
     }
 }

@@ -1129,7 +1129,7 @@ pub mod every_type {
                 }
                 other => {
                     ::core::result::Result::Err(
-                        ::std::format!("unknown event id {other} for protocol {}", NAME),
+                        ::std::format!("unknown event id {other} for protocol {NAME}"),
                     )
                 }
             }
@@ -1941,6 +1941,28 @@ pub mod every_type {
         ::shm_channel::rpc::serve(
             service,
             config,
+            events.hub(),
+            |
+                req: &::shm_channel::rpc::RequestView<'_>,
+                resp: ::shm_channel::rpc::Responder<'_>|
+            dispatch(&mut server, events, req, resp),
+            opts,
+        )
+    }
+    /// Serves every client of a service the caller bound (and wrapped in an
+    /// [`EventLoop`](::shm_channel::EventLoop)) with `server` on this thread until
+    /// `opts.stop` is set; `events` learns of every client.
+    pub fn serve_service<S: Server>(
+        event_loop: &mut ::shm_channel::EventLoop,
+        mut server: S,
+        events: &Events,
+        opts: &::shm_channel::rpc::ServeOptions,
+    ) -> ::core::result::Result<
+        ::shm_channel::rpc::ServeEnd,
+        ::shm_channel::event_loop::EventLoopError,
+    > {
+        ::shm_channel::rpc::serve_service(
+            event_loop,
             events.hub(),
             |
                 req: &::shm_channel::rpc::RequestView<'_>,
