@@ -47,6 +47,7 @@
 //! a code block is removed. Rust keywords are escaped (`r#type`).
 #![forbid(unsafe_code)]
 
+pub mod build;
 mod stubs;
 
 use std::collections::{BTreeMap, BTreeSet};

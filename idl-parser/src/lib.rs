@@ -103,8 +103,14 @@ pub struct Checked {
 
 /// Reads `path` and its imports from disk and checks them.
 pub fn check_file(path: &Path) -> Result<Checked, Diagnostics> {
-    match FsLoader.load(path) {
-        Ok(source) => check_source(path, &source, &FsLoader),
+    check_file_with(path, &FsLoader)
+}
+
+/// Reads `path` and its imports through `loader` and checks them. A `path`
+/// that cannot be read is a diagnostic (E0003), like a missing import.
+pub fn check_file_with(path: &Path, loader: &dyn SourceLoader) -> Result<Checked, Diagnostics> {
+    match loader.load(path) {
+        Ok(source) => check_source(path, &source, loader),
         Err(e) => Err(check::unreadable(path, &e)),
     }
 }

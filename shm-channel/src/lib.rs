@@ -72,3 +72,9 @@ pub use region::RegionError;
 pub use ring::{Kind, Ring, RingConfig, RingReader, RingWriter};
 /// The byte layout of rings, messages and objects (the `shm-layout` crate).
 pub use shm_layout as layout;
+
+/// Expands an IDL file into typed Rust at the call site (default feature
+/// `macros`): `shm_channel::include_idl!("idl/display.idl");` with the path
+/// relative to the crate's root. The generated code calls only this crate.
+#[cfg(feature = "macros")]
+pub use idl_macros::include_idl;
