@@ -1,21 +1,23 @@
-//! Round trips between two processes (issue 3's benchmark): the client (this
+//! Round trips between two processes (issues 3 and 6): the client (this
 //! bench) sends a payload, a server in a **separate process** (this binary
 //! re-executed, see `benches::echo`) reads it and echoes it, the client reads
-//! the echo. Payloads of 8 B, 64 B and 4 KiB are written and read on both
-//! sides by every contender:
+//! the echo. Payloads of 8 B, 64 B, 1 KiB and 64 KiB are written and read on
+//! both sides by every contender:
 //!
 //! - `raw-spin`: a bare atomic ping-pong on shared pages, no library (the
 //!   physical limit);
 //! - `shm-spin`, `shm-park`, `shm-park-nospin`: a shm-channel `Channel` with
 //!   both sides on `WaitPolicy::SPIN`, the default adaptive spin-then-park,
 //!   and `WaitPolicy::PARK` (a kernel wake-up per message);
+//! - `iceoryx2` (publish-subscribe, polling) and `ipc-channel` (byte
+//!   channels);
 //! - `uds`, `pipe`, `tcp` (loopback, `TCP_NODELAY`): blocking byte streams
 //!   with length-prefixed frames.
 //!
-//! Each contender runs unpinned and with both processes pinned to one CPU
-//! (ids with `-samecore`); `RTT_PLACEMENTS=unpinned,samecore,crosscore`
-//! picks placements (`crosscore`: client on the first allowed CPU, server on
-//! the second).
+//! Placements (`BENCH_PLACEMENTS`, default `unpinned,crosscore,samecore`;
+//! `QUICK=1`: `crosscore,samecore`): `crosscore` pins the client to the
+//! first allowed CPU and the server to the second, `samecore` both to the
+//! first (ids with `-crosscore`, `-samecore`).
 //!
 //! One criterion iteration is one round trip, timed on its own, so besides
 //! criterion's estimates every case writes latency percentiles from an HDR
@@ -24,22 +26,20 @@
 //! fewer iterations than the one before), so it covers the measurement.
 //!
 //! Run: `cargo bench -p benches --bench rtt` (filter as usual, e.g.
-//! `-- shm-spin/`).
+//! `-- shm-spin/`); `QUICK=1` for short samples.
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 
-use benches::echo::{self, Client, Contender, Placement};
-use benches::percentiles;
+use benches::echo::{self, Client, Contender, Mode, Options};
+use benches::{percentiles, settings};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use hdrhistogram::Histogram;
 
 /// Payload sizes, bytes.
-const SIZES: [usize; 3] = [8, 64, 4 << 10];
+const SIZES: [usize; 4] = [8, 64, 1 << 10, 64 << 10];
 /// Criterion's group: the first directory under `target/criterion`.
 const GROUP: &str = "rtt";
-/// Placements when `RTT_PLACEMENTS` is not set.
-const DEFAULT_PLACEMENTS: &str = "unpinned,samecore";
 
 /// One case's histogram, and whether criterion's warm-up is over.
 struct Recorder {
@@ -92,19 +92,13 @@ fn nanos(d: Duration) -> u64 {
 }
 
 fn rtt(c: &mut Criterion) {
-    let list = std::env::var("RTT_PLACEMENTS").unwrap_or_else(|_| DEFAULT_PLACEMENTS.into());
-    let placements = Placement::parse_list(&list).expect("rtt: RTT_PLACEMENTS");
+    let placements = settings::placements().expect("rtt: BENCH_PLACEMENTS");
     eprintln!(
         "rtt: this process may run on CPUs {:?}",
         echo::allowed_cpus().unwrap_or_default()
     );
     let max = SIZES.into_iter().max().unwrap_or(8);
-    let mut group = c.benchmark_group(GROUP);
-    // Two cores shared with other work: few, long-enough samples.
-    group
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    let mut group = settings::group(c, GROUP);
     for placement in placements {
         eprintln!("rtt: placement {}", placement.describe());
         // The client's CPU now; the server's is set when it starts.
@@ -120,7 +114,7 @@ fn rtt(c: &mut Criterion) {
                 group.throughput(Throughput::Bytes(2 * len as u64));
                 group.bench_with_input(BenchmarkId::new(&id, len), &len, |b, &len| {
                     let client = client.get_or_insert_with(|| {
-                        Client::start(contender, placement, max)
+                        Client::start(contender, placement, Options::new(Mode::Echo, max))
                             .unwrap_or_else(|e| panic!("rtt: starting {id}: {e}"))
                     });
                     b.iter_custom(|iters| batch(client, len, iters, &mut rec));

@@ -2,4 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod echo;
+mod iox_peer;
+mod ipc_peer;
 pub mod percentiles;
+pub mod settings;
