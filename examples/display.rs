@@ -36,14 +36,13 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::error::Error;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use examples::ServerGuard;
 use hdrhistogram::Histogram;
 use shm_channel::Service;
 use shm_channel::rpc::{CallError, ServeEnd, ServeOptions};
-use shm_channel::service::ConnectError;
 use shm_channel::wire::{Bounded, VecView};
 
 /// The code generated from `idl/display.idl` (path relative to this
@@ -58,7 +57,7 @@ mod idl {
 use idl::display::{self, Event};
 use idl::{DisplayError, PixelFormat, Point, Rect};
 
-type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
+use examples::Result;
 
 /// The argument that makes this executable the server.
 const SERVER_ARG: &str = "--server";
@@ -265,70 +264,12 @@ fn server(name: &str) -> Result<()> {
 
 // ------------------------------------------------------------------ client
 
-/// The server process; killed and reaped if dropped before it exited.
-struct ServerGuard(Option<Child>);
-
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl ServerGuard {
-    fn child(&mut self) -> Result<&mut Child> {
-        self.0.as_mut().ok_or_else(|| "the server is gone".into())
-    }
-
-    /// Waits for the server to exit; fails unless it succeeded in time.
-    fn wait_success(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child()?.try_wait()? {
-                self.0 = None;
-                if status.success() {
-                    return Ok(());
-                }
-                return Err(format!("the server failed ({status})").into());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("the server did not exit within {timeout:?}").into());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
 /// Starts the server process and connects to it.
 fn start_server() -> Result<(ServerGuard, display::Client)> {
     let name = format!("display-{}", std::process::id());
-    // The server inherits stderr, so its errors show up here.
-    let mut server = ServerGuard(Some(
-        Command::new(std::env::current_exe()?)
-            .args([SERVER_ARG, &name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()?,
-    ));
-    let deadline = Instant::now() + START_STOP;
-    loop {
-        match display::Client::connect(&name) {
-            Ok(client) => return Ok((server, client)),
-            // The server has not bound the name yet.
-            Err(ConnectError::NotRunning { .. }) => {
-                if let Some(status) = server.child()?.try_wait()? {
-                    return Err(format!("the server exited before serving ({status})").into());
-                }
-                if Instant::now() >= deadline {
-                    return Err(format!("the server did not come up in {START_STOP:?}").into());
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let mut server = ServerGuard::spawn_self(&[SERVER_ARG, &name])?;
+    let client = examples::connect(&mut server, START_STOP, || display::Client::connect(&name))?;
+    Ok((server, client))
 }
 
 fn rect(width: u32, height: u32) -> Rect {

@@ -23,13 +23,14 @@
 #![forbid(unsafe_code)]
 
 use std::error::Error;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use examples::ServerGuard;
 use hdrhistogram::Histogram;
 use shm_channel::layout::object_size;
 use shm_channel::ring::{RecvError, WaitPolicy};
-use shm_channel::service::{self, ClientConfig, ConnectError, Service, ServiceConfig};
+use shm_channel::service::{self, ClientConfig, Service, ServiceConfig};
 use shm_channel::{Channel, Kind};
 
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
@@ -105,71 +106,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// The server process; killed and reaped if dropped before it exited.
-struct ServerGuard(Option<Child>);
-
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl ServerGuard {
-    fn child(&mut self) -> Result<&mut Child> {
-        self.0.as_mut().ok_or_else(|| "the server is gone".into())
-    }
-
-    /// Waits for the server to exit; fails unless it succeeded in time.
-    fn wait_success(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child()?.try_wait()? {
-                self.0 = None;
-                if status.success() {
-                    return Ok(());
-                }
-                return Err(format!("the server failed ({status})").into());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("the server did not exit within {timeout:?}").into());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
 fn client() -> Result<()> {
     let name = format!("ping-{}", std::process::id());
-    // The server inherits stderr, so its errors show up here.
-    let mut server = ServerGuard(Some(
-        Command::new(std::env::current_exe()?)
-            .args([SERVER_ARG, &name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()?,
-    ));
+    let mut server = ServerGuard::spawn_self(&[SERVER_ARG, &name])?;
     let server_pid = server.child()?.id();
     let config = ClientConfig::new(PROTOCOL, 1..=1).ring_sizes(RING_MAX, RING_MAX);
-    let deadline = Instant::now() + START_STOP;
-    let mut channel = loop {
-        match service::connect(&name, &config) {
-            Ok(channel) => break channel,
-            // The server has not bound the name yet.
-            Err(ConnectError::NotRunning { .. }) => {
-                if let Some(status) = server.child()?.try_wait()? {
-                    return Err(format!("the server exited before serving ({status})").into());
-                }
-                if Instant::now() >= deadline {
-                    return Err(format!("the server did not come up in {START_STOP:?}").into());
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let mut channel =
+        examples::connect(&mut server, START_STOP, || service::connect(&name, &config))?;
     println!(
         "ping: client pid {} -> server pid {server_pid}, service {name:?}, {}; \
          {} CPUs, processes not pinned",

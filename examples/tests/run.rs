@@ -1,5 +1,6 @@
-//! The display demo, run as a user runs it (its `--quick` form): two real
-//! processes, the typed stubs of `include_idl!`, a report, exit status 0.
+//! The examples, run as a user runs them (the display demo in its `--quick`
+//! form): two real processes each, the typed stubs of `include_idl!`,
+//! exit status 0 and the expected report.
 //!
 //! `cargo test` builds the examples next to the test binaries
 //! (`target/<profile>/examples/`); this test runs the one it finds there.
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 const WATCHDOG: Duration = Duration::from_secs(120);
 
 fn example(name: &str) -> PathBuf {
-    // target/<profile>/deps/display-<hash> -> target/<profile>/examples/<name>
+    // target/<profile>/deps/run-<hash> -> target/<profile>/examples/<name>
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe
         .parent()
@@ -30,15 +31,29 @@ fn example(name: &str) -> PathBuf {
     path
 }
 
-#[test]
-fn display_demo_runs_and_reports() {
-    let mut child = Command::new(example("display"))
-        .arg("--quick")
+/// Runs example `name` with `args` under a watchdog; its stdout, once it
+/// exited successfully with nothing on stderr.
+fn run(name: &str, args: &[&str]) -> String {
+    let mut child = Command::new(example(name))
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start the display example");
+        .expect("start the example");
+    // Read both pipes on threads, so a chatty child never blocks on them.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
     let deadline = Instant::now() + WATCHDOG;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -48,25 +63,20 @@ fn display_demo_runs_and_reports() {
             // Its server notices the closed channel and exits by itself.
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the display example did not finish within {WATCHDOG:?}");
+            panic!("example {name} did not finish within {WATCHDOG:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut out = String::new();
-    let mut err = String::new();
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("read");
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("read");
+    let out = out.join().expect("stdout reader");
+    let err = err.join().expect("stderr reader");
     assert!(status.success(), "{status}\nstdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(err, "", "stderr of a successful run; stdout:\n{out}");
+    out
+}
+
+#[test]
+fn display_demo_runs_and_reports() {
+    let out = run("display", &["--quick"]);
     for line in [
         "protocol Display version 2",
         "Remote(NoSuchSurface), as expected",
@@ -80,7 +90,21 @@ fn display_demo_runs_and_reports() {
         "MiB/s",
         "client -> server       4.0 MiB (@buffer; 4.0 MiB)",
     ] {
-        assert!(out.contains(line), "no `{line}` in:\n{out}\nstderr:\n{err}");
+        assert!(out.contains(line), "no `{line}` in:\n{out}");
     }
-    assert_eq!(err, "", "stderr of a successful run");
+}
+
+#[test]
+fn kv_example_runs() {
+    let out = run("kv", &[]);
+    for line in [
+        "put color = green  -> replaced: true",
+        "get color          -> green",
+        "get weight         -> NotFound",
+        "list               -> logo (16384 bytes)",
+        "delete size again  -> NotFound",
+        "event              -> size Deleted",
+    ] {
+        assert!(out.contains(line), "no `{line}` in:\n{out}");
+    }
 }
