@@ -126,3 +126,47 @@ fn every_error_code_is_documented() {
         );
     }
 }
+
+/// The Rust excerpts of "What each construct becomes in Rust" (blocks that
+/// start with `// generated from NAME.idl`) are real generated code: every
+/// line shown, except `// ...` elisions, is a line of the code generated
+/// from the guide's `NAME.idl` block, in the order shown.
+#[test]
+fn rust_excerpts_are_the_generated_code() {
+    let guide = guide();
+    let idl = blocks(&guide, "idl");
+    let mut loader = MemLoader::new();
+    for (i, block) in idl.iter().enumerate() {
+        loader.insert(name_of(block, i), block.as_str());
+    }
+    let excerpts: Vec<String> = blocks(&guide, "rust")
+        .into_iter()
+        .filter(|b| b.starts_with("// generated from "))
+        .collect();
+    assert!(excerpts.len() >= 7, "the guide lost its Rust excerpts");
+    for excerpt in excerpts {
+        let (first, body) = excerpt.split_once('\n').expect("a body");
+        let name = first.trim_start_matches("// generated from ").trim();
+        let source = idl
+            .iter()
+            .enumerate()
+            .find(|(i, b)| name_of(b, *i) == Path::new(name))
+            .map(|(_, b)| b.clone())
+            .unwrap_or_else(|| panic!("no `// {name}` block in the guide"));
+        let model = check_source(Path::new(name), &source, &loader)
+            .unwrap_or_else(|d| panic!("{}", d.render(false)))
+            .model;
+        let code = idl_codegen::generate_file(&model);
+        let mut generated = code.lines().map(str::trim);
+        for line in body.lines().map(str::trim) {
+            if line.is_empty() || line == "// ..." {
+                continue;
+            }
+            assert!(
+                generated.any(|g| g == line),
+                "`{line}` (excerpt of {name}) is not in the generated code, \
+                 or not in this order; the excerpt:\n{excerpt}\nthe code:\n{code}"
+            );
+        }
+    }
+}
