@@ -13,7 +13,25 @@
 //! welcome  (kind 2)  version u32 | channel id u64 | client->server ring max u64
 //!                    | server->client ring max u64 | fd count u8 | server pid u32
 //! refusal  (kind 3)  reason code u16 | reason text string (<= 1024 bytes)
+//! query    (kind 4)  what u8 (1 = status, 2 = ping) | nonce u64
+//! status   (kind 5)  service string | protocol string | min version u32 | max version u32
+//!                    | pid u32 | client->server ring max u64 | server->client ring max u64
+//!                    | live channels u32 | listed channels u16 | listed x channel
+//! channel            id u64 | version u32 | peer pid u32 | peer uid u32
+//!                    | client->server ring | server->client ring
+//! ring               capacity u64 | max u64 | pending messages u64 | used bytes u64
+//!                    | messages written u64 | messages read u64 | reader parked u8
+//!                    | writer waiting u8
+//! pong     (kind 6)  nonce u64 | pid u32
+//! activate (kind 7)  service name string (1..=64 bytes) | wait milliseconds u64
+//! outcome  (kind 8)  outcome u8 (0 = no service file, 1 = ready, 2 = failed) | uid u32
+//!                    | pid u32 | failure code u16 | exit status i32 | waited milliseconds u64
+//!                    | detail string (<= 1024 bytes)
 //! ```
+//!
+//! A query takes the place of a hello on a service's socket: `shmctl` and the activator ask a
+//! service about itself without opening a channel. An activate frame goes to the activator's
+//! socket (see [`crate::activation`]).
 //!
 //! A body must be consumed exactly: trailing bytes are an error, so a frame has one meaning.
 //! A later format that needs more fields bumps the format number; a peer refuses a format it
@@ -40,6 +58,17 @@ pub(crate) const WELCOME_FDS: u8 = 6;
 const KIND_HELLO: u16 = 1;
 const KIND_WELCOME: u16 = 2;
 const KIND_REFUSAL: u16 = 3;
+const KIND_QUERY: u16 = 4;
+const KIND_STATUS: u16 = 5;
+const KIND_PONG: u16 = 6;
+const KIND_ACTIVATE: u16 = 7;
+const KIND_OUTCOME: u16 = 8;
+
+/// The most channels a status frame lists (about 130 bytes each, well inside [`MAX_BODY`]);
+/// the count of live channels is exact all the same.
+pub(crate) const MAX_LISTED_CHANNELS: usize = 256;
+/// The longest service name on the wire (as `service::MAX_NAME_LEN`).
+pub(crate) const MAX_SERVICE_NAME: usize = 64;
 
 /// What a client asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +106,97 @@ pub(crate) struct Refusal {
 pub(crate) enum Reply {
     Welcome(Welcome),
     Refusal(Refusal),
+}
+
+/// What a client sends first on a service's socket: a hello (for a channel) or a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Request {
+    Hello(Hello),
+    Query(Query),
+}
+
+/// A control request: the service answers it and closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Query {
+    pub(crate) what: QueryKind,
+    /// Echoed in a pong, so an answer is matched to its question.
+    pub(crate) nonce: u64,
+}
+
+/// What a [`Query`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueryKind {
+    Status,
+    Ping,
+}
+
+/// A service's description of itself and its channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Status {
+    pub(crate) service: String,
+    pub(crate) protocol: String,
+    pub(crate) min_version: u32,
+    pub(crate) max_version: u32,
+    pub(crate) pid: u32,
+    pub(crate) c2s_max: u64,
+    pub(crate) s2c_max: u64,
+    pub(crate) live_channels: u32,
+    pub(crate) channels: Vec<ChannelStat>,
+}
+
+/// One channel in a [`Status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChannelStat {
+    pub(crate) id: u64,
+    pub(crate) version: u32,
+    pub(crate) peer_pid: u32,
+    pub(crate) peer_uid: u32,
+    pub(crate) c2s: RingStat,
+    pub(crate) s2c: RingStat,
+}
+
+/// One ring of a [`ChannelStat`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct RingStat {
+    pub(crate) capacity: u64,
+    pub(crate) max_size: u64,
+    pub(crate) pending: u64,
+    pub(crate) used_bytes: u64,
+    pub(crate) written: u64,
+    pub(crate) read: u64,
+    pub(crate) reader_parked: bool,
+    pub(crate) writer_waiting: bool,
+}
+
+/// A service's answer to a ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pong {
+    pub(crate) nonce: u64,
+    pub(crate) pid: u32,
+}
+
+/// A client's request to the activator: make `name` available, waiting up to `wait_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Activate {
+    pub(crate) name: String,
+    pub(crate) wait_ms: u64,
+}
+
+/// The activator's answer to an [`Activate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    /// 0: no service file; 1: ready; 2: failed.
+    pub(crate) outcome: u8,
+    /// The uid the service must run as (ready).
+    pub(crate) uid: u32,
+    /// The service's pid when the activator started it, else 0.
+    pub(crate) pid: u32,
+    /// What failed (failed).
+    pub(crate) code: u16,
+    /// The exit status (or minus the signal) of a service that exited.
+    pub(crate) status: i32,
+    pub(crate) waited_ms: u64,
+    pub(crate) detail: String,
 }
 
 /// Why a service refused a client: sent in the refusal, so both sides name the same cause.
@@ -307,13 +427,9 @@ pub(crate) fn encode_welcome(w: &Welcome) -> Vec<u8> {
 /// Encodes a refusal; a reason longer than [`MAX_REASON`] bytes is cut at a character
 /// boundary.
 pub(crate) fn encode_refusal(r: &Refusal) -> Vec<u8> {
-    let mut end = r.reason.len().min(MAX_REASON);
-    while !r.reason.is_char_boundary(end) {
-        end -= 1;
-    }
     let mut w = Writer::new(KIND_REFUSAL);
     w.u16(r.code.to_wire());
-    w.str(&r.reason[..end]);
+    w.str(cut(&r.reason, MAX_REASON));
     w.finish()
 }
 
@@ -346,6 +462,215 @@ pub(crate) fn decode_reply(bytes: &[u8]) -> Result<Reply, DecodeError> {
             found,
         }),
     }
+}
+
+/// Decodes what a client sends first on a service socket: a hello or a query (whole frame,
+/// body at most `max_body` bytes).
+pub(crate) fn decode_request(bytes: &[u8], max_body: usize) -> Result<Request, DecodeError> {
+    let header = decode_header(bytes, max_body)?;
+    match header.kind {
+        KIND_HELLO => decode_hello(bytes, max_body).map(Request::Hello),
+        KIND_QUERY => {
+            let mut r = body(bytes, max_body, KIND_QUERY, "query")?;
+            let what = match r.u8()? {
+                1 => QueryKind::Status,
+                2 => QueryKind::Ping,
+                _ => return Err(DecodeError::Invalid("unknown query")),
+            };
+            let nonce = r.u64()?;
+            r.end()?;
+            Ok(Request::Query(Query { what, nonce }))
+        }
+        found => Err(DecodeError::UnexpectedKind {
+            expected: "hello or query",
+            found,
+        }),
+    }
+}
+
+/// Encodes a query.
+pub(crate) fn encode_query(q: &Query) -> Vec<u8> {
+    let mut w = Writer::new(KIND_QUERY);
+    w.u8(match q.what {
+        QueryKind::Status => 1,
+        QueryKind::Ping => 2,
+    });
+    w.u64(q.nonce);
+    w.finish()
+}
+
+/// Encodes a status; channels past [`MAX_LISTED_CHANNELS`] are left out (the live count
+/// still says how many there are).
+pub(crate) fn encode_status(s: &Status) -> Vec<u8> {
+    let mut w = Writer::new(KIND_STATUS);
+    w.str(&s.service);
+    w.str(&s.protocol);
+    w.u32(s.min_version);
+    w.u32(s.max_version);
+    w.u32(s.pid);
+    w.u64(s.c2s_max);
+    w.u64(s.s2c_max);
+    w.u32(s.live_channels);
+    let listed = &s.channels[..s.channels.len().min(MAX_LISTED_CHANNELS)];
+    w.u16(listed.len() as u16);
+    for c in listed {
+        w.u64(c.id);
+        w.u32(c.version);
+        w.u32(c.peer_pid);
+        w.u32(c.peer_uid);
+        for r in [&c.c2s, &c.s2c] {
+            for v in [
+                r.capacity,
+                r.max_size,
+                r.pending,
+                r.used_bytes,
+                r.written,
+                r.read,
+            ] {
+                w.u64(v);
+            }
+            w.u8(u8::from(r.reader_parked));
+            w.u8(u8::from(r.writer_waiting));
+        }
+    }
+    w.finish()
+}
+
+/// Decodes a status frame.
+pub(crate) fn decode_status(bytes: &[u8]) -> Result<Status, DecodeError> {
+    let mut r = body(bytes, MAX_BODY, KIND_STATUS, "status")?;
+    let service = r.str(MAX_SERVICE_NAME)?;
+    let protocol = r.str(MAX_PROTOCOL_NAME)?;
+    let (min_version, max_version, pid) = (r.u32()?, r.u32()?, r.u32()?);
+    let (c2s_max, s2c_max, live_channels) = (r.u64()?, r.u64()?, r.u32()?);
+    let listed = usize::from(r.u16()?);
+    if listed > MAX_LISTED_CHANNELS {
+        return Err(DecodeError::Invalid("status lists too many channels"));
+    }
+    let mut channels = Vec::with_capacity(listed);
+    for _ in 0..listed {
+        let (id, version, peer_pid, peer_uid) = (r.u64()?, r.u32()?, r.u32()?, r.u32()?);
+        let mut ring = || -> Result<RingStat, DecodeError> {
+            Ok(RingStat {
+                capacity: r.u64()?,
+                max_size: r.u64()?,
+                pending: r.u64()?,
+                used_bytes: r.u64()?,
+                written: r.u64()?,
+                read: r.u64()?,
+                reader_parked: r.flag()?,
+                writer_waiting: r.flag()?,
+            })
+        };
+        let (c2s, s2c) = (ring()?, ring()?);
+        channels.push(ChannelStat {
+            id,
+            version,
+            peer_pid,
+            peer_uid,
+            c2s,
+            s2c,
+        });
+    }
+    r.end()?;
+    Ok(Status {
+        service,
+        protocol,
+        min_version,
+        max_version,
+        pid,
+        c2s_max,
+        s2c_max,
+        live_channels,
+        channels,
+    })
+}
+
+/// Encodes a pong.
+pub(crate) fn encode_pong(p: &Pong) -> Vec<u8> {
+    let mut w = Writer::new(KIND_PONG);
+    w.u64(p.nonce);
+    w.u32(p.pid);
+    w.finish()
+}
+
+/// Decodes a pong frame.
+pub(crate) fn decode_pong(bytes: &[u8]) -> Result<Pong, DecodeError> {
+    let mut r = body(bytes, MAX_BODY, KIND_PONG, "pong")?;
+    let pong = Pong {
+        nonce: r.u64()?,
+        pid: r.u32()?,
+    };
+    r.end()?;
+    Ok(pong)
+}
+
+/// Encodes an activate request; fails on a name that is empty or too long.
+pub(crate) fn encode_activate(a: &Activate) -> Result<Vec<u8>, DecodeError> {
+    check_service_name(&a.name)?;
+    let mut w = Writer::new(KIND_ACTIVATE);
+    w.str(&a.name);
+    w.u64(a.wait_ms);
+    Ok(w.finish())
+}
+
+/// Decodes an activate frame (the activator's side).
+pub(crate) fn decode_activate(bytes: &[u8]) -> Result<Activate, DecodeError> {
+    let mut r = body(bytes, MAX_BODY, KIND_ACTIVATE, "activate")?;
+    let name = r.str(MAX_SERVICE_NAME)?;
+    check_service_name(&name)?;
+    let wait_ms = r.u64()?;
+    r.end()?;
+    Ok(Activate { name, wait_ms })
+}
+
+/// Encodes the activator's answer; a detail longer than [`MAX_REASON`] bytes is cut.
+pub(crate) fn encode_outcome(o: &Outcome) -> Vec<u8> {
+    let mut w = Writer::new(KIND_OUTCOME);
+    w.u8(o.outcome);
+    w.u32(o.uid);
+    w.u32(o.pid);
+    w.u16(o.code);
+    w.u32(o.status as u32);
+    w.u64(o.waited_ms);
+    w.str(cut(&o.detail, MAX_REASON));
+    w.finish()
+}
+
+/// Decodes the activator's answer.
+pub(crate) fn decode_outcome(bytes: &[u8]) -> Result<Outcome, DecodeError> {
+    let mut r = body(bytes, MAX_BODY, KIND_OUTCOME, "activation outcome")?;
+    let outcome = r.u8()?;
+    if outcome > 2 {
+        return Err(DecodeError::Invalid("unknown activation outcome"));
+    }
+    let o = Outcome {
+        outcome,
+        uid: r.u32()?,
+        pid: r.u32()?,
+        code: r.u16()?,
+        status: r.u32()? as i32,
+        waited_ms: r.u64()?,
+        detail: r.str(MAX_REASON)?,
+    };
+    r.end()?;
+    Ok(o)
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn check_service_name(name: &str) -> Result<(), DecodeError> {
+    if name.is_empty() || name.len() > MAX_SERVICE_NAME {
+        return Err(DecodeError::Invalid("service name must be 1..=64 bytes"));
+    }
+    Ok(())
 }
 
 fn check_protocol(name: &str) -> Result<(), DecodeError> {
@@ -419,6 +744,15 @@ impl<'a> Reader<'a> {
 
     fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(self.array()?))
+    }
+
+    /// A boolean byte: 0 or 1, nothing else.
+    fn flag(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::Invalid("flag byte is neither 0 nor 1")),
+        }
     }
 
     fn u32(&mut self) -> Result<u32, DecodeError> {
@@ -565,6 +899,59 @@ mod tests {
     }
 
     #[test]
+    fn requests_are_a_hello_or_a_query() {
+        let good = encode_hello(&hello()).unwrap();
+        assert_eq!(decode_request(&good, 4096), Ok(Request::Hello(hello())));
+        let q = encode_query(&Query {
+            what: QueryKind::Ping,
+            nonce: 5,
+        });
+        assert_eq!(q.len(), HEADER_LEN + 9);
+        let mut bad = q.clone();
+        bad[HEADER_LEN] = 9;
+        assert_eq!(
+            decode_request(&bad, 4096),
+            Err(DecodeError::Invalid("unknown query"))
+        );
+        // A pong is no request, an activate frame is nothing a service reads.
+        let pong = encode_pong(&Pong { nonce: 1, pid: 2 });
+        assert!(matches!(
+            decode_request(&pong, 4096),
+            Err(DecodeError::UnexpectedKind { found: 6, .. })
+        ));
+        assert!(
+            encode_activate(&Activate {
+                name: String::new(),
+                wait_ms: 1
+            })
+            .is_err()
+        );
+        // Hundreds of channels are cut to the listed maximum, the live count stays.
+        let ch = ChannelStat {
+            id: 1,
+            version: 1,
+            peer_pid: 1,
+            peer_uid: 1,
+            c2s: RingStat::default(),
+            s2c: RingStat::default(),
+        };
+        let s = Status {
+            service: "s".into(),
+            protocol: "p".into(),
+            min_version: 1,
+            max_version: 1,
+            pid: 1,
+            c2s_max: 4096,
+            s2c_max: 4096,
+            live_channels: 1000,
+            channels: vec![ch; 1000],
+        };
+        let back = decode_status(&encode_status(&s)).unwrap();
+        assert_eq!(back.channels.len(), MAX_LISTED_CHANNELS);
+        assert_eq!(back.live_channels, 1000);
+    }
+
+    #[test]
     fn long_reasons_are_cut_on_a_char_boundary() {
         let r = Refusal {
             code: RefusalCode::Credentials,
@@ -614,6 +1001,44 @@ mod tests {
             let _ = decode_hello(&bytes, 4096);
             let _ = decode_reply(&bytes);
             let _ = frame_len(&bytes, 4096);
+            let _ = decode_request(&bytes, 4096);
+            let _ = decode_status(&bytes);
+            let _ = decode_pong(&bytes);
+            let _ = decode_activate(&bytes);
+            let _ = decode_outcome(&bytes);
+        }
+
+        #[test]
+        fn control_frames_round_trip(
+            nonce in any::<u64>(), ping in any::<bool>(), pid in any::<u32>(),
+            name in "[a-z.@+_-]{1,64}", wait in any::<u64>(), outcome in 0..3u8,
+            code in any::<u16>(), status in any::<i32>(), detail in ".{0,40}",
+            words in proptest::collection::vec(any::<u64>(), 14),
+            channels in 0..4usize, flags in any::<u8>(),
+        ) {
+            let what = if ping { QueryKind::Ping } else { QueryKind::Status };
+            let q = Query { what, nonce };
+            prop_assert_eq!(decode_request(&encode_query(&q), 64), Ok(Request::Query(q)));
+            let p = Pong { nonce, pid };
+            prop_assert_eq!(decode_pong(&encode_pong(&p)), Ok(p));
+            let a = Activate { name: name.clone(), wait_ms: wait };
+            prop_assert_eq!(decode_activate(&encode_activate(&a).unwrap()), Ok(a));
+            let o = Outcome { outcome, uid: pid, pid, code, status, waited_ms: wait, detail };
+            prop_assert_eq!(decode_outcome(&encode_outcome(&o)), Ok(o));
+            let ring = |at: usize| RingStat {
+                capacity: words[at], max_size: words[at + 1], pending: words[at + 2],
+                used_bytes: words[at + 3], written: words[at + 4], read: words[at + 5],
+                reader_parked: flags & 1 != 0, writer_waiting: flags & 2 != 0,
+            };
+            let s = Status {
+                service: name, protocol: "Echo".into(), min_version: 1, max_version: 3, pid,
+                c2s_max: words[12], s2c_max: words[13], live_channels: channels as u32,
+                channels: (0..channels).map(|i| ChannelStat {
+                    id: i as u64, version: 2, peer_pid: pid, peer_uid: 7,
+                    c2s: ring(0), s2c: ring(6),
+                }).collect(),
+            };
+            prop_assert_eq!(decode_status(&encode_status(&s)), Ok(s));
         }
 
         #[test]

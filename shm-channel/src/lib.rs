@@ -17,6 +17,10 @@
 //!   [`wire::VecView`]) without copies.
 //! - [`rpc`]: what generated stubs call: request ids, replies matched to calls, typed
 //!   call errors, events, cancel, and a server loop that survives panicking handlers.
+//! - [`service`], [`channel`], [`event_loop`]: services by name, channels between processes,
+//!   an event loop over a service and its channels;
+//! - [`activation`] and [`control`]: services started on demand by an activator and held to
+//!   the uid of their service file; asking a live service about itself (what `shmctl` shows).
 //! - [`layout`]: the byte layout of headers, messages and objects (the
 //!   `shm-layout` crate, shared with the IDL tools).
 //!
@@ -52,9 +56,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod activation;
 #[cfg(feature = "tokio")]
 pub mod async_channel;
 pub mod channel;
+pub mod control;
 pub mod event_loop;
 mod handshake;
 pub(crate) mod region;

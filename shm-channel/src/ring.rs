@@ -785,12 +785,82 @@ impl Ring {
         self.len() == 0
     }
 
+    /// A snapshot of the ring's shared counters for monitoring (`shmctl`): plain loads of the
+    /// header, no lock, so the numbers of a busy ring may be a moment apart from each other;
+    /// positions a broken peer garbled read as 0 used bytes rather than an error.
+    pub(crate) fn stat(&self) -> crate::handshake::RingStat {
+        let mem = &*self.mem;
+        let capacity = self.capacity();
+        let load = |o: usize| mem.word(o).load(Ordering::Relaxed);
+        let write = RingPos::unpack(load(off::WRITE_POS), capacity);
+        let read = RingPos::unpack(load(off::READ_POS), capacity);
+        let used_bytes = match (write, read) {
+            (Some(w), Some(r)) if w.lap == r.lap => w.offset.saturating_sub(r.offset),
+            (Some(w), Some(r)) if r.is_lap_before(w) => {
+                // The previous lap's data ends at the wrap offset (when it is sane).
+                let wrap = load(off::WRAP_OFFSET);
+                let end = if wrap > r.offset && wrap <= capacity {
+                    wrap
+                } else {
+                    capacity
+                };
+                (end - r.offset) + (w.offset.saturating_sub(RING_HEADER_SIZE))
+            }
+            _ => 0,
+        };
+        crate::handshake::RingStat {
+            capacity,
+            max_size: self.max_size(),
+            pending: self.len(),
+            used_bytes,
+            written: load(off::MESSAGE_COUNT),
+            read: load(off::CONSUMED_COUNT),
+            reader_parked: mem.doorbell(off::READER_DOORBELL).load(Ordering::Relaxed) != 0,
+            writer_waiting: mem.doorbell(off::WRITER_DOORBELL).load(Ordering::Relaxed) != 0,
+        }
+    }
+
+    /// A handle that does not keep the ring alive (nor its memory mapped, nor its memfd open):
+    /// how a service remembers its channels for `shmctl` without outliving them.
+    pub(crate) fn downgrade(&self) -> WeakRing {
+        WeakRing {
+            mem: Arc::downgrade(&self.mem),
+        }
+    }
+
     /// Bytes of memory the kernel has allocated for the ring's memfd (None
     /// for a heap ring): what the ring really costs.
     pub fn allocated_bytes(&self) -> Option<u64> {
         self.fd
             .as_ref()
             .and_then(|f| sys::allocated_bytes(std::os::fd::AsFd::as_fd(&f.0)).ok())
+    }
+}
+
+/// A [`Ring`] that may have been dropped (see [`Ring::downgrade`]).
+#[derive(Clone)]
+pub(crate) struct WeakRing {
+    mem: std::sync::Weak<RingMem>,
+}
+
+impl fmt::Debug for WeakRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakRing")
+            .field("alive", &(self.mem.strong_count() > 0))
+            .finish()
+    }
+}
+
+impl WeakRing {
+    /// The ring, if someone still holds it. The result carries no memfd (it only reads
+    /// its own header), so it cannot be passed to a peer.
+    pub(crate) fn upgrade(&self) -> Option<Ring> {
+        self.mem.upgrade().map(|mem| Ring { mem, fd: None })
+    }
+
+    /// Whether someone still holds the ring.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.mem.strong_count() > 0
     }
 }
 

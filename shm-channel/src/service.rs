@@ -5,7 +5,8 @@
 //! # Where services live
 //!
 //! `$XDG_RUNTIME_DIR/shm-channel/<name>.sock`, or `/tmp/shm-channel-<uid>/<name>.sock` when
-//! `XDG_RUNTIME_DIR` is not set; [`ServiceConfig::runtime_dir`] and
+//! `XDG_RUNTIME_DIR` is not set (`$SHM_CHANNEL_RUNTIME_DIR` overrides both, see
+//! [`RUNTIME_DIR_ENV`]); [`ServiceConfig::runtime_dir`] and
 //! [`ClientConfig::runtime_dir`] override the directory. [`Service::bind`] creates the
 //! directory with mode 0700 and refuses one that is not owned by this user or that others can
 //! enter (by default) or write to: someone who could plant a socket there could pose as the
@@ -20,6 +21,9 @@
 //!
 //! # Handshake
 //!
+//! 0. When an activator listens in the runtime directory, the client asks it first: it
+//!    starts the service if needed and names the uid it must run as, which then replaces
+//!    [`ClientConfig::trust`] in step 1 (see [`crate::activation`]).
 //! 1. The client connects and checks the server's credentials (`SO_PEERCRED`, recorded by
 //!    the kernel when the server called `listen`) against [`ClientConfig::trust`] *before it
 //!    sends anything*: an impostor is refused with [`ConnectError::Impostor`].
@@ -34,6 +38,10 @@
 //!    same IDL, so they normally agree), creates the two sealed memfds and four eventfds, and
 //!    sends a welcome with them. Any failure is sent back as a refusal with a
 //!    [`RefusalCode`] and a text, so the client's error says what the server objected to.
+//!
+//! Instead of a hello, a client may send a control query ([`crate::control`]): the service
+//! answers it with its status (its channels and their rings' counters) or a pong, from the
+//! same non-blocking accept path, and closes the connection.
 //!
 //! The wire format is described in the (private) `handshake` module; its decoders never panic
 //! on any input.
@@ -88,12 +96,13 @@ use std::time::{Duration, Instant};
 use shm_layout::PAGE_SIZE;
 use thiserror::Error;
 
+use crate::activation::{self, ActivationError, Resolved};
 use crate::channel::{
     Channel, ChannelId, ChannelParts, Doorbell, Doorbells, PeerCredentials, Side, attach_doorbells,
 };
-use crate::handshake::{self, Hello, Refusal, Reply, Welcome};
+use crate::handshake::{self, Hello, Query, QueryKind, Refusal, Reply, Request, Welcome};
 pub use crate::handshake::{DecodeError, RefusalCode};
-use crate::ring::{Ring, RingConfig, RingError};
+use crate::ring::{Ring, RingConfig, RingError, WeakRing};
 use crate::sys;
 
 /// The longest service name, in bytes.
@@ -307,6 +316,7 @@ pub struct ClientConfig {
     trust: CredentialPolicy,
     timeout: Duration,
     runtime_dir: Option<PathBuf>,
+    activation: bool,
 }
 
 impl ClientConfig {
@@ -321,6 +331,7 @@ impl ClientConfig {
             trust: CredentialPolicy::same_uid().allow_uid(0),
             timeout: Duration::from_secs(5),
             runtime_dir: None,
+            activation: true,
         }
     }
 
@@ -348,6 +359,19 @@ impl ClientConfig {
     pub fn runtime_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.runtime_dir = Some(dir.into());
         self
+    }
+
+    /// Whether [`connect`] asks an activator listening in the runtime directory, which
+    /// starts the service if needed and names the uid it must run as (default: on; see
+    /// [`crate::activation`]).
+    pub fn activation(mut self, on: bool) -> Self {
+        self.activation = on;
+        self
+    }
+
+    /// The trust policy (also applied to the activator).
+    pub(crate) fn trust_policy(&self) -> &CredentialPolicy {
+        &self.trust
     }
 }
 
@@ -496,6 +520,9 @@ pub enum ConnectError {
     /// The configuration cannot work.
     #[error("invalid client configuration: {0}")]
     InvalidConfig(String),
+    /// The activator could not make the service available (see [`crate::activation`]).
+    #[error(transparent)]
+    Activation(#[from] ActivationError),
     /// Mapping a ring the service passed failed (bad seals, bad header...).
     #[error("cannot open the channel's rings: {0}")]
     Ring(#[from] RingError),
@@ -531,39 +558,60 @@ struct Pending {
 
 /// A named service accepting channels. See the [module docs](self).
 ///
-/// Dropping it removes its socket; channels already accepted live on.
+/// Dropping it removes its socket (see `BoundSocket`); channels already accepted live on.
 pub struct Service {
     name: String,
-    path: PathBuf,
-    listener: UnixListener,
-    /// Holds the name's `flock` for as long as the service lives.
-    _lock: File,
+    socket: BoundSocket,
     config: ServiceConfig,
     pending: Vec<Pending>,
     next_id: u64,
     refused: VecDeque<RefusedClient>,
+    /// The channels accepted, remembered weakly for the status query (`shmctl show`).
+    accepted: Vec<Accepted>,
+}
+
+/// A channel this service accepted, as the status query describes it. Holds no part of the
+/// channel alive: once the channel is dropped, its rings no longer upgrade and the entry goes.
+struct Accepted {
+    id: ChannelId,
+    version: u32,
+    peer: PeerCredentials,
+    c2s: WeakRing,
+    s2c: WeakRing,
 }
 
 impl fmt::Debug for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Service")
             .field("name", &self.name)
-            .field("path", &self.path)
+            .field("path", &self.socket.path)
             .field("pending", &self.pending.len())
             .finish_non_exhaustive()
     }
 }
 
-/// The default runtime directory: `$XDG_RUNTIME_DIR/shm-channel`, else
-/// `/tmp/shm-channel-<euid>`.
+/// Overrides the default runtime directory for a whole process tree: the activator sets it
+/// for the services it starts, so they bind where their clients look.
+pub const RUNTIME_DIR_ENV: &str = "SHM_CHANNEL_RUNTIME_DIR";
+
+/// The default runtime directory: `$SHM_CHANNEL_RUNTIME_DIR` (see [`RUNTIME_DIR_ENV`]), else
+/// `$XDG_RUNTIME_DIR/shm-channel`, else `/tmp/shm-channel-<euid>`.
 pub fn default_runtime_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os(RUNTIME_DIR_ENV)
+        && Path::new(&d).is_absolute()
+    {
+        return PathBuf::from(d);
+    }
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if Path::new(&d).is_absolute() => Path::new(&d).join("shm-channel"),
         _ => PathBuf::from(format!("/tmp/shm-channel-{}", sys::euid())),
     }
 }
 
-fn validate_name(name: &str) -> Result<(), &'static str> {
+/// Checks a service name: 1..=64 bytes of ASCII letters, digits and `- _ . @ +`, not
+/// starting with a dot (so it is safe as a file name, and never the activator's). The error
+/// says what is wrong.
+pub fn validate_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("empty");
     }
@@ -582,7 +630,7 @@ fn validate_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn socket_path(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn socket_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.sock"))
 }
 
@@ -636,6 +684,89 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Bin
     }
 }
 
+/// A listening socket that owns its name: the socket file is removed when it is dropped.
+#[derive(Debug)]
+pub(crate) struct BoundSocket {
+    pub(crate) listener: UnixListener,
+    /// Holds the name's `flock` for as long as the socket lives.
+    _lock: File,
+    pub(crate) path: PathBuf,
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        // We still hold the lock, so the socket at the path is ours.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Takes the name's lock in `dir`, replaces a dead holder's socket and listens (non-blocking)
+/// at `<dir>/<name>.sock`: what [`Service::bind`] and the activator share.
+pub(crate) fn bind_listener(
+    dir: &Path,
+    name: &str,
+    access: Access,
+) -> Result<BoundSocket, BindError> {
+    ensure_runtime_dir(dir, access)?;
+    let path = socket_path(dir, name);
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(BindError::PathTooLong { path });
+    }
+
+    let lock_path = dir.join(format!("{name}.lock"));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(io_err("open lock file", &lock_path))?;
+    let in_use = || BindError::InUse {
+        name: name.to_owned(),
+        path: path.clone(),
+    };
+    if !sys::try_lock_exclusive(&lock).map_err(io_err("lock", &lock_path))? {
+        return Err(in_use());
+    }
+    // We own the name now. A socket left at the path belongs to a dead holder, unless a
+    // process that does not use the lock listens there: ask it.
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) => {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(BindError::NotASocket { path });
+            }
+            match sys::connect_unix(&path) {
+                Ok(_) => return Err(in_use()),
+                // Refused (nobody listens) or vanished: stale.
+                Err(_) => std::fs::remove_file(&path)
+                    .or_else(|e| match e.kind() {
+                        io::ErrorKind::NotFound => Ok(()),
+                        _ => Err(e),
+                    })
+                    .map_err(io_err("remove stale socket", &path))?,
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("stat", &path)(e)),
+    }
+    let listener = UnixListener::bind(&path).map_err(io_err("bind", &path))?;
+    let mode = match access {
+        Access::Owner => 0o600,
+        Access::OtherUsers => 0o666,
+    };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err("chmod", &path))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(io_err("set_nonblocking", &path))?;
+    Ok(BoundSocket {
+        listener,
+        _lock: lock,
+        path,
+    })
+}
+
 impl Service {
     /// Listens as `name`. Fails when a live service holds the name; replaces the socket of a
     /// dead one.
@@ -655,68 +786,15 @@ impl Service {
             .runtime_dir
             .clone()
             .unwrap_or_else(default_runtime_dir);
-        ensure_runtime_dir(&dir, config.access)?;
-        let path = socket_path(&dir, name);
-        if path.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(BindError::PathTooLong { path });
-        }
-
-        let lock_path = dir.join(format!("{name}.lock"));
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io_err("open lock file", &lock_path))?;
-        let in_use = || BindError::InUse {
-            name: name.to_owned(),
-            path: path.clone(),
-        };
-        if !sys::try_lock_exclusive(&lock).map_err(io_err("lock", &lock_path))? {
-            return Err(in_use());
-        }
-        // We own the name now. A socket left at the path belongs to a dead holder, unless a
-        // process that does not use the lock listens there: ask it.
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) => {
-                use std::os::unix::fs::FileTypeExt;
-                if !meta.file_type().is_socket() {
-                    return Err(BindError::NotASocket { path });
-                }
-                match sys::connect_unix(&path) {
-                    Ok(_) => return Err(in_use()),
-                    // Refused (nobody listens) or vanished: stale.
-                    Err(_) => std::fs::remove_file(&path)
-                        .or_else(|e| match e.kind() {
-                            io::ErrorKind::NotFound => Ok(()),
-                            _ => Err(e),
-                        })
-                        .map_err(io_err("remove stale socket", &path))?,
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("stat", &path)(e)),
-        }
-        let listener = UnixListener::bind(&path).map_err(io_err("bind", &path))?;
-        let mode = match config.access {
-            Access::Owner => 0o600,
-            Access::OtherUsers => 0o666,
-        };
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-            .map_err(io_err("chmod", &path))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(io_err("set_nonblocking", &path))?;
+        let socket = bind_listener(&dir, name, config.access)?;
         Ok(Service {
             name: name.to_owned(),
-            path,
-            listener,
-            _lock: lock,
+            socket,
             config,
             pending: Vec::new(),
             next_id: 1,
             refused: VecDeque::new(),
+            accepted: Vec::new(),
         })
     }
 
@@ -727,7 +805,7 @@ impl Service {
 
     /// The socket's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.socket.path
     }
 
     /// Handshakes in progress.
@@ -756,7 +834,7 @@ impl Service {
                 wake = Some(wake.map_or(p.deadline, |w| w.min(p.deadline)));
             }
             let wait = wake.map(|w| w.saturating_duration_since(now));
-            let mut fds: Vec<BorrowedFd<'_>> = vec![self.listener.as_fd()];
+            let mut fds: Vec<BorrowedFd<'_>> = vec![self.socket.listener.as_fd()];
             fds.extend(self.pending.iter().map(|p| p.stream.as_fd()));
             sys::poll_many(&fds, wait)?;
         }
@@ -784,7 +862,7 @@ impl Service {
     /// ones. Returns the first channel that completed.
     fn progress(&mut self) -> Result<Option<Channel>, AcceptError> {
         loop {
-            match self.listener.accept() {
+            match self.socket.listener.accept() {
                 Ok((stream, _)) => self.admit(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -833,6 +911,10 @@ impl Service {
                 Step::Refuse(code, reason) => {
                     let p = self.pending.swap_remove(i);
                     self.refuse(&p.stream, Some(p.peer), code, reason);
+                }
+                Step::Query(query) => {
+                    let p = self.pending.swap_remove(i);
+                    self.answer(&p.stream, query);
                 }
                 Step::Hello(hello) => {
                     let p = self.pending.swap_remove(i);
@@ -903,8 +985,9 @@ impl Service {
                 Err(e) => return refuse_decode(e),
             };
             if p.buf.len() >= want {
-                return match handshake::decode_hello(&p.buf, max) {
-                    Ok(h) => Step::Hello(h),
+                return match handshake::decode_request(&p.buf, max) {
+                    Ok(Request::Hello(h)) => Step::Hello(h),
+                    Ok(Request::Query(q)) => Step::Query(q),
                     Err(e) => refuse_decode(e),
                 };
             }
@@ -1009,6 +1092,16 @@ impl Service {
             let reason = format!("sending the welcome failed: {e}");
             return Err((stream, RefusalCode::Internal, reason));
         }
+        // Forget channels dropped since (the list stays as long as the live channels).
+        self.accepted
+            .retain(|a| a.c2s.is_alive() && a.s2c.is_alive());
+        self.accepted.push(Accepted {
+            id,
+            version,
+            peer,
+            c2s: c2s_ring.downgrade(),
+            s2c: s2c_ring.downgrade(),
+        });
         let [c2s_reader, c2s_writer, s2c_reader, s2c_writer] = bells;
         Ok(Channel::new(ChannelParts {
             id,
@@ -1059,6 +1152,51 @@ impl Service {
         Ok((c2s_ring, s2c_ring, bells))
     }
 
+    /// Answers a control query (`shmctl`, the activator's probe) and closes the connection.
+    /// Best effort and never recorded as a refusal: the asker may already be gone.
+    fn answer(&mut self, stream: &UnixStream, query: Query) {
+        let bytes = match query.what {
+            QueryKind::Ping => handshake::encode_pong(&handshake::Pong {
+                nonce: query.nonce,
+                pid: sys::pid(),
+            }),
+            QueryKind::Status => handshake::encode_status(&self.status()),
+        };
+        // A fresh socket's send buffer holds a status frame (at most ~33 KiB) whole.
+        let _ = send_all(stream, &bytes, &[]);
+        let _ = sys::shutdown(stream.as_fd());
+    }
+
+    /// The service and its live channels, for the status query; forgets dropped channels.
+    fn status(&mut self) -> handshake::Status {
+        let mut channels = Vec::new();
+        self.accepted.retain(|a| {
+            let (Some(c2s), Some(s2c)) = (a.c2s.upgrade(), a.s2c.upgrade()) else {
+                return false;
+            };
+            channels.push(handshake::ChannelStat {
+                id: a.id.0,
+                version: a.version,
+                peer_pid: a.peer.pid,
+                peer_uid: a.peer.uid,
+                c2s: c2s.stat(),
+                s2c: s2c.stat(),
+            });
+            true
+        });
+        handshake::Status {
+            service: self.name.clone(),
+            protocol: self.config.protocol.clone(),
+            min_version: *self.config.versions.start(),
+            max_version: *self.config.versions.end(),
+            pid: sys::pid(),
+            c2s_max: self.config.c2s_max,
+            s2c_max: self.config.s2c_max,
+            live_channels: u32::try_from(channels.len()).unwrap_or(u32::MAX),
+            channels,
+        }
+    }
+
     /// Records a refusal and tells the client (best effort: it may be gone or not reading).
     fn refuse(
         &mut self,
@@ -1067,14 +1205,7 @@ impl Service {
         code: RefusalCode,
         reason: String,
     ) {
-        let bytes = handshake::encode_refusal(&Refusal {
-            code,
-            reason: reason.clone(),
-        });
-        // The socket is fresh, so its send buffer has room for this small frame; if not, the
-        // client was not going to read it anyway.
-        let _ = sys::send_bytes(stream.as_fd(), &bytes);
-        let _ = sys::shutdown(stream.as_fd());
+        send_refusal(stream, code, reason.clone());
         self.record(peer, code, reason);
     }
 
@@ -1089,15 +1220,18 @@ impl Service {
 impl AsFd for Service {
     /// The listening socket: readable when a client is waiting to be accepted.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.listener.as_fd()
+        self.socket.listener.as_fd()
     }
 }
 
-impl Drop for Service {
-    fn drop(&mut self) {
-        // We still hold the lock, so the socket at the path is ours.
-        let _ = std::fs::remove_file(&self.path);
-    }
+/// Tells a client why it is refused and closes the connection (best effort: it may be gone
+/// or not reading).
+pub(crate) fn send_refusal(stream: &UnixStream, code: RefusalCode, reason: String) {
+    let bytes = handshake::encode_refusal(&Refusal { code, reason });
+    // The socket is fresh, so its send buffer has room for this small frame; if not, the
+    // client was not going to read it anyway.
+    let _ = sys::send_bytes(stream.as_fd(), &bytes);
+    let _ = sys::shutdown(stream.as_fd());
 }
 
 /// What reading a pending hello found.
@@ -1106,6 +1240,7 @@ enum Step {
     Gone,
     Refuse(RefusalCode, String),
     Hello(Hello),
+    Query(Query),
 }
 
 fn refuse_decode(e: DecodeError) -> Step {
@@ -1169,9 +1304,20 @@ pub fn connect_timeout(
         .clone()
         .unwrap_or_else(default_runtime_dir);
     let path = socket_path(&dir, name);
-    let not_running = || ConnectError::NotRunning {
-        name: name.to_owned(),
-        path: path.clone(),
+    // An activator, if one listens, starts the service if needed and says who it must be.
+    let resolved = if config.activation {
+        activation::resolve(&dir, name, config, deadline)?
+    } else {
+        Resolved::NoActivator
+    };
+    let not_running = || match resolved {
+        Resolved::Unknown => ConnectError::Activation(ActivationError::NoServiceFile {
+            name: name.to_owned(),
+        }),
+        _ => ConnectError::NotRunning {
+            name: name.to_owned(),
+            path: path.clone(),
+        },
     };
 
     // 1. Connect (a full backlog is retried until the deadline).
@@ -1206,10 +1352,19 @@ pub fn connect_timeout(
         op: "read the server's credentials",
         source,
     })?;
-    if !config.trust.allows(&server) {
+    // For an activated service, its file's uid decides (the activator passed the trust
+    // policy); for any other, the trust policy.
+    let (trusted, expected) = match resolved {
+        Resolved::Ready { uid } => (
+            server.uid == uid,
+            format!("uid {uid} (from the service file of {name:?})"),
+        ),
+        _ => (config.trust.allows(&server), config.trust.to_string()),
+    };
+    if !trusted {
         return Err(ConnectError::Impostor {
             path,
-            expected: config.trust.to_string(),
+            expected,
             actual: server,
         });
     }
@@ -1388,13 +1543,20 @@ pub mod fuzzing {
     /// hello.
     pub fn server_decodes(bytes: &[u8], max_hello: usize) -> bool {
         let _ = handshake::frame_len(bytes, max_hello);
+        // The activator reads an activate frame where a service reads a hello or a query.
+        let _ = handshake::decode_activate(bytes);
+        let _ = handshake::decode_request(bytes, max_hello);
         handshake::decode_hello(bytes, max_hello).is_ok()
     }
 
-    /// Runs the decoder a client applies to a server's bytes; true when `bytes` is a valid
-    /// welcome or refusal.
+    /// Runs the decoders a client applies to a server's bytes (a welcome or refusal, a
+    /// status, a pong, an activation outcome); true when `bytes` is a valid welcome or
+    /// refusal.
     pub fn client_decodes(bytes: &[u8]) -> bool {
         let _ = handshake::frame_len(bytes, handshake::MAX_BODY);
+        let _ = handshake::decode_status(bytes);
+        let _ = handshake::decode_pong(bytes);
+        let _ = handshake::decode_outcome(bytes);
         handshake::decode_reply(bytes).is_ok()
     }
 }
