@@ -42,6 +42,93 @@
 //! one `shm_channel::rpc::Method` per `fn` and `event` (upper-cased name),
 //! and the ring maxima with what decided them.
 //!
+//! # What a protocol becomes: clients, server, events
+//!
+//! Inside `pub mod display` (for `protocol Display`), next to the
+//! constants, written against `shm_channel::rpc` (the `Transport` traits:
+//! nothing in it is specific to shared memory except the default transport
+//! of `connect`):
+//!
+//! - `client_config()` / `service_config()`: the protocol's name, versions
+//!   `1..=VERSION` and the ring maxima the IDL computed.
+//! - `Client<T: Transport = Channel>`, the **blocking client**:
+//!   `Client::connect(service)`, `connect_with(service, &config)`,
+//!   `new(transport)`, `from_rpc(rpc::Client)`. One method per `fn`
+//!   (snake case; `connect`, `new`, `version`... get a `_call` suffix),
+//!   taking `&mut self` and the arguments borrowed: scalars by value,
+//!   `string` as `&str`, `bytes` as `&[u8]`, `vec<T>` as `&[T]`, anything
+//!   else by reference (`&Rect`, `&Option<u64>`). A two-way `fn -> T`
+//!   returns `Result<T, CallError>` (owned `T`); `-> result<T, E>` returns
+//!   `Result<T, CallError<E>>` with the method's error as
+//!   `CallError::Remote(E)`, decoded. A one-way `fn` returns once the message
+//!   is in the ring; `@sync` waits for the server's completion; `@no_queue`
+//!   returns `Err(CallError::Dropped)` at once when the ring is full. Every
+//!   call has a deadline: `@timeout(ms)`, else the client's default
+//!   (`set_default_timeout`, 30 s), and `client.with_timeout(d).method(..)`
+//!   overrides both for the calls made through the returned handle. A
+//!   `@since(V)` method fails with `CallError::Unsupported` against an older
+//!   peer, without sending. A method with `bytes` parameters also has a
+//!   **zero-copy** `method_in_place(.., pixels_len, fill_pixels)` variant:
+//!   each `bytes` argument is its length and an `FnOnce(&mut [u8])` that
+//!   writes it straight into the ring. Events: `recv_event(timeout)`,
+//!   `try_recv_event()`, `lost_events()`.
+//! - `AsyncClient<T: AsyncTransport = AsyncChannel>`, the **async client**
+//!   (tokio): the same methods as `async fn` taking `&self`, so many calls
+//!   can be in flight on one channel (replies are matched by request id);
+//!   clones share the channel; `with_timeout(d)` returns such a clone.
+//!   `recv_event().await`. It needs shm-channel's `tokio` feature (on by
+//!   default): [`Options::async_client`] (`idlc gen --no-async`) leaves it
+//!   out for a crate that turns that feature off. Nothing in the generated
+//!   code depends on the user crate's own `cfg`.
+//! - `Event`, one variant per IDL `event` with named owned fields
+//!   (`Event::Vsync { frame, timestamp_ns }`), `Event::decode(msg)`, and
+//!   `EventView<'a>`, the same borrowing strings, bytes and sequences from
+//!   the message.
+//! - `Server`, the **server trait**: one method per `fn`, `&mut self`, a
+//!   `&Context<'_>` (the calling client's id and version, the `Events`
+//!   sender), and the arguments as received views (`&str`, `&[u8]`,
+//!   `VecView`, `FooView<'_>`, scalars and plain structs by value). It
+//!   returns the value, `Result<T, E>` for `result<T, E>`, or nothing for a
+//!   one-way `fn`. Implemented for `&mut S` and `Box<S>` too.
+//! - `serve(service, server)`, `serve_with(service, server, config, &events,
+//!   &opts)` (stop flag, poll interval), `serve_service(&mut event_loop, ..)`
+//!   for a service bound by the caller, and `serve_channel(&mut transport,
+//!   server)` for one connection. `dispatch` decodes each request (a
+//!   malformed argument is a fault reply to that client, the handler is not
+//!   called; an unknown or too new method gets `UNKNOWN_METHOD`); a handler
+//!   that panics fails only that call (`CallError::Fault` with the panic
+//!   message) and the service keeps serving.
+//! - `Events`, the **typed event sender** (cheap to clone, any thread,
+//!   also inside handlers through `ctx.events()`): `events.vsync(client,
+//!   frame, ts)` to one client and `events.broadcast_vsync(frame, ts)` to
+//!   all; `@no_queue` events are dropped rather than waited for.
+//!
+//! ```text
+//! // Client side.
+//! let mut display = display::Client::connect("display")?;
+//! let id = display.create_surface(&rect, &PixelFormat::Rgba8, "main")?;
+//! match display.resize(id, &bigger) {
+//!     Err(CallError::Remote(DisplayError::OutOfMemory(n))) => { /* typed error */ }
+//!     other => other?,
+//! }
+//! display.blit_in_place(id, &Point::default(), frame_len, |buf| render(buf))?;
+//! display.with_timeout(Duration::from_secs(1)).commit(id)?;
+//! if let display::Event::Vsync { frame, .. } = display.recv_event(Duration::from_millis(20))? {}
+//!
+//! // Server side.
+//! struct Screen;
+//! impl display::Server for Screen {
+//!     fn create_surface(&mut self, ctx: &display::Context<'_>, size: Rect,
+//!                       format: PixelFormat, title: &str) -> u64 { 1 }
+//!     fn blit(&mut self, ctx: &display::Context<'_>, surface: u64, at: Point, pixels: &[u8]) {}
+//!     // ... one method per fn
+//! }
+//! let events = display::Events::new();          // clone it into a vsync thread:
+//! //   events.broadcast_vsync(frame, now_ns)
+//! display::serve_with("display", Screen, display::service_config(), &events,
+//!                     &ServeOptions::default())?;
+//! ```
+//!
 //! IDL doc comments become `#[doc]` attributes that never run as doctests:
 //! code fences are marked `text` and indentation that Markdown would read as
 //! a code block is removed. Rust keywords are escaped (`r#type`).

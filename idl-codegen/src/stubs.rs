@@ -163,12 +163,24 @@ impl Gen<'_, '_> {
 
     // ------------------------------------------------------------ events
 
-    fn event_enum(&self) -> TokenStream {
+    /// Whether some event field borrows from the message in its view form.
+    fn events_borrow(&self) -> bool {
+        self.p.events.iter().flat_map(|e| &e.params).any(|p| {
+            self.facts.any(&p.ty, &|t| match t {
+                Type::String(_) | Type::Bytes(_) | Type::Vec(..) => true,
+                Type::Named(n) => self.facts.borrowed.contains(n),
+                _ => false,
+            })
+        })
+    }
+
+    /// The variants of `Event` (owned) or `EventView<'a>` (borrowed), the
+    /// body of their `decode` and of their `method`.
+    fn event_variants(&self, side: Side) -> (TokenStream, TokenStream, TokenStream) {
         let rpc = quote!(::shm_channel::rpc);
         let mut variants = TokenStream::new();
         let mut arms = TokenStream::new();
         let mut ids = TokenStream::new();
-        let mut snake = false;
         for e in &self.p.events {
             let v = format_ident!("{}", camel(&e.name));
             let konst = ident(&method_const_name(&e.name));
@@ -176,9 +188,10 @@ impl Gen<'_, '_> {
             let mut fields = TokenStream::new();
             let mut decodes = TokenStream::new();
             for (i, a) in Self::args(&e.params, &[]).iter().enumerate() {
-                snake |= a.idl.chars().any(|c| c.is_ascii_uppercase());
                 let n = &a.name;
-                let ty = self.owned(&a.ty);
+                let ty = self
+                    .facts
+                    .rust_type_in("", &a.ty, side, false, &Self::super_path());
                 let fdoc = doc_attr(&format!("`{}: {}`", a.idl, crate::idl_type(&a.ty)));
                 fields.extend(quote!(#fdoc #n: #ty,));
                 let what = format!("event `{}`, field `{}`", e.name, a.idl);
@@ -196,7 +209,6 @@ impl Gen<'_, '_> {
             arms.extend(quote!(#id => ::core::result::Result::Ok(Self::#v { #decodes }),));
             ids.extend(quote!(Self::#v { .. } => &#konst,));
         }
-        let allow = snake.then(|| quote!(#[allow(non_snake_case)]));
         let unknown = quote!(::core::result::Result::Err(::std::format!(
             "unknown event id {other} for protocol {NAME}"
         )));
@@ -218,11 +230,24 @@ impl Gen<'_, '_> {
         } else {
             quote!(match self { #ids })
         };
+        (variants, decode_body, method_body)
+    }
+
+    fn event_enum(&self) -> TokenStream {
+        let rpc = quote!(::shm_channel::rpc);
+        let snake = self
+            .p
+            .events
+            .iter()
+            .flat_map(|e| &e.params)
+            .any(|p| p.name.chars().any(|c| c.is_ascii_uppercase()));
+        let allow = snake.then(|| quote!(#[allow(non_snake_case)]));
+        let (variants, decode_body, method_body) = self.event_variants(Side::Owned);
         let name = &self.p.name;
         let enum_doc = doc_attr(&format!(
             "An event of `{name}` (server to client), decoded from the message."
         ));
-        quote! {
+        let mut out = quote! {
             #enum_doc
             #[derive(Debug, Clone, PartialEq)]
             #allow
@@ -244,7 +269,41 @@ impl Gen<'_, '_> {
                     #method_body
                 }
             }
+        };
+        if !self.events_borrow() {
+            out.extend(quote! {
+                /// The borrowed form of [`Event`]: no event of this protocol has a field
+                /// to borrow, so it is [`Event`] itself.
+                pub type EventView<'a> = Event;
+            });
+            return out;
         }
+        let (variants, decode_body, method_body) = self.event_variants(Side::View);
+        out.extend(quote! {
+            /// The borrowed form of [`Event`]: strings, bytes and sequences borrowed
+            /// from the message instead of copied (decode it from a message received
+            /// through the RPC client underneath, or a transport).
+            #[derive(Debug, Clone)]
+            #allow
+            pub enum EventView<'a> { #variants }
+
+            impl<'a> EventView<'a> {
+                /// Decodes a received event message, borrowing from it (see
+                /// [`Event::decode`]).
+                pub fn decode(
+                    msg: &'a dyn #rpc::IncomingMessage,
+                ) -> ::core::result::Result<Self, ::std::string::String> {
+                    #decode_body
+                }
+
+                /// The event's constant (name, message id, version).
+                #[must_use]
+                pub fn method(&self) -> &'static #rpc::Method {
+                    #method_body
+                }
+            }
+        });
+        out
     }
 
     // ------------------------------------------------------------ clients

@@ -212,7 +212,14 @@ fn gen_prints_formatted_code_with_a_header() {
         text.contains("\n    pub const NAME: &str = \"Display\";\n"),
         "{text}"
     );
+    assert!(text.contains("pub struct AsyncClient<"), "{text}");
     assert_eq!(stderr(&out), "");
+    // `--no-async`: the same without the async client (for shm-channel without `tokio`).
+    let out = idlc(&dir.0, &["gen", "display.idl", "--no-async"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let sync_only = stdout(&out);
+    assert!(!sync_only.contains("AsyncClient"), "{sync_only}");
+    assert!(sync_only.contains("pub struct Client<"), "{sync_only}");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use idl_tests::all::{self, everything, ticker};
 use idl_tests::{v1, v2};
-use shm_channel::rpc::{CallError, Method, ServeOptions};
+use shm_channel::rpc::{CallError, EventItem, Method, ServeOptions};
 use shm_channel::wire::Bounded;
 use shm_channel::{EventLoop, Service};
 use support::{ChildGuard, child_role, unique_name, with_watchdog};
@@ -652,6 +652,17 @@ fn events_arrive_in_order_through_both_clients() {
         }
         assert_eq!(c.try_recv_event(), Ok(None));
         assert_eq!(c.lost_events(), 0);
+        // The borrowed form, decoded from the message the RPC client copied out.
+        assert_eq!(c.emit(1), Ok(1));
+        match c.rpc().recv_event(LIMIT) {
+            Ok(EventItem::Event(m)) => match everything::EventView::decode(&m) {
+                Ok(everything::EventView::Tick { n: 0, label }) => {
+                    assert_eq!(label.map(|l| l.0), Some("tick 0"));
+                }
+                other => panic!("expected a tick view, got {other:?}"),
+            },
+            other => panic!("expected an event, got {other:?}"),
+        }
         runtime().block_on(async {
             let a = server.everything_async().await;
             assert_eq!(a.emit(3).await, Ok(3));

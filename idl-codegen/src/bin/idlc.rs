@@ -61,6 +61,10 @@ enum Command {
         /// Write nothing; exit 1 when OUT is not what `gen` would write.
         #[arg(long, requires = "output")]
         check: bool,
+        /// Leave out the async clients (for a crate that uses shm-channel
+        /// without its `tokio` feature).
+        #[arg(long)]
+        no_async: bool,
     },
     /// Print each protocol's ring maxima, per direction, and which message
     /// decided each.
@@ -111,7 +115,11 @@ fn main() -> ExitCode {
             file,
             output,
             check,
-        } => generate(&file, output.as_deref(), check),
+            no_async,
+        } => {
+            let opts = idl_codegen::Options::default().async_client(!no_async);
+            generate(&file, output.as_deref(), check, &opts)
+        }
         Command::Sizes { file, json } => sizes(&file, json),
         Command::Fmt { file, check, write } => fmt(&file, check, write),
     };
@@ -153,10 +161,15 @@ fn check(files: &[PathBuf]) -> Result<(), Failure> {
     }
 }
 
-/// `idlc gen FILE [-o OUT] [--check]`.
-fn generate(file: &Path, output: Option<&Path>, check: bool) -> Result<(), Failure> {
+/// `idlc gen FILE [-o OUT] [--check] [--no-async]`.
+fn generate(
+    file: &Path,
+    output: Option<&Path>,
+    check: bool,
+    opts: &idl_codegen::Options,
+) -> Result<(), Failure> {
     let model = load_model(file)?;
-    let code = idl_codegen::generate_file(&model);
+    let code = idl_codegen::generate_file_with(&model, opts);
     let Some(out) = output else {
         return print_stdout(&code);
     };

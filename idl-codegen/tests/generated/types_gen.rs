@@ -1142,6 +1142,9 @@ pub mod every_type {
             }
         }
     }
+    /// The borrowed form of [`Event`]: no event of this protocol has a field
+    /// to borrow, so it is [`Event`] itself.
+    pub type EventView<'a> = Event;
     /// The blocking client of `EveryType`: one call at a time (methods take `&mut self`).
     ///
     /// Events that arrive while a call waits are queued for [`Client::recv_event`].
