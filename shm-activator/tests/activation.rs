@@ -17,9 +17,9 @@ use shm_channel::ring::RecvError;
 use shm_channel::service::{self, ConnectError, CredentialPolicy, Service};
 
 use common::{
-    CRASH, CRASH_STATUS, Services, call, client_config, euid, service_config, wait_until,
+    CRASH, CRASH_STATUS, Services, call, client_config, euid, listen_as, service_config, wait_until,
 };
-use support::{ChildGuard, runtime_dir, unique_name, with_watchdog};
+use support::{runtime_dir, unique_name, with_watchdog};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -235,27 +235,23 @@ fn a_listener_of_the_wrong_uid_is_refused_even_when_trusted() {
     });
 }
 
+/// Skips (with a message) unless root: only root can run a process as another uid.
+fn root_or_skip(test: &str) -> bool {
+    if euid() == 0 {
+        return true;
+    }
+    println!(
+        "SKIPPED {test}: needs root to run the impostor as another uid (running as uid {})",
+        euid()
+    );
+    false
+}
+
 /// Root's service file names uid 0; an impostor running as uid 65534 listens under the name
 /// first. The client trusts 65534 as well, yet refuses it: the file's uid decides.
 #[test]
 fn an_impostor_of_another_uid_is_refused() {
-    if let Ok(role) = std::env::var(support::CHILD_ENV) {
-        if role == "impostor" {
-            // Our stdin is a socket root bound at the service's path: listening here makes
-            // the kernel record this process (uid 65534) as its owner.
-            let stdin = std::io::stdin();
-            rustix::net::listen(&stdin, 8).expect("listen");
-            println!("impostor listening");
-            std::thread::sleep(Duration::from_secs(60));
-        }
-        return;
-    }
-    if euid() != 0 {
-        println!(
-            "SKIPPED an_impostor_of_another_uid_is_refused: needs root to run the impostor \
-             as another uid (running as uid {})",
-            euid()
-        );
+    if !root_or_skip("an_impostor_of_another_uid_is_refused") {
         return;
     }
     with_watchdog(LIMIT, || {
@@ -263,27 +259,8 @@ fn an_impostor_of_another_uid_is_refused() {
         let name = unique_name("impostor");
         services.write_echo(&name, 0, "");
         let activator = activator(&dir, &services);
-        // Bound (not listening) by root in root's 0700 directory, handed to the child.
-        let sock = rustix::net::socket(
-            rustix::net::AddressFamily::UNIX,
-            rustix::net::SocketType::STREAM,
-            None,
-        )
-        .expect("socket");
-        let path = dir.join(format!("{name}.sock"));
-        rustix::net::bind(&sock, &rustix::net::SocketAddrUnix::new(&path).unwrap()).expect("bind");
-        let mut impostor = ChildGuard::spawn_with(
-            "an_impostor_of_another_uid_is_refused",
-            "impostor",
-            &[],
-            |cmd| {
-                use std::os::unix::process::CommandExt;
-                cmd.stdin(std::process::Stdio::from(sock))
-                    .uid(65534)
-                    .gid(65534);
-            },
-        );
-        impostor.wait_for_line("impostor listening");
+        // Bound by root in root's 0700 directory, made to listen by a child of uid 65534.
+        let impostor = listen_as(&dir.join(format!("{name}.sock")), 65534);
 
         let config = client_config(&dir).trust(CredentialPolicy::same_uid().allow_uid(65534));
         match service::connect(&name, &config) {
@@ -303,6 +280,35 @@ fn an_impostor_of_another_uid_is_refused() {
         assert_eq!(activator.unit(&name).unwrap().starts, 0, "nothing started");
         drop(impostor);
         drop(activator);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// A process of another uid listening at the activator's socket is not asked anything: the
+/// client checks the activator against its trust policy first.
+#[test]
+fn an_activator_of_another_uid_is_not_believed() {
+    if !root_or_skip("an_activator_of_another_uid_is_not_believed") {
+        return;
+    }
+    with_watchdog(LIMIT, || {
+        let dir = runtime_dir();
+        std::fs::create_dir(&dir).expect("runtime dir");
+        let fake = listen_as(&dir.join(".activator.sock"), 65534);
+        match service::connect("anything", &client_config(&dir)) {
+            Err(ConnectError::Activation(ActivationError::UntrustedActivator {
+                actual, ..
+            })) => {
+                assert_eq!((actual.uid, actual.pid), (65534, fake.id()));
+            }
+            other => panic!("expected UntrustedActivator, got {other:?}"),
+        }
+        // Without activation, the client does not look for an activator at all.
+        assert!(matches!(
+            service::connect("anything", &client_config(&dir).activation(false)),
+            Err(ConnectError::NotRunning { .. })
+        ));
+        drop(fake);
         let _ = std::fs::remove_dir_all(&dir);
     });
 }

@@ -11,7 +11,7 @@ use shm_channel::event_loop::{Event, EventLoop};
 use shm_channel::service::{ClientConfig, Service, ServiceConfig};
 use shm_channel::{Channel, Kind};
 
-use crate::support::{CHILD_ENV, unique_name};
+use crate::support::{CHILD_ENV, ChildGuard, unique_name};
 
 pub const PROTOCOL: &str = "ActEcho";
 pub const STEP: Duration = Duration::from_secs(10);
@@ -20,6 +20,8 @@ pub const CRASH: &[u8] = b"crash";
 pub const CRASH_STATUS: i32 = 3;
 /// The role of a re-executed test binary that serves echo.
 pub const ECHO_ROLE: &str = "echo-service";
+/// The role of a re-executed test binary that listens on the socket it gets as stdin.
+pub const LISTENER_ROLE: &str = "listener";
 /// The test function that plays the roles (a no-op in the parent).
 pub const ROLE_TEST: &str = "child_roles";
 const NAME_ENV: &str = "SHM_ACTIVATOR_TEST_NAME";
@@ -74,6 +76,14 @@ pub fn play_role() {
     let Ok(role) = std::env::var(CHILD_ENV) else {
         return;
     };
+    if role == LISTENER_ROLE {
+        // Our stdin is a socket the parent bound: listening here makes the kernel record
+        // this process (and its uid) as the listener clients see.
+        rustix::net::listen(std::io::stdin(), 8).expect("listen");
+        println!("listening");
+        std::thread::sleep(SERVICE_LIFETIME);
+        std::process::exit(0);
+    }
     assert_eq!(role, ECHO_ROLE, "unknown role");
     let name = std::env::var(NAME_ENV).expect("name");
     // Count the start before anything can fail: the tests count processes started.
@@ -162,4 +172,18 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Binds a Unix socket at `path` as this process (root), then has a child running as
+/// `uid` make it listen: whoever connects sees that child's credentials. Root only.
+pub fn listen_as(path: &Path, uid: u32) -> ChildGuard {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketType};
+    let sock = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None).expect("socket");
+    rustix::net::bind(&sock, &SocketAddrUnix::new(path).expect("address")).expect("bind");
+    let mut child = ChildGuard::spawn_with(ROLE_TEST, LISTENER_ROLE, &[], |cmd| {
+        use std::os::unix::process::CommandExt;
+        cmd.stdin(std::process::Stdio::from(sock)).uid(uid).gid(uid);
+    });
+    child.wait_for_line("listening");
+    child
 }
