@@ -591,6 +591,9 @@ fn spawn(inner: &Inner, file: &ServiceFile) -> Result<Child, StartFailure> {
         // As root, std drops the supplementary groups before setuid.
         cmd.uid(file.uid).gid(gid);
     }
+    // Its own process group: stopping it stops whatever it started too (a shell wrapper's
+    // children), and a Ctrl-C meant for the activator does not reach it directly.
+    cmd.process_group(0);
     cmd.spawn().map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => StartFailure::CommandMissing(format!("{}: {e}", file.command)),
         io::ErrorKind::PermissionDenied => {
@@ -600,7 +603,15 @@ fn spawn(inner: &Inner, file: &ServiceFile) -> Result<Child, StartFailure> {
     })
 }
 
+/// Kills the service's process group (it leads it; not reaped yet, so the group id is still
+/// its own), then reaps it.
 fn stop_child(child: &mut Child) {
+    let group = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pgid) = group {
+        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+    }
     let _ = child.kill();
     let _ = child.wait();
 }

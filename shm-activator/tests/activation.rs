@@ -187,6 +187,24 @@ fn a_crashed_service_is_restarted_per_its_policy() {
         assert_eq!(call(&mut ch, 2, b"two").unwrap(), b"two");
         assert_ne!(ch.peer().pid, first, "a new process");
         assert_eq!(services.starts(&again).len(), 2);
+        // The second restart is the last one (max_restarts = 2): after the third crash it
+        // stays down.
+        crash(&mut ch);
+        wait_until("the second restart", || {
+            activator
+                .unit(&again)
+                .is_some_and(|u| u.starts == 3 && u.phase == Phase::Running)
+        });
+        let mut ch = service::connect(&again, &config).expect("reconnect");
+        crash(&mut ch);
+        wait_until("the last exit", || {
+            activator
+                .unit(&again)
+                .is_some_and(|u| u.phase == Phase::Idle && u.pid.is_none())
+        });
+        let unit = activator.unit(&again).unwrap();
+        assert_eq!((unit.starts, unit.restarts), (3, 2));
+        assert_eq!(services.starts(&again).len(), 3);
 
         // never: it stays down until a client asks again.
         let mut ch = service::connect(&once, &config).expect("connect");

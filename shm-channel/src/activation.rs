@@ -226,6 +226,10 @@ pub(crate) fn resolve(
                 source,
             });
         }
+        // An activator socket we may not use belongs to someone else's activator.
+        Err(Exchange::Io(_, e)) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Ok(Resolved::NoActivator);
+        }
         Err(Exchange::Io(op, source)) => return Err(ActivationError::Io { op, source }),
     };
     if let Ok(Reply::Refusal(r)) = handshake::decode_reply(&frame) {
