@@ -106,6 +106,7 @@ pub struct Builder {
     out_dir: Option<PathBuf>,
     root: Option<PathBuf>,
     emit_rerun_if_changed: bool,
+    options: crate::Options,
 }
 
 impl Default for Builder {
@@ -122,6 +123,7 @@ impl Builder {
             out_dir: None,
             root: None,
             emit_rerun_if_changed: true,
+            options: crate::Options::default(),
         }
     }
 
@@ -135,6 +137,14 @@ impl Builder {
     /// `$CARGO_MANIFEST_DIR`.
     pub fn root(mut self, dir: impl Into<PathBuf>) -> Self {
         self.root = Some(dir.into());
+        self
+    }
+
+    /// Whether to generate each protocol's async client (default: yes). It
+    /// needs shm-channel's `tokio` feature; turn it off for a crate that
+    /// uses shm-channel without it.
+    pub fn async_client(mut self, on: bool) -> Self {
+        self.options = self.options.async_client(on);
         self
     }
 
@@ -178,7 +188,8 @@ impl Builder {
                     inputs.push(file);
                 }
             }
-            planned.push((idl.to_path_buf(), out, crate::generate_file(&loaded.model)));
+            let code = crate::generate_file_with(&loaded.model, &self.options);
+            planned.push((idl.to_path_buf(), out, code));
         }
         std::fs::create_dir_all(&out_dir).map_err(|e| BuildError::io(&out_dir, "create", e))?;
         let mut outputs = Vec::new();

@@ -182,3 +182,21 @@ fn outside_a_build_script_the_missing_folder_is_named() {
         .expect_err("no OUT_DIR");
     assert!(err.to_string().contains("`OUT_DIR` is not set"), "{err}");
 }
+
+#[test]
+fn async_clients_can_be_left_out() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let out = root.path().join("out");
+    write(root.path(), "clock.idl", CLOCK);
+    builder(root.path(), &out)
+        .compile(&["clock.idl"])
+        .expect("valid");
+    assert!(read(&out.join("clock.rs")).contains("pub struct AsyncClient"));
+    builder(root.path(), &out)
+        .async_client(false)
+        .compile(&["clock.idl"])
+        .expect("valid");
+    let text = read(&out.join("clock.rs"));
+    assert!(!text.contains("AsyncClient"), "{text}");
+    assert!(text.contains("pub struct Client"), "{text}");
+}

@@ -34,6 +34,9 @@ use syn::parse::{Parse, ParseStream};
 /// line and a caret under the fault), with file names as written in the
 /// call so that messages do not depend on where the crate sits on disk.
 ///
+/// The async clients need shm-channel's `tokio` feature (on by default);
+/// `include_idl!("idl/display.idl", async_client = false)` leaves them out.
+///
 /// ```ignore
 /// shm_channel::include_idl!("idl/display.idl");
 ///
@@ -58,28 +61,54 @@ pub fn include_idl(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
     expanded.into()
 }
 
-/// The macro's argument: one string literal, an optional trailing comma.
+/// The macro's arguments: a string literal, then options `name = value`,
+/// separated by commas (a trailing one allowed).
 struct Arg {
     path: syn::LitStr,
+    options: idl_codegen::Options,
 }
 
 impl Parse for Arg {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         const USAGE: &str = "include_idl! expects one string literal, the path of an IDL file \
              relative to the crate's root: `include_idl!(\"idl/display.idl\")`";
+        const OPTIONS: &str = "the only option is `async_client = false` (leaves out the async \
+             clients, for shm-channel without its `tokio` feature)";
         if input.is_empty() {
             return Err(syn::Error::new(Span::call_site(), USAGE));
         }
         let path: syn::LitStr = input
             .parse()
             .map_err(|e| syn::Error::new(e.span(), USAGE))?;
-        if input.peek(syn::Token![,]) {
+        let mut options = idl_codegen::Options::default();
+        let mut seen = false;
+        while input.peek(syn::Token![,]) {
             input.parse::<syn::Token![,]>()?;
+            if input.is_empty() {
+                break;
+            }
+            if input.peek(syn::LitStr) {
+                return Err(input.error(USAGE));
+            }
+            let name: syn::Ident = input
+                .parse()
+                .map_err(|e| syn::Error::new(e.span(), OPTIONS))?;
+            if name != "async_client" || seen {
+                return Err(syn::Error::new(name.span(), OPTIONS));
+            }
+            seen = true;
+            input
+                .parse::<syn::Token![=]>()
+                .map_err(|e| syn::Error::new(e.span(), OPTIONS))?;
+            let value: syn::LitBool = input
+                .parse()
+                .map_err(|e| syn::Error::new(e.span(), OPTIONS))?;
+            options = options.async_client(value.value);
         }
         if !input.is_empty() {
             return Err(input.error(USAGE));
         }
-        Ok(Arg { path })
+        Ok(Arg { path, options })
     }
 }
 
@@ -126,7 +155,7 @@ fn expand(input: TokenStream) -> TokenStream {
         };
         anchors.extend(quote! { const _: &[u8] = include_bytes!(#file); });
     }
-    let code = idl_codegen::generate(&loaded.model);
+    let code = idl_codegen::generate_with(&loaded.model, &arg.options);
     quote! {
         #code
         #anchors
@@ -162,6 +191,28 @@ mod tests {
             assert!(out.contains(&wanted), "no `{wanted}` in {out}");
         }
         assert_eq!(out.matches("include_bytes !").count(), 2, "{out}");
+    }
+
+    #[test]
+    fn async_clients_can_be_left_out() {
+        let with = expand(quote!("tests/ui/idl/counter.idl")).to_string();
+        assert!(with.contains("pub struct AsyncClient"), "{with}");
+        let without = expand(quote!("tests/ui/idl/counter.idl", async_client = false,)).to_string();
+        assert!(!without.contains("AsyncClient"), "{without}");
+        assert!(without.contains("pub struct Client"), "{without}");
+        for bad in [
+            quote!("tests/ui/idl/counter.idl", async_client = 1),
+            quote!("tests/ui/idl/counter.idl", sync_client = false),
+            quote!(
+                "tests/ui/idl/counter.idl",
+                async_client = false,
+                async_client = true
+            ),
+            quote!("tests/ui/idl/counter.idl", async_client),
+        ] {
+            let out = expand(bad.clone()).to_string();
+            assert!(out.contains("compile_error"), "{bad} gave {out}");
+        }
     }
 
     #[test]
