@@ -15,6 +15,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -240,6 +241,8 @@ pub struct Channel {
     rx_ring: Ring,
     doorbells: Doorbells,
     socket: UnixStream,
+    /// Counts this channel against its service's limits until dropped (server side).
+    _seat: Option<Arc<()>>,
     /// When `try_recv` last asked the kernel about the peer.
     last_liveness_check: Option<Instant>,
     /// Set once the peer was seen gone (it never comes back).
@@ -271,6 +274,8 @@ pub(crate) struct ChannelParts {
     pub(crate) rx: RingReader,
     pub(crate) doorbells: Doorbells,
     pub(crate) socket: UnixStream,
+    /// The service's count of live channels (server side): held until the channel drops.
+    pub(crate) seat: Option<Arc<()>>,
 }
 
 impl Channel {
@@ -289,6 +294,7 @@ impl Channel {
             rx_ring: p.rx_ring,
             doorbells: p.doorbells,
             socket: p.socket,
+            _seat: p.seat,
             last_liveness_check: None,
             peer_gone: AtomicBool::new(false),
         }

@@ -221,6 +221,9 @@ pub enum RefusalCode {
     Busy,
     /// The service failed to set the channel up (out of memory, out of fds...).
     Internal,
+    /// The service's limit of channels, or of ring memory, for all clients or for this
+    /// client's uid is reached (see `ServiceConfig::max_channels`).
+    Limit,
     /// A code this version does not know (sent by a newer peer).
     Other(u16),
 }
@@ -237,6 +240,7 @@ impl RefusalCode {
             RefusalCode::RingSizes => 7,
             RefusalCode::Busy => 8,
             RefusalCode::Internal => 9,
+            RefusalCode::Limit => 10,
             RefusalCode::Other(n) => n,
         }
     }
@@ -252,6 +256,7 @@ impl RefusalCode {
             7 => RefusalCode::RingSizes,
             8 => RefusalCode::Busy,
             9 => RefusalCode::Internal,
+            10 => RefusalCode::Limit,
             n => RefusalCode::Other(n),
         }
     }
@@ -269,6 +274,7 @@ impl std::fmt::Display for RefusalCode {
             RefusalCode::RingSizes => "ring sizes refused",
             RefusalCode::Busy => "busy",
             RefusalCode::Internal => "internal error",
+            RefusalCode::Limit => "limit reached",
             RefusalCode::Other(n) => return write!(f, "refusal code {n}"),
         };
         f.write_str(s)

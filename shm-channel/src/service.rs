@@ -111,6 +111,11 @@ pub const MAX_NAME_LEN: usize = 64;
 const MAX_SOCKET_PATH: usize = 107;
 /// Refusals kept for [`Service::take_refused`].
 const MAX_REFUSED_KEPT: usize = 256;
+/// The default of [`ServiceConfig::max_channels`]: with 7 fds per channel it stays within
+/// the usual soft limit of 1024 fds.
+pub const DEFAULT_MAX_CHANNELS: usize = 128;
+/// The default of [`ServiceConfig::max_memory_per_uid`]: 1 GiB.
+pub const DEFAULT_MAX_MEMORY_PER_UID: u64 = 1 << 30;
 
 /// A custom credential check.
 type PeerCheck = dyn Fn(&PeerCredentials) -> bool + Send + Sync;
@@ -237,6 +242,9 @@ pub struct ServiceConfig {
     handshake_timeout: Duration,
     max_hello: usize,
     max_pending: usize,
+    max_channels: usize,
+    max_channels_per_uid: usize,
+    max_memory_per_uid: u64,
     runtime_dir: Option<PathBuf>,
     access: Access,
 }
@@ -254,6 +262,9 @@ impl ServiceConfig {
             handshake_timeout: Duration::from_secs(2),
             max_hello: 4096,
             max_pending: 64,
+            max_channels: DEFAULT_MAX_CHANNELS,
+            max_channels_per_uid: DEFAULT_MAX_CHANNELS,
+            max_memory_per_uid: DEFAULT_MAX_MEMORY_PER_UID,
             runtime_dir: None,
             access: Access::Owner,
         }
@@ -289,6 +300,32 @@ impl ServiceConfig {
     /// refused as [`RefusalCode::Busy`] at once.
     pub fn max_pending_handshakes(mut self, n: usize) -> Self {
         self.max_pending = n.max(1);
+        self
+    }
+
+    /// How many channels this service's clients may hold at once, all clients together
+    /// (default 128; at least 1). A channel counts from its welcome until the server drops
+    /// it (the event loop drops a channel whose client died). Beyond it a client is refused
+    /// with [`RefusalCode::Limit`]. Each channel holds 7 fds and up to both ring maxima of
+    /// memory in this process.
+    pub fn max_channels(mut self, n: usize) -> Self {
+        self.max_channels = n.max(1);
+        self
+    }
+
+    /// How many channels the clients of one uid may hold at once (default: as many as
+    /// [`max_channels`](Self::max_channels); at least 1): with a policy that admits other
+    /// users, one of them cannot take every channel.
+    pub fn max_channels_per_uid(mut self, n: usize) -> Self {
+        self.max_channels_per_uid = n.max(1);
+        self
+    }
+
+    /// The most ring memory (both rings' maxima, summed over its live channels) the clients
+    /// of one uid may make this service create (default 1 GiB). A client is refused with
+    /// [`RefusalCode::Limit`] when its new channel would pass it.
+    pub fn max_memory_per_uid(mut self, bytes: u64) -> Self {
+        self.max_memory_per_uid = bytes;
         self
     }
 
@@ -568,6 +605,8 @@ pub struct Service {
     refused: VecDeque<RefusedClient>,
     /// The channels accepted, remembered weakly for the status query (`shmctl show`).
     accepted: Vec<Accepted>,
+    /// The channels handed out, for the limits: live while the channel holds its `Arc`.
+    seats: Vec<Seat>,
 }
 
 /// A channel this service accepted, as the status query describes it. Holds no part of the
@@ -578,6 +617,14 @@ struct Accepted {
     peer: PeerCredentials,
     c2s: WeakRing,
     s2c: WeakRing,
+}
+
+/// One channel handed out, as the limits count it.
+struct Seat {
+    uid: u32,
+    /// Both rings' maxima.
+    bytes: u64,
+    live: std::sync::Weak<()>,
 }
 
 impl fmt::Debug for Service {
@@ -795,6 +842,7 @@ impl Service {
             next_id: 1,
             refused: VecDeque::new(),
             accepted: Vec::new(),
+            seats: Vec::new(),
         })
     }
 
@@ -806,6 +854,15 @@ impl Service {
     /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.socket.path
+    }
+
+    /// Channels handed out and not dropped yet (what [`ServiceConfig::max_channels`]
+    /// counts).
+    pub fn live_channels(&self) -> usize {
+        self.seats
+            .iter()
+            .filter(|s| s.live.strong_count() > 0)
+            .count()
     }
 
     /// Handshakes in progress.
@@ -1042,6 +1099,9 @@ impl Service {
             );
             return Err((stream, RefusalCode::RingSizes, reason));
         }
+        if let Err(reason) = self.check_limits(peer.uid, c2s + s2c) {
+            return Err((stream, RefusalCode::Limit, reason));
+        }
         let id = ChannelId(self.next_id);
         self.next_id += 1;
         let parts = match self.make_parts(id, version, c2s, s2c) {
@@ -1103,6 +1163,13 @@ impl Service {
             s2c: s2c_ring.downgrade(),
         });
         let [c2s_reader, c2s_writer, s2c_reader, s2c_writer] = bells;
+        let seat = Arc::new(());
+        self.seats.retain(|s| s.live.strong_count() > 0);
+        self.seats.push(Seat {
+            uid: peer.uid,
+            bytes: c2s + s2c,
+            live: Arc::downgrade(&seat),
+        });
         Ok(Channel::new(ChannelParts {
             id,
             side: Side::Server,
@@ -1119,7 +1186,41 @@ impl Service {
                 tx_writer_wake: s2c_writer,
             },
             socket: stream,
+            seat: Some(seat),
         }))
+    }
+
+    /// Whether a new channel of `bytes` of rings for a client of `uid` stays within the
+    /// limits; else the reason to send.
+    fn check_limits(&self, uid: u32, bytes: u64) -> Result<(), String> {
+        let cfg = &self.config;
+        let live = || self.seats.iter().filter(|s| s.live.strong_count() > 0);
+        let total = live().count();
+        if total >= cfg.max_channels {
+            return Err(format!(
+                "the service holds {total} channels, its limit (max_channels {})",
+                cfg.max_channels
+            ));
+        }
+        let (mine, memory) = live()
+            .filter(|s| s.uid == uid)
+            .fold((0usize, 0u64), |(n, m), s| {
+                (n + 1, m.saturating_add(s.bytes))
+            });
+        if mine >= cfg.max_channels_per_uid {
+            return Err(format!(
+                "uid {uid} holds {mine} channels, the limit per uid (max_channels_per_uid {})",
+                cfg.max_channels_per_uid
+            ));
+        }
+        if memory.saturating_add(bytes) > cfg.max_memory_per_uid {
+            return Err(format!(
+                "uid {uid} holds channels with {memory} bytes of rings; {bytes} more would pass \
+                 the limit per uid (max_memory_per_uid {})",
+                cfg.max_memory_per_uid
+            ));
+        }
+        Ok(())
     }
 
     /// The two rings and four doorbells (c2s reader, c2s writer, s2c reader, s2c writer).
@@ -1530,6 +1631,7 @@ pub fn connect_timeout(
             tx_writer_wake: c2s_writer,
         },
         socket: stream,
+        seat: None,
     }))
 }
 

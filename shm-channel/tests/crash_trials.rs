@@ -111,16 +111,11 @@ fn decode(number: u64) -> (Scenario, u64) {
 }
 
 fn service_config(dir: &Path) -> ServiceConfig {
-    ServiceConfig::new(PROTOCOL, 1..=1)
-        .ring_sizes(RING, RING)
-        .runtime_dir(dir)
+    support::v1_service_config(PROTOCOL, RING, dir)
 }
 
 fn client_config(dir: &Path) -> ClientConfig {
-    ClientConfig::new(PROTOCOL, 1..=1)
-        .ring_sizes(RING, RING)
-        .runtime_dir(dir)
-        .timeout(STEP)
+    support::v1_client_config(PROTOCOL, RING, dir, STEP)
 }
 
 /// A message body that carries its own checksum, so the receiver can check it whole.

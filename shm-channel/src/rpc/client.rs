@@ -298,6 +298,7 @@ pub struct Client<T: Transport> {
     default_timeout: Duration,
     cancel: Arc<CancelState>,
     late_replies: u64,
+    copy_on_receive: bool,
 }
 
 impl Client<crate::Channel> {
@@ -321,6 +322,7 @@ impl<T: Transport> Client<T> {
             default_timeout: DEFAULT_TIMEOUT,
             cancel: Arc::default(),
             late_replies: 0,
+            copy_on_receive: false,
         }
     }
 
@@ -329,6 +331,15 @@ impl<T: Transport> Client<T> {
     pub fn with_event_queue(mut self, capacity: usize) -> Self {
         self.events = EventQueue::new(capacity);
         self
+    }
+
+    /// Copy each reply out of the transport before `decode` sees it (default `false`: zero
+    /// copy). Over shared memory the server can still write a reply's bytes while `decode`
+    /// reads them, so a decoder that checks a value and then uses it could see two
+    /// different values; with the copy, what it checks is what it uses. Turn it on for
+    /// servers you do not trust (see `docs/SECURITY.md`). Events are always copied.
+    pub fn set_copy_on_receive(&mut self, copy: bool) {
+        self.copy_on_receive = copy;
     }
 
     /// The deadline used by the `*_default` helpers of generated code.
@@ -529,7 +540,12 @@ impl<T: Transport> Client<T> {
             };
             match self.transport.recv_timeout(slice) {
                 Ok(msg) => match msg.kind() {
-                    Kind::Reply if msg.request_id() == id => return finish_reply(&msg, decode),
+                    Kind::Reply if msg.request_id() == id => {
+                        if self.copy_on_receive {
+                            return finish_reply(&OwnedMessage::copy_of(&msg), decode);
+                        }
+                        return finish_reply(&msg, decode);
+                    }
                     Kind::Reply => self.late_replies += 1,
                     Kind::Event => self.events.push(OwnedMessage::copy_of(&msg)),
                     // Requests, one-ways or control messages from a server: not ours to

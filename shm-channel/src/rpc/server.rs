@@ -14,7 +14,7 @@ use super::client::copy_fill;
 use super::transport::{
     IncomingMessage, ObjectSink, Outgoing, Transport, TransportError, TransportSender,
 };
-use super::{ERROR_OBJECT, flags};
+use super::{ERROR_OBJECT, OwnedMessage, flags};
 use crate::ChannelId;
 use crate::event_loop::{Event, EventLoop, EventLoopError};
 use shm_layout::Kind;
@@ -182,6 +182,12 @@ pub struct ServeOptions {
     pub poll: Duration,
     /// Set it to make the loop return [`ServeEnd::Stopped`].
     pub stop: Option<Arc<AtomicBool>>,
+    /// Copy each request out of the ring before the handler sees it (default `false`:
+    /// zero copy). Over shared memory the client can still write the request's bytes while
+    /// the handler reads them, so a handler that checks a value and then uses it could see
+    /// two different values; with the copy, what it checks is what it uses. Turn it on for
+    /// clients you do not trust (see `docs/SECURITY.md`).
+    pub copy_on_receive: bool,
 }
 
 impl Default for ServeOptions {
@@ -190,6 +196,7 @@ impl Default for ServeOptions {
             reply_timeout: Duration::from_secs(5),
             poll: Duration::from_millis(100),
             stop: None,
+            copy_on_receive: false,
         }
     }
 }
@@ -231,11 +238,20 @@ pub(crate) fn dispatch<H>(
     channel: Option<ChannelId>,
     version: u32,
     handler: &mut H,
-    timeout: Duration,
+    opts: &ServeOptions,
 ) -> Result<(), TransportError>
 where
     H: FnMut(&RequestView<'_>, Responder<'_>) -> HandlerResult,
 {
+    let timeout = opts.reply_timeout;
+    // The copy is made in one pass, right away; from then on the handler reads only it.
+    let copy;
+    let msg: &dyn IncomingMessage = if opts.copy_on_receive {
+        copy = OwnedMessage::copy_of(msg);
+        &copy
+    } else {
+        msg
+    };
     let (wants_reply, sync) = match msg.kind() {
         Kind::Request => (true, false),
         Kind::OneWay => {
@@ -321,20 +337,11 @@ where
             return Ok(ServeEnd::Stopped);
         }
         match transport.recv_timeout(opts.poll) {
-            Ok(msg) => {
-                match dispatch(
-                    &msg,
-                    &sender,
-                    None,
-                    version,
-                    &mut handler,
-                    opts.reply_timeout,
-                ) {
-                    Ok(()) => {}
-                    Err(TransportError::PeerDied) => return Ok(ServeEnd::PeerDied),
-                    Err(e) => return Err(e),
-                }
-            }
+            Ok(msg) => match dispatch(&msg, &sender, None, version, &mut handler, opts) {
+                Ok(()) => {}
+                Err(TransportError::PeerDied) => return Ok(ServeEnd::PeerDied),
+                Err(e) => return Err(e),
+            },
             Err(TransportError::Timeout | TransportError::MessageLost { .. }) => {}
             Err(TransportError::PeerDied) => return Ok(ServeEnd::PeerDied),
             Err(e) => return Err(e),
@@ -385,14 +392,7 @@ where
                     reply,
                 }) => {
                     let version = versions.get(&channel).copied().unwrap_or(0);
-                    match dispatch(
-                        &message,
-                        reply,
-                        Some(channel),
-                        version,
-                        &mut handler,
-                        opts.reply_timeout,
-                    ) {
+                    match dispatch(&message, reply, Some(channel), version, &mut handler, opts) {
                         Ok(()) => After::Nothing,
                         Err(_) => After::Drop(channel),
                     }

@@ -262,3 +262,24 @@ pub fn with_watchdog<T: Send + 'static>(
         }
     }
 }
+
+/// A service of `protocol` version 1 in `dir`, rings of at most `ring` bytes each way.
+pub fn v1_service_config(protocol: &str, ring: u64, dir: &Path) -> shm_channel::ServiceConfig {
+    shm_channel::ServiceConfig::new(protocol, 1..=1)
+        .ring_sizes(ring, ring)
+        .runtime_dir(dir)
+}
+
+/// A client of `protocol` version 1 in `dir`, rings of at most `ring` bytes each way,
+/// giving up after `timeout`.
+pub fn v1_client_config(
+    protocol: &str,
+    ring: u64,
+    dir: &Path,
+    timeout: Duration,
+) -> shm_channel::ClientConfig {
+    shm_channel::ClientConfig::new(protocol, 1..=1)
+        .ring_sizes(ring, ring)
+        .runtime_dir(dir)
+        .timeout(timeout)
+}

@@ -1,0 +1,498 @@
+//! Security (issue 9): the limits a hostile local client cannot exceed (channels per service
+//! and per uid, ring memory per uid, ring maxima, handshake size and time), memfd seals
+//! checked from the peer's side, the runtime directory's owner, and the copy-on-receive
+//! option against a peer that scribbles on a message after it was published.
+//!
+//! The credential checks in both directions (a client of another uid refused by the policy,
+//! a server of another uid refused as an impostor) are in `tests/service.rs`
+//! (`client_of_another_uid_is_refused`, `impostor_is_refused_before_anything_is_sent`).
+
+mod support;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use shm_channel::Kind;
+use shm_channel::rpc::{self, Client, Method, ServeEnd, ServeOptions};
+use shm_channel::service::{
+    self, Access, ClientConfig, ConnectError, CredentialPolicy, RefusalCode, Service, ServiceConfig,
+};
+use support::{
+    ChildGuard, child_role, child_service_env, runtime_dir, service_env, unique_name, with_watchdog,
+};
+
+const PROTOCOL: &str = "SecurityTest";
+const STEP: Duration = Duration::from_secs(10);
+const LIMIT: Duration = Duration::from_secs(60);
+const RING: u64 = 1 << 16;
+const NOBODY: u32 = 65534;
+const CHECK: Method = Method::new("check", 1);
+
+fn service_config(dir: &Path) -> ServiceConfig {
+    support::v1_service_config(PROTOCOL, RING, dir)
+}
+
+fn client_config(dir: &Path) -> ClientConfig {
+    support::v1_client_config(PROTOCOL, RING, dir, STEP)
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Connects from another thread while this one accepts: the server's channel (if the
+/// service took it) and the client's result.
+fn connect_once(
+    svc: &mut Service,
+    config: &ClientConfig,
+) -> (
+    Option<shm_channel::Channel>,
+    Result<shm_channel::Channel, ConnectError>,
+) {
+    let (name, config) = (svc.name().to_owned(), config.clone());
+    let client = thread::spawn(move || service::connect(&name, &config));
+    // A refused client never becomes a channel: give up on it once it has its answer.
+    let mut accepted = None;
+    while accepted.is_none() && !client.is_finished() {
+        match svc.accept_timeout(Duration::from_millis(50)) {
+            Ok(ch) => accepted = Some(ch),
+            Err(service::AcceptError::Timeout) => {}
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    (accepted, client.join().expect("client thread"))
+}
+
+fn assert_refused(r: &Result<shm_channel::Channel, ConnectError>, code: RefusalCode, says: &str) {
+    match r {
+        Err(ConnectError::Refused {
+            code: got, reason, ..
+        }) => {
+            assert_eq!(*got, code, "{reason}");
+            assert!(reason.contains(says), "{reason:?} does not say {says:?}");
+        }
+        other => panic!("expected a refusal ({code:?}), got {other:?}"),
+    }
+}
+
+#[test]
+fn channels_per_service_are_limited() {
+    with_watchdog(LIMIT, || {
+        let dir = runtime_dir();
+        let mut svc =
+            Service::bind(&unique_name("max"), service_config(&dir).max_channels(3)).unwrap();
+        let config = client_config(&dir);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let (server_end, client_end) = connect_once(&mut svc, &config);
+            held.push((
+                server_end.expect("accepted"),
+                client_end.expect("connected"),
+            ));
+        }
+        assert_eq!(svc.live_channels(), 3);
+        let (none, refused) = connect_once(&mut svc, &config);
+        assert!(none.is_none());
+        assert_refused(&refused, RefusalCode::Limit, "max_channels 3");
+        // A channel the server drops gives its place back.
+        held.pop();
+        assert_eq!(svc.live_channels(), 2);
+        let (server_end, client_end) = connect_once(&mut svc, &config);
+        assert!(server_end.is_some() && client_end.is_ok());
+        std::fs::remove_dir_all(&dir).ok();
+    });
+}
+
+#[test]
+fn ring_memory_per_uid_is_limited() {
+    with_watchdog(LIMIT, || {
+        let dir = runtime_dir();
+        // Room for two channels of 2 x 64 KiB, not three.
+        let config = service_config(&dir).max_memory_per_uid(5 * RING);
+        let mut svc = Service::bind(&unique_name("mem"), config).unwrap();
+        let config = client_config(&dir);
+        let a = connect_once(&mut svc, &config);
+        let b = connect_once(&mut svc, &config);
+        assert!(a.1.is_ok() && b.1.is_ok());
+        let (none, refused) = connect_once(&mut svc, &config);
+        assert!(none.is_none());
+        assert_refused(&refused, RefusalCode::Limit, "max_memory_per_uid 327680");
+        // A client that asks for smaller rings still fits.
+        let small = client_config(&dir).ring_sizes(RING / 4, RING / 4);
+        let (server_end, client_end) = connect_once(&mut svc, &small);
+        assert!(server_end.is_some() && client_end.is_ok());
+        std::fs::remove_dir_all(&dir).ok();
+    });
+}
+
+/// In the child: connects as uid 65534 and reports how it went.
+#[test]
+fn security_child() {
+    let Some(role) = child_role() else { return };
+    let (dir, name, _) = child_service_env();
+    match role.as_str() {
+        "connect" => {
+            let config = client_config(&dir).trust(CredentialPolicy::nobody().allow_uid(0));
+            match service::connect(&name, &config) {
+                Ok(_) => println!("connected"),
+                Err(e) => println!("refused: {e}"),
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// One uid cannot take every channel: at its per-uid limit, another uid still gets in.
+#[test]
+fn channels_per_uid_are_limited() {
+    if child_role().is_some() {
+        return;
+    }
+    if !is_root() {
+        eprintln!("SKIPPED channels_per_uid_are_limited: needs root to run a client as uid 65534");
+        return;
+    }
+    with_watchdog(LIMIT, || {
+        // Reachable by uid 65534: a traversable base, a 0711 directory, `OtherUsers`.
+        let base = runtime_dir();
+        std::fs::create_dir(&base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = base.join("rt");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+        let name = unique_name("per-uid");
+        let config = service_config(&dir)
+            .access(Access::OtherUsers)
+            .credentials(CredentialPolicy::same_uid().allow_uid(NOBODY))
+            .max_channels_per_uid(2);
+        let mut svc = Service::bind(&name, config).unwrap();
+        let mine = client_config(&dir);
+        let a = connect_once(&mut svc, &mine);
+        let b = connect_once(&mut svc, &mine);
+        assert!(a.1.is_ok() && b.1.is_ok());
+        let (_, refused) = connect_once(&mut svc, &mine);
+        assert_refused(&refused, RefusalCode::Limit, "max_channels_per_uid 2");
+
+        let other = ChildGuard::spawn_with(
+            "security_child",
+            "connect",
+            &service_env(&dir, &name, 0),
+            |cmd| {
+                std::os::unix::process::CommandExt::uid(cmd, NOBODY);
+                std::os::unix::process::CommandExt::gid(cmd, NOBODY);
+            },
+        );
+        let theirs = loop {
+            match svc.accept_timeout(Duration::from_millis(100)) {
+                Ok(ch) => break ch,
+                Err(service::AcceptError::Timeout) => {}
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        assert_eq!(theirs.peer().uid, NOBODY);
+        let (status, lines) = other.wait_with_output();
+        assert!(status.success(), "{lines:?}");
+        assert!(lines.iter().any(|l| l.ends_with("connected")), "{lines:?}");
+        std::fs::remove_dir_all(&base).ok();
+    });
+}
+
+#[test]
+fn a_greedy_client_gets_the_configured_ring_maxima() {
+    with_watchdog(LIMIT, || {
+        let dir = runtime_dir();
+        let mut svc = Service::bind(&unique_name("greedy"), service_config(&dir)).unwrap();
+        let greedy = client_config(&dir).ring_sizes(1 << 40, 1 << 40);
+        let (server_end, client_end) = connect_once(&mut svc, &greedy);
+        let (server_end, client_end) = (server_end.unwrap(), client_end.unwrap());
+        for ring in [client_end.tx_ring(), client_end.rx_ring()] {
+            assert_eq!(ring.max_size(), RING);
+        }
+        // A message larger than the ring can ever hold is refused, never grown for.
+        let big = vec![7u8; RING as usize];
+        let err = client_end
+            .try_send_objects(1, Kind::OneWay, &[(0, &big)])
+            .unwrap_err();
+        assert!(
+            matches!(err, shm_channel::channel::TrySendError::TooLarge { .. }),
+            "{err:?}"
+        );
+        // Filling it grows it to the maximum and no further.
+        let chunk = vec![1u8; 4000];
+        while client_end
+            .try_send_objects(2, Kind::OneWay, &[(0, &chunk)])
+            .is_ok()
+        {}
+        assert_eq!(client_end.tx_ring().capacity(), RING);
+        assert_eq!(server_end.rx_ring().capacity(), RING);
+        std::fs::remove_dir_all(&dir).ok();
+    });
+}
+
+/// A client trickling a hello byte by byte is cut off at the handshake deadline, which its
+/// progress does not extend.
+#[test]
+fn a_trickled_hello_is_cut_off_at_the_deadline() {
+    with_watchdog(LIMIT, || {
+        let dir = runtime_dir();
+        let config = service_config(&dir).handshake_timeout(Duration::from_millis(300));
+        let mut svc = Service::bind(&unique_name("trickle"), config).unwrap();
+        let path = svc.path().to_owned();
+        // A header announcing a 1000-byte hello: the trickle would take 200 x 10 ms.
+        let mut hello = b"SHMC".to_vec();
+        hello.extend_from_slice(&1u16.to_le_bytes());
+        hello.extend_from_slice(&1u16.to_le_bytes());
+        hello.extend_from_slice(&1000u32.to_le_bytes());
+        hello.resize(12 + 200, b'x');
+        let trickler = thread::spawn(move || {
+            let mut s = UnixStream::connect(&path).unwrap();
+            let mut sent = 0;
+            for b in &hello {
+                if s.write_all(&[*b]).is_err() {
+                    break;
+                }
+                sent += 1;
+                thread::sleep(Duration::from_millis(10));
+            }
+            let mut answer = Vec::new();
+            s.set_read_timeout(Some(STEP)).unwrap();
+            let _ = s.read_to_end(&mut answer);
+            (sent, hello.len(), answer)
+        });
+        while !trickler.is_finished() {
+            match svc.accept_timeout(Duration::from_millis(20)) {
+                Err(service::AcceptError::Timeout) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        let (sent, len, answer) = trickler.join().unwrap();
+        assert!(sent < len, "the whole trickle ({len} bytes) went through");
+        assert!(answer.starts_with(b"SHMC\x01\x00\x03\x00"), "{answer:?}");
+        let refused = svc.take_refused();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].code, RefusalCode::Timeout);
+        std::fs::remove_dir_all(&dir).ok();
+    });
+}
+
+/// The peer that received a ring's memfd cannot shrink it (a SIGBUS for us), cannot seal
+/// it against our growth, and growing the file past the ring's maximum changes nothing we
+/// map or use.
+#[test]
+fn memfd_seals_hold_against_the_peer() {
+    with_watchdog(LIMIT, || {
+        let dir = runtime_dir();
+        let mut svc = Service::bind(&unique_name("seals"), service_config(&dir)).unwrap();
+        let (server_end, client_end) = connect_once(&mut svc, &client_config(&dir));
+        let (mut server_end, client_end) = (server_end.unwrap(), client_end.unwrap());
+        for ring in [client_end.tx_ring(), client_end.rx_ring()] {
+            let fd = ring.fd().expect("memfd").try_clone_to_owned().unwrap();
+            let size = rustix::fs::fstat(&fd).unwrap().st_size as u64;
+            for len in [0, size - 4096, size - 1] {
+                assert_eq!(
+                    rustix::fs::ftruncate(&fd, len),
+                    Err(rustix::io::Errno::PERM),
+                    "shrinking to {len}"
+                );
+            }
+            for seal in [
+                rustix::fs::SealFlags::GROW,
+                rustix::fs::SealFlags::WRITE,
+                rustix::fs::SealFlags::FUTURE_WRITE,
+            ] {
+                assert_eq!(
+                    rustix::fs::fcntl_add_seals(&fd, seal),
+                    Err(rustix::io::Errno::PERM),
+                    "adding {seal:?}"
+                );
+            }
+            // Growing the file is allowed by the seals (the rings grow that way), but
+            // nobody maps or trusts it past the maximum.
+            rustix::fs::ftruncate(&fd, 16 * RING).unwrap();
+        }
+        assert_eq!(server_end.rx_ring().max_size(), RING);
+        for i in 0..100u64 {
+            let data = vec![i as u8; 3000];
+            client_end
+                .send_objects(i, Kind::OneWay, &[(0, &data)], STEP)
+                .unwrap();
+            let m = server_end.recv_timeout(STEP).unwrap();
+            assert_eq!(m.object(0), Some(&data[..]));
+        }
+        assert!(server_end.rx_ring().capacity() <= RING);
+        std::fs::remove_dir_all(&dir).ok();
+    });
+}
+
+/// A runtime directory that another user owns is refused (it may have been created to
+/// intercept connections); the service never chmods or chowns what it finds.
+#[test]
+fn a_runtime_dir_of_another_owner_is_refused() {
+    if !is_root() {
+        eprintln!("SKIPPED a_runtime_dir_of_another_owner_is_refused: needs root to chown");
+        return;
+    }
+    let dir = runtime_dir();
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let err = Service::bind("x", service_config(&dir)).unwrap_err();
+    assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        NOBODY,
+        "left as found"
+    );
+    // Group access is as bad as world access.
+    std::os::unix::fs::chown(&dir, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let err = Service::bind("x", service_config(&dir)).unwrap_err();
+    assert!(err.to_string().contains("0770"), "{err}");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    Service::bind("x", service_config(&dir)).expect("0700, ours");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+// ---- Copy on receive ----
+
+/// The payload whose bytes the hostile peer overwrites after publishing them.
+const MARKER: &[u8; 48] = b"validated-payload-validated-payload-validated-pa";
+
+/// Overwrites every copy of `MARKER` in the ring's memfd, as a hostile writer mapping the
+/// ring would.
+fn scribble(ring: &File) {
+    let len = ring.metadata().unwrap().len() as usize;
+    let mut bytes = vec![0u8; len];
+    ring.read_exact_at(&mut bytes, 0).unwrap();
+    let mut hits = 0;
+    for at in 0..len.saturating_sub(MARKER.len()) {
+        if &bytes[at..at + MARKER.len()] == MARKER {
+            ring.write_all_at(&[b'!'; MARKER.len()], at as u64).unwrap();
+            hits += 1;
+        }
+    }
+    assert!(hits > 0, "the payload was not found in the ring");
+}
+
+fn ring_file(ring: &shm_channel::Ring) -> File {
+    File::from(ring.fd().expect("memfd").try_clone_to_owned().unwrap())
+}
+
+/// Server side: the handler reads the request, lets the client scribble on it, reads it
+/// again. Returns whether both reads agreed.
+fn server_reads_twice(copy_on_receive: bool) -> bool {
+    let dir = runtime_dir();
+    let mut svc = Service::bind(&unique_name("cor-server"), service_config(&dir)).unwrap();
+    let (server_end, client_end) = connect_once(&mut svc, &client_config(&dir));
+    let (mut server_end, client_end) = (server_end.unwrap(), client_end.unwrap());
+    let (go, scribble_now) = mpsc::channel::<()>();
+    let (scribbled, wait_scribbled) = mpsc::channel::<()>();
+    // The hostile client: it keeps the ring's memfd and writes into it on cue.
+    let hostile = {
+        let file = ring_file(client_end.tx_ring());
+        thread::spawn(move || {
+            scribble_now.recv().unwrap();
+            scribble(&file);
+            scribbled.send(()).unwrap();
+        })
+    };
+    let server = thread::spawn(move || {
+        let opts = ServeOptions {
+            copy_on_receive,
+            ..ServeOptions::default()
+        };
+        let mut go = Some(go);
+        rpc::serve_channel(
+            &mut server_end,
+            |req, resp| {
+                let first = req.object(0).unwrap_or_default().to_vec();
+                if let Some(go) = go.take() {
+                    go.send(()).unwrap();
+                    wait_scribbled.recv().unwrap();
+                }
+                let second = req.object(0).unwrap_or_default().to_vec();
+                resp.reply(&[(0, &[u8::from(first == second)])])
+            },
+            &opts,
+        )
+    });
+    let mut client = Client::new(client_end);
+    let same = client
+        .call(&CHECK, &[(0, MARKER)], STEP, |m| {
+            Ok(m.object(0) == Some(&[1][..]))
+        })
+        .unwrap();
+    hostile.join().unwrap();
+    drop(client);
+    assert_eq!(server.join().unwrap().unwrap(), ServeEnd::PeerDied);
+    std::fs::remove_dir_all(&dir).ok();
+    same
+}
+
+/// Client side: the hostile server replies, then scribbles on its reply while the client's
+/// decoder is between two reads of it. Returns whether both reads agreed.
+fn client_reads_twice(copy_on_receive: bool) -> bool {
+    let dir = runtime_dir();
+    let mut svc = Service::bind(&unique_name("cor-client"), service_config(&dir)).unwrap();
+    let (server_end, client_end) = connect_once(&mut svc, &client_config(&dir));
+    let (mut server_end, client_end) = (server_end.unwrap(), client_end.unwrap());
+    let (go, scribble_now) = mpsc::channel::<()>();
+    let (scribbled, wait_scribbled) = mpsc::channel::<()>();
+    let server = thread::spawn(move || {
+        let request_id = {
+            let m = server_end.recv_timeout(STEP).unwrap();
+            m.request_id()
+        };
+        let out = rpc::Outgoing::new(CHECK.id, Kind::Reply).request_id(request_id);
+        rpc::send_objects(server_end.tx(), &out, &[(0, MARKER)], STEP).unwrap();
+        scribble_now.recv().unwrap();
+        scribble(&ring_file(server_end.tx_ring()));
+        scribbled.send(()).unwrap();
+        server_end
+    });
+    let mut client = Client::new(client_end);
+    client.set_copy_on_receive(copy_on_receive);
+    let same = client
+        .call(&CHECK, &[], STEP, |m| {
+            let first = m.object(0).unwrap_or_default().to_vec();
+            go.send(()).unwrap();
+            wait_scribbled.recv().unwrap();
+            let second = m.object(0).unwrap_or_default().to_vec();
+            Ok(first == second)
+        })
+        .unwrap();
+    drop(server.join().unwrap());
+    std::fs::remove_dir_all(&dir).ok();
+    same
+}
+
+#[test]
+fn copy_on_receive_shields_the_server_from_a_scribbling_client() {
+    with_watchdog(LIMIT, || {
+        // Zero copy: the client changed what the handler had already checked.
+        assert!(!server_reads_twice(false), "the scribble did not show");
+        // Copied: the handler's two reads agree.
+        assert!(
+            server_reads_twice(true),
+            "the copy changed under the handler"
+        );
+    });
+}
+
+#[test]
+fn copy_on_receive_shields_the_client_from_a_scribbling_server() {
+    with_watchdog(LIMIT, || {
+        assert!(!client_reads_twice(false), "the scribble did not show");
+        assert!(
+            client_reads_twice(true),
+            "the copy changed under the decoder"
+        );
+    });
+}
