@@ -49,6 +49,17 @@ fn json(dir: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
+/// The channels `shmctl show NAME` lists.
+fn channels(dir: &Path, name: &str) -> Vec<Value> {
+    match json(dir, &["show", name])
+        .get_mut("channels")
+        .map(Value::take)
+    {
+        Some(Value::Array(all)) => all,
+        other => panic!("no channel list: {other:?}"),
+    }
+}
+
 #[test]
 fn shmctl_lists_shows_and_pings_live_services() {
     with_watchdog(Duration::from_secs(60), || {
@@ -117,10 +128,10 @@ fn shmctl_lists_shows_and_pings_live_services() {
         println!("{show:#}");
         assert_eq!(show["live_channels"], 2);
         assert_eq!(show["ring_max"], serde_json::json!([65536, 65536]));
-        let channels = show["channels"].as_array().unwrap();
-        assert_eq!(channels.len(), 2);
+        let listed = show["channels"].as_array().unwrap();
+        assert_eq!(listed.len(), 2);
         for (ch, calls) in [(&a, 3u64), (&b, 5u64)] {
-            let c = channels
+            let c = listed
                 .iter()
                 .find(|c| c["id"] == ch.id().0)
                 .expect("channel listed");
@@ -143,6 +154,13 @@ fn shmctl_lists_shows_and_pings_live_services() {
                 assert!(["parked", "polling"].contains(&c[side].as_str().unwrap()));
             }
         }
+        // The idle service's event loop sleeps on both channels: parked, as the loop saw
+        // them when the query woke it.
+        common::wait_until("the service loop to park", || {
+            channels(&dir, &echo)
+                .iter()
+                .all(|ch| ch["service_reader"] == "parked")
+        });
         // A client parked in a receive shows as parked (its reader sleeps on the doorbell).
         let mut c = service::connect(&echo, &config).expect("connect c");
         let c_id = c.id().0;
@@ -152,10 +170,7 @@ fn shmctl_lists_shows_and_pings_live_services() {
             assert_eq!(r, Err(shm_channel::ring::RecvError::PeerDied));
         });
         common::wait_until("the client to park", || {
-            let show = json(&dir, &["show", &echo]);
-            show["channels"]
-                .as_array()
-                .unwrap()
+            channels(&dir, &echo)
                 .iter()
                 .any(|ch| ch["id"] == c_id && ch["client_reader"] == "parked")
         });
@@ -168,14 +183,8 @@ fn shmctl_lists_shows_and_pings_live_services() {
         )
         .unwrap();
         common::wait_until("the echo to be queued", || {
-            let show = json(&dir, &["show", &echo]);
-            let c = show["channels"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| c["id"] == a.id().0)
-                .cloned()
-                .unwrap();
+            let all = channels(&dir, &echo);
+            let c = all.iter().find(|c| c["id"] == a.id().0).unwrap();
             c["server_to_client"]["pending_messages"] == 1
                 && c["server_to_client"]["used_bytes"].as_u64().unwrap() > 0
         });

@@ -568,6 +568,10 @@ impl EventLoop {
         }
         self.readiness.clear();
         let waited = self.epoll.wait(&mut self.readiness, wait);
+        // For `shmctl show`: the channels the loop slept on, until its next wake-up.
+        let channels = &self.channels;
+        self.service
+            .note_loop_parked(|id| channels.get(&id).is_some_and(|e| e.armed));
         if armed_any {
             for e in self.channels.values_mut() {
                 if e.armed {

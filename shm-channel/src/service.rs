@@ -617,6 +617,10 @@ struct Accepted {
     peer: PeerCredentials,
     c2s: WeakRing,
     s2c: WeakRing,
+    /// An [`EventLoop`](crate::EventLoop) serving this channel was asleep waiting for it
+    /// when it last woke (its doorbell is disarmed while the loop works, so the ring alone
+    /// would always say "awake" to a query the loop answers).
+    loop_parked: bool,
 }
 
 /// One channel handed out, as the limits count it.
@@ -1161,6 +1165,7 @@ impl Service {
             peer,
             c2s: c2s_ring.downgrade(),
             s2c: s2c_ring.downgrade(),
+            loop_parked: false,
         });
         let [c2s_reader, c2s_writer, s2c_reader, s2c_writer] = bells;
         let seat = Arc::new(());
@@ -1268,6 +1273,14 @@ impl Service {
         let _ = sys::shutdown(stream.as_fd());
     }
 
+    /// Called by the event loop when it wakes: which channels it was asleep waiting for
+    /// (reported as parked by the status query it may be about to answer).
+    pub(crate) fn note_loop_parked(&mut self, parked: impl Fn(ChannelId) -> bool) {
+        for a in &mut self.accepted {
+            a.loop_parked = parked(a.id);
+        }
+    }
+
     /// The service and its live channels, for the status query; forgets dropped channels.
     fn status(&mut self) -> handshake::Status {
         let mut channels = Vec::new();
@@ -1275,12 +1288,14 @@ impl Service {
             let (Some(c2s), Some(s2c)) = (a.c2s.upgrade(), a.s2c.upgrade()) else {
                 return false;
             };
+            let mut c2s = c2s.stat();
+            c2s.reader_parked |= a.loop_parked;
             channels.push(handshake::ChannelStat {
                 id: a.id.0,
                 version: a.version,
                 peer_pid: a.peer.pid,
                 peer_uid: a.peer.uid,
-                c2s: c2s.stat(),
+                c2s,
                 s2c: s2c.stat(),
             });
             true
