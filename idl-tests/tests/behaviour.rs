@@ -196,6 +196,12 @@ impl everything::Server for EverythingImpl {
         n
     }
 
+    fn shout(&mut self, ctx: &everything::Context<'_>, n: u64) -> u32 {
+        let report = ctx.events().broadcast_tick(n, &None).expect("encoded");
+        assert!(report.failed.is_empty(), "{report:?}");
+        report.sent as u32
+    }
+
     fn newer(&mut self, _: &everything::Context<'_>, x: u32) -> u32 {
         x + 1
     }
@@ -288,6 +294,21 @@ fn child() {
             serve_child(&name, config, |l, o| {
                 everything::serve_service(l, EverythingImpl::default(), &events, o)
             })
+            .expect("serve");
+        }
+        "channel" => {
+            // One connection served by `serve_channel_with`: events to `ChannelId(0)`.
+            let config = everything::service_config().runtime_dir(&dir);
+            let mut service = Service::bind(&name, config).expect("bind");
+            println!("ready");
+            let mut channel = service.accept_timeout(LIMIT).expect("accept");
+            let events = everything::Events::new();
+            everything::serve_channel_with(
+                &mut channel,
+                EverythingImpl::default(),
+                &events,
+                &ServeOptions::default(),
+            )
             .expect("serve");
         }
         "ticker" => {
@@ -672,6 +693,69 @@ fn events_arrive_in_order_through_both_clients() {
                 assert!(matches!(event, everything::Event::Tick { n, .. } if n == i));
             }
         });
+    });
+}
+
+/// A broadcast from a handler reaches every connected client; the async client's
+/// `try_recv_event` sees it without waiting once it arrived.
+#[test]
+fn broadcast_events_reach_every_client() {
+    with_watchdog(LIMIT, || {
+        let server = Server::start("everything");
+        let mut a = server.everything();
+        let mut b = server.everything();
+        // A reply to each proves the server registered both clients.
+        assert_eq!(a.pinned(), Ok(40));
+        assert_eq!(b.pinned(), Ok(40));
+        runtime().block_on(async {
+            let c = server.everything_async().await;
+            assert_eq!(c.pinned().await, Ok(40));
+            assert_eq!(c.try_recv_event(), Ok(None));
+            assert_eq!(a.shout(7), Ok(3));
+            let tick = everything::Event::Tick { n: 7, label: None };
+            assert_eq!(a.recv_event(LIMIT), Ok(tick.clone()));
+            assert_eq!(b.recv_event(LIMIT), Ok(tick.clone()));
+            assert_eq!(c.recv_event().await, Ok(tick.clone()));
+            // The next one, polled: it arrives without a call waiting for it.
+            assert_eq!(b.shout(8), Ok(3));
+            let eight = everything::Event::Tick { n: 8, label: None };
+            let deadline = Instant::now() + LIMIT;
+            loop {
+                match c.try_recv_event() {
+                    Ok(Some(e)) => {
+                        assert_eq!(e, eight);
+                        break;
+                    }
+                    Ok(None) => {
+                        assert!(Instant::now() < deadline, "no event");
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        });
+    });
+}
+
+/// One connection served by `serve_channel`: calls, and events sent to its client.
+#[test]
+fn serve_channel_serves_one_connection() {
+    with_watchdog(LIMIT, || {
+        let server = Server::start("channel");
+        let mut c = server.everything();
+        assert_eq!(c.scalars(&scalars()), Ok(scalars()));
+        assert_eq!(c.emit(2), Ok(2));
+        for n in 0..2 {
+            match c.recv_event(LIMIT) {
+                Ok(everything::Event::Tick { n: got, .. }) => assert_eq!(got, n),
+                other => panic!("expected a tick, got {other:?}"),
+            }
+        }
+        assert_eq!(c.shout(5), Ok(1));
+        assert_eq!(
+            c.recv_event(LIMIT),
+            Ok(everything::Event::Tick { n: 5, label: None })
+        );
     });
 }
 

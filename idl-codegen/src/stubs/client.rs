@@ -551,6 +551,27 @@ impl Gen<'_, '_> {
                     }
                 }
 
+                /// The next event if one has arrived; never waits.
+                pub fn try_recv_event(
+                    &self,
+                ) -> ::core::result::Result<::core::option::Option<Event>, #rpc::CallError> {
+                    loop {
+                        match self.inner.try_recv_event()? {
+                            ::core::option::Option::Some(#rpc::EventItem::Event(m)) => {
+                                return Event::decode(&m)
+                                    .map(::core::option::Option::Some)
+                                    .map_err(#rpc::CallError::Protocol);
+                            }
+                            ::core::option::Option::Some(#rpc::EventItem::Lost { count }) => {
+                                self.lost_events.fetch_add(count, ::std::sync::atomic::Ordering::Relaxed);
+                            }
+                            ::core::option::Option::None => {
+                                return ::core::result::Result::Ok(::core::option::Option::None);
+                            }
+                        }
+                    }
+                }
+
                 #methods
             }
         }

@@ -1531,6 +1531,34 @@ pub mod every_type {
                 }
             }
         }
+        /// The next event if one has arrived; never waits.
+        pub fn try_recv_event(
+            &self,
+        ) -> ::core::result::Result<
+            ::core::option::Option<Event>,
+            ::shm_channel::rpc::CallError,
+        > {
+            loop {
+                match self.inner.try_recv_event()? {
+                    ::core::option::Option::Some(
+                        ::shm_channel::rpc::EventItem::Event(m),
+                    ) => {
+                        return Event::decode(&m)
+                            .map(::core::option::Option::Some)
+                            .map_err(::shm_channel::rpc::CallError::Protocol);
+                    }
+                    ::core::option::Option::Some(
+                        ::shm_channel::rpc::EventItem::Lost { count },
+                    ) => {
+                        self.lost_events
+                            .fetch_add(count, ::std::sync::atomic::Ordering::Relaxed);
+                    }
+                    ::core::option::Option::None => {
+                        return ::core::result::Result::Ok(::core::option::Option::None);
+                    }
+                }
+            }
+        }
         /// Two-way: waits for the reply.
         ///
         /// Deadline: the client's default unless `with_timeout` overrides it.

@@ -366,6 +366,18 @@ impl<T: AsyncTransport> AsyncClient<T> {
         })
         .await
     }
+
+    /// The next event if one has arrived; never waits. After the channel ends, its error.
+    pub fn try_recv_event(&self) -> Result<Option<EventItem>, CallError> {
+        let mut state = self.shared.lock();
+        if let Some(e) = state.events.pop() {
+            return Ok(Some(e));
+        }
+        match &state.closed {
+            Some(e) => Err(e.clone()),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Removes a call's entry when its future ends without a reply (timeout, drop), and tells
