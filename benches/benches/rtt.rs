@@ -74,15 +74,16 @@ fn batch(client: &mut Client, len: usize, iters: u64, rec: &mut Recorder) -> Dur
     rec.start_batch(iters);
     let start = Instant::now();
     let mut prev = start;
-    for _ in 0..iters {
-        if let Err(e) = client.round_trip(len) {
-            panic!("rtt: round trip of {len} bytes failed: {e}");
-        }
-        // One clock read per round trip serves both the histogram and
-        // criterion's total (the recording itself, a few ns, is included).
+    let hist = &mut rec.hist;
+    // One clock read per round trip serves both the histogram and
+    // criterion's total (the recording itself, a few ns, is included).
+    let mut each = || {
         let now = Instant::now();
-        rec.hist.saturating_record(nanos(now - prev));
+        hist.saturating_record(nanos(now - prev));
         prev = now;
+    };
+    if let Err(e) = client.round_trips(len, iters, &mut each) {
+        panic!("rtt: round trip of {len} bytes failed: {e}");
     }
     prev - start
 }

@@ -44,7 +44,7 @@ use shm_channel::ring::{RecvError, WaitPolicy};
 use shm_channel::service::{self, ClientConfig, ConnectError, Service, ServiceConfig};
 use shm_channel::{Channel, Kind};
 
-use crate::{iox_peer, ipc_peer};
+use crate::{iox_peer, ipc_peer, stubs_peer};
 
 /// Errors of the bench harness: reported, then the bench fails.
 pub type Result<T, E = Box<dyn Error + Send + Sync>> = std::result::Result<T, E>;
@@ -90,6 +90,11 @@ pub enum Contender {
     /// shm-channel parking at once (`WaitPolicy::PARK`): every message a
     /// kernel wake-up.
     ShmParkNoSpin,
+    /// The blocking client generated from `benches/idl/bench.idl`, over a
+    /// shm-channel `Channel` with the default policy.
+    GenBlocking,
+    /// The async client generated from the same IDL (tokio, current thread).
+    GenAsync,
     /// A Unix stream socket, blocking reads and writes.
     Uds,
     /// Two pipes (the server's stdin and stdout).
@@ -109,11 +114,13 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in the order the benches run them.
-    pub const ALL: [Contender; 9] = [
+    pub const ALL: [Contender; 11] = [
         Contender::RawSpin,
         Contender::ShmSpin,
         Contender::ShmPark,
         Contender::ShmParkNoSpin,
+        Contender::GenBlocking,
+        Contender::GenAsync,
         Contender::Iceoryx2,
         Contender::IpcChannel,
         Contender::Uds,
@@ -127,6 +134,8 @@ impl Contender {
             Contender::ShmSpin => "shm-spin",
             Contender::ShmPark => "shm-park",
             Contender::ShmParkNoSpin => "shm-park-nospin",
+            Contender::GenBlocking => "gen-blocking",
+            Contender::GenAsync => "gen-async",
             Contender::Uds => "uds",
             Contender::Pipe => "pipe",
             Contender::Tcp => "tcp",
@@ -398,6 +407,7 @@ enum Conn {
     Raw(RawConn),
     Ipc(ipc_peer::IpcConn),
     Iox(Box<iox_peer::IoxConn>),
+    Stub(stubs_peer::StubConn),
 }
 
 impl Client {
@@ -442,6 +452,21 @@ impl Client {
                     channel.set_wait_policy(policy);
                 }
                 (Conn::Shm(Box::new(channel)), server)
+            }
+            Contender::GenBlocking | Contender::GenAsync => {
+                let name = unique("gen");
+                cmd.env(WHERE_ENV, &name);
+                let mut server = ServerProcess::spawn(&mut cmd)?;
+                pin(&server)?;
+                let is_async = contender == Contender::GenAsync;
+                let conn = stubs_peer::StubConn::connect(
+                    &name,
+                    opts.ring_max,
+                    is_async,
+                    &mut server,
+                    deadline,
+                )?;
+                (Conn::Stub(conn), server)
             }
             Contender::Uds => {
                 let path = std::env::temp_dir().join(format!("{}.sock", unique("rtt-uds")));
@@ -516,6 +541,23 @@ impl Client {
         self.server.0.as_ref().map_or(0, Child::id)
     }
 
+    /// `count` round trips of `len` bytes; `each` after every one (the
+    /// bench's clock and histogram). The async contender runs them inside
+    /// one `block_on`.
+    pub fn round_trips(&mut self, len: usize, count: u64, each: &mut dyn FnMut()) -> Result<()> {
+        if let Conn::Stub(stub) = &mut self.conn {
+            check_len(len, self.max)?;
+            let first = self.seq + 1;
+            self.seq += count;
+            return stub.round_trips(first, count, len, each);
+        }
+        for _ in 0..count {
+            self.round_trip(len)?;
+            each();
+        }
+        Ok(())
+    }
+
     /// One round trip of `len` bytes: write the payload, send it, receive
     /// the echo and check every byte of it.
     pub fn round_trip(&mut self, len: usize) -> Result<()> {
@@ -533,6 +575,7 @@ impl Client {
             Conn::Raw(r) => r.round_trip(seq, len),
             Conn::Ipc(c) => c.round_trip(seq, len),
             Conn::Iox(c) => c.round_trip(seq, len),
+            Conn::Stub(c) => c.round_trips(seq, 1, len, &mut || {}),
         }
     }
 
@@ -559,6 +602,7 @@ impl Client {
             Conn::Raw(r) => r.stream(first, last, len),
             Conn::Ipc(c) => c.stream(first, last, len),
             Conn::Iox(c) => c.stream(first, last, len),
+            Conn::Stub(c) => c.stream(first, last, len),
         }
     }
 
@@ -574,6 +618,7 @@ impl Client {
             Conn::Raw(r) => r.quit(),
             Conn::Ipc(c) => drop(c),
             Conn::Iox(c) => c.quit()?,
+            Conn::Stub(c) => drop(c),
         }
         server.wait_success()
     }
@@ -1138,6 +1183,9 @@ fn serve(id: &str) -> Result<()> {
             let input = File::from(io::stdin().as_fd().try_clone_to_owned()?);
             let output = File::from(io::stdout().as_fd().try_clone_to_owned()?);
             StreamConn::new(input, output, max).serve(max, mode)
+        }
+        Contender::GenBlocking | Contender::GenAsync => {
+            stubs_peer::serve(&env(WHERE_ENV)?, ring_max)
         }
         Contender::IpcChannel => ipc_peer::serve(&env(WHERE_ENV)?, max, mode),
         Contender::Iceoryx2 => iox_peer::serve(&env(WHERE_ENV)?, max, mode),

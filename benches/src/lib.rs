@@ -6,3 +6,4 @@ mod iox_peer;
 mod ipc_peer;
 pub mod percentiles;
 pub mod settings;
+mod stubs_peer;
