@@ -14,7 +14,7 @@
 #![forbid(unsafe_code)]
 
 use benches::echo::{self, Client, Contender, Mode, Options, Placement, Result};
-use benches::percentiles;
+use benches::{percentiles, settings};
 
 /// The largest message each channel is set up for.
 const MAX: usize = 64 << 20;
@@ -78,6 +78,9 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
+    if let Err(e) = settings::record_run("memory", false) {
+        panic!("memory: recording the run: {e}");
+    }
     let mut rows = Vec::new();
     for contender in CONTENDERS {
         if !filter.is_empty() && !filter.iter().any(|f| contender.id().contains(f.as_str())) {
@@ -103,6 +106,9 @@ fn main() {
     };
     if let Err(e) = write() {
         panic!("memory: writing {}: {e}", path.display());
+    }
+    if let Err(e) = settings::record_run("memory", true) {
+        panic!("memory: recording the run: {e}");
     }
     eprintln!("memory: -> {}", path.display());
 }

@@ -100,6 +100,7 @@ fn rtt(c: &mut Criterion) {
     );
     let max = SIZES.into_iter().max().unwrap_or(8);
     let mut group = settings::group(c, GROUP);
+    settings::record_run(GROUP, false).expect("recording the run");
     for placement in placements {
         eprintln!("rtt: placement {}", placement.describe());
         // The client's CPU now; the server's is set when it starts.
@@ -151,6 +152,7 @@ fn rtt(c: &mut Criterion) {
         echo::restore_affinity(before).expect("rtt: restoring the CPU affinity");
     }
     group.finish();
+    settings::record_run(GROUP, true).expect("recording the run");
 }
 
 fn main() {

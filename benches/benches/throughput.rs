@@ -33,6 +33,7 @@ fn throughput(c: &mut Criterion) {
     let placements = settings::placements().expect("throughput: BENCH_PLACEMENTS");
     let max = SIZES.into_iter().max().unwrap_or(64);
     let mut group = settings::group(c, GROUP);
+    settings::record_run(GROUP, false).expect("recording the run");
     for placement in placements {
         eprintln!("throughput: placement {}", placement.describe());
         let before = echo::pin_client(placement).expect("throughput: pinning the client");
@@ -70,6 +71,7 @@ fn throughput(c: &mut Criterion) {
         echo::restore_affinity(before).expect("throughput: restoring the CPU affinity");
     }
     group.finish();
+    settings::record_run(GROUP, true).expect("recording the run");
 }
 
 /// Streams `iters` messages of `len` bytes; returns the time until the

@@ -1,9 +1,11 @@
 //! Helpers shared by the criterion benches in `benches/benches/`.
 #![forbid(unsafe_code)]
 
+pub mod chart;
 pub mod echo;
 mod iox_peer;
 mod ipc_peer;
 pub mod percentiles;
+pub mod report;
 pub mod settings;
 mod stubs_peer;

@@ -71,3 +71,73 @@ pub fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTim
         .measurement_time(timing.measurement);
     group
 }
+
+/// The machine, as the report prints it: CPU model, CPUs, kernel, rustc.
+pub fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let rustc = std::process::Command::new(std::env::var("RUSTC").unwrap_or("rustc".into()))
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    serde_json::json!({
+        "cpu": cpu,
+        "cpus": std::thread::available_parallelism().map_or(0, usize::from),
+        "kernel": kernel,
+        "rustc": rustc,
+    })
+}
+
+/// The load average over the last minute.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Records the run of bench `group` beside its results,
+/// `<criterion dir>/<group>/run.json`: the machine, the settings and the
+/// load average; call with `done == false` before the cases and `true`
+/// after them (adds the end's load and the duration).
+pub fn record_run(group: &str, done: bool) -> Result<()> {
+    let dir = crate::percentiles::criterion_dir().join(group);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("run.json");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut run = if done {
+        serde_json::from_str(&std::fs::read_to_string(&path)?)?
+    } else {
+        let mut run = machine();
+        run["quick"] = quick().into();
+        run["placements"] = placements()?
+            .iter()
+            .map(|p| p.describe())
+            .collect::<Vec<_>>()
+            .into();
+        run["args"] = std::env::args().skip(1).collect::<Vec<_>>().into();
+        run["start_unix"] = now.into();
+        run["load_start"] = load_average().into();
+        run
+    };
+    if done {
+        run["end_unix"] = now.into();
+        run["load_end"] = load_average().into();
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&run)? + "\n")?;
+    Ok(())
+}
