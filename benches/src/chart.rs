@@ -32,14 +32,14 @@ fn register_font() -> Result<()> {
 /// Series of one chart: (contender, points (size, value)).
 type Series = Vec<(String, Vec<(f64, f64)>)>;
 
-/// Round-trip time (criterion's median) by message size, one line per
+/// Round-trip time (p50 of the HDR histogram) by message size, one line per
 /// contender; `false` if `placement` has no results.
 pub fn latency(g: &Group, placement: &str, title: &str, path: &Path) -> Result<bool> {
     draw(
         path,
         &format!("Round trip by message size, {title} (lower is better)"),
-        "round trip (median)",
-        &series(g, placement, |case| case.median_ns),
+        "round trip (p50)",
+        &series(g, placement, Case::typical_ns),
         &g.sizes(placement),
         &|v| time_label(v),
     )

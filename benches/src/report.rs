@@ -46,6 +46,21 @@ pub struct Case {
     pub percentiles: Option<Value>,
 }
 
+impl Case {
+    /// The typical time: the HDR histogram's p50 where the bench recorded
+    /// one (rtt), else criterion's median. On a shared machine a few
+    /// preempted round trips of milliseconds dominate criterion's
+    /// per-sample means, so the p50 of every round trip is the steadier
+    /// number to compare.
+    pub fn typical_ns(&self) -> f64 {
+        self.percentiles
+            .as_ref()
+            .and_then(|p| p.get("p50"))
+            .and_then(Value::as_f64)
+            .unwrap_or(self.median_ns)
+    }
+}
+
 /// All cases of one criterion group, by (placement, contender, size).
 #[derive(Debug, Default)]
 pub struct Group {
@@ -308,7 +323,7 @@ pub fn render_run(rtt: &Group, throughput: &Group, memory: Option<&Value>) -> St
 /// size (`case / reference` of the time: above 1 is slower).
 fn time_ratio(g: &Group, case: &Case) -> Option<f64> {
     let r = g.get(&case.placement, REFERENCE, case.size)?;
-    Some(case.median_ns / r.median_ns)
+    Some(case.typical_ns() / r.typical_ns())
 }
 
 fn placement_title(g: &Group, placement: &str, fallback: &str) -> String {
@@ -372,11 +387,11 @@ pub fn render_rtt(g: &Group, chart_dir_rel: &str) -> String {
         );
         let _ = writeln!(
             md,
-            "Criterion's median time per round trip, and its ratio to `{REFERENCE}` (below 1: faster than shm-channel's default).\n"
+            "The p50 of every measured round trip (HDR histogram), and its ratio to `{REFERENCE}` (below 1: faster than shm-channel's default). Criterion's median of its per-sample means is in the percentile table below: under load, where a few round trips are preempted for milliseconds, it is far above the p50.\n"
         );
         md += &table(g, placement, &contenders, &sizes, &|case| {
             let r = time_ratio(g, case).map(ratio_label).unwrap_or_default();
-            (time_label(case.median_ns), format!(" ({r})"))
+            (time_label(case.typical_ns()), format!(" ({r})"))
         });
         let png = chart_name("rtt", placement);
         let _ = writeln!(
@@ -518,7 +533,7 @@ fn verdict(
 /// this run's ratios (two cores and one shared core).
 pub fn render_targets(rtt: &Group, thr: &Group, memory: &[Value]) -> String {
     let mut md = String::from("| target | measured (same run) | verdict |\n|---|---|---|\n");
-    let t = |g: &Group, p: &str, c: &str, s: u64| g.get(p, c, s).map(|c| c.median_ns);
+    let t = |g: &Group, p: &str, c: &str, s: u64| g.get(p, c, s).map(Case::typical_ns);
     for (placement, title) in PLACEMENTS.iter().take(2) {
         for size in [8, 64] {
             let iox = t(rtt, placement, "iceoryx2", size);
