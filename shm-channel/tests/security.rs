@@ -496,3 +496,132 @@ fn copy_on_receive_shields_the_client_from_a_scribbling_server() {
         );
     });
 }
+
+// ---- A writer scribbling while the reader reads ----
+
+/// Panics anywhere in this process (a handler's panic is caught by the serve loop and
+/// would otherwise go unnoticed).
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The fuzz target `ring_hostile` is single-threaded: it never races a hostile write
+/// against a reader between validation and use. Here a client sends valid messages while
+/// another of its threads overwrites random bytes of the ring (mostly message bytes,
+/// sometimes the header) through its memfd, concurrently with the server's reads and
+/// decoding. The server may see garbage, lost messages or a corrupt ring; it must never
+/// panic, hang, or fail other than with an error.
+#[test]
+fn a_concurrent_scribbler_never_crashes_the_reader() {
+    use rand::{Rng, SeedableRng};
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        previous(info);
+    }));
+    with_watchdog(LIMIT, || {
+        let seed: u64 = rand::random();
+        println!("scribbler seed {seed}");
+        let mut outcomes = Vec::new();
+        for round in 0..6u64 {
+            let copy_on_receive = round % 2 == 1;
+            let dir = runtime_dir();
+            let mut svc = Service::bind(&unique_name("scribble"), service_config(&dir)).unwrap();
+            let (server_end, client_end) = connect_once(&mut svc, &client_config(&dir));
+            let (mut server_end, client_end) = (server_end.unwrap(), client_end.unwrap());
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let file = ring_file(client_end.tx_ring());
+            let scribbler = {
+                let stop = std::sync::Arc::clone(&stop);
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ round);
+                thread::spawn(move || {
+                    let mut writes = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let len = file.metadata().unwrap().len();
+                        // One write in 64 hits the ring's header (its first 256 bytes).
+                        let at = if rng.random_range(0..64) == 0 {
+                            rng.random_range(0..256)
+                        } else {
+                            rng.random_range(256..len - 8)
+                        };
+                        let n = rng.random_range(1..=8usize);
+                        let bytes: [u8; 8] = rng.random();
+                        let _ = file.write_at(&bytes[..n], at);
+                        writes += 1;
+                        thread::yield_now();
+                    }
+                    writes
+                })
+            };
+            let sender = {
+                let stop = std::sync::Arc::clone(&stop);
+                thread::spawn(move || {
+                    let mut client = Client::new(client_end);
+                    let mut calls = 0u64;
+                    let text = "a string the handler decodes, scribbled on or not".to_owned();
+                    let object = shm_channel::wire::encode_to_vec(&text).unwrap();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let r = client.call(
+                            &CHECK,
+                            &[(0, &object), (1, &[9u8; 3000])],
+                            Duration::from_millis(500),
+                            |m| Ok(m.object_count()),
+                        );
+                        calls += 1;
+                        if matches!(
+                            r,
+                            Err(rpc::CallError::PeerDied | rpc::CallError::Transport(_))
+                        ) {
+                            break;
+                        }
+                    }
+                    calls
+                })
+            };
+            let server = thread::spawn(move || {
+                let opts = ServeOptions {
+                    copy_on_receive,
+                    reply_timeout: Duration::from_millis(500),
+                    ..ServeOptions::default()
+                };
+                rpc::serve_channel(
+                    &mut server_end,
+                    |req, resp| {
+                        // Decode and re-read everything, as a handler would.
+                        let m = req.message();
+                        let mut total = 0usize;
+                        m.for_each_object(&mut |_, d| total += d.len());
+                        for i in 0..m.object_count() {
+                            if let Some((_, d)) = m.object_at(i) {
+                                total += d.len();
+                            }
+                        }
+                        let text: Result<String, _> =
+                            shm_channel::wire::decode_exact(req.object(0).unwrap_or_default());
+                        let ok = u8::from(text.is_ok());
+                        resp.reply(&[(0, &[ok]), (1, &total.to_le_bytes())])
+                    },
+                    &opts,
+                )
+            });
+            thread::sleep(Duration::from_millis(400));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let writes = scribbler.join().expect("scribbler");
+            let calls = sender.join().expect("sender");
+            let end = server.join().expect("the server thread panicked");
+            outcomes.push(format!(
+                "copy {copy_on_receive}: {writes} writes, {calls} calls, server: {end:?}"
+            ));
+            match end {
+                Ok(ServeEnd::PeerDied) | Err(rpc::TransportError::Corrupt(_)) => {}
+                other => panic!("the server ended with {other:?}"),
+            }
+            std::fs::remove_dir_all(&dir).ok();
+        }
+        println!("{outcomes:#?}");
+    });
+    let _ = std::panic::take_hook();
+    assert_eq!(
+        PANICS.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "something panicked (see above)"
+    );
+}
