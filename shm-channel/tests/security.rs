@@ -625,3 +625,58 @@ fn a_concurrent_scribbler_never_crashes_the_reader() {
         "something panicked (see above)"
     );
 }
+
+/// A client holding the spinlock of the ring the server replies on stalls the
+/// single-threaded server for one `reply_timeout` (a known weakness, docs/SECURITY.md), is
+/// dropped, and the other clients are served.
+#[test]
+fn a_client_holding_the_reply_lock_is_dropped_and_others_are_served() {
+    with_watchdog(LIMIT, || {
+        let dir = runtime_dir();
+        let name = unique_name("lock-holder");
+        let svc = Service::bind(&name, service_config(&dir)).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let server = {
+            let stop = std::sync::Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut event_loop = shm_channel::EventLoop::new(svc).unwrap();
+                let opts = ServeOptions {
+                    reply_timeout: Duration::from_millis(300),
+                    poll: Duration::from_millis(10),
+                    stop: Some(stop),
+                    ..ServeOptions::default()
+                };
+                rpc::serve_service(
+                    &mut event_loop,
+                    &rpc::EventHub::new(),
+                    |req, resp| resp.reply(&[(0, req.object(0).unwrap_or_default())]),
+                    &opts,
+                )
+            })
+        };
+        let config = client_config(&dir);
+        let mut hostile = service::connect(&name, &config).unwrap();
+        shm_channel::ring::testing::hold_spinlock_forever(&hostile.rx_ring().writer());
+        hostile
+            .send_objects(CHECK.id, Kind::Request, &[(0, b"stall")], STEP)
+            .unwrap();
+        let mut good = Client::new(service::connect(&name, &config).unwrap());
+        for i in 0..20u8 {
+            let back = good
+                .call(&CHECK, &[(0, &[i])], STEP, |m| {
+                    Ok(m.object(0).map(<[u8]>::to_vec))
+                })
+                .expect("the good client is served");
+            assert_eq!(back, Some(vec![i]));
+        }
+        // The server gave up on the hostile client and closed its channel.
+        let r = hostile.recv_timeout(STEP).map(|_| ());
+        assert!(
+            matches!(r, Err(shm_channel::ring::RecvError::PeerDied)),
+            "{r:?}"
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(server.join().unwrap().unwrap(), ServeEnd::Stopped);
+        std::fs::remove_dir_all(&dir).ok();
+    });
+}
