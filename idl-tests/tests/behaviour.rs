@@ -202,6 +202,18 @@ impl everything::Server for EverythingImpl {
         report.sent as u32
     }
 
+    fn refresh(&mut self, ctx: &everything::Context<'_>) -> u32 {
+        let values = [all::Value::Int(1)];
+        let one = match ctx.events().fresh(ctx.client(), &values) {
+            Ok(()) => 100,
+            Err(shm_channel::rpc::TransportError::Unsupported { since: 2, .. }) => 0,
+            Err(e) => panic!("{e}"),
+        };
+        let all = ctx.events().broadcast_fresh(&values).expect("encoded");
+        assert!(all.failed.is_empty(), "{all:?}");
+        one + all.sent as u32
+    }
+
     fn newer(&mut self, _: &everything::Context<'_>, x: u32) -> u32 {
         x + 1
     }
@@ -902,6 +914,43 @@ fn since_against_an_older_server() {
         let mut c = v2::versioned::Client::connect_with(&new.name, &config).expect("connect");
         assert_eq!(c.version(), 2);
         assert_eq!(c.added(4), Ok(12));
+    });
+}
+
+/// A client that speaks version 1 of `Everything` (version 2): `@since(2)` methods are
+/// `Unsupported` on its side, and the server never sends it `@since(2)` events (to it:
+/// `Unsupported`; broadcasts skip it) while a version 2 client gets them.
+#[test]
+fn since_events_skip_older_clients() {
+    with_watchdog(LIMIT, || {
+        let server = Server::start("everything");
+        let old_config = shm_channel::ClientConfig::new(everything::NAME, 1..=1)
+            .ring_sizes(
+                everything::CLIENT_TO_SERVER_MAX,
+                everything::SERVER_TO_CLIENT_MAX,
+            )
+            .runtime_dir(&server.dir);
+        let mut old = everything::Client::connect_with(&server.name, &old_config).expect("v1");
+        assert_eq!(old.version(), 1);
+        assert!(matches!(
+            old.newer(1),
+            Err(CallError::Unsupported { since: 2, .. })
+        ));
+        let mut new = server.everything();
+        assert_eq!(new.pinned(), Ok(40));
+        // The old client: not sent to it, skipped by the broadcast (which reaches `new`).
+        assert_eq!(old.refresh(), Ok(1));
+        // The new client: sent to it, and broadcast to it (not to `old`).
+        assert_eq!(new.refresh(), Ok(101));
+        let fresh = everything::Event::Fresh {
+            values: vec![all::Value::Int(1)],
+        };
+        for _ in 0..3 {
+            assert_eq!(new.recv_event(LIMIT), Ok(fresh.clone()));
+        }
+        assert_eq!(new.try_recv_event(), Ok(None));
+        assert_eq!(old.pinned(), Ok(40));
+        assert_eq!(old.try_recv_event(), Ok(None));
     });
 }
 

@@ -268,11 +268,23 @@ impl Gen<'_, '_> {
             "Sends the event `{}` to `client`; `TransportError::PeerDied` if it is gone.",
             e.name
         ));
+        if e.since > 1 {
+            one_lines.push(format!(
+                "Since version {}: a client that speaks an older version gets nothing (`TransportError::Unsupported`).",
+                e.since
+            ));
+        }
         let mut all_lines = lines;
         all_lines.push(format!(
             "Sends the event `{}` to every client; the report lists those that did not get it.",
             e.name
         ));
+        if e.since > 1 {
+            all_lines.push(format!(
+                "Since version {}: clients that speak an older version are skipped.",
+                e.since
+            ));
+        }
         let one_doc = docs(&one_lines);
         let all_doc = docs(&all_lines);
         quote! {
@@ -283,7 +295,7 @@ impl Gen<'_, '_> {
                 #params
             ) -> ::core::result::Result<(), #rpc::TransportError> {
                 #prelude
-                self.hub.send_message_to(client, &shm_out, &shm_objects, self.timeout)
+                self.hub.send_message_to_since(client, #konst.since, &shm_out, &shm_objects, self.timeout)
             }
 
             #all_doc
@@ -292,7 +304,7 @@ impl Gen<'_, '_> {
                 #params
             ) -> ::core::result::Result<#rpc::BroadcastReport, #rpc::TransportError> {
                 #prelude
-                ::core::result::Result::Ok(self.hub.broadcast_message(&shm_out, &shm_objects, self.timeout))
+                ::core::result::Result::Ok(self.hub.broadcast_message_since(#konst.since, &shm_out, &shm_objects, self.timeout))
             }
         }
     }

@@ -1723,7 +1723,14 @@ pub mod every_type {
                     ::shm_channel::Kind::Event,
                 )
                 .no_queue(false);
-            self.hub.send_message_to(client, &shm_out, &shm_objects, self.timeout)
+            self.hub
+                .send_message_to_since(
+                    client,
+                    CHANGED.since,
+                    &shm_out,
+                    &shm_objects,
+                    self.timeout,
+                )
         }
         /// Sends the event `changed` to every client; the report lists those that did not get it.
         pub fn broadcast_changed(
@@ -1741,7 +1748,14 @@ pub mod every_type {
                 )
                 .no_queue(false);
             ::core::result::Result::Ok(
-                self.hub.broadcast_message(&shm_out, &shm_objects, self.timeout),
+                self
+                    .hub
+                    .broadcast_message_since(
+                        CHANGED.since,
+                        &shm_out,
+                        &shm_objects,
+                        self.timeout,
+                    ),
             )
         }
     }

@@ -406,7 +406,7 @@ where
             After::Connected(id) => {
                 if let Some(ch) = event_loop.channel(id) {
                     versions.insert(id, ch.version());
-                    hub.insert(id, ch.tx().clone());
+                    hub.insert_versioned(id, ch.tx().clone(), ch.version());
                 }
             }
             After::Gone(id) => {
@@ -440,7 +440,14 @@ pub fn send_event(
 /// The clients of a served service, to send them events from any thread. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct EventHub {
-    clients: Arc<Mutex<HashMap<ChannelId, Arc<dyn TransportSender>>>>,
+    clients: Arc<Mutex<HashMap<ChannelId, HubClient>>>,
+}
+
+/// A client of an [`EventHub`]: its sender and the version its handshake settled.
+#[derive(Clone)]
+struct HubClient {
+    sender: Arc<dyn TransportSender>,
+    version: u32,
 }
 
 impl std::fmt::Debug for EventHub {
@@ -466,14 +473,31 @@ impl EventHub {
         Self::default()
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelId, Arc<dyn TransportSender>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelId, HubClient>> {
         // Nothing panics while holding the lock; a poisoned map is still consistent.
         self.clients.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a client (done by [`serve_service`]).
+    /// Adds a client whose version is not known: every event is sent to it.
     pub fn insert(&self, id: ChannelId, sender: impl TransportSender + 'static) {
-        self.map().insert(id, Arc::new(sender));
+        self.insert_versioned(id, sender, u32::MAX);
+    }
+
+    /// Adds a client whose handshake settled `version` (done by [`serve_service`]): events
+    /// newer than it are not sent to it (see [`send_message_to_since`](Self::send_message_to_since)).
+    pub fn insert_versioned(
+        &self,
+        id: ChannelId,
+        sender: impl TransportSender + 'static,
+        version: u32,
+    ) {
+        let sender = Arc::new(sender);
+        self.map().insert(id, HubClient { sender, version });
+    }
+
+    /// The version of a client's handshake (`u32::MAX` where it was not given).
+    pub fn version(&self, id: ChannelId) -> Option<u32> {
+        self.map().get(&id).map(|c| c.version)
     }
 
     /// Forgets a client; returns whether it was known.
@@ -511,9 +535,27 @@ impl EventHub {
         objects: &[(u64, &[u8])],
         timeout: Duration,
     ) -> Result<(), TransportError> {
-        let sender = self.map().get(&id).cloned();
-        match sender {
-            Some(s) => super::send_objects(&*s, out, objects, timeout),
+        self.send_message_to_since(id, 1, out, objects, timeout)
+    }
+
+    /// [`send_message_to`](Self::send_message_to) of a message introduced in version
+    /// `since` (an `@since` event): a client whose version is older gets nothing, and the
+    /// call fails with [`TransportError::Unsupported`].
+    pub fn send_message_to_since(
+        &self,
+        id: ChannelId,
+        since: u32,
+        out: &Outgoing,
+        objects: &[(u64, &[u8])],
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        let client = self.map().get(&id).cloned();
+        match client {
+            Some(c) if c.version < since => Err(TransportError::Unsupported {
+                since,
+                peer_version: c.version,
+            }),
+            Some(c) => super::send_objects(&*c.sender, out, objects, timeout),
             None => Err(TransportError::PeerDied),
         }
     }
@@ -537,10 +579,23 @@ impl EventHub {
         objects: &[(u64, &[u8])],
         timeout: Duration,
     ) -> BroadcastReport {
+        self.broadcast_message_since(1, out, objects, timeout)
+    }
+
+    /// [`broadcast_message`](Self::broadcast_message) of a message introduced in version
+    /// `since`: clients whose version is older are skipped (neither sent nor failed).
+    pub fn broadcast_message_since(
+        &self,
+        since: u32,
+        out: &Outgoing,
+        objects: &[(u64, &[u8])],
+        timeout: Duration,
+    ) -> BroadcastReport {
         let senders: Vec<_> = self
             .map()
             .iter()
-            .map(|(id, s)| (*id, Arc::clone(s)))
+            .filter(|(_, c)| c.version >= since)
+            .map(|(id, c)| (*id, Arc::clone(&c.sender)))
             .collect();
         let mut report = BroadcastReport::default();
         for (id, s) in senders {
@@ -608,6 +663,33 @@ mod tests {
         fn version(&self) -> u32 {
             2
         }
+    }
+
+    #[test]
+    fn the_hub_sends_newer_events_only_to_clients_that_know_them() {
+        let (client_side, server_side) = pair();
+        let hub = EventHub::new();
+        hub.insert_versioned(ChannelId(1), server_side.tx.clone(), 1);
+        assert_eq!(hub.version(ChannelId(1)), Some(1));
+        let out = Outgoing::new(7, Kind::Event);
+        let step = Duration::from_secs(5);
+        assert_eq!(
+            hub.send_message_to_since(ChannelId(1), 2, &out, &[], step),
+            Err(TransportError::Unsupported {
+                since: 2,
+                peer_version: 1
+            })
+        );
+        assert_eq!(hub.broadcast_message_since(2, &out, &[], step).sent, 0);
+        assert_eq!(hub.broadcast_message_since(1, &out, &[], step).sent, 1);
+        let mut rx = client_side;
+        let got = rx.recv_timeout(step).expect("the version 1 event");
+        assert_eq!(got.message_id(), 7);
+        drop(got);
+        assert!(matches!(rx.try_recv(), Ok(None)));
+        // A client added without a version gets everything.
+        hub.insert(ChannelId(2), server_side.tx.clone());
+        assert_eq!(hub.version(ChannelId(2)), Some(u32::MAX));
     }
 
     #[test]

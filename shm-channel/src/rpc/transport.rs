@@ -67,6 +67,15 @@ pub enum TransportError {
     /// The fill callback failed (the message was not sent).
     #[error("encoding the message failed: {0}")]
     Encode(String),
+    /// The message is newer than the peer's protocol version (an `@since` event for an
+    /// older client): nothing was sent.
+    #[error("the peer speaks version {peer_version}; this message needs version {since}")]
+    Unsupported {
+        /// The version that introduced the message.
+        since: u32,
+        /// The version the peer's handshake settled.
+        peer_version: u32,
+    },
     /// The peer broke the protocol (corrupt ring or stream): the connection is unusable.
     #[error("the connection is corrupt: {0}")]
     Corrupt(String),
