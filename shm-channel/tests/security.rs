@@ -330,6 +330,25 @@ fn memfd_seals_hold_against_the_peer() {
     });
 }
 
+/// The service creates its runtime directory 0700 (whatever the umask lets through, never
+/// more), and refuses, never fixes, one that it finds open to others.
+#[test]
+fn a_created_runtime_dir_is_0700_and_a_wider_one_is_refused() {
+    let dir = runtime_dir();
+    let svc = Service::bind("x", service_config(&dir)).unwrap();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    drop(svc);
+    for wider in [0o701, 0o710, 0o750, 0o777] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(wider)).unwrap();
+        let err = Service::bind("x", service_config(&dir)).unwrap_err();
+        assert!(err.to_string().contains(&format!("{wider:04o}")), "{err}");
+        let now = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(now, wider, "left as found");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// A runtime directory that another user owns is refused (it may have been created to
 /// intercept connections); the service never chmods or chowns what it finds.
 #[test]
