@@ -1051,3 +1051,17 @@ fn constants_follow_the_idl() {
     const { assert!(all::ENABLED) };
     assert_eq!(all::Color::Green as u32, 5);
 }
+
+/// The clients move to other threads, the async client and the event sender are shared
+/// between threads (and tasks), and the futures of the async client are `Send` (spawned
+/// on a multi-threaded runtime above).
+#[test]
+fn stubs_are_send_and_sync_where_they_should_be() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send::<everything::Client>();
+    send_sync::<everything::AsyncClient>();
+    send_sync::<everything::Events>();
+    send_sync::<everything::Event>();
+    send::<EverythingImpl>();
+}

@@ -56,10 +56,11 @@ impl Gen<'_, '_> {
                     .extend(quote!(#rpc::typed::fill_bytes_arg(shm_sink, #id, #len, #bound, #f)?;));
             } else {
                 lens.push(quote!(#rpc::typed::arg_len(#r)));
-                fills.extend(match bound {
-                    Some(b) => quote!(#rpc::typed::encode_arg_bounded(shm_sink, #id, #r, #b)?;),
-                    None => quote!(#rpc::typed::encode_arg(shm_sink, #id, #r)?;),
-                });
+                // The bound is checked before any room is reserved in the ring.
+                if let Some(b) = bound {
+                    checks.extend(quote!(#rpc::typed::check_arg_bound(#id, #r, #b)?;));
+                }
+                fills.extend(quote!(#rpc::typed::encode_arg(shm_sink, #id, #r)?;));
             }
         }
         let sink = if args.is_empty() {

@@ -51,9 +51,18 @@ pub fn encode_arg_bounded<T: Encode + LengthPrefixed + ?Sized>(
     value: &T,
     bound: usize,
 ) -> Result<(), TransportError> {
-    wire::check_bound(value.prefix_len(), bound)
-        .map_err(|e| encode_err(&format!("object {id}"), e))?;
+    check_arg_bound(id, value, bound)?;
     encode_arg(sink, id, value)
+}
+
+/// Checks, before anything is reserved, that argument `id` (a `string<N>`, `bytes<N>` or
+/// `vec<T, N>`) respects its bound.
+pub fn check_arg_bound<T: LengthPrefixed + ?Sized>(
+    id: u64,
+    value: &T,
+    bound: usize,
+) -> Result<(), TransportError> {
+    wire::check_bound(value.prefix_len(), bound).map_err(|e| encode_err(&format!("object {id}"), e))
 }
 
 /// Checks, before anything is reserved, that a `bytes` argument of `len` bytes filled in
