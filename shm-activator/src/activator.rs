@@ -28,10 +28,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use shm_channel::activation::{
-    ActivationAnswer, ActivationRequest, ActivatorListener, IncomingRequest, StartFailure,
+    ActivationAnswer, ActivationRequest, ActivatorListener, IncomingRequest, PreparedSocket,
+    StartFailure,
 };
 use shm_channel::control::{self, ControlError};
-use shm_channel::service::{Access, BindError, CredentialPolicy, RUNTIME_DIR_ENV};
+use shm_channel::service::{
+    Access, BindError, CredentialPolicy, LISTEN_STDIN_ENV, RUNTIME_DIR_ENV,
+};
 use tracing::{debug, info, warn};
 
 use crate::service_file::{self, ServiceFile, ServiceFileError};
@@ -459,7 +462,9 @@ fn supervise(inner: &Arc<Inner>, name: &str, file: &ServiceFile, mut attempt: u6
         });
     };
     loop {
-        let mut child = match spawn(inner, file) {
+        // `_socket`: the socket bound for a service of another uid, kept (and the name
+        // held) for as long as that process runs.
+        let (mut child, _socket) = match spawn(inner, name, file) {
             Ok(c) => c,
             Err(failure) => return fail(attempt, failure),
         };
@@ -567,7 +572,14 @@ fn supervise(inner: &Arc<Inner>, name: &str, file: &ServiceFile, mut attempt: u6
 }
 
 /// Starts the service's command as its uid.
-fn spawn(inner: &Inner, file: &ServiceFile) -> Result<Child, StartFailure> {
+/// Starts the service's command as its uid. For another uid than ours, binds its socket
+/// first and passes it as stdin (`PreparedSocket`): the service may not be able to enter our
+/// runtime directory, and it must be the one listening.
+fn spawn(
+    inner: &Inner,
+    name: &str,
+    file: &ServiceFile,
+) -> Result<(Child, Option<PreparedSocket>), StartFailure> {
     let mut cmd = Command::new(&file.command);
     cmd.args(&file.args)
         .envs(&file.env)
@@ -577,6 +589,7 @@ fn spawn(inner: &Inner, file: &ServiceFile) -> Result<Child, StartFailure> {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
     }
     let me = rustix::process::geteuid().as_raw();
+    let mut prepared = None;
     if file.uid != me {
         if me != 0 {
             return Err(StartFailure::CannotStart(format!(
@@ -590,17 +603,24 @@ fn spawn(inner: &Inner, file: &ServiceFile) -> Result<Child, StartFailure> {
             .unwrap_or(file.uid);
         // As root, std drops the supplementary groups before setuid.
         cmd.uid(file.uid).gid(gid);
+        let mut socket = PreparedSocket::bind(&inner.config.runtime_dir, name, inner.config.access)
+            .map_err(|e| StartFailure::CannotStart(format!("cannot bind its socket: {e}")))?;
+        if let Some(stdin) = socket.take_stdin() {
+            cmd.stdin(stdin).env(LISTEN_STDIN_ENV, name);
+        }
+        prepared = Some(socket);
     }
     // Its own process group: stopping it stops whatever it started too (a shell wrapper's
     // children), and a Ctrl-C meant for the activator does not reach it directly.
     cmd.process_group(0);
-    cmd.spawn().map_err(|e| match e.kind() {
+    let child = cmd.spawn().map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => StartFailure::CommandMissing(format!("{}: {e}", file.command)),
         io::ErrorKind::PermissionDenied => {
             StartFailure::CommandMissing(format!("{}: not executable: {e}", file.command))
         }
         _ => StartFailure::CannotStart(format!("starting {} failed: {e}", file.command)),
-    })
+    })?;
+    Ok((child, prepared))
 }
 
 /// Kills the service's process group (it leads it; not reaped yet, so the group id is still

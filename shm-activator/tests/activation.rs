@@ -259,7 +259,7 @@ fn root_or_skip(test: &str) -> bool {
         return true;
     }
     println!(
-        "SKIPPED {test}: needs root to run the impostor as another uid (running as uid {})",
+        "SKIPPED {test}: needs root to run a process as another uid (running as uid {})",
         euid()
     );
     false
@@ -298,6 +298,57 @@ fn an_impostor_of_another_uid_is_refused() {
         assert_eq!(activator.unit(&name).unwrap().starts, 0, "nothing started");
         drop(impostor);
         drop(activator);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// Root's activator starts a service whose file says uid 65534: the service runs as 65534
+/// though it cannot even enter root's runtime directory (the activator binds its socket and
+/// passes it as stdin), clients accept it because the file says so, and a restart binds a
+/// fresh socket.
+#[test]
+fn a_service_runs_as_the_uid_of_its_file() {
+    if !root_or_skip("a_service_runs_as_the_uid_of_its_file") {
+        return;
+    }
+    with_watchdog(LIMIT, || {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, services) = (runtime_dir(), Services::new());
+        let name = unique_name("as-nobody");
+        services.write_echo(
+            &name,
+            65534,
+            "restart = \"on-failure\"\nrestart_backoff_ms = 50",
+        );
+        // The service (uid 65534) records its starts here.
+        let starts = services.starts_file(&name);
+        std::fs::write(&starts, "").unwrap();
+        std::fs::set_permissions(&starts, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let activator = activator(&dir, &services);
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "root's runtime directory, closed to uid 65534");
+
+        // The default trust (same uid or root) does not list 65534: the file does.
+        let config = client_config(&dir);
+        let mut ch = service::connect(&name, &config).expect("connect");
+        assert_eq!(call(&mut ch, 1, b"one").unwrap(), b"one");
+        assert_eq!(ch.peer().uid, 65534);
+        assert_eq!(services.starts(&name), [ch.peer().pid]);
+
+        crash(&mut ch);
+        wait_until("the restart", || {
+            activator
+                .unit(&name)
+                .is_some_and(|u| u.starts == 2 && u.phase == Phase::Running)
+        });
+        let mut ch = service::connect(&name, &config).expect("reconnect");
+        assert_eq!(call(&mut ch, 2, b"two").unwrap(), b"two");
+        assert_eq!(ch.peer().uid, 65534);
+        assert_eq!(services.starts(&name).len(), 2);
+        drop(ch);
+        drop(activator);
+        // The activator removed the socket it bound.
+        assert!(!dir.join(format!("{name}.sock")).exists());
         let _ = std::fs::remove_dir_all(&dir);
     });
 }

@@ -40,7 +40,8 @@ use crate::channel::PeerCredentials;
 use crate::control::{Exchange, exchange, read_frame};
 use crate::handshake::{self, Activate, DecodeError, Outcome, RefusalCode, Reply};
 use crate::service::{
-    Access, BindError, BoundSocket, ClientConfig, CredentialPolicy, bind_listener, send_refusal,
+    Access, BindError, BoundSocket, Claim, ClientConfig, CredentialPolicy, bind_listener,
+    claim_name, send_refusal, set_socket_mode, validate_name,
 };
 use crate::sys;
 
@@ -522,5 +523,59 @@ impl ActivationRequest {
             }
         }
         sys::shutdown(self.stream.as_fd())
+    }
+}
+
+/// A service's socket, bound by the activator (holding the name's lock) but not listening, to
+/// hand to a service it starts as another uid: that uid may not be able to create its socket
+/// in the activator's runtime directory, and the listener's credentials must be the
+/// service's own. Pass [`take_stdin`](Self::take_stdin) as the service's stdin and set
+/// [`LISTEN_STDIN_ENV`](crate::service::LISTEN_STDIN_ENV) to the name: its
+/// [`Service::bind`](crate::Service::bind) then listens on it. Keep this for as long as the
+/// service runs (it holds the name); dropping it removes the socket file and releases the
+/// name.
+#[derive(Debug)]
+pub struct PreparedSocket {
+    fd: Option<std::os::fd::OwnedFd>,
+    claim: Claim,
+}
+
+impl PreparedSocket {
+    /// Claims `name` in `dir` and binds its socket (mode as `access` says).
+    pub fn bind(dir: &Path, name: &str, access: Access) -> Result<PreparedSocket, BindError> {
+        validate_name(name).map_err(|reason| BindError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })?;
+        let claim = claim_name(dir, name, access)?;
+        let fd = sys::bind_unlistened(&claim.path).map_err(|source| BindError::Io {
+            op: "bind",
+            path: claim.path.clone(),
+            source,
+        })?;
+        set_socket_mode(&claim.path, access)?;
+        Ok(PreparedSocket {
+            fd: Some(fd),
+            claim,
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.claim.path
+    }
+
+    /// The socket, for the service's stdin (once: `None` after). The activator keeps no
+    /// copy, so when the service dies the socket dies with it and clients are refused at
+    /// once rather than queued on a socket nobody accepts on.
+    pub fn take_stdin(&mut self) -> Option<std::process::Stdio> {
+        self.fd.take().map(std::process::Stdio::from)
+    }
+}
+
+impl Drop for PreparedSocket {
+    fn drop(&mut self) {
+        // We hold the lock (in `claim`), so the socket at the path is ours.
+        let _ = std::fs::remove_file(&self.claim.path);
     }
 }

@@ -645,6 +645,12 @@ impl fmt::Debug for Service {
 /// for the services it starts, so they bind where their clients look.
 pub const RUNTIME_DIR_ENV: &str = "SHM_CHANNEL_RUNTIME_DIR";
 
+/// Set by the activator to the service's name when it starts the service as another uid:
+/// the service's socket is then bound by the activator (in a directory the service may not
+/// even enter) and passed as stdin, and [`Service::bind`] of that name listens on it, so that
+/// clients see the service's own credentials. Stdin becomes `/dev/null`.
+pub const LISTEN_STDIN_ENV: &str = "SHM_CHANNEL_LISTEN_STDIN";
+
 /// The default runtime directory: `$SHM_CHANNEL_RUNTIME_DIR` (see [`RUNTIME_DIR_ENV`]), else
 /// `$XDG_RUNTIME_DIR/shm-channel`, else `/tmp/shm-channel-<euid>`.
 pub fn default_runtime_dir() -> PathBuf {
@@ -735,29 +741,36 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Bin
     }
 }
 
-/// A listening socket that owns its name: the socket file is removed when it is dropped.
+/// A listening socket: the socket file is removed when it is dropped, if we hold the name's
+/// lock (a socket the activator bound for us stays the activator's to clean up).
 #[derive(Debug)]
 pub(crate) struct BoundSocket {
     pub(crate) listener: UnixListener,
     /// Holds the name's `flock` for as long as the socket lives.
-    _lock: File,
+    lock: Option<File>,
     pub(crate) path: PathBuf,
 }
 
 impl Drop for BoundSocket {
     fn drop(&mut self) {
-        // We still hold the lock, so the socket at the path is ours.
-        let _ = std::fs::remove_file(&self.path);
+        if self.lock.is_some() {
+            // We still hold the lock, so the socket at the path is ours.
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
-/// Takes the name's lock in `dir`, replaces a dead holder's socket and listens (non-blocking)
-/// at `<dir>/<name>.sock`: what [`Service::bind`] and the activator share.
-pub(crate) fn bind_listener(
-    dir: &Path,
-    name: &str,
-    access: Access,
-) -> Result<BoundSocket, BindError> {
+/// A name held in a runtime directory: its lock taken, its socket path free (a dead holder's
+/// socket removed), nothing bound yet.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    pub(crate) lock: File,
+    pub(crate) path: PathBuf,
+}
+
+/// Takes the name's lock in `dir` and replaces a dead holder's socket: what binding a service,
+/// the activator's socket, or a socket for a service to adopt all start with.
+pub(crate) fn claim_name(dir: &Path, name: &str, access: Access) -> Result<Claim, BindError> {
     ensure_runtime_dir(dir, access)?;
     let path = socket_path(dir, name);
     if path.as_os_str().len() > MAX_SOCKET_PATH {
@@ -801,19 +814,50 @@ pub(crate) fn bind_listener(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("stat", &path)(e)),
     }
-    let listener = UnixListener::bind(&path).map_err(io_err("bind", &path))?;
+    Ok(Claim { lock, path })
+}
+
+/// Gives the socket file at `path` the mode `access` asks for.
+pub(crate) fn set_socket_mode(path: &Path, access: Access) -> Result<(), BindError> {
     let mode = match access {
         Access::Owner => 0o600,
         Access::OtherUsers => 0o666,
     };
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-        .map_err(io_err("chmod", &path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err("chmod", path))
+}
+
+/// Claims the name in `dir` and listens (non-blocking) at `<dir>/<name>.sock`: what
+/// [`Service::bind`] and the activator share.
+pub(crate) fn bind_listener(
+    dir: &Path,
+    name: &str,
+    access: Access,
+) -> Result<BoundSocket, BindError> {
+    let Claim { lock, path } = claim_name(dir, name, access)?;
+    let listener = UnixListener::bind(&path).map_err(io_err("bind", &path))?;
+    set_socket_mode(&path, access)?;
     listener
         .set_nonblocking(true)
         .map_err(io_err("set_nonblocking", &path))?;
     Ok(BoundSocket {
         listener,
-        _lock: lock,
+        lock: Some(lock),
+        path,
+    })
+}
+
+/// Listens on the socket an activator bound for this service at `<dir>/<name>.sock` and
+/// passed as stdin (see [`LISTEN_STDIN_ENV`]). The activator holds the name's lock.
+fn adopt_listener(dir: &Path, name: &str) -> Result<BoundSocket, BindError> {
+    let path = socket_path(dir, name);
+    let listener = sys::adopt_stdin_listener(&path).map_err(io_err(
+        "listen on the socket the activator passed as stdin",
+        &path,
+    ))?;
+    Ok(BoundSocket {
+        listener,
+        lock: None,
         path,
     })
 }
@@ -837,7 +881,12 @@ impl Service {
             .runtime_dir
             .clone()
             .unwrap_or_else(default_runtime_dir);
-        let socket = bind_listener(&dir, name, config.access)?;
+        // Started by an activator as another uid: it bound our socket, we listen on it.
+        let socket = if std::env::var_os(LISTEN_STDIN_ENV).is_some_and(|v| v == name) {
+            adopt_listener(&dir, name)?
+        } else {
+            bind_listener(&dir, name, config.access)?
+        };
         Ok(Service {
             name: name.to_owned(),
             socket,

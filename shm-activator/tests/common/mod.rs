@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use shm_channel::event_loop::{Event, EventLoop};
-use shm_channel::service::{ClientConfig, Service, ServiceConfig};
+use shm_channel::service::{ClientConfig, CredentialPolicy, Service, ServiceConfig};
 use shm_channel::{Channel, Kind};
 
 use crate::support::{CHILD_ENV, ChildGuard, unique_name};
@@ -30,7 +30,10 @@ const STARTS_ENV: &str = "SHM_ACTIVATOR_TEST_STARTS";
 const SERVICE_LIFETIME: Duration = Duration::from_secs(60);
 
 pub fn service_config(name_dir: Option<&Path>) -> ServiceConfig {
-    let config = ServiceConfig::new(PROTOCOL, 1..=1).ring_sizes(1 << 16, 1 << 16);
+    // Root's clients too: the tests run services as uid 65534 for a root client.
+    let config = ServiceConfig::new(PROTOCOL, 1..=1)
+        .ring_sizes(1 << 16, 1 << 16)
+        .credentials(CredentialPolicy::same_uid().allow_uid(0));
     match name_dir {
         Some(d) => config.runtime_dir(d),
         None => config,

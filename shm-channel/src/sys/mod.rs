@@ -22,7 +22,8 @@
 //! * **Processes** ([`pid`], [`pid_alive`]): liveness of a peer by pid, with the caveats written
 //!   on [`pid_alive`] (pid reuse; both processes in the same pid namespace).
 //! * **Sockets** ([`connect_unix`], [`send_with_fds`], [`recv_with_fds`],
-//!   [`peer_credentials`], [`peer_hung_up`], [`poll_many`]): fds received from a peer arrive
+//!   [`peer_credentials`], [`peer_hung_up`], [`poll_many`], [`bind_unlistened`],
+//!   [`adopt_stdin_listener`]): fds received from a peer arrive
 //!   close-on-exec and owned; a truncated control message is an error and closes what came.
 //!   Nothing here raises `SIGPIPE` or blocks unless asked to.
 //! * **Futexes** ([`futex_wait`], [`futex_wake`]): shared (not `FUTEX_PRIVATE`) futexes, so a
@@ -63,8 +64,9 @@ pub(crate) use memfd::{
 pub(crate) use mmap::{Reservation, map_shared_fixed, page_size, reserve};
 pub(crate) use process::{pid, pid_alive};
 pub(crate) use socket::{
-    Connect, MAX_FDS, Ucred, connect_unix, egid, euid, is_eventfd, peer_credentials, peer_hung_up,
-    poll_many, recv_with_fds, send_bytes, send_with_fds, shutdown, try_lock_exclusive,
+    Connect, MAX_FDS, Ucred, adopt_stdin_listener, bind_unlistened, connect_unix, egid, euid,
+    is_eventfd, peer_credentials, peer_hung_up, poll_many, recv_with_fds, send_bytes,
+    send_with_fds, shutdown, try_lock_exclusive,
 };
 
 /// The seal flags type of [`seals`] and [`add_seals`].

@@ -258,6 +258,54 @@ pub(crate) fn is_eventfd(fd: BorrowedFd<'_>) -> Option<bool> {
     Some(link.as_os_str() == "anon_inode:[eventfd]")
 }
 
+/// Creates a Unix stream socket bound at `path` but **not listening** (close-on-exec): the
+/// activator hands it to a service it starts as another uid, which calls [`adopt_listener`],
+/// so that the kernel records the service (not the activator) as the listener clients see.
+pub(crate) fn bind_unlistened(path: &Path) -> io::Result<OwnedFd> {
+    let addr = SocketAddrUnix::new(path)?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::bind(&fd, &addr)?;
+    Ok(fd)
+}
+
+/// Takes the socket the activator passed as stdin (see [`bind_unlistened`]) and makes it
+/// listen at `path`; stdin becomes `/dev/null`, so the socket does not leak into children.
+pub(crate) fn adopt_stdin_listener(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
+    let listener = adopt_listener(fd, path)?;
+    let null = File::open("/dev/null")?;
+    rustix::stdio::dup2_stdin(&null)?;
+    Ok(listener)
+}
+
+/// Makes `fd`, a Unix stream socket bound at `path` by someone else, listen (non-blocking).
+/// Refuses anything else: another kind of fd, or a socket bound at another path.
+fn adopt_listener(fd: OwnedFd, path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    let wrong = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+    if rustix::net::sockopt::socket_domain(&fd)? != AddressFamily::UNIX
+        || rustix::net::sockopt::socket_type(&fd)? != SocketType::STREAM
+    {
+        return Err(wrong("the inherited fd is not a Unix stream socket".into()));
+    }
+    let bound = SocketAddrUnix::try_from(rustix::net::getsockname(&fd)?)
+        .map_err(|_| wrong("the inherited socket has no Unix address".into()))?;
+    let expected = SocketAddrUnix::new(path)?;
+    if bound != expected {
+        return Err(wrong(format!(
+            "the inherited socket is bound at {bound:?}, not at {}",
+            path.display()
+        )));
+    }
+    rustix::net::listen(&fd, 128)?;
+    rustix::io::ioctl_fionbio(&fd, true)?;
+    Ok(std::os::unix::net::UnixListener::from(fd))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,5 +360,32 @@ mod tests {
         assert_eq!(is_eventfd(fd.as_fd()), Some(true));
         let (a, _b) = UnixStream::pair().unwrap();
         assert_eq!(is_eventfd(a.as_fd()), Some(false));
+    }
+
+    #[test]
+    fn a_socket_bound_elsewhere_is_adopted_only_at_its_path() {
+        let dir = std::env::temp_dir().join(format!("shm-sys-adopt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.sock");
+        let _ = std::fs::remove_file(&path);
+        let fd = bind_unlistened(&path).unwrap();
+        // Bound, not listening: nobody can connect yet.
+        assert!(connect_unix(&path).is_err());
+        let wrong = adopt_listener(fd.try_clone().unwrap(), &dir.join("b.sock")).unwrap_err();
+        assert_eq!(wrong.kind(), io::ErrorKind::InvalidInput, "{wrong}");
+        let (x, _y) = UnixStream::pair().unwrap();
+        assert!(
+            adopt_listener(OwnedFd::from(x), &path).is_err(),
+            "a connected pair"
+        );
+        let listener = adopt_listener(fd, &path).unwrap();
+        assert!(matches!(connect_unix(&path), Ok(Connect::Connected(_))));
+        assert!(listener.accept().is_ok());
+        // Non-blocking: no second client, no wait.
+        assert_eq!(
+            listener.accept().unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
