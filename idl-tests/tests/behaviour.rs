@@ -347,6 +347,15 @@ fn child() {
             })
             .expect("serve");
         }
+        "doomed-client" => {
+            // Connects, says so, then waits in a long call until the parent kills it.
+            let config = everything::client_config().runtime_dir(&dir);
+            let mut c = everything::Client::connect_with(&name, &config).expect("connect");
+            assert_eq!(c.pinned(), Ok(40));
+            println!("calling");
+            let _ = c.with_timeout(LIMIT).sleep_for(500);
+            std::thread::sleep(LIMIT);
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -965,6 +974,27 @@ fn server_killed_during_a_call_is_peer_died() {
         child.wait_for_line("sleeping");
         child.kill9();
         assert_eq!(call.join().expect("caller"), Err(CallError::PeerDied));
+    });
+}
+
+/// A client process killed while its call runs: the server drops it and keeps serving
+/// the others.
+#[test]
+fn a_client_killed_mid_call_does_not_stop_the_server() {
+    with_watchdog(LIMIT, || {
+        let server = Server::start("everything");
+        let mut c = server.everything();
+        let env = [
+            (DIR_ENV, server.dir.display().to_string()),
+            (NAME_ENV, server.name.clone()),
+        ];
+        let mut doomed = ChildGuard::spawn("child", "doomed-client", &env);
+        doomed.wait_for_line("calling");
+        doomed.kill9();
+        for i in 0..20 {
+            assert_eq!(c.divide(i * 6, 3), Ok(i * 2));
+        }
+        assert_eq!(c.texts(&texts()), Ok(texts()));
     });
 }
 
