@@ -63,6 +63,8 @@ pub mod channel;
 pub mod control;
 pub mod event_loop;
 mod handshake;
+#[cfg(feature = "net")]
+pub mod net;
 pub(crate) mod region;
 pub mod ring;
 pub mod rpc;

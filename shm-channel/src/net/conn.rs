@@ -1,0 +1,1139 @@
+//! One connection as a state machine (sans-io, in the manner of quinn-proto's
+//! `Connection`): bytes from the socket go in through [`Connection::handle_data`], bytes
+//! for the socket come out of [`Connection::poll_transmit`], what happened comes out of
+//! [`Connection::poll_event`], and time only moves when the caller says so
+//! ([`Connection::handle_timeout`], with the deadline from [`Connection::poll_timeout`]).
+//! No socket, runtime or clock inside: tests drive two of them in memory.
+//!
+//! The connection cuts each queued message into frames of the negotiated buffer size and
+//! sends the frames of up to [`ConnConfig::window`] messages round-robin (multiplexing);
+//! it reassembles incoming messages, matches replies to the requests it sent, sends
+//! keep-alives while replies are pending, and closes on silence, on a keep-alive flood
+//! or on any violation of the wire format.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use super::compress::Compressor;
+use super::frame::{
+    self, CloseCode, FRAME_HEADER, FrameError, FrameHeader, Hello, ProtocolSpec, Welcome,
+    data_flags, kind,
+};
+use shm_layout::{Kind, MESSAGE_HEADER_SIZE, MessageView};
+
+/// How a message is delivered when connections fail (the IDL's `@one_shot`,
+/// `@idempotent`, `@ordered`, or the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// Resent on another connection if it had not started when its connection dropped;
+    /// failed if it dropped mid-way (or while its reply was awaited).
+    #[default]
+    Default,
+    /// Fails at once when there is no connection, and is never resent.
+    OneShot,
+    /// Resent until fully sent or, when a reply is awaited, until the reply arrives.
+    Idempotent,
+    /// Sent one after another: a message starts only once the previous ordered one was
+    /// fully sent (otherwise as the default).
+    Ordered,
+}
+
+/// Where a message's bytes come from: a buffer, or a stream (a file larger than memory)
+/// read one frame at a time.
+pub trait MessageSource: Send {
+    /// The message's total length (header included); must equal the length in its header.
+    fn len(&self) -> u64;
+    /// Whether the message is empty (never, for a valid message).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fills `buf` with the next bytes and returns how many; 0 only at the end.
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, String>;
+    /// Starts over for a resend; `false` when the source cannot.
+    fn rewind(&mut self) -> bool;
+}
+
+/// A message held in memory.
+#[derive(Debug, Clone)]
+pub struct BytesSource {
+    bytes: Arc<[u8]>,
+    at: usize,
+}
+
+impl BytesSource {
+    /// The message `bytes` (header and objects, as built by
+    /// [`MessageWriter`](shm_layout::MessageWriter)).
+    pub fn new(bytes: impl Into<Arc<[u8]>>) -> Self {
+        BytesSource {
+            bytes: bytes.into(),
+            at: 0,
+        }
+    }
+}
+
+impl MessageSource for BytesSource {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, String> {
+        let rest = &self.bytes[self.at..];
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.at += n;
+        Ok(n)
+    }
+
+    fn rewind(&mut self) -> bool {
+        self.at = 0;
+        true
+    }
+}
+
+/// A message queued for sending.
+pub struct OutMessage {
+    /// The caller's name for it (events and failures refer to it).
+    pub token: u64,
+    /// The index of its protocol in the client's handshake.
+    pub protocol: u16,
+    /// Its bytes.
+    pub source: Box<dyn MessageSource>,
+    /// How it is delivered.
+    pub delivery: Delivery,
+    /// The request id whose reply it awaits, if it awaits one.
+    pub request_id: Option<u64>,
+}
+
+impl std::fmt::Debug for OutMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutMessage")
+            .field("token", &self.token)
+            .field("len", &self.source.len())
+            .field("delivery", &self.delivery)
+            .field("request_id", &self.request_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OutMessage {
+    /// A message in memory: header fields are read from `bytes` (a request or a `@sync`
+    /// one-way awaits its reply under its request id).
+    pub fn from_bytes(token: u64, bytes: Vec<u8>, delivery: Delivery) -> Self {
+        let request_id = awaited_reply(&bytes);
+        OutMessage {
+            token,
+            protocol: 0,
+            source: Box::new(BytesSource::new(bytes)),
+            delivery,
+            request_id,
+        }
+    }
+}
+
+/// The request id a message's reply will carry, if the sender waits for one: a `Request`,
+/// or a `OneWay` with the RPC `SYNC` flag.
+pub fn awaited_reply(bytes: &[u8]) -> Option<u64> {
+    let header = shm_layout::MessageHeader::decode(bytes).ok()?;
+    let sync = header.flags & crate::rpc::flags::SYNC != 0;
+    match header.kind()? {
+        Kind::Request if header.request_id != 0 => Some(header.request_id),
+        Kind::OneWay if sync && header.request_id != 0 => Some(header.request_id),
+        _ => None,
+    }
+}
+
+/// How far a message got before its connection closed.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Progress {
+    /// Not a byte went out: safe to send elsewhere.
+    NotStarted,
+    /// Some frames went out, not all.
+    Partial,
+    /// Fully sent; its reply had not arrived.
+    AwaitingReply,
+}
+
+/// A message a closed connection did not finish.
+#[derive(Debug)]
+pub struct Unfinished {
+    /// The message's token.
+    pub token: u64,
+    /// The request id it awaited a reply under.
+    pub request_id: Option<u64>,
+    /// Its delivery.
+    pub delivery: Delivery,
+    /// How far it got.
+    pub progress: Progress,
+    /// The message itself, rewound, where it may be resent (not started, or idempotent).
+    pub message: Option<OutMessage>,
+}
+
+/// What [`Connection::cancel`] did.
+#[derive(Debug)]
+pub enum CancelOutcome {
+    /// It had not started: dropped, handed back.
+    Canceled(Box<OutMessage>),
+    /// It is on the wire or awaits its reply: it cannot be canceled.
+    NotCancelable,
+    /// This connection does not have it.
+    Unknown,
+}
+
+/// Which side a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Connects, sends the hello, sends keep-alives.
+    Client,
+    /// Accepts, answers the hello, guards against floods and silence.
+    Server,
+}
+
+/// How a connection behaves. Durations are short in tests, long in production.
+#[derive(Clone)]
+pub struct ConnConfig {
+    /// The buffer (frame) size asked for: [`MIN_BUFFER`](frame::MIN_BUFFER) to
+    /// [`MAX_BUFFER`](frame::MAX_BUFFER); the smaller of both sides' wins.
+    pub buffer_size: u32,
+    /// The largest message accepted from the peer.
+    pub max_message: u64,
+    /// The most messages the peer may have in progress at once towards us.
+    pub max_incoming_streams: usize,
+    /// The most messages sent interleaved at once.
+    pub window: usize,
+    /// Client: how long without sending anything before a keep-alive goes out (while
+    /// replies are pending, or always with [`keepalive_idle`](Self::keepalive_idle)).
+    pub keepalive_interval: Duration,
+    /// Client: keep the connection alive when no reply is pending, too.
+    pub keepalive_idle: bool,
+    /// Server: close a peer silent this long. Client: close when the server stays silent
+    /// this long while replies are pending.
+    pub inactivity_timeout: Duration,
+    /// Server: the most keep-alives accepted in one [`keepalive_window`](Self::keepalive_window).
+    pub max_keepalives: u32,
+    /// Server: the interval over which keep-alives are counted.
+    pub keepalive_window: Duration,
+    /// Both: how long the handshake may take.
+    pub handshake_timeout: Duration,
+    /// Compression algorithms accepted, best first.
+    pub compression: Vec<Arc<dyn Compressor>>,
+}
+
+impl std::fmt::Debug for ConnConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnConfig")
+            .field("buffer_size", &self.buffer_size)
+            .field("max_message", &self.max_message)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("inactivity_timeout", &self.inactivity_timeout)
+            .field("max_keepalives", &self.max_keepalives)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        ConnConfig {
+            buffer_size: frame::DEFAULT_BUFFER,
+            max_message: 256 << 20,
+            max_incoming_streams: 1024,
+            window: 16,
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_idle: false,
+            inactivity_timeout: Duration::from_secs(60),
+            max_keepalives: 100,
+            keepalive_window: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            compression: Vec::new(),
+        }
+    }
+}
+
+/// Why a connection closed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ConnError {
+    /// The peer broke the wire format.
+    #[error("the peer broke the wire format: {0}")]
+    Frame(#[from] FrameError),
+    /// The peer sent too many keep-alives in one interval.
+    #[error("too many keep-alive packets received")]
+    TooManyKeepalives,
+    /// The peer stayed silent past the inactivity timeout.
+    #[error("inactivity timeout")]
+    InactivityTimeout,
+    /// The handshake did not finish in time.
+    #[error("handshake timeout")]
+    HandshakeTimeout,
+    /// The handshake found nothing in common.
+    #[error("handshake refused: {0}")]
+    Refused(String),
+    /// The peer closed with a reason.
+    #[error("closed by the peer ({code:?}): {reason}")]
+    ClosedByPeer {
+        /// Its code.
+        code: CloseCode,
+        /// Its reason.
+        reason: String,
+    },
+    /// The peer closed the stream without a word (it died, or its host did).
+    #[error("the peer closed the connection")]
+    PeerGone,
+    /// The socket failed.
+    #[error("I/O error: {0}")]
+    Io(String),
+    /// Closed on purpose by this side.
+    #[error("closed locally")]
+    Local,
+}
+
+impl ConnError {
+    /// The code this side tells the peer when it closes for this reason.
+    fn close_code(&self) -> Option<CloseCode> {
+        match self {
+            ConnError::Frame(_) => Some(CloseCode::Protocol),
+            ConnError::TooManyKeepalives => Some(CloseCode::TooManyKeepalives),
+            ConnError::InactivityTimeout => Some(CloseCode::InactivityTimeout),
+            ConnError::Refused(_) => Some(CloseCode::Refused),
+            ConnError::Local => Some(CloseCode::Normal),
+            _ => None,
+        }
+    }
+}
+
+/// What the handshake settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's instance id (a restarted peer has a new one).
+    pub instance: u128,
+    /// The buffer size in use.
+    pub buffer_size: u32,
+    /// The largest message the peer accepts.
+    pub max_message: u64,
+    /// The compression in use (0: none).
+    pub compression: u8,
+    /// The protocols of the client's hello with the version agreed (0: not served).
+    pub protocols: Vec<(ProtocolSpec, u32)>,
+}
+
+/// What happened on a connection.
+#[derive(Debug)]
+pub enum ConnEvent {
+    /// The handshake finished.
+    Connected(PeerInfo),
+    /// A complete, validated message arrived.
+    Message {
+        /// The index of its protocol in the client's hello.
+        protocol: u16,
+        /// The message bytes (parse with [`MessageView`]).
+        bytes: Vec<u8>,
+    },
+    /// A message went out completely (its last frame was handed to the socket).
+    Sent {
+        /// Its token.
+        token: u64,
+    },
+    /// A message could not be sent: its source failed (the peer was told to drop it).
+    Failed {
+        /// Its token.
+        token: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The connection is closed; flush [`Connection::poll_transmit`] once more, then drop
+    /// the socket.
+    Closed(ConnError),
+}
+
+enum State {
+    /// Client: hello queued, waiting for the welcome. Server: waiting for the hello.
+    Handshaking,
+    Open(PeerInfo),
+    Closed,
+}
+
+/// A message being sent.
+struct OutStream {
+    msg: OutMessage,
+    stream: u32,
+    sent: u64,
+}
+
+/// A message being received.
+struct InStream {
+    protocol: u16,
+    bytes: Vec<u8>,
+    len: u64,
+}
+
+/// One connection (see the module docs).
+pub struct Connection {
+    side: Side,
+    config: ConnConfig,
+    instance: u128,
+    /// Server: the protocols served.
+    served: Vec<ProtocolSpec>,
+    /// Client: the hello sent.
+    hello: Option<Hello>,
+    state: State,
+    /// Received bytes not yet parsed (at most one frame or one handshake record).
+    rx: Vec<u8>,
+    incoming: HashMap<u32, InStream>,
+    /// Frames that go out before any data (handshake, keep-alives, close).
+    control: VecDeque<Vec<u8>>,
+    queue: VecDeque<OutMessage>,
+    active: VecDeque<OutStream>,
+    next_stream: u32,
+    /// Requests fully sent, waiting for their reply: request id -> (token, the message if
+    /// it may be resent).
+    awaiting: HashMap<u64, (u64, Delivery, Option<OutMessage>)>,
+    events: VecDeque<ConnEvent>,
+    started_at: Instant,
+    last_rx: Instant,
+    last_tx: Instant,
+    keepalives: u32,
+    keepalive_window_start: Instant,
+    compressor: Option<Arc<dyn Compressor>>,
+    scratch: Vec<u8>,
+    /// Stream ids of ordered messages in progress (at most one).
+    ordered_busy: HashSet<u32>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("side", &self.side)
+            .field("queued", &self.queue.len())
+            .field("active", &self.active.len())
+            .field("awaiting", &self.awaiting.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// A client connection that will speak `protocols` (frames name them by index).
+    pub fn client(
+        now: Instant,
+        config: ConnConfig,
+        instance: u128,
+        protocols: Vec<ProtocolSpec>,
+    ) -> Self {
+        let hello = Hello {
+            instance,
+            buffer_size: config
+                .buffer_size
+                .clamp(frame::MIN_BUFFER, frame::MAX_BUFFER),
+            max_message: config.max_message,
+            compression: config.compression.iter().map(|c| c.id()).collect(),
+            protocols,
+        };
+        let mut record = Vec::new();
+        hello.encode(&mut record);
+        let mut c = Self::new(now, Side::Client, config, instance);
+        c.control.push_back(record);
+        c.hello = Some(hello);
+        c
+    }
+
+    /// A server connection that serves `protocols`.
+    pub fn server(
+        now: Instant,
+        config: ConnConfig,
+        instance: u128,
+        protocols: Vec<ProtocolSpec>,
+    ) -> Self {
+        let mut c = Self::new(now, Side::Server, config, instance);
+        c.served = protocols;
+        c
+    }
+
+    fn new(now: Instant, side: Side, config: ConnConfig, instance: u128) -> Self {
+        Connection {
+            side,
+            config,
+            instance,
+            served: Vec::new(),
+            hello: None,
+            state: State::Handshaking,
+            rx: Vec::new(),
+            incoming: HashMap::new(),
+            control: VecDeque::new(),
+            queue: VecDeque::new(),
+            active: VecDeque::new(),
+            next_stream: 1,
+            awaiting: HashMap::new(),
+            events: VecDeque::new(),
+            started_at: now,
+            last_rx: now,
+            last_tx: now,
+            keepalives: 0,
+            keepalive_window_start: now,
+            compressor: None,
+            scratch: Vec::new(),
+            ordered_busy: HashSet::new(),
+        }
+    }
+
+    /// Which side this is.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// What the handshake settled, once it has.
+    pub fn peer(&self) -> Option<&PeerInfo> {
+        match &self.state {
+            State::Open(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether the handshake finished and the connection is not closed.
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, State::Open(_))
+    }
+
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// Messages queued or in progress (not yet fully sent).
+    pub fn unsent(&self) -> usize {
+        self.queue.len() + self.active.len()
+    }
+
+    /// Requests fully sent whose reply has not arrived.
+    pub fn awaiting(&self) -> usize {
+        self.awaiting.len()
+    }
+
+    /// Queues a message. On a closed connection it comes back at once in an
+    /// [`Unfinished`] of [`take_unfinished`](Self::take_unfinished).
+    pub fn send(&mut self, msg: OutMessage) {
+        self.queue.push_back(msg);
+    }
+
+    /// Drops a message that has not started; says so otherwise.
+    pub fn cancel(&mut self, token: u64) -> CancelOutcome {
+        if let Some(i) = self.queue.iter().position(|m| m.token == token) {
+            // `position` found it.
+            return match self.queue.remove(i) {
+                Some(m) => CancelOutcome::Canceled(Box::new(m)),
+                None => CancelOutcome::Unknown,
+            };
+        }
+        let on_wire = self.active.iter().any(|s| s.msg.token == token)
+            || self.awaiting.values().any(|(t, _, _)| *t == token);
+        if on_wire {
+            CancelOutcome::NotCancelable
+        } else {
+            CancelOutcome::Unknown
+        }
+    }
+
+    /// Forgets a request's awaited reply (its caller gave up).
+    pub fn forget_reply(&mut self, request_id: u64) -> bool {
+        self.awaiting.remove(&request_id).is_some()
+    }
+
+    /// Closes the connection for `reason`: the peer is told why (a `CLOSE` frame, which
+    /// [`poll_transmit`](Self::poll_transmit) still yields) where the reason has a code.
+    pub fn close(&mut self, reason: ConnError) {
+        if self.is_closed() {
+            return;
+        }
+        if let Some(code) = reason.close_code() {
+            let text = reason.to_string();
+            let mut f = Vec::with_capacity(FRAME_HEADER + 4 + text.len());
+            let mut h = FrameHeader::control(kind::CLOSE);
+            // The reason is cut to fit the smallest buffer.
+            let text = &text.as_bytes()[..text.len().min(frame::MIN_BUFFER as usize - 64)];
+            h.payload = 4 + text.len() as u32;
+            h.encode(&mut f);
+            f.extend_from_slice(&code.to_u32().to_le_bytes());
+            f.extend_from_slice(text);
+            // After what is already queued: a refusing server's welcome goes first.
+            self.control.push_back(f);
+        }
+        self.state = State::Closed;
+        self.incoming.clear();
+        self.events.push_back(ConnEvent::Closed(reason));
+    }
+
+    /// The socket reached its end (the peer closed or died).
+    pub fn handle_eof(&mut self) {
+        self.close(ConnError::PeerGone);
+    }
+
+    /// The socket failed.
+    pub fn handle_io_error(&mut self, e: String) {
+        self.close(ConnError::Io(e));
+    }
+
+    /// Every message this (closed) connection did not finish: not started, partly sent,
+    /// or sent and awaiting its reply; the resendable ones rewound.
+    pub fn take_unfinished(&mut self) -> Vec<Unfinished> {
+        let mut out = Vec::new();
+        for s in self.active.drain(..) {
+            let mut msg = s.msg;
+            let resend = msg.delivery == Delivery::Idempotent && msg.source.rewind();
+            out.push(Unfinished {
+                token: msg.token,
+                request_id: msg.request_id,
+                delivery: msg.delivery,
+                progress: Progress::Partial,
+                message: resend.then_some(msg),
+            });
+        }
+        for msg in self.queue.drain(..) {
+            out.push(Unfinished {
+                token: msg.token,
+                request_id: msg.request_id,
+                delivery: msg.delivery,
+                progress: Progress::NotStarted,
+                message: Some(msg),
+            });
+        }
+        for (request_id, (token, delivery, msg)) in self.awaiting.drain() {
+            let msg = msg.and_then(|mut m| m.source.rewind().then_some(m));
+            out.push(Unfinished {
+                token,
+                request_id: Some(request_id),
+                delivery,
+                progress: Progress::AwaitingReply,
+                message: msg,
+            });
+        }
+        self.ordered_busy.clear();
+        out
+    }
+
+    /// The next thing that happened.
+    pub fn poll_event(&mut self) -> Option<ConnEvent> {
+        self.events.pop_front()
+    }
+
+    /// Appends the next frame (or handshake record) to send to `out`; `false` when there is
+    /// nothing to send now.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
+        if let Some(f) = self.control.pop_front() {
+            out.extend_from_slice(&f);
+            self.last_tx = now;
+            return true;
+        }
+        let State::Open(peer) = &self.state else {
+            return false;
+        };
+        let buffer = peer.buffer_size as usize;
+        self.start_streams();
+        let Some(mut s) = self.active.pop_front() else {
+            return false;
+        };
+        let first = s.sent == 0;
+        let room = buffer - FRAME_HEADER;
+        let left = s.msg.source.len() - s.sent;
+        let want = room.min(usize::try_from(left).unwrap_or(usize::MAX));
+        self.scratch.clear();
+        self.scratch.resize(want, 0);
+        let mut got = 0;
+        let mut failure = None;
+        while got < want {
+            match s.msg.source.read(&mut self.scratch[got..]) {
+                Ok(0) => {
+                    failure = Some(format!(
+                        "the source ended {} bytes early",
+                        left - got as u64
+                    ));
+                    break;
+                }
+                Ok(n) => got += n.min(want - got),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(reason) = failure {
+            self.ordered_busy.remove(&s.stream);
+            if !first {
+                let mut h = FrameHeader::control(kind::ABORT);
+                h.stream = s.stream;
+                h.encode(out);
+                self.last_tx = now;
+            }
+            self.events.push_back(ConnEvent::Failed {
+                token: s.msg.token,
+                reason,
+            });
+            return !first;
+        }
+        s.sent += want as u64;
+        let last = s.sent == s.msg.source.len();
+        let mut flags = 0;
+        if first {
+            flags |= data_flags::FIRST;
+        }
+        if last {
+            flags |= data_flags::LAST;
+        }
+        let mut header = FrameHeader {
+            kind: kind::DATA,
+            flags,
+            protocol: s.msg.protocol,
+            stream: s.stream,
+            payload: want as u32,
+            raw: want as u32,
+        };
+        let at = out.len();
+        header.encode(out);
+        let compressed = match &self.compressor {
+            Some(c) => c.compress(&self.scratch, out) && out.len() - at - FRAME_HEADER < want,
+            None => false,
+        };
+        if compressed {
+            header.flags |= data_flags::COMPRESSED;
+            header.payload = (out.len() - at - FRAME_HEADER) as u32;
+            let mut h = Vec::with_capacity(FRAME_HEADER);
+            header.encode(&mut h);
+            out[at..at + FRAME_HEADER].copy_from_slice(&h);
+        } else {
+            // Did not shrink: the buffer goes out as it is.
+            out.truncate(at + FRAME_HEADER);
+            out.extend_from_slice(&self.scratch);
+        }
+        self.last_tx = now;
+        if last {
+            self.ordered_busy.remove(&s.stream);
+            let token = s.msg.token;
+            if let Some(id) = s.msg.request_id {
+                let keep = (s.msg.delivery == Delivery::Idempotent).then_some(s.msg);
+                let delivery = keep.as_ref().map_or(Delivery::Default, |m| m.delivery);
+                self.awaiting.insert(id, (token, delivery, keep));
+            }
+            self.events.push_back(ConnEvent::Sent { token });
+        } else {
+            self.active.push_back(s);
+        }
+        true
+    }
+
+    /// Moves queued messages into the interleaved set, keeping ordered ones one at a time.
+    fn start_streams(&mut self) {
+        let mut i = 0;
+        while self.active.len() < self.config.window.max(1) && i < self.queue.len() {
+            let ordered = self.queue[i].delivery == Delivery::Ordered;
+            if ordered && !self.ordered_busy.is_empty() {
+                i += 1;
+                continue;
+            }
+            // While an ordered message is in progress every later ordered one is skipped,
+            // and the scan restarts from the front each time: they start in queue order.
+            let Some(msg) = self.queue.remove(i) else {
+                break;
+            };
+            let stream = self.next_stream;
+            self.next_stream = self.next_stream.wrapping_add(1).max(1);
+            if ordered {
+                self.ordered_busy.insert(stream);
+            }
+            self.active.push_back(OutStream {
+                msg,
+                stream,
+                sent: 0,
+            });
+        }
+    }
+
+    /// Takes bytes read from the socket.
+    pub fn handle_data(&mut self, now: Instant, data: &[u8]) {
+        if self.is_closed() {
+            return;
+        }
+        self.rx.extend_from_slice(data);
+        let mut used = 0;
+        let result = loop {
+            match self.parse_one(now, used) {
+                Ok(Some(n)) => used += n,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+            if self.is_closed() {
+                break Ok(());
+            }
+        };
+        self.rx.drain(..used.min(self.rx.len()));
+        if let Err(e) = result {
+            self.close(e);
+        }
+    }
+
+    /// Parses one record or frame at `self.rx[at..]`; returns the bytes it took.
+    fn parse_one(&mut self, now: Instant, at: usize) -> Result<Option<usize>, ConnError> {
+        let bytes = &self.rx[at..];
+        match &self.state {
+            State::Closed => Ok(None),
+            State::Handshaking => {
+                let Some((record, used)) = frame::split_record(bytes)? else {
+                    return Ok(None);
+                };
+                let record = record.to_vec();
+                self.last_rx = now;
+                match self.side {
+                    Side::Server => self.handle_hello(&record)?,
+                    Side::Client => self.handle_welcome(&record)?,
+                }
+                Ok(Some(used))
+            }
+            State::Open(peer) => {
+                let Some(h) = FrameHeader::decode(bytes, peer.buffer_size)? else {
+                    return Ok(None);
+                };
+                let end = FRAME_HEADER + h.payload as usize;
+                if bytes.len() < end {
+                    return Ok(None);
+                }
+                let payload = bytes[FRAME_HEADER..end].to_vec();
+                self.last_rx = now;
+                self.handle_frame(now, h, payload)?;
+                Ok(Some(end))
+            }
+        }
+    }
+
+    fn handle_hello(&mut self, record: &[u8]) -> Result<(), ConnError> {
+        let hello = Hello::decode(record)?;
+        if hello.buffer_size < frame::MIN_BUFFER {
+            return Err(ConnError::Refused(format!(
+                "buffer size {} below {}",
+                hello.buffer_size,
+                frame::MIN_BUFFER
+            )));
+        }
+        let buffer_size = hello
+            .buffer_size
+            .min(self.config.buffer_size)
+            .clamp(frame::MIN_BUFFER, frame::MAX_BUFFER);
+        let compressor = hello
+            .compression
+            .iter()
+            .find_map(|id| self.config.compression.iter().find(|c| c.id() == *id))
+            .cloned();
+        let protocols: Vec<(ProtocolSpec, u32)> = hello
+            .protocols
+            .iter()
+            .map(|p| {
+                let v = self.served.iter().find_map(|s| s.agree(p)).unwrap_or(0);
+                (p.clone(), v)
+            })
+            .collect();
+        let welcome = Welcome {
+            instance: self.instance,
+            buffer_size,
+            max_message: self.config.max_message,
+            compression: compressor.as_ref().map_or(0, |c| c.id()),
+            versions: protocols.iter().map(|(_, v)| *v).collect(),
+        };
+        let mut record = Vec::new();
+        welcome.encode(&mut record);
+        self.control.push_back(record);
+        if protocols.iter().all(|(_, v)| *v == 0) {
+            let names: Vec<&str> = hello.protocols.iter().map(|p| p.name.as_str()).collect();
+            return Err(ConnError::Refused(format!(
+                "no protocol in common (asked for {names:?})"
+            )));
+        }
+        self.compressor = compressor;
+        let peer = PeerInfo {
+            instance: hello.instance,
+            buffer_size,
+            max_message: hello.max_message,
+            compression: welcome.compression,
+            protocols,
+        };
+        self.state = State::Open(peer.clone());
+        self.events.push_back(ConnEvent::Connected(peer));
+        Ok(())
+    }
+
+    fn handle_welcome(&mut self, record: &[u8]) -> Result<(), ConnError> {
+        let welcome = Welcome::decode(record)?;
+        let Some(hello) = &self.hello else {
+            return Err(ConnError::Refused("no hello was sent".into()));
+        };
+        if welcome.buffer_size < frame::MIN_BUFFER || welcome.buffer_size > hello.buffer_size {
+            return Err(FrameError::Malformed(format!(
+                "buffer size {} outside {}..={}",
+                welcome.buffer_size,
+                frame::MIN_BUFFER,
+                hello.buffer_size
+            ))
+            .into());
+        }
+        if welcome.versions.len() != hello.protocols.len() {
+            return Err(FrameError::Malformed("versions do not match the hello".into()).into());
+        }
+        let compressor = match welcome.compression {
+            0 => None,
+            id => Some(
+                self.config
+                    .compression
+                    .iter()
+                    .find(|c| c.id() == id)
+                    .cloned()
+                    .ok_or_else(|| {
+                        FrameError::Malformed(format!("compression {id} was not offered"))
+                    })?,
+            ),
+        };
+        if welcome.versions.iter().all(|v| *v == 0) {
+            return Err(ConnError::Refused(
+                "the server serves none of our protocols".into(),
+            ));
+        }
+        self.compressor = compressor;
+        let peer = PeerInfo {
+            instance: welcome.instance,
+            buffer_size: welcome.buffer_size,
+            max_message: welcome.max_message,
+            compression: welcome.compression,
+            protocols: hello
+                .protocols
+                .iter()
+                .cloned()
+                .zip(welcome.versions.iter().copied())
+                .collect(),
+        };
+        self.state = State::Open(peer.clone());
+        self.events.push_back(ConnEvent::Connected(peer));
+        Ok(())
+    }
+
+    fn handle_frame(
+        &mut self,
+        now: Instant,
+        h: FrameHeader,
+        payload: Vec<u8>,
+    ) -> Result<(), ConnError> {
+        match h.kind {
+            kind::DATA => self.handle_data_frame(h, payload),
+            kind::KEEPALIVE => {
+                if self.side != Side::Server {
+                    return Err(FrameError::Malformed("keep-alive sent to a client".into()).into());
+                }
+                if now.saturating_duration_since(self.keepalive_window_start)
+                    >= self.config.keepalive_window
+                {
+                    self.keepalive_window_start = now;
+                    self.keepalives = 0;
+                }
+                self.keepalives += 1;
+                if self.keepalives > self.config.max_keepalives {
+                    return Err(ConnError::TooManyKeepalives);
+                }
+                let mut f = Vec::with_capacity(FRAME_HEADER);
+                FrameHeader::control(kind::KEEPALIVE_REPLY).encode(&mut f);
+                self.control.push_back(f);
+                Ok(())
+            }
+            kind::KEEPALIVE_REPLY => {
+                if self.side != Side::Client {
+                    return Err(
+                        FrameError::Malformed("keep-alive reply sent to a server".into()).into(),
+                    );
+                }
+                Ok(())
+            }
+            kind::ABORT => {
+                self.incoming.remove(&h.stream);
+                Ok(())
+            }
+            kind::CLOSE => {
+                let code = payload
+                    .get(..4)
+                    .map(|c| CloseCode::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                    .ok_or(FrameError::Truncated("close frame"))?;
+                let reason = String::from_utf8_lossy(&payload[4..]).into_owned();
+                self.state = State::Closed;
+                self.control.clear();
+                self.events
+                    .push_back(ConnEvent::Closed(ConnError::ClosedByPeer { code, reason }));
+                Ok(())
+            }
+            // FrameHeader::decode let no other type through.
+            other => Err(FrameError::Malformed(format!("unknown frame type {other}")).into()),
+        }
+    }
+
+    fn handle_data_frame(&mut self, h: FrameHeader, payload: Vec<u8>) -> Result<(), ConnError> {
+        let State::Open(peer) = &self.state else {
+            return Ok(());
+        };
+        let served = peer
+            .protocols
+            .get(h.protocol as usize)
+            .is_some_and(|(_, v)| *v != 0);
+        if !served {
+            return Err(
+                FrameError::Malformed(format!("unknown protocol index {}", h.protocol)).into(),
+            );
+        }
+        let data = if h.flags & data_flags::COMPRESSED != 0 {
+            let c = self.compressor.as_ref().ok_or_else(|| {
+                FrameError::Malformed("compressed frame without compression".into())
+            })?;
+            let mut raw = Vec::with_capacity(h.raw as usize);
+            c.decompress(&payload, h.raw as usize, &mut raw)
+                .map_err(|e| FrameError::Malformed(format!("decompression failed: {e}")))?;
+            if raw.len() != h.raw as usize {
+                return Err(FrameError::Malformed("decompressed length differs".into()).into());
+            }
+            raw
+        } else {
+            payload
+        };
+        let first = h.flags & data_flags::FIRST != 0;
+        let last = h.flags & data_flags::LAST != 0;
+        if first {
+            if self.incoming.contains_key(&h.stream) {
+                return Err(
+                    FrameError::Malformed(format!("stream {} started twice", h.stream)).into(),
+                );
+            }
+            if self.incoming.len() >= self.config.max_incoming_streams {
+                return Err(FrameError::Oversized {
+                    what: "concurrent streams",
+                    len: self.incoming.len() as u64 + 1,
+                    max: self.config.max_incoming_streams as u64,
+                }
+                .into());
+            }
+            if data.len() < MESSAGE_HEADER_SIZE as usize {
+                return Err(FrameError::Truncated("first frame of a message").into());
+            }
+            let mut len = [0u8; 8];
+            len.copy_from_slice(&data[24..32]);
+            let len = u64::from_le_bytes(len);
+            if len < MESSAGE_HEADER_SIZE {
+                return Err(FrameError::Malformed(format!("message length {len}")).into());
+            }
+            if len > self.config.max_message {
+                return Err(FrameError::Oversized {
+                    what: "message",
+                    len,
+                    max: self.config.max_message,
+                }
+                .into());
+            }
+            // Grown as frames arrive: a lying length costs nothing until bytes back it.
+            let cap = usize::try_from(len).unwrap_or(usize::MAX).min(64 << 10);
+            self.incoming.insert(
+                h.stream,
+                InStream {
+                    protocol: h.protocol,
+                    bytes: Vec::with_capacity(cap),
+                    len,
+                },
+            );
+        }
+        let Some(s) = self.incoming.get_mut(&h.stream) else {
+            return Err(
+                FrameError::Malformed(format!("frame for unknown stream {}", h.stream)).into(),
+            );
+        };
+        if s.protocol != h.protocol {
+            return Err(FrameError::Malformed("a stream changed protocol".into()).into());
+        }
+        s.bytes.extend_from_slice(&data);
+        let have = s.bytes.len() as u64;
+        if have > s.len || (have == s.len) != last {
+            return Err(FrameError::Malformed(format!(
+                "stream {}: {have} of {} bytes with last = {last}",
+                h.stream, s.len
+            ))
+            .into());
+        }
+        if !last {
+            return Ok(());
+        }
+        let Some(s) = self.incoming.remove(&h.stream) else {
+            return Ok(());
+        };
+        let view = MessageView::parse(&s.bytes)
+            .map_err(|e| FrameError::Malformed(format!("message: {e}")))?;
+        if self.side == Side::Client && view.header().kind() == Some(Kind::Reply) {
+            self.awaiting.remove(&view.header().request_id);
+        }
+        self.events.push_back(ConnEvent::Message {
+            protocol: s.protocol,
+            bytes: s.bytes,
+        });
+        Ok(())
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            State::Closed => None,
+            State::Handshaking => Some(self.started_at + self.config.handshake_timeout),
+            State::Open(_) => match self.side {
+                Side::Server => Some(self.last_rx + self.config.inactivity_timeout),
+                Side::Client => {
+                    let waiting = !self.awaiting.is_empty();
+                    let mut t = None;
+                    if waiting || self.config.keepalive_idle {
+                        t = Some(self.last_tx + self.config.keepalive_interval);
+                    }
+                    if waiting {
+                        let silent = self.last_rx + self.config.inactivity_timeout;
+                        t = Some(t.map_or(silent, |k: Instant| k.min(silent)));
+                    }
+                    t
+                }
+            },
+        }
+    }
+
+    /// Lets time pass: timeouts close, keep-alives go out.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &self.state {
+            State::Closed => {}
+            State::Handshaking => {
+                if now >= self.started_at + self.config.handshake_timeout {
+                    self.close(ConnError::HandshakeTimeout);
+                }
+            }
+            State::Open(_) => {
+                let silent = now.saturating_duration_since(self.last_rx);
+                match self.side {
+                    Side::Server => {
+                        if silent >= self.config.inactivity_timeout {
+                            self.close(ConnError::InactivityTimeout);
+                        }
+                    }
+                    Side::Client => {
+                        let waiting = !self.awaiting.is_empty();
+                        if waiting && silent >= self.config.inactivity_timeout {
+                            self.close(ConnError::InactivityTimeout);
+                            return;
+                        }
+                        let idle = now.saturating_duration_since(self.last_tx)
+                            >= self.config.keepalive_interval;
+                        if (waiting || self.config.keepalive_idle)
+                            && idle
+                            && self.active.is_empty()
+                            && self.queue.is_empty()
+                            && self.control.is_empty()
+                        {
+                            let mut f = Vec::with_capacity(FRAME_HEADER);
+                            FrameHeader::control(kind::KEEPALIVE).encode(&mut f);
+                            self.control.push_back(f);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Network connectors: the same messages as the rings, over TCP.
+//!
+//! Two layers, after quinn:
+//! - a **sans-io core** ([`frame`], [`conn`], [`pool`], [`compress`]): the wire format,
+//!   one connection and the pool of connections to one destination as pure state machines
+//!   that take `now` and bytes (`handle_*`) and give bytes, timers and events back
+//!   (`poll_*`), with no socket, runtime or clock inside; they are tested in memory with a
+//!   simulated clock;
+//! - a **tokio driver** (`tcp`) that runs them over sockets.
+//!
+//! See `docs/NETWORK.md` for the wire format, the message kinds and the pool's behaviour.
+
+pub mod compress;
+pub mod conn;
+pub mod frame;
+pub mod pool;
+
+pub use compress::Compressor;
+pub use conn::{
+    BytesSource, ConnConfig, ConnError, ConnEvent, Connection, Delivery, MessageSource, OutMessage,
+    PeerInfo, Side,
+};
+pub use frame::{CloseCode, FrameError, ProtocolSpec};
+pub use pool::{Canceled, ConnId, Failure, Pool, PoolAction, PoolConfig, PoolEvent};
+
+#[cfg(test)]
+mod tests;
