@@ -14,6 +14,7 @@ pub mod compress;
 pub mod conn;
 pub mod frame;
 pub mod pool;
+pub mod tcp;
 
 pub use compress::Compressor;
 pub use conn::{
@@ -22,6 +23,10 @@ pub use conn::{
 };
 pub use frame::{CloseCode, FrameError, ProtocolSpec};
 pub use pool::{Canceled, ConnId, Failure, Pool, PoolAction, PoolConfig, PoolEvent};
+pub use tcp::{
+    ClientConfig, ClientEvent, NetClient, NetMessage, NetSender, NetServer, Served, ServerConfig,
+    ServerEvent, process_instance,
+};
 
 #[cfg(test)]
 mod tests;

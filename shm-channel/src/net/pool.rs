@@ -211,6 +211,8 @@ pub struct Pool<A> {
     closing: Closing,
     /// A connection dropped: the next connect waits (computed when time is next known).
     pending_backoff: bool,
+    /// Connect even with an empty queue, until a connection is open.
+    want_connection: bool,
 }
 
 impl<A> std::fmt::Debug for Pool<A> {
@@ -252,6 +254,7 @@ impl<A: Clone> Pool<A> {
             rng,
             closing: Closing::No,
             pending_backoff: false,
+            want_connection: false,
         }
     }
 
@@ -328,6 +331,12 @@ impl<A: Clone> Pool<A> {
         self.queue.push_back(msg);
         self.assign();
         Ok(())
+    }
+
+    /// Asks for a connection even with nothing queued (a client that wants to be connected
+    /// before its first call).
+    pub fn wake_up(&mut self) {
+        self.want_connection = true;
     }
 
     /// Cancels the message `token`: dropped if it has not started.
@@ -497,7 +506,7 @@ impl<A: Clone> Pool<A> {
         }
         let live = open + pending;
         let wanted = if live == 0 {
-            !self.queue.is_empty() || !self.orphans.is_empty()
+            !self.queue.is_empty() || !self.orphans.is_empty() || self.want_connection
         } else {
             self.queue.len() > live * self.config.grow_threshold.max(1)
         };
@@ -638,6 +647,7 @@ impl<A: Clone> Pool<A> {
     fn on_connected(&mut self, conn: ConnId, peer: PeerInfo) {
         let restarted = self.peer_instance.is_some_and(|old| old != peer.instance);
         self.peer_instance = Some(peer.instance);
+        self.want_connection = false;
         self.failures = 0;
         self.retry_at = None;
         for o in std::mem::take(&mut self.orphans) {

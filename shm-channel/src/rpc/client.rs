@@ -260,7 +260,12 @@ pub(crate) fn finish_reply<R>(
 ) -> Result<R, CallError> {
     let f = msg.flags();
     let payload = || msg.object(ERROR_OBJECT).unwrap_or_default();
-    if f & flags::ERROR != 0 {
+    if f & flags::LOCAL != 0 {
+        let p = payload();
+        let code = p.first().copied().unwrap_or(0);
+        let reason = String::from_utf8_lossy(p.get(1..).unwrap_or_default()).into_owned();
+        Err(super::LocalFailure::from_u8(code).to_call_error(reason))
+    } else if f & flags::ERROR != 0 {
         Err(CallError::Remote(RawError(payload().to_vec())))
     } else if f & flags::FAULT != 0 {
         Err(CallError::Fault(

@@ -29,7 +29,7 @@
 //! reply of a call that timed out or was canceled) is discarded.
 
 mod client;
-mod server;
+pub(crate) mod server;
 mod transport;
 pub mod typed;
 
@@ -68,12 +68,66 @@ pub mod flags {
     /// On a `OneWay` message: the sender waits for an empty `Reply` (same request id) once
     /// the handler has run (`@sync`).
     pub const SYNC: u64 = 1 << 20;
+    /// Delivery hint for network transports (`@one_shot`): fail at once when there is no
+    /// connection, never resend. The shm channel ignores it.
+    pub const ONE_SHOT: u64 = 1 << 21;
+    /// Delivery hint for network transports (`@idempotent`): resend until fully sent, or
+    /// until the reply arrives. The shm channel ignores it.
+    pub const IDEMPOTENT: u64 = 1 << 22;
+    /// Delivery hint for network transports (`@ordered`): sent one after another.
+    pub const ORDERED: u64 = 1 << 23;
+    /// On a `Reply` a transport made up itself (never one from the peer, whose replies
+    /// have it cleared): the call failed in transit. Object
+    /// [`ERROR_OBJECT`](super::ERROR_OBJECT) holds a [`LocalFailure`](super::LocalFailure)
+    /// code byte, then a UTF-8 reason.
+    pub const LOCAL: u64 = 1 << 24;
     /// Every bit defined above.
-    pub const ALL: u64 = ERROR | FAULT | UNKNOWN_METHOD | CANCEL | SYNC;
+    pub const ALL: u64 =
+        ERROR | FAULT | UNKNOWN_METHOD | CANCEL | SYNC | ONE_SHOT | IDEMPOTENT | ORDERED | LOCAL;
 }
 
 /// The object id of an error reply's payload (and of a fault's reason).
 pub const ERROR_OBJECT: u64 = 0;
+
+/// Why a transport failed a call itself (the code of a [`flags::LOCAL`] reply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LocalFailure {
+    /// The reply was awaited from a peer instance that is gone: the peer restarted.
+    PeerRestarted = 1,
+    /// The connection dropped mid-call.
+    ConnectionLost = 2,
+    /// The call was canceled before it was sent.
+    Canceled = 3,
+    /// No connection to the destination (a one-shot call).
+    NotConnected = 4,
+    /// Any other failure (the reason says what).
+    Other = 5,
+}
+
+impl LocalFailure {
+    /// The code byte read back.
+    pub fn from_u8(code: u8) -> Self {
+        match code {
+            1 => LocalFailure::PeerRestarted,
+            2 => LocalFailure::ConnectionLost,
+            3 => LocalFailure::Canceled,
+            4 => LocalFailure::NotConnected,
+            _ => LocalFailure::Other,
+        }
+    }
+
+    /// The error a call sees.
+    pub fn to_call_error(self, reason: String) -> CallError {
+        match self {
+            LocalFailure::PeerRestarted => CallError::PeerRestarted,
+            LocalFailure::ConnectionLost => CallError::Transport(TransportError::ConnectionLost(reason)),
+            LocalFailure::Canceled => CallError::Canceled,
+            LocalFailure::NotConnected => CallError::Transport(TransportError::NotConnected),
+            LocalFailure::Other => CallError::Transport(TransportError::Io(reason)),
+        }
+    }
+}
 
 /// A received message copied out of the transport (a queued event).
 #[derive(Debug, Clone, PartialEq, Eq)]

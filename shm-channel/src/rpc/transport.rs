@@ -42,6 +42,13 @@ pub enum TransportError {
     /// that reconnect; the shm channel never reports it).
     #[error("the peer restarted")]
     PeerRestarted,
+    /// A network transport has no connection to the destination (a one-shot message).
+    #[error("no connection to the destination")]
+    NotConnected,
+    /// A network connection dropped while the message was on its way or its reply was
+    /// awaited (the peer is the same instance: the reply is lost, not the peer).
+    #[error("the connection was lost: {0}")]
+    ConnectionLost(String),
     /// A `no_queue` message found no room and was dropped.
     #[error("no room: no_queue message dropped")]
     Dropped,

@@ -1,0 +1,1208 @@
+//! The tokio driver: runs the sans-io core over TCP sockets.
+//!
+//! Each connection is two tasks, after quinn's `ConnectionDriver`: a reader that feeds the
+//! socket's bytes to the state machine, and a writer that loops over its frames and
+//! timers until neither has work, then sleeps until a new message, a byte read or a
+//! deadline wakes it. The reader never waits for the writer (nor the reverse), so two
+//! peers that both send large messages cannot deadlock on full socket buffers.
+//!
+//! - [`NetClient`]: the pool of connections to one destination, as an RPC
+//!   [`Transport`] / [`AsyncTransport`]: generated clients reach a service over TCP by
+//!   changing only how they connect.
+//! - [`NetServer`]: a listener that serves one or more protocols, handing each request
+//!   to its protocol's handler (the RPC server's dispatch: panics contained, error
+//!   replies, unknown methods).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::conn::{ConnConfig, ConnError, ConnEvent, Connection, Delivery, OutMessage};
+use super::frame::ProtocolSpec;
+use super::pool::{Canceled, ConnId, Failure, Pool, PoolAction, PoolConfig, PoolEvent};
+use crate::rpc::server::dispatch;
+use crate::rpc::{
+    ERROR_OBJECT, HandlerResult, IncomingMessage, LocalFailure, ObjectSink, Outgoing,
+    RequestView, Responder, Transport, TransportError, TransportSender, flags as rpc_flags,
+};
+use shm_layout::{Kind, MessageHeader, MessageView, MessageWriter};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; the state stays consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// This process's instance id: random, drawn once, in every handshake.
+pub fn process_instance() -> u128 {
+    static ID: OnceLock<u128> = OnceLock::new();
+    *ID.get_or_init(rand::random)
+}
+
+/// A received message, owned (the connection's receive buffer is handed over whole).
+#[derive(Debug, Clone)]
+pub struct NetMessage {
+    header: MessageHeader,
+    bytes: Vec<u8>,
+    flags: u64,
+}
+
+impl NetMessage {
+    /// Validated bytes from the connection; the peer may not set [`rpc_flags::LOCAL`].
+    fn from_wire(bytes: Vec<u8>) -> Option<Self> {
+        let header = *MessageView::parse(&bytes).ok()?.header();
+        let flags = header.flags & shm_layout::flags::APP_MASK & !rpc_flags::LOCAL;
+        Some(NetMessage {
+            header,
+            bytes,
+            flags,
+        })
+    }
+
+    /// A reply made up here: the call `request_id` failed in transit.
+    fn local_failure(request_id: u64, failure: &Failure) -> Self {
+        let code = match failure {
+            Failure::PeerRestarted => LocalFailure::PeerRestarted,
+            Failure::ConnectionLost(_) => LocalFailure::ConnectionLost,
+            Failure::Canceled => LocalFailure::Canceled,
+            Failure::NotConnected => LocalFailure::NotConnected,
+            _ => LocalFailure::Other,
+        };
+        let mut payload = vec![code as u8];
+        payload.extend_from_slice(failure.to_string().as_bytes());
+        let bytes = build(
+            &Outgoing::new(0, Kind::Reply)
+                .request_id(request_id)
+                .flags(rpc_flags::LOCAL),
+            &[payload.len() as u64],
+            &mut |sink| {
+                sink.object(ERROR_OBJECT, payload.len() as u64)?
+                    .copy_from_slice(&payload);
+                Ok(())
+            },
+        )
+        // Built from lengths computed just above: it cannot fail.
+        .unwrap_or_default();
+        let mut m = NetMessage::from_wire(bytes).unwrap_or(NetMessage {
+            header: MessageHeader::new(0, Kind::Reply, 0, request_id),
+            bytes: Vec::new(),
+            flags: 0,
+        });
+        m.flags |= rpc_flags::LOCAL;
+        m
+    }
+
+    /// The whole message, header included.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    fn view(&self) -> MessageView<'_> {
+        MessageView::from_validated(self.header, &self.bytes)
+    }
+}
+
+impl IncomingMessage for NetMessage {
+    fn message_id(&self) -> u64 {
+        self.header.message_id
+    }
+
+    fn kind(&self) -> Kind {
+        self.header.kind().unwrap_or(Kind::Raw)
+    }
+
+    fn request_id(&self) -> u64 {
+        self.header.request_id
+    }
+
+    fn flags(&self) -> u64 {
+        self.flags
+    }
+
+    fn object(&self, id: u64) -> Option<&[u8]> {
+        self.view().object(id)
+    }
+
+    fn object_at(&self, index: usize) -> Option<(u64, &[u8])> {
+        match self.view().objects().nth(index) {
+            Some(Ok(o)) => Some((o.id, o.data)),
+            _ => None,
+        }
+    }
+
+    fn object_count(&self) -> usize {
+        self.header.object_count as usize
+    }
+}
+
+/// Writes a message into a fresh buffer: the ring's bytes, for the wire.
+fn build(
+    out: &Outgoing,
+    object_lens: &[u64],
+    fill: &mut dyn FnMut(&mut dyn ObjectSink) -> Result<(), TransportError>,
+) -> Result<Vec<u8>, TransportError> {
+    let len = shm_layout::message_len(object_lens.iter().copied()).ok_or(
+        TransportError::TooLarge {
+            size: u64::MAX,
+            max: u64::MAX,
+        },
+    )?;
+    let len = usize::try_from(len).map_err(|_| TransportError::TooLarge {
+        size: len,
+        max: usize::MAX as u64,
+    })?;
+    let mut buf = vec![0u8; len];
+    let mut header = MessageHeader::new(
+        out.message_id,
+        out.kind,
+        object_lens.len() as u64,
+        out.request_id,
+    );
+    header.flags |= out.flags & shm_layout::flags::APP_MASK;
+    let mut writer =
+        MessageWriter::new(&mut buf, header).map_err(|e| TransportError::Layout(e.to_string()))?;
+    struct Sink<'w, 'b> {
+        w: &'w mut MessageWriter<'b>,
+        lens: &'w [u64],
+        next: usize,
+    }
+    impl ObjectSink for Sink<'_, '_> {
+        fn object(&mut self, id: u64, len: u64) -> Result<&mut [u8], TransportError> {
+            if self.lens.get(self.next) != Some(&len) {
+                return Err(TransportError::Layout(format!(
+                    "object {} of {len} bytes was announced as {:?}",
+                    self.next,
+                    self.lens.get(self.next)
+                )));
+            }
+            self.next += 1;
+            self.w
+                .object_mut(id, len)
+                .map_err(|e| TransportError::Layout(e.to_string()))
+        }
+    }
+    let mut sink = Sink {
+        w: &mut writer,
+        lens: object_lens,
+        next: 0,
+    };
+    fill(&mut sink)?;
+    writer
+        .finish()
+        .map_err(|e| TransportError::Layout(e.to_string()))?;
+    Ok(buf)
+}
+
+/// The delivery a message asks for through its RPC flag bits.
+fn delivery_of(flags: u64, table: &HashMap<u64, Delivery>, message_id: u64) -> Delivery {
+    if flags & rpc_flags::ONE_SHOT != 0 {
+        Delivery::OneShot
+    } else if flags & rpc_flags::IDEMPOTENT != 0 {
+        Delivery::Idempotent
+    } else if flags & rpc_flags::ORDERED != 0 {
+        Delivery::Ordered
+    } else {
+        table.get(&message_id).copied().unwrap_or_default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The connection tasks, shared by both sides.
+
+/// What a connection's tasks need from whoever owns the state machine.
+trait Host: Send + Sync + 'static {
+    /// Runs `f` on the connection (`None` once it is gone), then collects what it did.
+    fn with<R>(&self, f: impl FnOnce(&mut Connection, Instant) -> R) -> Option<R>;
+    /// The socket is closed and dropped.
+    fn finished(&self);
+}
+
+/// Bytes gathered per socket write: a few frames, so that a huge message still yields to
+/// small ones every write.
+const WRITE_BATCH: usize = 128 * 1024;
+/// Bytes read per socket read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Runs one connection over `stream` until it closes.
+async fn run_connection<S, H>(stream: S, host: Arc<H>, wake: Arc<Notify>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+    H: Host,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let reader_host = Arc::clone(&host);
+    let reader_wake = Arc::clone(&wake);
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let r = rd.read(&mut buf).await;
+            let now = Instant::now();
+            let done = reader_host.with(|c, _| {
+                match &r {
+                    Ok(0) => c.handle_eof(),
+                    Ok(n) => c.handle_data(now, &buf[..*n]),
+                    Err(e) => c.handle_io_error(e.to_string()),
+                }
+                c.is_closed()
+            });
+            reader_wake.notify_one();
+            if done != Some(false) {
+                break;
+            }
+        }
+    });
+    let mut out = Vec::with_capacity(WRITE_BATCH + 64 * 1024);
+    loop {
+        out.clear();
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let Some((closed, deadline)) = host.with(|c, now| {
+            c.handle_timeout(now);
+            while out.len() < WRITE_BATCH && c.poll_transmit(now, &mut out) {}
+            (c.is_closed(), c.poll_timeout())
+        }) else {
+            break;
+        };
+        if !out.is_empty() {
+            if let Err(e) = wr.write_all(&out).await {
+                host.with(|c, _| c.handle_io_error(e.to_string()));
+                break;
+            }
+            continue;
+        }
+        if closed {
+            break;
+        }
+        match deadline {
+            Some(d) => {
+                tokio::select! {
+                    () = &mut notified => {}
+                    () = tokio::time::sleep_until(d.into()) => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+    let _ = wr.shutdown().await;
+    reader.abort();
+    host.finished();
+}
+
+// ---------------------------------------------------------------------------------------
+// Client.
+
+/// How a [`NetClient`] connects and behaves.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The protocol spoken (the IDL protocol's name and version).
+    pub protocol: ProtocolSpec,
+    /// The connections' behaviour (buffer size, keep-alive, timeouts, compression).
+    pub conn: ConnConfig,
+    /// The pool's behaviour (size, growth, backoff).
+    pub pool: PoolConfig,
+    /// How long one TCP connect may take.
+    pub connect_timeout: Duration,
+    /// Delivery per message id (what the IDL's `@one_shot`, `@idempotent`, `@ordered` say);
+    /// the RPC flag bits of a message override it.
+    pub deliveries: HashMap<u64, Delivery>,
+    /// The instance id in the handshake (default: [`process_instance`]).
+    pub instance: Option<u128>,
+}
+
+impl ClientConfig {
+    /// Defaults for a client of `protocol`.
+    pub fn new(protocol: ProtocolSpec) -> Self {
+        ClientConfig {
+            protocol,
+            conn: ConnConfig::default(),
+            pool: PoolConfig::default(),
+            connect_timeout: Duration::from_secs(5),
+            deliveries: HashMap::new(),
+            instance: None,
+        }
+    }
+}
+
+/// What happened to a client's connections (for logs and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// A connection finished its handshake with this server instance.
+    Connected {
+        /// The server's instance id.
+        instance: u128,
+    },
+    /// A connect failed.
+    ConnectFailed(String),
+    /// A connection closed.
+    Closed(ConnError),
+    /// A message was not delivered.
+    Failed {
+        /// Its token (the request id of a call).
+        token: u64,
+        /// Why.
+        failure: Failure,
+    },
+}
+
+/// Who is draining a client's pool events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waker {
+    /// The application (sends, cancels, closes).
+    User,
+    /// The pool task.
+    Pool,
+    /// A connection's tasks.
+    Conn(ConnId),
+}
+
+struct ClientCore {
+    pool: Pool<SocketAddr>,
+    wakes: HashMap<ConnId, Arc<Notify>>,
+    next_token: u64,
+}
+
+struct ClientShared {
+    core: Mutex<ClientCore>,
+    /// Wakes the pool task (new message, connect result, close).
+    pool_wake: Notify,
+    inbox: Mutex<VecDeque<NetMessage>>,
+    inbox_cv: Condvar,
+    inbox_wake: Notify,
+    events: Mutex<Vec<ClientEvent>>,
+    events_cv: Condvar,
+    version: AtomicU32,
+    closed: AtomicBool,
+    config: ClientConfig,
+    runtime: tokio::runtime::Handle,
+    delivered: AtomicU64,
+}
+
+impl ClientShared {
+    /// Runs `f` on the pool, then delivers what came out and wakes who must act.
+    fn with_pool<R>(&self, f: impl FnOnce(&mut Pool<SocketAddr>) -> R) -> R {
+        let mut core = lock(&self.core);
+        let r = f(&mut core.pool);
+        core.pool.process();
+        self.drain_from(&mut core, Waker::User);
+        r
+    }
+
+    /// Delivers what the pool did and wakes the tasks that may have work, except the
+    /// caller (`from`): a task that woke itself would spin.
+    fn drain_from(&self, core: &mut ClientCore, from: Waker) {
+        let mut inbox = Vec::new();
+        let mut events = Vec::new();
+        while let Some(e) = core.pool.poll_event() {
+            if std::env::var("NETDBG").is_ok() { eprintln!("client event {e:?}"); }
+            match e {
+                PoolEvent::Message { bytes, .. } => {
+                    if let Some(m) = NetMessage::from_wire(bytes) {
+                        inbox.push(m);
+                    }
+                }
+                PoolEvent::Connected { peer, .. } => {
+                    if let Some((_, v)) = peer.protocols.first() {
+                        self.version.store(*v, Ordering::Relaxed);
+                    }
+                    events.push(ClientEvent::Connected {
+                        instance: peer.instance,
+                    });
+                }
+                PoolEvent::ConnectFailed { error, .. } => {
+                    events.push(ClientEvent::ConnectFailed(error))
+                }
+                PoolEvent::Closed { error, .. } => events.push(ClientEvent::Closed(error)),
+                PoolEvent::Sent { .. } => {
+                    self.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                PoolEvent::Failed {
+                    token,
+                    request_id,
+                    failure,
+                } => {
+                    if let Some(id) = request_id {
+                        inbox.push(NetMessage::local_failure(id, &failure));
+                    }
+                    events.push(ClientEvent::Failed { token, failure });
+                }
+            }
+        }
+        // Any connection may have been handed a message: wake them all (few per pool).
+        for (id, w) in &core.wakes {
+            if from != Waker::Conn(*id) {
+                w.notify_one();
+            }
+        }
+        if from != Waker::Pool {
+            self.pool_wake.notify_one();
+        }
+        if !inbox.is_empty() {
+            lock(&self.inbox).extend(inbox);
+            self.inbox_cv.notify_all();
+            self.inbox_wake.notify_waiters();
+            self.inbox_wake.notify_one();
+        }
+        if !events.is_empty() {
+            lock(&self.events).extend(events);
+            self.events_cv.notify_all();
+        }
+    }
+}
+
+/// One connection of a client's pool, as its tasks see it.
+struct ClientConn {
+    shared: Arc<ClientShared>,
+    id: ConnId,
+}
+
+impl Host for ClientConn {
+    fn with<R>(&self, f: impl FnOnce(&mut Connection, Instant) -> R) -> Option<R> {
+        let mut core = lock(&self.shared.core);
+        let r = core.pool.connection(self.id).map(|c| f(c, Instant::now()));
+        core.pool.process();
+        self.shared.drain_from(&mut core, Waker::Conn(self.id));
+        r
+    }
+
+    fn finished(&self) {
+        let mut core = lock(&self.shared.core);
+        core.pool.remove(self.id);
+        core.wakes.remove(&self.id);
+        self.shared.drain_from(&mut core, Waker::Conn(self.id));
+    }
+}
+
+async fn pool_task(shared: Arc<ClientShared>) {
+    loop {
+        let deadline = {
+            let mut core = lock(&shared.core);
+            let now = Instant::now();
+            core.pool.handle_timeout(now);
+            while let Some(PoolAction::Connect { conn, addr }) = core.pool.poll_action(now) {
+                let wake = Arc::new(Notify::new());
+                core.wakes.insert(conn, Arc::clone(&wake));
+                tokio::spawn(connect_task(Arc::clone(&shared), conn, addr, wake));
+            }
+            shared.drain_from(&mut core, Waker::Pool);
+            if core.pool.is_closed() && core.wakes.is_empty() {
+                break;
+            }
+            core.pool.poll_timeout()
+        };
+        let woken = shared.pool_wake.notified();
+        match deadline {
+            Some(d) => {
+                tokio::select! {
+                    () = woken => {}
+                    () = tokio::time::sleep_until(d.into()) => {}
+                }
+            }
+            None => woken.await,
+        }
+    }
+}
+
+async fn connect_task(shared: Arc<ClientShared>, id: ConnId, addr: SocketAddr, wake: Arc<Notify>) {
+    let timeout = shared.config.connect_timeout;
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return connect_failed(&shared, id, format!("connecting to {addr}: {e}")),
+        Err(_) => return connect_failed(&shared, id, format!("connecting to {addr}: timed out")),
+    };
+    // Frames are whole buffers already: Nagle would only add latency to small calls.
+    let _ = stream.set_nodelay(true);
+    shared.with_pool(|p| p.handle_connected(Instant::now(), id));
+    let host = Arc::new(ClientConn {
+        shared: Arc::clone(&shared),
+        id,
+    });
+    run_connection(stream, host, wake).await;
+}
+
+fn connect_failed(shared: &ClientShared, id: ConnId, error: String) {
+    let mut core = lock(&shared.core);
+    core.pool.handle_connect_failed(Instant::now(), id, error);
+    core.wakes.remove(&id);
+    shared.drain_from(&mut core, Waker::User);
+}
+
+/// The pool of connections to one destination, as an RPC transport. Clone its
+/// [`sender`](Transport::sender) to send from other threads.
+pub struct NetClient {
+    shared: Arc<ClientShared>,
+    /// A runtime of our own when created outside one.
+    _runtime: Option<Arc<tokio::runtime::Runtime>>,
+}
+
+impl std::fmt::Debug for NetClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetClient").finish_non_exhaustive()
+    }
+}
+
+/// The sending half of a [`NetClient`].
+#[derive(Clone)]
+pub struct NetSender {
+    shared: Arc<ClientShared>,
+}
+
+impl std::fmt::Debug for NetSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetSender").finish_non_exhaustive()
+    }
+}
+
+impl NetClient {
+    /// A client of the destination at `addrs` (one name may resolve to several). Nothing
+    /// connects until the first message; on a tokio runtime if called on one, else on a
+    /// runtime of its own.
+    pub fn new(addrs: Vec<SocketAddr>, config: ClientConfig) -> std::io::Result<NetClient> {
+        let (handle, runtime) = match tokio::runtime::Handle::try_current() {
+            Ok(h) => (h, None),
+            Err(_) => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()?;
+                (rt.handle().clone(), Some(Arc::new(rt)))
+            }
+        };
+        let instance = config.instance.unwrap_or_else(process_instance);
+        let mut pool_config = config.pool.clone();
+        pool_config.seed = rand::random();
+        let pool = Pool::new(
+            pool_config,
+            config.conn.clone(),
+            instance,
+            vec![config.protocol.clone()],
+            addrs,
+        );
+        let shared = Arc::new(ClientShared {
+            core: Mutex::new(ClientCore {
+                pool,
+                wakes: HashMap::new(),
+                next_token: 1 << 63,
+            }),
+            pool_wake: Notify::new(),
+            inbox: Mutex::new(VecDeque::new()),
+            inbox_cv: Condvar::new(),
+            inbox_wake: Notify::new(),
+            events: Mutex::new(Vec::new()),
+            events_cv: Condvar::new(),
+            version: AtomicU32::new(config.protocol.max_version),
+            closed: AtomicBool::new(false),
+            config,
+            runtime: handle.clone(),
+            delivered: AtomicU64::new(0),
+        });
+        handle.spawn(pool_task(Arc::clone(&shared)));
+        Ok(NetClient {
+            shared,
+            _runtime: runtime,
+        })
+    }
+
+    /// Resolves `host:port` and makes a client of it (see [`new`](Self::new)).
+    pub fn resolve(dest: &str, config: ClientConfig) -> std::io::Result<NetClient> {
+        use std::net::ToSocketAddrs;
+        let addrs: Vec<SocketAddr> = dest.to_socket_addrs()?.collect();
+        Self::new(addrs, config)
+    }
+
+    /// A client whose first connection is up (handshake done), or the error of the first
+    /// failure within `timeout`.
+    pub fn connect(
+        addrs: Vec<SocketAddr>,
+        config: ClientConfig,
+        timeout: Duration,
+    ) -> Result<NetClient, TransportError> {
+        let client = Self::new(addrs, config).map_err(|e| TransportError::Io(e.to_string()))?;
+        client.shared.with_pool(|p| {
+            // An empty queue opens nothing: ask for one connection by hand.
+            p.wake_up();
+        });
+        let ev = client.wait_event(timeout, |e| {
+            matches!(
+                e,
+                ClientEvent::Connected { .. } | ClientEvent::ConnectFailed(_) | ClientEvent::Closed(_)
+            )
+        });
+        match ev {
+            Some(ClientEvent::Connected { .. }) => Ok(client),
+            Some(ClientEvent::ConnectFailed(e)) => Err(TransportError::Io(e)),
+            Some(ClientEvent::Closed(e)) => Err(TransportError::Io(e.to_string())),
+            _ => Err(TransportError::Timeout),
+        }
+    }
+
+    /// Cancels the message `token` (a call's request id): dropped if it has not started.
+    pub fn cancel(&self, token: u64) -> Canceled {
+        self.shared.with_pool(|p| p.cancel(token))
+    }
+
+    /// Closes the pool: at once (`force`: unfinished messages fail), or once everything
+    /// queued was sent and every awaited reply arrived (new messages are refused).
+    pub fn close(&self, force: bool) {
+        self.shared.with_pool(|p| p.close(force));
+    }
+
+    /// Whether the pool finished closing.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.shared.core).pool.is_closed()
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        lock(&self.shared.core).pool.open_connections()
+    }
+
+    /// Messages fully sent so far.
+    pub fn messages_sent(&self) -> u64 {
+        self.shared.delivered.load(Ordering::Relaxed)
+    }
+
+    /// The events so far (connects, closes, failures), taken.
+    pub fn take_events(&self) -> Vec<ClientEvent> {
+        std::mem::take(&mut *lock(&self.shared.events))
+    }
+
+    /// Waits up to `timeout` for an event matching `pred` (taking it; earlier events stay).
+    pub fn wait_event(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&ClientEvent) -> bool,
+    ) -> Option<ClientEvent> {
+        wait_event(&self.shared.events, &self.shared.events_cv, timeout, pred)
+    }
+
+    /// The tokio runtime the client's tasks run on.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.shared.runtime
+    }
+
+    fn pop(&self) -> Option<NetMessage> {
+        lock(&self.shared.inbox).pop_front()
+    }
+}
+
+fn wait_event<E: Clone>(
+    events: &Mutex<Vec<E>>,
+    cv: &Condvar,
+    timeout: Duration,
+    pred: impl Fn(&E) -> bool,
+) -> Option<E> {
+    let deadline = Instant::now() + timeout;
+    let mut guard = lock(events);
+    loop {
+        if let Some(i) = guard.iter().position(&pred) {
+            return Some(guard.remove(i));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        guard = cv
+            .wait_timeout(guard, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+}
+
+impl Drop for NetClient {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
+        self.shared.with_pool(|p| p.close(true));
+    }
+}
+
+impl TransportSender for NetSender {
+    fn send_with(
+        &self,
+        out: &Outgoing,
+        object_lens: &[u64],
+        fill: &mut dyn FnMut(&mut dyn ObjectSink) -> Result<(), TransportError>,
+        _timeout: Duration,
+    ) -> Result<(), TransportError> {
+        let shared = &self.shared;
+        if out.kind == Kind::Control && out.flags & rpc_flags::CANCEL != 0 {
+            // A canceled call that has not left is dropped here; one on the wire is
+            // forgotten (its reply will be discarded) and the server is told.
+            let id = out.request_id;
+            let outcome = shared.with_pool(|p| {
+                let c = p.cancel(id);
+                p.forget_reply(id);
+                c
+            });
+            if outcome != Canceled::NotCancelable {
+                return Ok(());
+            }
+        }
+        let bytes = build(out, object_lens, fill)?;
+        let delivery = delivery_of(out.flags, &shared.config.deliveries, out.message_id);
+        let mut msg = OutMessage::from_bytes(0, bytes, delivery);
+        let sent = {
+            let mut core = lock(&shared.core);
+            // The token names the message in cancels and failures: a call's request id,
+            // else a number of our own (high bit set, never a request id in practice).
+            msg.token = match msg.request_id {
+                Some(id) => id,
+                None => {
+                    core.next_token += 1;
+                    core.next_token
+                }
+            };
+            let r = core.pool.send(msg);
+            core.pool.process();
+            shared.drain_from(&mut core, Waker::User);
+            r
+        };
+        sent
+        .map_err(|(f, _)| match f {
+            Failure::NotConnected => TransportError::NotConnected,
+            Failure::TooLarge { size, max } => TransportError::TooLarge { size, max },
+            Failure::PoolClosed => TransportError::PeerDied,
+            other => TransportError::Io(other.to_string()),
+        })
+    }
+
+    fn max_message(&self) -> u64 {
+        // The peer's own limit is checked when a message is queued.
+        self.shared.config.conn.max_message
+    }
+}
+
+impl Transport for NetClient {
+    type Sender = NetSender;
+    type Message<'a> = NetMessage;
+
+    fn sender(&self) -> NetSender {
+        NetSender {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    fn recv_timeout(&mut self, timeout: Duration) -> Result<NetMessage, TransportError> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut inbox = lock(&self.shared.inbox);
+        loop {
+            if let Some(m) = inbox.pop_front() {
+                return Ok(m);
+            }
+            if self.is_closed_now() {
+                return Err(TransportError::PeerDied);
+            }
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if left.is_zero() {
+                return Err(TransportError::Timeout);
+            }
+            inbox = self
+                .shared
+                .inbox_cv
+                .wait_timeout(inbox, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn try_recv(&mut self) -> Result<Option<NetMessage>, TransportError> {
+        match self.pop() {
+            Some(m) => Ok(Some(m)),
+            None if self.is_closed_now() => Err(TransportError::PeerDied),
+            None => Ok(None),
+        }
+    }
+
+    fn peer_alive(&self) -> bool {
+        !self.is_closed_now()
+    }
+
+    fn version(&self) -> u32 {
+        self.shared.version.load(Ordering::Relaxed)
+    }
+}
+
+impl NetClient {
+    /// Closed pools never deliver again.
+    fn is_closed_now(&self) -> bool {
+        self.shared.closed.load(Ordering::Relaxed)
+            || self
+                .shared
+                .core
+                .try_lock()
+                .map(|c| c.pool.is_closed())
+                .unwrap_or(false)
+    }
+}
+
+impl crate::rpc::AsyncTransport for NetClient {
+    type Sender = NetSender;
+    type Message<'a> = NetMessage;
+
+    fn sender(&self) -> NetSender {
+        Transport::sender(self)
+    }
+
+    fn version(&self) -> u32 {
+        Transport::version(self)
+    }
+
+    async fn recv(&mut self) -> Result<NetMessage, TransportError> {
+        loop {
+            let notified = self.shared.inbox_wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(m) = self.pop() {
+                return Ok(m);
+            }
+            if self.is_closed_now() {
+                return Err(TransportError::PeerDied);
+            }
+            notified.await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Server.
+
+/// A request handler of a served protocol (the RPC server's handler, shareable).
+pub type Handler = Arc<dyn Fn(&RequestView<'_>, Responder<'_>) -> HandlerResult + Send + Sync>;
+
+/// A protocol a [`NetServer`] serves, with its handler.
+#[derive(Clone)]
+pub struct Served {
+    /// The protocol's name and versions.
+    pub spec: ProtocolSpec,
+    /// Its handler.
+    pub handler: Handler,
+}
+
+impl Served {
+    /// Serves `spec` with `handler`.
+    pub fn new(
+        spec: ProtocolSpec,
+        handler: impl Fn(&RequestView<'_>, Responder<'_>) -> HandlerResult + Send + Sync + 'static,
+    ) -> Self {
+        Served {
+            spec,
+            handler: Arc::new(handler),
+        }
+    }
+}
+
+/// How a [`NetServer`] behaves.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The connections' behaviour (buffer size, inactivity timeout, keep-alive guard).
+    pub conn: ConnConfig,
+    /// How long writing a reply may wait.
+    pub reply_timeout: Duration,
+    /// The instance id in the handshake (default: [`process_instance`]).
+    pub instance: Option<u128>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            conn: ConnConfig::default(),
+            reply_timeout: Duration::from_secs(5),
+            instance: None,
+        }
+    }
+}
+
+/// What happened on a server's connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// A client finished its handshake.
+    Accepted {
+        /// Its address.
+        peer: SocketAddr,
+        /// Its instance id.
+        instance: u128,
+    },
+    /// A connection closed.
+    Closed {
+        /// The client's address.
+        peer: SocketAddr,
+        /// Why.
+        error: ConnError,
+    },
+}
+
+struct ServerShared {
+    config: ServerConfig,
+    instance: u128,
+    protocols: Vec<Served>,
+    events: Mutex<Vec<ServerEvent>>,
+    events_cv: Condvar,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    stopped: AtomicBool,
+}
+
+/// One accepted connection.
+struct ServerConn {
+    server: Arc<ServerShared>,
+    peer: SocketAddr,
+    conn: Mutex<Connection>,
+    wake: Arc<Notify>,
+    /// Complete requests, to the connection's dispatch thread (protocol index, message).
+    requests: Mutex<Option<std::sync::mpsc::Sender<(u16, NetMessage)>>>,
+    /// The version agreed for each protocol index, and the handler serving it.
+    handlers: Mutex<Vec<(u32, Option<Handler>)>>,
+}
+
+impl Host for ServerConn {
+    fn with<R>(&self, f: impl FnOnce(&mut Connection, Instant) -> R) -> Option<R> {
+        let mut c = lock(&self.conn);
+        let r = f(&mut c, Instant::now());
+        let mut events = Vec::new();
+        while let Some(e) = c.poll_event() {
+            events.push(e);
+        }
+        drop(c);
+        for e in events {
+            if std::env::var("NETDBG").is_ok() { eprintln!("server event {e:?}"); }
+            match e {
+                ConnEvent::Connected(peer) => {
+                    let handlers = peer
+                        .protocols
+                        .iter()
+                        .map(|(spec, v)| {
+                            let h = self
+                                .server
+                                .protocols
+                                .iter()
+                                .find(|s| s.spec.name == spec.name)
+                                .map(|s| Arc::clone(&s.handler));
+                            (*v, h)
+                        })
+                        .collect();
+                    *lock(&self.handlers) = handlers;
+                    self.server.event(ServerEvent::Accepted {
+                        peer: self.peer,
+                        instance: peer.instance,
+                    });
+                }
+                ConnEvent::Message { protocol, bytes } => {
+                    if let (Some(tx), Some(m)) =
+                        (lock(&self.requests).as_ref(), NetMessage::from_wire(bytes))
+                    {
+                        let _ = tx.send((protocol, m));
+                    }
+                }
+                ConnEvent::Closed(error) => {
+                    lock(&self.requests).take();
+                    self.server.event(ServerEvent::Closed {
+                        peer: self.peer,
+                        error,
+                    });
+                }
+                ConnEvent::Sent { .. } | ConnEvent::Failed { .. } => {}
+            }
+        }
+        Some(r)
+    }
+
+    fn finished(&self) {
+        lock(&self.requests).take();
+    }
+}
+
+impl ServerShared {
+    fn event(&self, e: ServerEvent) {
+        lock(&self.events).push(e);
+        self.events_cv.notify_all();
+    }
+}
+
+/// Replies and events of one server connection.
+#[derive(Clone)]
+struct ConnSender(Arc<ServerConn>);
+
+impl TransportSender for ConnSender {
+    fn send_with(
+        &self,
+        out: &Outgoing,
+        object_lens: &[u64],
+        fill: &mut dyn FnMut(&mut dyn ObjectSink) -> Result<(), TransportError>,
+        _timeout: Duration,
+    ) -> Result<(), TransportError> {
+        let bytes = build(out, object_lens, fill)?;
+        let mut c = lock(&self.0.conn);
+        if c.is_closed() {
+            return Err(TransportError::PeerDied);
+        }
+        if let Some(p) = c.peer()
+            && bytes.len() as u64 > p.max_message
+        {
+            return Err(TransportError::TooLarge {
+                size: bytes.len() as u64,
+                max: p.max_message,
+            });
+        }
+        c.send(OutMessage::from_bytes(0, bytes, Delivery::Default));
+        drop(c);
+        self.0.wake.notify_one();
+        Ok(())
+    }
+
+    fn max_message(&self) -> u64 {
+        lock(&self.0.conn).peer().map_or(u64::MAX, |p| p.max_message)
+    }
+}
+
+/// A TCP listener serving one or more protocols.
+pub struct NetServer {
+    local_addr: SocketAddr,
+    shared: Arc<ServerShared>,
+    _runtime: Option<Arc<tokio::runtime::Runtime>>,
+}
+
+impl std::fmt::Debug for NetServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetServer")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetServer {
+    /// Listens on `addr` and serves `protocols` (a client speaks any subset of them).
+    pub fn bind(
+        addr: SocketAddr,
+        config: ServerConfig,
+        protocols: Vec<Served>,
+    ) -> std::io::Result<NetServer> {
+        let (handle, runtime) = match tokio::runtime::Handle::try_current() {
+            Ok(h) => (h, None),
+            Err(_) => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()?;
+                (rt.handle().clone(), Some(Arc::new(rt)))
+            }
+        };
+        let std_listener = std::net::TcpListener::bind(addr)?;
+        std_listener.set_nonblocking(true)?;
+        let local_addr = std_listener.local_addr()?;
+        let listener = {
+            let _guard = handle.enter();
+            TcpListener::from_std(std_listener)?
+        };
+        let shared = Arc::new(ServerShared {
+            instance: config.instance.unwrap_or_else(process_instance),
+            config,
+            protocols,
+            events: Mutex::new(Vec::new()),
+            events_cv: Condvar::new(),
+            tasks: Mutex::new(Vec::new()),
+            stopped: AtomicBool::new(false),
+        });
+        let accept = handle.spawn(accept_loop(listener, Arc::clone(&shared)));
+        lock(&shared.tasks).push(accept);
+        Ok(NetServer {
+            local_addr,
+            shared,
+            _runtime: runtime,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The events so far, taken.
+    pub fn take_events(&self) -> Vec<ServerEvent> {
+        std::mem::take(&mut *lock(&self.shared.events))
+    }
+
+    /// Waits up to `timeout` for an event matching `pred` (taking it).
+    pub fn wait_event(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&ServerEvent) -> bool,
+    ) -> Option<ServerEvent> {
+        wait_event(&self.shared.events, &self.shared.events_cv, timeout, pred)
+    }
+
+    /// Stops listening and drops every connection at once, without a word to the clients
+    /// (as if the process died).
+    pub fn kill(&self) {
+        self.shared.stopped.store(true, Ordering::Relaxed);
+        for t in lock(&self.shared.tasks).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for NetServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<ServerShared>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            // Out of descriptors, or similar: try again shortly rather than spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        if shared.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let conn = Connection::server(
+            Instant::now(),
+            shared.config.conn.clone(),
+            shared.instance,
+            shared.protocols.iter().map(|p| p.spec.clone()).collect(),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sc = Arc::new(ServerConn {
+            server: Arc::clone(&shared),
+            peer,
+            conn: Mutex::new(conn),
+            wake: Arc::new(Notify::new()),
+            requests: Mutex::new(Some(tx)),
+            handlers: Mutex::new(Vec::new()),
+        });
+        // Handlers may block (they are the application's code): a thread per connection,
+        // requests of one connection in order.
+        let worker = Arc::clone(&sc);
+        let reply_timeout = shared.config.reply_timeout;
+        tokio::task::spawn_blocking(move || {
+            let sender = ConnSender(Arc::clone(&worker));
+            while let Ok((protocol, msg)) = rx.recv() {
+                let entry = lock(&worker.handlers).get(protocol as usize).cloned();
+                let Some((version, Some(handler))) = entry else {
+                    continue;
+                };
+                let mut h = |v: &RequestView<'_>, r: Responder<'_>| handler(v, r);
+                if dispatch(&msg, &sender, None, version, &mut h, reply_timeout).is_err() {
+                    break;
+                }
+            }
+        });
+        let wake = Arc::clone(&sc.wake);
+        let task = tokio::spawn(run_connection(stream, sc, wake));
+        let mut tasks = lock(&shared.tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+}
