@@ -22,8 +22,8 @@ use shm_channel::net::{
     ServerEvent,
 };
 use shm_channel::rpc::{
-    AsyncClient, CallError, Client, HandlerError, IncomingMessage, LocalFailure, Method,
-    Outgoing, RequestView, Responder, Transport, TransportError, flags, send_objects,
+    AsyncClient, CallError, Client, HandlerError, IncomingMessage, LocalFailure, Method, Outgoing,
+    RequestView, Responder, Transport, TransportError, flags, send_objects,
 };
 use support::with_watchdog;
 
@@ -38,7 +38,10 @@ fn localhost() -> SocketAddr {
 
 /// A port nothing listens on (bound, then released).
 fn free_port() -> SocketAddr {
-    TcpListener::bind(localhost()).unwrap().local_addr().unwrap()
+    TcpListener::bind(localhost())
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 fn payload(len: usize, seed: u64) -> Vec<u8> {
@@ -103,7 +106,9 @@ fn client_config() -> ClientConfig {
 }
 
 fn decode_echo(m: &dyn IncomingMessage) -> Result<Vec<u8>, String> {
-    m.object(0).map(<[u8]>::to_vec).ok_or_else(|| "no object".into())
+    m.object(0)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| "no object".into())
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -264,18 +269,23 @@ fn clientserver_basic_pool_4() {
 fn clientserver_sendrequest() {
     with_watchdog(Duration::from_secs(30), || {
         let srv = server(ServerConfig::default(), Duration::ZERO);
-        let mut client = Client::new(NetClient::new(vec![srv.local_addr()], client_config()).unwrap());
+        let mut client =
+            Client::new(NetClient::new(vec![srv.local_addr()], client_config()).unwrap());
         for i in 0..20u64 {
             let data = payload(i as usize * 1000, i);
             // A request answered by a response of another shape.
             let (len, tag) = client
                 .call(&QUERY, &[(0, &data)], WAIT, |m| {
-                    let len = u64::from_le_bytes(m.object(0).ok_or("len")?.try_into().map_err(|_| "len")?);
+                    let len = u64::from_le_bytes(
+                        m.object(0).ok_or("len")?.try_into().map_err(|_| "len")?,
+                    );
                     Ok((len, m.object(1).ok_or("tag")?.to_vec()))
                 })
                 .unwrap();
             assert_eq!((len, &tag[..]), (data.len() as u64, &b"echo"[..]));
-            let back = client.call(&ECHO, &[(0, &data)], WAIT, decode_echo).unwrap();
+            let back = client
+                .call(&ECHO, &[(0, &data)], WAIT, decode_echo)
+                .unwrap();
             assert_eq!(back, data);
         }
         // An unknown method gets its typed error.
@@ -295,14 +305,21 @@ fn peer2peer_basic() {
         rt.block_on(async {
             let mut config = client_config();
             config.pool.max_connections = 2;
-            let a_to_b = Arc::new(AsyncClient::new(NetClient::new(vec![b.local_addr()], config.clone()).unwrap()));
-            let b_to_a = Arc::new(AsyncClient::new(NetClient::new(vec![a.local_addr()], config).unwrap()));
+            let a_to_b = Arc::new(AsyncClient::new(
+                NetClient::new(vec![b.local_addr()], config.clone()).unwrap(),
+            ));
+            let b_to_a = Arc::new(AsyncClient::new(
+                NetClient::new(vec![a.local_addr()], config).unwrap(),
+            ));
             let mut calls = Vec::new();
             for i in 0..40u64 {
                 let c = Arc::clone(if i % 2 == 0 { &a_to_b } else { &b_to_a });
                 calls.push(tokio::spawn(async move {
                     let data = payload(((i * 104_729) % 100_000) as usize, i);
-                    let got = c.call(&ECHO, &[(0, &data)], WAIT, decode_echo).await.unwrap();
+                    let got = c
+                        .call(&ECHO, &[(0, &data)], WAIT, decode_echo)
+                        .await
+                        .unwrap();
                     assert_eq!(got, data);
                 }));
             }
@@ -311,7 +328,11 @@ fn peer2peer_basic() {
             }
         });
         for s in [&a, &b] {
-            assert!(s.take_events().iter().any(|e| matches!(e, ServerEvent::Accepted { .. })));
+            assert!(
+                s.take_events()
+                    .iter()
+                    .any(|e| matches!(e, ServerEvent::Accepted { .. }))
+            );
         }
     });
 }
@@ -344,20 +365,25 @@ fn keepalive_fail_too_many_keepalives() {
         let mut config = client_config();
         config.conn.keepalive_interval = Duration::from_millis(5);
         let mut client = Client::new(NetClient::new(vec![srv.local_addr()], config).unwrap());
-        let e = client.call(&SLOW, &[(0, b"x")], WAIT, decode_echo).unwrap_err();
+        let e = client
+            .call(&SLOW, &[(0, b"x")], WAIT, decode_echo)
+            .unwrap_err();
         closed_with(&srv, ConnError::TooManyKeepalives);
         assert!(
             matches!(e, CallError::Transport(TransportError::ConnectionLost(_))),
             "{e:?}"
         );
         let closes: Vec<ClientEvent> = client.transport().take_events();
-        assert!(closes.iter().any(|e| matches!(
-            e,
-            ClientEvent::Closed(ConnError::ClosedByPeer {
-                code: CloseCode::TooManyKeepalives,
-                ..
-            })
-        )), "{closes:?}");
+        assert!(
+            closes.iter().any(|e| matches!(
+                e,
+                ClientEvent::Closed(ConnError::ClosedByPeer {
+                    code: CloseCode::TooManyKeepalives,
+                    ..
+                })
+            )),
+            "{closes:?}"
+        );
     });
 }
 
@@ -377,7 +403,9 @@ fn keepalive_fail_inactivity() {
         let mut config = client_config();
         config.conn.keepalive_interval = Duration::from_secs(60);
         let mut client = Client::new(NetClient::new(vec![srv.local_addr()], config).unwrap());
-        let e = client.call(&SLOW, &[(0, b"x")], WAIT, decode_echo).unwrap_err();
+        let e = client
+            .call(&SLOW, &[(0, b"x")], WAIT, decode_echo)
+            .unwrap_err();
         closed_with(&srv, ConnError::InactivityTimeout);
         assert!(
             matches!(e, CallError::Transport(TransportError::ConnectionLost(_))),
@@ -392,28 +420,40 @@ fn keepalive_success() {
         let srv = server(
             ServerConfig {
                 conn: ConnConfig {
-                    inactivity_timeout: Duration::from_millis(300),
+                    inactivity_timeout: Duration::from_millis(600),
                     max_keepalives: 1000,
                     ..test_conn()
                 },
                 ..ServerConfig::default()
             },
-            Duration::from_millis(1200),
+            Duration::from_millis(2000),
         );
         let mut config = client_config();
         config.conn.keepalive_interval = Duration::from_millis(50);
         config.conn.keepalive_idle = true;
         let mut client = Client::new(NetClient::new(vec![srv.local_addr()], config).unwrap());
-        // The reply takes four inactivity periods: keep-alives hold the connection.
-        let got = client.call(&SLOW, &[(0, b"late")], WAIT, decode_echo).unwrap();
+        // The reply takes over three inactivity periods: keep-alives hold the connection.
+        let got = client
+            .call(&SLOW, &[(0, b"late")], WAIT, decode_echo)
+            .unwrap();
         assert_eq!(got, b"late");
         // Idle for several inactivity periods, then a call on the same connection.
-        std::thread::sleep(Duration::from_millis(1000));
-        let got = client.call(&ECHO, &[(0, b"again")], WAIT, decode_echo).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let got = client
+            .call(&ECHO, &[(0, b"again")], WAIT, decode_echo)
+            .unwrap();
         assert_eq!(got, b"again");
         let events = srv.take_events();
-        assert!(!events.iter().any(|e| matches!(e, ServerEvent::Closed { .. })), "{events:?}");
-        let accepted = events.iter().filter(|e| matches!(e, ServerEvent::Accepted { .. })).count();
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, ServerEvent::Closed { .. })),
+            "{events:?}"
+        );
+        let accepted = events
+            .iter()
+            .filter(|e| matches!(e, ServerEvent::Accepted { .. }))
+            .count();
         assert_eq!(accepted, 1);
     });
 }
@@ -437,7 +477,10 @@ fn clientserver_delayed() {
         let _srv = NetServer::bind(
             addr,
             ServerConfig::default(),
-            vec![Served::new(echo_proto(), echo_handler("echo", Duration::ZERO))],
+            vec![Served::new(
+                echo_proto(),
+                echo_handler("echo", Duration::ZERO),
+            )],
         )
         .unwrap();
         let (client, got) = call.join().unwrap();
@@ -463,7 +506,10 @@ fn clientserver_noserver() {
         let out = Outgoing::new(ECHO.id, Kind::Request).request_id(7);
         send_objects(&sender, &out, &[(0, b"lost?")], WAIT).unwrap();
         // Nothing completes while there is no server.
-        assert_eq!(net.recv_timeout(Duration::from_millis(300)).unwrap_err(), TransportError::Timeout);
+        assert_eq!(
+            net.recv_timeout(Duration::from_millis(300)).unwrap_err(),
+            TransportError::Timeout
+        );
         assert_eq!(net.cancel(7), Canceled::Dropped);
         // The call completes with "canceled".
         let m = net.recv_timeout(WAIT).unwrap();
@@ -480,7 +526,9 @@ fn clientserver_oneshot() {
         let mut config = client_config();
         config.deliveries.insert(ECHO.id, Delivery::OneShot);
         let mut client = Client::new(NetClient::new(vec![free_port()], config).unwrap());
-        let e = client.call(&ECHO, &[(0, b"once")], WAIT, decode_echo).unwrap_err();
+        let e = client
+            .call(&ECHO, &[(0, b"once")], WAIT, decode_echo)
+            .unwrap_err();
         assert_eq!(e, CallError::Transport(TransportError::NotConnected));
         // The flag bit asks for it per message, too.
         let sender = client.sender().clone();
@@ -553,7 +601,10 @@ fn clientserver_idempotent() {
                 instance: Some(2),
                 ..ServerConfig::default()
             },
-            vec![Served::new(echo_proto(), echo_handler("echo", Duration::ZERO))],
+            vec![Served::new(
+                echo_proto(),
+                echo_handler("echo", Duration::ZERO),
+            )],
         );
         assert_eq!(call.join().unwrap().unwrap(), expect, "resent and answered");
     });
@@ -583,12 +634,20 @@ fn server_killed_and_restarted_mid_call_gives_peer_restarted() {
                 instance: Some(2),
                 ..ServerConfig::default()
             },
-            vec![Served::new(echo_proto(), echo_handler("echo", Duration::ZERO))],
+            vec![Served::new(
+                echo_proto(),
+                echo_handler("echo", Duration::ZERO),
+            )],
         );
         let (mut client, r) = call.join().unwrap();
         assert_eq!(r.unwrap_err(), CallError::PeerRestarted);
         // The new incarnation serves new calls.
-        assert_eq!(client.call(&ECHO, &[(0, b"new")], WAIT, decode_echo).unwrap(), b"new");
+        assert_eq!(
+            client
+                .call(&ECHO, &[(0, b"new")], WAIT, decode_echo)
+                .unwrap(),
+            b"new"
+        );
     });
 }
 
@@ -606,7 +665,9 @@ fn multiprotocol() {
             protos
                 .iter()
                 .zip(tags)
-                .map(|(p, t)| Served::new(ProtocolSpec::new(*p, 2), echo_handler(t, Duration::ZERO)))
+                .map(|(p, t)| {
+                    Served::new(ProtocolSpec::new(*p, 2), echo_handler(t, Duration::ZERO))
+                })
                 .collect(),
         )
         .unwrap();
@@ -616,13 +677,18 @@ fn multiprotocol() {
             for (p, tag) in [("Alpha", "alpha"), ("Gamma", "gamma")] {
                 let mut config = client_config();
                 config.protocol = ProtocolSpec::new(p, 1);
-                let client = Arc::new(AsyncClient::new(NetClient::new(vec![srv.local_addr()], config).unwrap()));
+                let client = Arc::new(AsyncClient::new(
+                    NetClient::new(vec![srv.local_addr()], config).unwrap(),
+                ));
                 assert_eq!(client.version(), 1);
                 for i in 0..20u64 {
                     let c = Arc::clone(&client);
                     tasks.push(tokio::spawn(async move {
                         let data = payload((i * 3001) as usize, i);
-                        let got = c.call(&ECHO, &[(0, &data)], WAIT, decode_echo).await.unwrap();
+                        let got = c
+                            .call(&ECHO, &[(0, &data)], WAIT, decode_echo)
+                            .await
+                            .unwrap();
                         assert_eq!(got, data);
                         let (len, t) = c
                             .call(&QUERY, &[(0, &data)], WAIT, |m| {
@@ -643,7 +709,10 @@ fn multiprotocol() {
         let mut config = client_config();
         config.protocol = ProtocolSpec::new("Delta", 1);
         let e = NetClient::connect(vec![srv.local_addr()], config, WAIT).unwrap_err();
-        assert!(e.to_string().contains("refused") || e.to_string().contains("Refused"), "{e}");
+        assert!(
+            e.to_string().contains("refused") || e.to_string().contains("Refused"),
+            "{e}"
+        );
     });
 }
 
@@ -662,6 +731,7 @@ fn pool_force_close() {
         let rt = runtime();
         rt.block_on(async {
             let net = NetClient::new(vec![srv.local_addr()], client_config()).unwrap();
+            let handle = net.sender();
             let client = Arc::new(AsyncClient::new(net));
             let mut calls = Vec::new();
             for i in 0..10u64 {
@@ -672,9 +742,7 @@ fn pool_force_close() {
                 }));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-            // No handle on the transport inside the async client: a second client on the
-            // same pool is not possible, so close through a raw sender's pool instead.
-            drop(client);
+            handle.close(true);
             let mut failed = 0;
             for c in calls {
                 match c.await.unwrap() {
@@ -697,11 +765,22 @@ fn pool_force_close() {
         net.close(true);
         assert!(net.is_closed());
         let out = Outgoing::new(SLOW.id, Kind::Request).request_id(9);
-        assert_eq!(send_objects(&sender, &out, &[(0, b"late")], WAIT), Err(TransportError::PeerDied));
+        assert_eq!(
+            send_objects(&sender, &out, &[(0, b"late")], WAIT),
+            Err(TransportError::PeerDied)
+        );
         let failures = net
             .take_events()
             .into_iter()
-            .filter(|e| matches!(e, ClientEvent::Failed { failure: Failure::PoolClosed, .. }))
+            .filter(|e| {
+                matches!(
+                    e,
+                    ClientEvent::Failed {
+                        failure: Failure::PoolClosed,
+                        ..
+                    }
+                )
+            })
             .count();
         assert_eq!(failures, 5, "every unfinished call was told");
     });
@@ -720,7 +799,10 @@ fn pool_delay_close() {
         net.close(false);
         // New messages are refused; every queued one is still answered.
         let out = Outgoing::new(SLOW.id, Kind::Request).request_id(99);
-        assert_eq!(send_objects(&sender, &out, &[(0, b"late")], WAIT), Err(TransportError::PeerDied));
+        assert_eq!(
+            send_objects(&sender, &out, &[(0, b"late")], WAIT),
+            Err(TransportError::PeerDied)
+        );
         let mut replies = 0;
         while replies < 10 {
             let m = net.recv_timeout(WAIT).unwrap();
@@ -734,10 +816,13 @@ fn pool_delay_close() {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(net.is_closed());
-        closed_with(&srv, ConnError::ClosedByPeer {
-            code: CloseCode::Normal,
-            reason: "closed locally".into(),
-        });
+        closed_with(
+            &srv,
+            ConnError::ClosedByPeer {
+                code: CloseCode::Normal,
+                reason: "closed locally".into(),
+            },
+        );
     });
 }
 
@@ -778,8 +863,13 @@ fn frame_bytes(h: FrameHeader, payload: &[u8]) -> Vec<u8> {
 fn hostile_frames_close_only_their_connection() {
     with_watchdog(Duration::from_secs(40), || {
         let srv = server(ServerConfig::default(), Duration::ZERO);
-        let mut good = Client::new(NetClient::new(vec![srv.local_addr()], client_config()).unwrap());
-        assert_eq!(good.call(&ECHO, &[(0, b"before")], WAIT, decode_echo).unwrap(), b"before");
+        let mut good =
+            Client::new(NetClient::new(vec![srv.local_addr()], client_config()).unwrap());
+        assert_eq!(
+            good.call(&ECHO, &[(0, b"before")], WAIT, decode_echo)
+                .unwrap(),
+            b"before"
+        );
         let msg = message(1, Kind::Request, 1, b"hostile");
         let data = |flags: u8, payload: &[u8]| {
             frame_bytes(
@@ -797,7 +887,10 @@ fn hostile_frames_close_only_their_connection() {
         let mut bad_flags = msg.clone();
         bad_flags[16] = 0xff;
         let cases: Vec<(&str, Vec<u8>)> = vec![
-            ("malformed", data(data_flags::FIRST | data_flags::LAST, &bad_flags)),
+            (
+                "malformed",
+                data(data_flags::FIRST | data_flags::LAST, &bad_flags),
+            ),
             ("truncated", data(data_flags::FIRST, &msg[..30])),
             ("oversized", {
                 let mut f = data(data_flags::FIRST, &msg);
@@ -807,11 +900,16 @@ fn hostile_frames_close_only_their_connection() {
         ];
         for (name, bytes) in cases {
             let mut raw = raw_client(srv.local_addr());
-            srv.wait_event(WAIT, |e| matches!(e, ServerEvent::Accepted { instance: 77, .. }))
-                .unwrap();
+            srv.wait_event(WAIT, |e| {
+                matches!(e, ServerEvent::Accepted { instance: 77, .. })
+            })
+            .unwrap();
             raw.write_all(&bytes).unwrap();
             match srv.wait_event(WAIT, |e| matches!(e, ServerEvent::Closed { .. })) {
-                Some(ServerEvent::Closed { error: ConnError::Frame(e), .. }) => {
+                Some(ServerEvent::Closed {
+                    error: ConnError::Frame(e),
+                    ..
+                }) => {
                     eprintln!("{name}: {e}")
                 }
                 other => panic!("{name}: {other:?}"),
@@ -821,7 +919,9 @@ fn hostile_frames_close_only_their_connection() {
             let _ = raw.read_to_end(&mut rest);
             assert_eq!(rest.first(), Some(&kind::CLOSE), "{name}");
             // The good client never noticed.
-            let back = good.call(&ECHO, &[(0, name.as_bytes())], WAIT, decode_echo).unwrap();
+            let back = good
+                .call(&ECHO, &[(0, name.as_bytes())], WAIT, decode_echo)
+                .unwrap();
             assert_eq!(back, name.as_bytes());
         }
     });

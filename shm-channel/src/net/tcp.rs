@@ -7,7 +7,7 @@
 //! peers that both send large messages cannot deadlock on full socket buffers.
 //!
 //! - [`NetClient`]: the pool of connections to one destination, as an RPC
-//!   [`Transport`] / [`AsyncTransport`]: generated clients reach a service over TCP by
+//!   [`Transport`] / [`AsyncTransport`](crate::rpc::AsyncTransport): generated clients reach a service over TCP by
 //!   changing only how they connect.
 //! - [`NetServer`]: a listener that serves one or more protocols, handing each request
 //!   to its protocol's handler (the RPC server's dispatch: panics contained, error
@@ -29,8 +29,8 @@ use super::frame::ProtocolSpec;
 use super::pool::{Canceled, ConnId, Failure, Pool, PoolAction, PoolConfig, PoolEvent};
 use crate::rpc::server::dispatch;
 use crate::rpc::{
-    ERROR_OBJECT, HandlerResult, IncomingMessage, LocalFailure, ObjectSink, Outgoing,
-    RequestView, Responder, Transport, TransportError, TransportSender, flags as rpc_flags,
+    ERROR_OBJECT, HandlerResult, IncomingMessage, LocalFailure, ObjectSink, Outgoing, RequestView,
+    Responder, Transport, TransportError, TransportSender, flags as rpc_flags,
 };
 use shm_layout::{Kind, MessageHeader, MessageView, MessageWriter};
 
@@ -147,12 +147,11 @@ fn build(
     object_lens: &[u64],
     fill: &mut dyn FnMut(&mut dyn ObjectSink) -> Result<(), TransportError>,
 ) -> Result<Vec<u8>, TransportError> {
-    let len = shm_layout::message_len(object_lens.iter().copied()).ok_or(
-        TransportError::TooLarge {
+    let len =
+        shm_layout::message_len(object_lens.iter().copied()).ok_or(TransportError::TooLarge {
             size: u64::MAX,
             max: u64::MAX,
-        },
-    )?;
+        })?;
     let len = usize::try_from(len).map_err(|_| TransportError::TooLarge {
         size: len,
         max: usize::MAX as u64,
@@ -257,6 +256,15 @@ where
             }
         }
     });
+    // Aborted with the writer, too (a killed server's tasks): the read half holds the
+    // socket open until the reader goes.
+    struct AbortOnDrop(JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let reader = AbortOnDrop(reader);
     let mut out = Vec::with_capacity(WRITE_BATCH + 64 * 1024);
     loop {
         out.clear();
@@ -291,7 +299,7 @@ where
         }
     }
     let _ = wr.shutdown().await;
-    reader.abort();
+    drop(reader);
     host.finished();
 }
 
@@ -401,7 +409,6 @@ impl ClientShared {
         let mut inbox = Vec::new();
         let mut events = Vec::new();
         while let Some(e) = core.pool.poll_event() {
-            if std::env::var("NETDBG").is_ok() { eprintln!("client event {e:?}"); }
             match e {
                 PoolEvent::Message { bytes, .. } => {
                     if let Some(m) = NetMessage::from_wire(bytes) {
@@ -632,7 +639,9 @@ impl NetClient {
         let ev = client.wait_event(timeout, |e| {
             matches!(
                 e,
-                ClientEvent::Connected { .. } | ClientEvent::ConnectFailed(_) | ClientEvent::Closed(_)
+                ClientEvent::Connected { .. }
+                    | ClientEvent::ConnectFailed(_)
+                    | ClientEvent::Closed(_)
             )
         });
         match ev {
@@ -720,6 +729,21 @@ impl Drop for NetClient {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Relaxed);
         self.shared.with_pool(|p| p.close(true));
+        if let Some(rt) = self._runtime.take().and_then(|rt| Arc::try_unwrap(rt).ok()) {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl NetSender {
+    /// Cancels the message `token` (a call's request id): dropped if it has not started.
+    pub fn cancel(&self, token: u64) -> Canceled {
+        self.shared.with_pool(|p| p.cancel(token))
+    }
+
+    /// Closes the pool (see [`NetClient::close`]).
+    pub fn close(&self, force: bool) {
+        self.shared.with_pool(|p| p.close(force));
     }
 }
 
@@ -764,8 +788,7 @@ impl TransportSender for NetSender {
             shared.drain_from(&mut core, Waker::User);
             r
         };
-        sent
-        .map_err(|(f, _)| match f {
+        sent.map_err(|(f, _)| match f {
             Failure::NotConnected => TransportError::NotConnected,
             Failure::TooLarge { size, max } => TransportError::TooLarge { size, max },
             Failure::PoolClosed => TransportError::PeerDied,
@@ -949,6 +972,8 @@ struct ServerShared {
     events: Mutex<Vec<ServerEvent>>,
     events_cv: Condvar,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Every connection, so that a kill also ends their dispatch threads.
+    conns: Mutex<Vec<std::sync::Weak<ServerConn>>>,
     stopped: AtomicBool,
 }
 
@@ -974,7 +999,6 @@ impl Host for ServerConn {
         }
         drop(c);
         for e in events {
-            if std::env::var("NETDBG").is_ok() { eprintln!("server event {e:?}"); }
             match e {
                 ConnEvent::Connected(peer) => {
                     let handlers = peer
@@ -1060,7 +1084,9 @@ impl TransportSender for ConnSender {
     }
 
     fn max_message(&self) -> u64 {
-        lock(&self.0.conn).peer().map_or(u64::MAX, |p| p.max_message)
+        lock(&self.0.conn)
+            .peer()
+            .map_or(u64::MAX, |p| p.max_message)
     }
 }
 
@@ -1110,6 +1136,7 @@ impl NetServer {
             events: Mutex::new(Vec::new()),
             events_cv: Condvar::new(),
             tasks: Mutex::new(Vec::new()),
+            conns: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
         });
         let accept = handle.spawn(accept_loop(listener, Arc::clone(&shared)));
@@ -1147,12 +1174,21 @@ impl NetServer {
         for t in lock(&self.shared.tasks).drain(..) {
             t.abort();
         }
+        for c in lock(&self.shared.conns).drain(..) {
+            if let Some(c) = c.upgrade() {
+                lock(&c.requests).take();
+            }
+        }
     }
 }
 
 impl Drop for NetServer {
     fn drop(&mut self) {
         self.kill();
+        // A handler still running must not hold the dropping thread.
+        if let Some(rt) = self._runtime.take().and_then(|rt| Arc::try_unwrap(rt).ok()) {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -1184,6 +1220,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<ServerShared>) {
         });
         // Handlers may block (they are the application's code): a thread per connection,
         // requests of one connection in order.
+        {
+            let mut conns = lock(&shared.conns);
+            conns.retain(|c| c.strong_count() > 0);
+            conns.push(Arc::downgrade(&sc));
+        }
         let worker = Arc::clone(&sc);
         let reply_timeout = shared.config.reply_timeout;
         tokio::task::spawn_blocking(move || {

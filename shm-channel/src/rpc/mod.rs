@@ -121,7 +121,9 @@ impl LocalFailure {
     pub fn to_call_error(self, reason: String) -> CallError {
         match self {
             LocalFailure::PeerRestarted => CallError::PeerRestarted,
-            LocalFailure::ConnectionLost => CallError::Transport(TransportError::ConnectionLost(reason)),
+            LocalFailure::ConnectionLost => {
+                CallError::Transport(TransportError::ConnectionLost(reason))
+            }
             LocalFailure::Canceled => CallError::Canceled,
             LocalFailure::NotConnected => CallError::Transport(TransportError::NotConnected),
             LocalFailure::Other => CallError::Transport(TransportError::Io(reason)),
