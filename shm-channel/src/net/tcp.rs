@@ -1226,7 +1226,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<ServerShared>) {
             conns.push(Arc::downgrade(&sc));
         }
         let worker = Arc::clone(&sc);
-        let reply_timeout = shared.config.reply_timeout;
+        // Requests are owned copies already: nothing for copy_on_receive to do.
+        let opts = crate::rpc::ServeOptions {
+            reply_timeout: shared.config.reply_timeout,
+            ..crate::rpc::ServeOptions::default()
+        };
         tokio::task::spawn_blocking(move || {
             let sender = ConnSender(Arc::clone(&worker));
             while let Ok((protocol, msg)) = rx.recv() {
@@ -1235,7 +1239,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<ServerShared>) {
                     continue;
                 };
                 let mut h = |v: &RequestView<'_>, r: Responder<'_>| handler(v, r);
-                if dispatch(&msg, &sender, None, version, &mut h, reply_timeout).is_err() {
+                if dispatch(&msg, &sender, None, version, &mut h, &opts).is_err() {
                     break;
                 }
             }
