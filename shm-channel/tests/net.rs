@@ -1,12 +1,17 @@
 //! Network connectors over real loopback sockets: the scenarios of seed 003's test plan,
 //! each by its name, plus a server killed and restarted mid-call and hostile frames.
 //!
+//! The same scenarios run over QUIC in `tests/net_quic.rs` (one suite, two transports):
+//! servers and clients are made through `transport`, which picks by the test crate.
+//!
 //! Every wait is bounded (short timeouts through the configs, a watchdog per test); no
 //! assertion is about time.
 
 #![cfg(feature = "net")]
 
 mod support;
+#[path = "support/transport.rs"]
+mod transport;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,8 +23,7 @@ use shm_channel::layout::{Kind, MessageHeader, MessageView, MessageWriter, messa
 use shm_channel::net::frame::{self, FrameHeader, Hello, ProtocolSpec, data_flags, kind};
 use shm_channel::net::{
     Canceled, ClientConfig, ClientEvent, CloseCode, ConnConfig, ConnError, ConnEvent, Connection,
-    Delivery, Failure, NetClient, NetServer, OutMessage, PoolConfig, Served, ServerConfig,
-    ServerEvent,
+    Delivery, Failure, NetServer, OutMessage, PoolConfig, Served, ServerConfig, ServerEvent,
 };
 use shm_channel::rpc::{
     AsyncClient, CallError, Client, HandlerError, IncomingMessage, LocalFailure, Method, Outgoing,
@@ -81,7 +85,7 @@ fn echo_proto() -> ProtocolSpec {
 }
 
 fn server(config: ServerConfig, delay: Duration) -> NetServer {
-    NetServer::bind(
+    transport::bind(
         localhost(),
         config,
         vec![Served::new(echo_proto(), echo_handler("echo", delay))],
@@ -225,7 +229,7 @@ fn clientserver_basic(pool_size: usize) {
         };
         let rt = runtime();
         rt.block_on(async {
-            let net = NetClient::new(vec![srv.local_addr()], config).unwrap();
+            let net = transport::client(vec![srv.local_addr()], config).unwrap();
             let client = Arc::new(AsyncClient::new(net));
             let mut calls = Vec::new();
             for i in 0..60u64 {
@@ -270,7 +274,7 @@ fn clientserver_sendrequest() {
     with_watchdog(Duration::from_secs(30), || {
         let srv = server(ServerConfig::default(), Duration::ZERO);
         let mut client =
-            Client::new(NetClient::new(vec![srv.local_addr()], client_config()).unwrap());
+            Client::new(transport::client(vec![srv.local_addr()], client_config()).unwrap());
         for i in 0..20u64 {
             let data = payload(i as usize * 1000, i);
             // A request answered by a response of another shape.
@@ -306,10 +310,10 @@ fn peer2peer_basic() {
             let mut config = client_config();
             config.pool.max_connections = 2;
             let a_to_b = Arc::new(AsyncClient::new(
-                NetClient::new(vec![b.local_addr()], config.clone()).unwrap(),
+                transport::client(vec![b.local_addr()], config.clone()).unwrap(),
             ));
             let b_to_a = Arc::new(AsyncClient::new(
-                NetClient::new(vec![a.local_addr()], config).unwrap(),
+                transport::client(vec![a.local_addr()], config).unwrap(),
             ));
             let mut calls = Vec::new();
             for i in 0..40u64 {
@@ -364,7 +368,7 @@ fn keepalive_fail_too_many_keepalives() {
         );
         let mut config = client_config();
         config.conn.keepalive_interval = Duration::from_millis(5);
-        let mut client = Client::new(NetClient::new(vec![srv.local_addr()], config).unwrap());
+        let mut client = Client::new(transport::client(vec![srv.local_addr()], config).unwrap());
         let e = client
             .call(&SLOW, &[(0, b"x")], WAIT, decode_echo)
             .unwrap_err();
@@ -402,7 +406,7 @@ fn keepalive_fail_inactivity() {
         );
         let mut config = client_config();
         config.conn.keepalive_interval = Duration::from_secs(60);
-        let mut client = Client::new(NetClient::new(vec![srv.local_addr()], config).unwrap());
+        let mut client = Client::new(transport::client(vec![srv.local_addr()], config).unwrap());
         let e = client
             .call(&SLOW, &[(0, b"x")], WAIT, decode_echo)
             .unwrap_err();
@@ -431,7 +435,7 @@ fn keepalive_success() {
         let mut config = client_config();
         config.conn.keepalive_interval = Duration::from_millis(50);
         config.conn.keepalive_idle = true;
-        let mut client = Client::new(NetClient::new(vec![srv.local_addr()], config).unwrap());
+        let mut client = Client::new(transport::client(vec![srv.local_addr()], config).unwrap());
         // The reply takes over three inactivity periods: keep-alives hold the connection.
         let got = client
             .call(&SLOW, &[(0, b"late")], WAIT, decode_echo)
@@ -465,7 +469,7 @@ fn keepalive_success() {
 fn clientserver_delayed() {
     with_watchdog(Duration::from_secs(30), || {
         let addr = free_port();
-        let net = NetClient::new(vec![addr], client_config()).unwrap();
+        let net = transport::client(vec![addr], client_config()).unwrap();
         let sender = net.sender();
         let mut client = Client::new(net);
         let call = std::thread::spawn(move || {
@@ -474,7 +478,7 @@ fn clientserver_delayed() {
         });
         // The client retries meanwhile (with backoff); then the server starts.
         std::thread::sleep(Duration::from_millis(300));
-        let _srv = NetServer::bind(
+        let _srv = transport::bind(
             addr,
             ServerConfig::default(),
             vec![Served::new(
@@ -491,7 +495,13 @@ fn clientserver_delayed() {
             .iter()
             .filter(|e| matches!(e, ClientEvent::ConnectFailed(_)))
             .count();
-        assert!(failed_connects >= 1);
+        if transport::is_quic() {
+            // QUIC resends its first packet until the connect timeout: a server that
+            // comes up meanwhile is reached by the first attempt.
+            eprintln!("failed connects over QUIC: {failed_connects}");
+        } else {
+            assert!(failed_connects >= 1);
+        }
         // The message was sent (and answered): canceling it fails.
         assert_ne!(client.transport().cancel(1), Canceled::Dropped);
         drop(sender);
@@ -501,7 +511,7 @@ fn clientserver_delayed() {
 #[test]
 fn clientserver_noserver() {
     with_watchdog(Duration::from_secs(30), || {
-        let mut net = NetClient::new(vec![free_port()], client_config()).unwrap();
+        let mut net = transport::client(vec![free_port()], client_config()).unwrap();
         let sender = net.sender();
         let out = Outgoing::new(ECHO.id, Kind::Request).request_id(7);
         send_objects(&sender, &out, &[(0, b"lost?")], WAIT).unwrap();
@@ -525,7 +535,7 @@ fn clientserver_oneshot() {
     with_watchdog(Duration::from_secs(30), || {
         let mut config = client_config();
         config.deliveries.insert(ECHO.id, Delivery::OneShot);
-        let mut client = Client::new(NetClient::new(vec![free_port()], config).unwrap());
+        let mut client = Client::new(transport::client(vec![free_port()], config).unwrap());
         let e = client
             .call(&ECHO, &[(0, b"once")], WAIT, decode_echo)
             .unwrap_err();
@@ -544,7 +554,7 @@ fn clientserver_oneshot() {
 fn rebind(addr: SocketAddr, config: ServerConfig, served: Vec<Served>) -> NetServer {
     let deadline = Instant::now() + WAIT;
     loop {
-        match NetServer::bind(addr, config.clone(), served.clone()) {
+        match transport::bind(addr, config.clone(), served.clone()) {
             Ok(s) => return s,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
@@ -583,7 +593,7 @@ fn clientserver_idempotent() {
         let addr = first.local_addr();
         let mut config = client_config();
         config.deliveries.insert(ECHO.id, Delivery::Idempotent);
-        let mut client = Client::new(NetClient::new(vec![addr], config).unwrap());
+        let mut client = Client::new(transport::client(vec![addr], config).unwrap());
         let long = payload(4 << 20, 9);
         let expect = long.clone();
         let call = std::thread::spawn(move || client.call(&ECHO, &[(0, &long)], WAIT, decode_echo));
@@ -617,7 +627,7 @@ fn server_killed_and_restarted_mid_call_gives_peer_restarted() {
         let seen = Arc::new(AtomicUsize::new(0));
         let first = stuck_server(localhost(), Arc::clone(&release), Arc::clone(&seen));
         let addr = first.local_addr();
-        let mut client = Client::new(NetClient::new(vec![addr], client_config()).unwrap());
+        let mut client = Client::new(transport::client(vec![addr], client_config()).unwrap());
         let call = std::thread::spawn(move || {
             let r = client.call(&ECHO, &[(0, b"old")], WAIT, decode_echo);
             (client, r)
@@ -659,7 +669,7 @@ fn multiprotocol() {
     with_watchdog(Duration::from_secs(40), || {
         let protos = ["Alpha", "Beta", "Gamma"];
         let tags: [&'static str; 3] = ["alpha", "beta", "gamma"];
-        let srv = NetServer::bind(
+        let srv = transport::bind(
             localhost(),
             ServerConfig::default(),
             protos
@@ -678,7 +688,7 @@ fn multiprotocol() {
                 let mut config = client_config();
                 config.protocol = ProtocolSpec::new(p, 1);
                 let client = Arc::new(AsyncClient::new(
-                    NetClient::new(vec![srv.local_addr()], config).unwrap(),
+                    transport::client(vec![srv.local_addr()], config).unwrap(),
                 ));
                 assert_eq!(client.version(), 1);
                 for i in 0..20u64 {
@@ -708,7 +718,7 @@ fn multiprotocol() {
         // A client of a protocol the server does not serve is refused.
         let mut config = client_config();
         config.protocol = ProtocolSpec::new("Delta", 1);
-        let e = NetClient::connect(vec![srv.local_addr()], config, WAIT).unwrap_err();
+        let e = transport::connect(vec![srv.local_addr()], config, WAIT).unwrap_err();
         assert!(
             e.to_string().contains("refused") || e.to_string().contains("Refused"),
             "{e}"
@@ -730,7 +740,7 @@ fn pool_force_close() {
         let srv = server(ServerConfig::default(), Duration::from_millis(200));
         let rt = runtime();
         rt.block_on(async {
-            let net = NetClient::new(vec![srv.local_addr()], client_config()).unwrap();
+            let net = transport::client(vec![srv.local_addr()], client_config()).unwrap();
             let handle = net.sender();
             let client = Arc::new(AsyncClient::new(net));
             let mut calls = Vec::new();
@@ -756,7 +766,7 @@ fn pool_force_close() {
             assert!(failed > 0, "force-closing failed the unfinished calls");
         });
         // Blocking client: force-close from another thread while calls are queued.
-        let net = NetClient::new(vec![srv.local_addr()], client_config()).unwrap();
+        let net = transport::client(vec![srv.local_addr()], client_config()).unwrap();
         let sender = net.sender();
         for i in 1..=5u64 {
             let out = Outgoing::new(SLOW.id, Kind::Request).request_id(i);
@@ -790,7 +800,7 @@ fn pool_force_close() {
 fn pool_delay_close() {
     with_watchdog(Duration::from_secs(40), || {
         let srv = server(ServerConfig::default(), Duration::from_millis(20));
-        let mut net = NetClient::new(vec![srv.local_addr()], client_config()).unwrap();
+        let mut net = transport::client(vec![srv.local_addr()], client_config()).unwrap();
         let sender = net.sender();
         for i in 1..=10u64 {
             let out = Outgoing::new(SLOW.id, Kind::Request).request_id(i);
@@ -861,10 +871,15 @@ fn frame_bytes(h: FrameHeader, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn hostile_frames_close_only_their_connection() {
+    if transport::is_quic() {
+        // Raw TCP bytes; `net_quic.rs` has the QUIC counterparts.
+        eprintln!("TCP only: skipped over QUIC");
+        return;
+    }
     with_watchdog(Duration::from_secs(40), || {
         let srv = server(ServerConfig::default(), Duration::ZERO);
         let mut good =
-            Client::new(NetClient::new(vec![srv.local_addr()], client_config()).unwrap());
+            Client::new(transport::client(vec![srv.local_addr()], client_config()).unwrap());
         assert_eq!(
             good.call(&ECHO, &[(0, b"before")], WAIT, decode_echo)
                 .unwrap(),

@@ -6,7 +6,8 @@
 //!   that take `now` and bytes (`handle_*`) and give bytes, timers and events back
 //!   (`poll_*`), with no socket, runtime or clock inside; they are tested in memory with a
 //!   simulated clock;
-//! - a **tokio driver** (`tcp`) that runs them over sockets.
+//! - a **tokio driver** (`tcp`) that runs them over sockets, and one over QUIC (`quic`,
+//!   feature `quic`).
 //!
 //! See `docs/NETWORK.md` for the wire format, the message kinds and the pool's behaviour.
 
@@ -14,6 +15,8 @@ pub mod compress;
 pub mod conn;
 pub mod frame;
 pub mod pool;
+#[cfg(feature = "quic")]
+pub mod quic;
 pub mod tcp;
 
 pub use compress::Compressor;
@@ -27,6 +30,9 @@ pub use tcp::{
     ClientConfig, ClientEvent, NetClient, NetMessage, NetSender, NetServer, Served, ServerConfig,
     ServerEvent, process_instance,
 };
+
+#[cfg(feature = "quic")]
+pub use quic::{Identity, QuicClientTls, QuicServerTls};
 
 #[cfg(test)]
 mod tests;

@@ -34,7 +34,7 @@ use crate::rpc::{
 };
 use shm_layout::{Kind, MessageHeader, MessageView, MessageWriter};
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing panics while holding these locks; the state stays consistent.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -215,7 +215,7 @@ fn delivery_of(flags: u64, table: &HashMap<u64, Delivery>, message_id: u64) -> D
 // The connection tasks, shared by both sides.
 
 /// What a connection's tasks need from whoever owns the state machine.
-trait Host: Send + Sync + 'static {
+pub(super) trait Host: Send + Sync + 'static {
     /// Runs `f` on the connection (`None` once it is gone), then collects what it did.
     fn with<R>(&self, f: impl FnOnce(&mut Connection, Instant) -> R) -> Option<R>;
     /// The socket is closed and dropped.
@@ -224,7 +224,7 @@ trait Host: Send + Sync + 'static {
 
 /// Bytes gathered per socket write: a few frames, so that a huge message still yields to
 /// small ones every write.
-const WRITE_BATCH: usize = 128 * 1024;
+pub(super) const WRITE_BATCH: usize = 128 * 1024;
 /// Bytes read per socket read.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -377,7 +377,7 @@ struct ClientCore {
     next_token: u64,
 }
 
-struct ClientShared {
+pub(super) struct ClientShared {
     core: Mutex<ClientCore>,
     /// Wakes the pool task (new message, connect result, close).
     pool_wake: Notify,
@@ -388,14 +388,17 @@ struct ClientShared {
     events_cv: Condvar,
     version: AtomicU32,
     closed: AtomicBool,
-    config: ClientConfig,
+    pub(super) config: ClientConfig,
     runtime: tokio::runtime::Handle,
     delivered: AtomicU64,
+    /// Connects over QUIC instead of TCP.
+    #[cfg(feature = "quic")]
+    pub(super) quic: Option<Arc<super::quic::Dialer>>,
 }
 
 impl ClientShared {
     /// Runs `f` on the pool, then delivers what came out and wakes who must act.
-    fn with_pool<R>(&self, f: impl FnOnce(&mut Pool<SocketAddr>) -> R) -> R {
+    pub(super) fn with_pool<R>(&self, f: impl FnOnce(&mut Pool<SocketAddr>) -> R) -> R {
         let mut core = lock(&self.core);
         let r = f(&mut core.pool);
         core.pool.process();
@@ -465,9 +468,9 @@ impl ClientShared {
 }
 
 /// One connection of a client's pool, as its tasks see it.
-struct ClientConn {
-    shared: Arc<ClientShared>,
-    id: ConnId,
+pub(super) struct ClientConn {
+    pub(super) shared: Arc<ClientShared>,
+    pub(super) id: ConnId,
 }
 
 impl Host for ClientConn {
@@ -518,6 +521,10 @@ async fn pool_task(shared: Arc<ClientShared>) {
 }
 
 async fn connect_task(shared: Arc<ClientShared>, id: ConnId, addr: SocketAddr, wake: Arc<Notify>) {
+    #[cfg(feature = "quic")]
+    if let Some(dialer) = shared.quic.clone() {
+        return super::quic::connect_task(dialer, shared, id, addr, wake).await;
+    }
     let timeout = shared.config.connect_timeout;
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
@@ -534,7 +541,7 @@ async fn connect_task(shared: Arc<ClientShared>, id: ConnId, addr: SocketAddr, w
     run_connection(stream, host, wake).await;
 }
 
-fn connect_failed(shared: &ClientShared, id: ConnId, error: String) {
+pub(super) fn connect_failed(shared: &ClientShared, id: ConnId, error: String) {
     let mut core = lock(&shared.core);
     core.pool.handle_connect_failed(Instant::now(), id, error);
     core.wakes.remove(&id);
@@ -572,6 +579,20 @@ impl NetClient {
     /// connects until the first message; on a tokio runtime if called on one, else on a
     /// runtime of its own.
     pub fn new(addrs: Vec<SocketAddr>, config: ClientConfig) -> std::io::Result<NetClient> {
+        Self::with_dialer(
+            addrs,
+            config,
+            #[cfg(feature = "quic")]
+            None,
+        )
+    }
+
+    /// [`new`](Self::new), connecting through `quic` when given.
+    pub(super) fn with_dialer(
+        addrs: Vec<SocketAddr>,
+        config: ClientConfig,
+        #[cfg(feature = "quic")] quic: Option<Arc<super::quic::Dialer>>,
+    ) -> std::io::Result<NetClient> {
         let (handle, runtime) = match tokio::runtime::Handle::try_current() {
             Ok(h) => (h, None),
             Err(_) => {
@@ -609,6 +630,8 @@ impl NetClient {
             config,
             runtime: handle.clone(),
             delivered: AtomicU64::new(0),
+            #[cfg(feature = "quic")]
+            quic,
         });
         handle.spawn(pool_task(Arc::clone(&shared)));
         Ok(NetClient {
@@ -632,6 +655,12 @@ impl NetClient {
         timeout: Duration,
     ) -> Result<NetClient, TransportError> {
         let client = Self::new(addrs, config).map_err(|e| TransportError::Io(e.to_string()))?;
+        client.first_connection(timeout)
+    }
+
+    /// Opens one connection and waits for its handshake (see [`connect`](Self::connect)).
+    pub(super) fn first_connection(self, timeout: Duration) -> Result<NetClient, TransportError> {
+        let client = self;
         client.shared.with_pool(|p| {
             // An empty queue opens nothing: ask for one connection by hand.
             p.wake_up();
@@ -965,7 +994,7 @@ pub enum ServerEvent {
     },
 }
 
-struct ServerShared {
+pub(super) struct ServerShared {
     config: ServerConfig,
     instance: u128,
     protocols: Vec<Served>,
@@ -978,7 +1007,7 @@ struct ServerShared {
 }
 
 /// One accepted connection.
-struct ServerConn {
+pub(super) struct ServerConn {
     server: Arc<ServerShared>,
     peer: SocketAddr,
     conn: Mutex<Connection>,
@@ -1045,7 +1074,53 @@ impl Host for ServerConn {
     }
 }
 
+/// The runtime we are on, or one of our own.
+pub(super) fn runtime_handle()
+-> std::io::Result<(tokio::runtime::Handle, Option<Arc<tokio::runtime::Runtime>>)> {
+    Ok(match tokio::runtime::Handle::try_current() {
+        Ok(h) => (h, None),
+        Err(_) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            (rt.handle().clone(), Some(Arc::new(rt)))
+        }
+    })
+}
+
 impl ServerShared {
+    pub(super) fn new(config: ServerConfig, protocols: Vec<Served>) -> Arc<Self> {
+        Arc::new(ServerShared {
+            instance: config.instance.unwrap_or_else(process_instance),
+            config,
+            protocols,
+            events: Mutex::new(Vec::new()),
+            events_cv: Condvar::new(),
+            tasks: Mutex::new(Vec::new()),
+            conns: Mutex::new(Vec::new()),
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    /// The connections' behaviour.
+    #[cfg(feature = "quic")]
+    pub(super) fn conn_config(&self) -> &ConnConfig {
+        &self.config.conn
+    }
+
+    /// Whether the server was killed.
+    pub(super) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
+    /// Keeps `task` to abort it when the server is killed.
+    pub(super) fn keep_task(&self, task: JoinHandle<()>) {
+        let mut tasks = lock(&self.tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
     fn event(&self, e: ServerEvent) {
         lock(&self.events).push(e);
         self.events_cv.notify_all();
@@ -1112,16 +1187,7 @@ impl NetServer {
         config: ServerConfig,
         protocols: Vec<Served>,
     ) -> std::io::Result<NetServer> {
-        let (handle, runtime) = match tokio::runtime::Handle::try_current() {
-            Ok(h) => (h, None),
-            Err(_) => {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .enable_all()
-                    .build()?;
-                (rt.handle().clone(), Some(Arc::new(rt)))
-            }
-        };
+        let (handle, runtime) = runtime_handle()?;
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let local_addr = std_listener.local_addr()?;
@@ -1129,16 +1195,7 @@ impl NetServer {
             let _guard = handle.enter();
             TcpListener::from_std(std_listener)?
         };
-        let shared = Arc::new(ServerShared {
-            instance: config.instance.unwrap_or_else(process_instance),
-            config,
-            protocols,
-            events: Mutex::new(Vec::new()),
-            events_cv: Condvar::new(),
-            tasks: Mutex::new(Vec::new()),
-            conns: Mutex::new(Vec::new()),
-            stopped: AtomicBool::new(false),
-        });
+        let shared = ServerShared::new(config, protocols);
         let accept = handle.spawn(accept_loop(listener, Arc::clone(&shared)));
         lock(&shared.tasks).push(accept);
         Ok(NetServer {
@@ -1146,6 +1203,20 @@ impl NetServer {
             shared,
             _runtime: runtime,
         })
+    }
+
+    /// A server of `shared` listening at `local_addr` (its accept task already pushed).
+    #[cfg(feature = "quic")]
+    pub(super) fn from_parts(
+        local_addr: SocketAddr,
+        shared: Arc<ServerShared>,
+        runtime: Option<Arc<tokio::runtime::Runtime>>,
+    ) -> NetServer {
+        NetServer {
+            local_addr,
+            shared,
+            _runtime: runtime,
+        }
     }
 
     /// The address it listens on.
@@ -1203,51 +1274,62 @@ async fn accept_loop(listener: TcpListener, shared: Arc<ServerShared>) {
             return;
         }
         let _ = stream.set_nodelay(true);
-        let conn = Connection::server(
-            Instant::now(),
-            shared.config.conn.clone(),
-            shared.instance,
-            shared.protocols.iter().map(|p| p.spec.clone()).collect(),
-        );
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sc = Arc::new(ServerConn {
-            server: Arc::clone(&shared),
-            peer,
-            conn: Mutex::new(conn),
-            wake: Arc::new(Notify::new()),
-            requests: Mutex::new(Some(tx)),
-            handlers: Mutex::new(Vec::new()),
-        });
-        // Handlers may block (they are the application's code): a thread per connection,
-        // requests of one connection in order.
-        {
-            let mut conns = lock(&shared.conns);
-            conns.retain(|c| c.strong_count() > 0);
-            conns.push(Arc::downgrade(&sc));
-        }
-        let worker = Arc::clone(&sc);
-        // Requests are owned copies already: nothing for copy_on_receive to do.
-        let opts = crate::rpc::ServeOptions {
-            reply_timeout: shared.config.reply_timeout,
-            ..crate::rpc::ServeOptions::default()
-        };
-        tokio::task::spawn_blocking(move || {
-            let sender = ConnSender(Arc::clone(&worker));
-            while let Ok((protocol, msg)) = rx.recv() {
-                let entry = lock(&worker.handlers).get(protocol as usize).cloned();
-                let Some((version, Some(handler))) = entry else {
-                    continue;
-                };
-                let mut h = |v: &RequestView<'_>, r: Responder<'_>| handler(v, r);
-                if dispatch(&msg, &sender, None, version, &mut h, &opts).is_err() {
-                    break;
-                }
-            }
-        });
+        let sc = accept_conn(&shared, peer);
         let wake = Arc::clone(&sc.wake);
         let task = tokio::spawn(run_connection(stream, sc, wake));
-        let mut tasks = lock(&shared.tasks);
-        tasks.retain(|t| !t.is_finished());
-        tasks.push(task);
+        shared.keep_task(task);
+    }
+}
+
+/// A new connection of `shared` from `peer`, with its dispatch thread.
+pub(super) fn accept_conn(shared: &Arc<ServerShared>, peer: SocketAddr) -> Arc<ServerConn> {
+    let conn = Connection::server(
+        Instant::now(),
+        shared.config.conn.clone(),
+        shared.instance,
+        shared.protocols.iter().map(|p| p.spec.clone()).collect(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sc = Arc::new(ServerConn {
+        server: Arc::clone(&shared),
+        peer,
+        conn: Mutex::new(conn),
+        wake: Arc::new(Notify::new()),
+        requests: Mutex::new(Some(tx)),
+        handlers: Mutex::new(Vec::new()),
+    });
+    // Handlers may block (they are the application's code): a thread per connection,
+    // requests of one connection in order.
+    {
+        let mut conns = lock(&shared.conns);
+        conns.retain(|c| c.strong_count() > 0);
+        conns.push(Arc::downgrade(&sc));
+    }
+    let worker = Arc::clone(&sc);
+    // Requests are owned copies already: nothing for copy_on_receive to do.
+    let opts = crate::rpc::ServeOptions {
+        reply_timeout: shared.config.reply_timeout,
+        ..crate::rpc::ServeOptions::default()
+    };
+    tokio::task::spawn_blocking(move || {
+        let sender = ConnSender(Arc::clone(&worker));
+        while let Ok((protocol, msg)) = rx.recv() {
+            let entry = lock(&worker.handlers).get(protocol as usize).cloned();
+            let Some((version, Some(handler))) = entry else {
+                continue;
+            };
+            let mut h = |v: &RequestView<'_>, r: Responder<'_>| handler(v, r);
+            if dispatch(&msg, &sender, None, version, &mut h, &opts).is_err() {
+                break;
+            }
+        }
+    });
+    sc
+}
+
+impl ServerConn {
+    /// Wakes the connection's writer.
+    pub(super) fn wake(&self) -> Arc<Notify> {
+        Arc::clone(&self.wake)
     }
 }

@@ -1,0 +1,738 @@
+//! The QUIC driver: the same sans-io core ([`Connection`], [`Pool`](super::Pool)) over
+//! quinn, with TLS 1.3 from rustls on ring.
+//!
+//! QUIC gives reliability over UDP (loss, duplication, reordering), encryption, and
+//! independent streams. The core's byte stream is cut into its units and spread over
+//! QUIC streams, so that a lost packet of one message never holds back another:
+//!
+//! - one **bidirectional control stream**, opened by the client: the handshake records,
+//!   keep-alives and `CLOSE` frames (everything but message data), in order;
+//! - one **unidirectional stream per message**: every `DATA` frame of the core's stream id,
+//!   from `FIRST` to `LAST` (then the QUIC stream is finished), and its `ABORT` if any.
+//!
+//! The receiving side reassembles whole frames per QUIC stream and hands each to the core
+//! in one piece, so frames of different streams never mix. Message frames wait until the
+//! handshake record arrived on the control stream. Everything else (handshake, message
+//! kinds, pools, cancel, keep-alive, timeouts, limits) is the core's, as over TCP.
+//!
+//! Messages of the `@ordered` kind still start one after another at the sender, but two
+//! of them on different QUIC streams may arrive in either order when packets are lost.
+//!
+//! Writes go through a per-stream task each; a byte budget per connection
+//! ([`SEND_BUDGET`]) stops the core from producing frames faster than QUIC takes them,
+//! while its timers keep running.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::{ReadError, ReadExactError, RecvStream, SendStream, VarInt};
+pub use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::conn::{ConnConfig, ConnError};
+use super::frame::{self, FRAME_HEADER, FrameError, data_flags, kind};
+use super::pool::ConnId;
+use super::tcp::{
+    ClientConfig, ClientConn, ClientShared, Host, NetClient, NetServer, Served, ServerConfig,
+    ServerShared, WRITE_BATCH, accept_conn, connect_failed, runtime_handle,
+};
+use crate::rpc::TransportError;
+
+/// The ALPN protocol both sides name in the TLS handshake.
+pub const ALPN: &[u8] = b"shm-channel/1";
+
+/// Bytes of frames handed to QUIC but not yet taken by it, per connection.
+pub const SEND_BUDGET: usize = 4 << 20;
+
+/// Bytes read per control-stream read.
+const READ_CHUNK: usize = 64 * 1024;
+/// The largest frame on the wire (header and the largest payload).
+const MAX_FRAME: usize = frame::MAX_BUFFER as usize;
+
+/// A certificate chain and its private key.
+#[derive(Debug)]
+pub struct Identity {
+    /// The chain, leaf first (DER).
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key (DER).
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl Identity {
+    /// The identity `chain` (leaf first) with `key`.
+    pub fn new(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Self {
+        Identity { chain, key }
+    }
+}
+
+/// TLS of a QUIC client: whom it trusts, the name it expects, and its own certificate
+/// when the server asks for one.
+#[derive(Debug, Clone)]
+pub struct QuicClientTls {
+    /// The name the server's certificate must carry.
+    pub server_name: String,
+    /// The certificates (CAs, or the server's own self-signed one) trusted.
+    pub roots: Vec<CertificateDer<'static>>,
+    /// A client certificate, for servers that require one.
+    pub identity: Option<Identity>,
+}
+
+/// TLS of a QUIC server: its certificate, and whom it accepts.
+#[derive(Debug, Clone)]
+pub struct QuicServerTls {
+    /// The server's certificate and key.
+    pub identity: Identity,
+    /// When set, only clients with a certificate issued by one of these are accepted.
+    pub client_roots: Option<Vec<CertificateDer<'static>>>,
+}
+
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn root_store(certs: &[CertificateDer<'static>]) -> std::io::Result<rustls::RootCertStore> {
+    let mut store = rustls::RootCertStore::empty();
+    for c in certs {
+        store.add(c.clone()).map_err(io_err)?;
+    }
+    Ok(store)
+}
+
+/// QUIC's own limits, from the connection's: as many concurrent message streams as the
+/// core accepts in progress, one control stream, an idle timeout past the core's own.
+fn transport_config(conn: &ConnConfig, server: bool) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    let streams = u32::try_from(conn.max_incoming_streams)
+        .unwrap_or(u32::MAX)
+        .clamp(1, 1 << 16);
+    t.max_concurrent_uni_streams(VarInt::from_u32(streams));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(u32::from(server)));
+    let idle = conn.inactivity_timeout.max(conn.handshake_timeout) + Duration::from_secs(5);
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+    t
+}
+
+impl QuicClientTls {
+    /// Trusts `roots` and expects `server_name` in the server's certificate.
+    pub fn new(server_name: impl Into<String>, roots: Vec<CertificateDer<'static>>) -> Self {
+        QuicClientTls {
+            server_name: server_name.into(),
+            roots,
+            identity: None,
+        }
+    }
+
+    /// The quinn client configuration (TLS 1.3, ring, our ALPN, limits from `conn`).
+    pub fn quinn_config(&self, conn: &ConnConfig) -> std::io::Result<quinn::ClientConfig> {
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(io_err)?
+            .with_root_certificates(root_store(&self.roots)?);
+        let mut tls = match &self.identity {
+            Some(id) => builder
+                .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+                .map_err(io_err)?,
+            None => builder.with_no_client_auth(),
+        };
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(io_err)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport_config(conn, false)));
+        Ok(config)
+    }
+}
+
+impl QuicServerTls {
+    /// Serves with `identity`, accepting any client.
+    pub fn new(identity: Identity) -> Self {
+        QuicServerTls {
+            identity,
+            client_roots: None,
+        }
+    }
+
+    /// The quinn server configuration (TLS 1.3, ring, our ALPN, limits from `conn`).
+    pub fn quinn_config(&self, conn: &ConnConfig) -> std::io::Result<quinn::ServerConfig> {
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(io_err)?;
+        let builder = match &self.client_roots {
+            None => builder.with_no_client_auth(),
+            Some(roots) => {
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(root_store(roots)?),
+                    provider(),
+                )
+                .build()
+                .map_err(io_err)?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut tls = builder
+            .with_single_cert(self.identity.chain.clone(), self.identity.key.clone_key())
+            .map_err(io_err)?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(io_err)?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(Arc::new(transport_config(conn, true)));
+        Ok(config)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Client.
+
+/// How a client's pool dials: over QUIC with this TLS.
+pub(super) struct Dialer {
+    config: quinn::ClientConfig,
+    server_name: String,
+}
+
+impl Dialer {
+    /// A fresh endpoint per connection: a restarted server never sees an old one's state.
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(quinn::Endpoint, quinn::Connection, SendStream, RecvStream), String> {
+        let local: SocketAddr = if addr.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let endpoint = quinn::Endpoint::client(local).map_err(|e| e.to_string())?;
+        let conn = endpoint
+            .connect_with(self.config.clone(), addr, &self.server_name)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        Ok((endpoint, conn, send, recv))
+    }
+}
+
+pub(super) async fn connect_task(
+    dialer: Arc<Dialer>,
+    shared: Arc<ClientShared>,
+    id: ConnId,
+    addr: SocketAddr,
+    wake: Arc<Notify>,
+) {
+    let timeout = shared.config.connect_timeout;
+    let (endpoint, conn, send, recv) = match tokio::time::timeout(timeout, dialer.dial(addr)).await
+    {
+        Ok(Ok(parts)) => parts,
+        Ok(Err(e)) => {
+            return connect_failed(&shared, id, format!("connecting to quic://{addr}: {e}"));
+        }
+        Err(_) => {
+            return connect_failed(
+                &shared,
+                id,
+                format!("connecting to quic://{addr}: timed out"),
+            );
+        }
+    };
+    shared.with_pool(|p| p.handle_connected(Instant::now(), id));
+    let conn_config = shared.config.conn.clone();
+    let host = Arc::new(ClientConn {
+        shared: Arc::clone(&shared),
+        id,
+    });
+    run_quic(conn, send, recv, host, wake, &conn_config).await;
+    drop(endpoint);
+}
+
+impl NetClient {
+    /// A client of the QUIC destination at `addrs` (see [`new`](Self::new)): the same pool,
+    /// message kinds and RPC transport, over QUIC with `tls`.
+    pub fn new_quic(
+        addrs: Vec<SocketAddr>,
+        config: ClientConfig,
+        tls: &QuicClientTls,
+    ) -> std::io::Result<NetClient> {
+        let dialer = Dialer {
+            config: tls.quinn_config(&config.conn)?,
+            server_name: tls.server_name.clone(),
+        };
+        NetClient::with_dialer(addrs, config, Some(Arc::new(dialer)))
+    }
+
+    /// [`new_quic`](Self::new_quic), once the first connection finished its handshake (see
+    /// [`connect`](Self::connect)).
+    pub fn connect_quic(
+        addrs: Vec<SocketAddr>,
+        config: ClientConfig,
+        tls: &QuicClientTls,
+        timeout: Duration,
+    ) -> Result<NetClient, TransportError> {
+        Self::new_quic(addrs, config, tls)
+            .map_err(|e| TransportError::Io(e.to_string()))?
+            .first_connection(timeout)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Server.
+
+impl NetServer {
+    /// Listens for QUIC on the UDP address `addr` and serves `protocols` (see
+    /// [`bind`](Self::bind)).
+    pub fn bind_quic(
+        addr: SocketAddr,
+        config: ServerConfig,
+        protocols: Vec<Served>,
+        tls: &QuicServerTls,
+    ) -> std::io::Result<NetServer> {
+        let (handle, runtime) = runtime_handle()?;
+        let server_config = tls.quinn_config(&config.conn)?;
+        let socket = std::net::UdpSocket::bind(addr)?;
+        let local_addr = socket.local_addr()?;
+        let endpoint = {
+            let _guard = handle.enter();
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server_config),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )?
+        };
+        let shared = ServerShared::new(config, protocols);
+        let accept = handle.spawn(accept_loop(endpoint, Arc::clone(&shared)));
+        shared.keep_task(accept);
+        Ok(NetServer::from_parts(local_addr, shared, runtime))
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<ServerShared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        if shared.is_stopped() {
+            return;
+        }
+        let shared2 = Arc::clone(&shared);
+        let task = tokio::spawn(async move {
+            let conn_config = shared2.conn_config().clone();
+            let limit = conn_config.handshake_timeout;
+            // A peer that never finishes TLS, or never opens the control stream, is
+            // dropped at the handshake timeout.
+            let Ok(Ok(conn)) = tokio::time::timeout(limit, incoming).await else {
+                return;
+            };
+            let Ok(Ok((send, recv))) = tokio::time::timeout(limit, conn.accept_bi()).await else {
+                conn.close(VarInt::from_u32(1), b"no control stream");
+                return;
+            };
+            let sc = accept_conn(&shared2, conn.remote_address());
+            let wake = sc.wake();
+            run_quic(conn, send, recv, sc, wake, &conn_config).await;
+        });
+        shared.keep_task(task);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// One connection, both sides.
+
+/// Frame bytes for a stream's writer, holding their share of the send budget.
+struct Chunk {
+    bytes: Vec<u8>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Runs one connection over `conn` (its control stream being `send`/`recv`) until it
+/// closes.
+async fn run_quic<H: Host>(
+    conn: quinn::Connection,
+    send: SendStream,
+    recv: RecvStream,
+    host: Arc<H>,
+    wake: Arc<Notify>,
+    config: &ConnConfig,
+) {
+    // Readers: aborted when this returns (or is aborted, as by a server's kill).
+    let mut readers = JoinSet::new();
+    let (open_tx, open_rx) = watch::channel(false);
+    readers.spawn(read_control(
+        recv,
+        Arc::clone(&host),
+        Arc::clone(&wake),
+        open_tx,
+    ));
+    readers.spawn(accept_streams(
+        conn.clone(),
+        Arc::clone(&host),
+        Arc::clone(&wake),
+        open_rx,
+    ));
+    let budget = Arc::new(Semaphore::new(SEND_BUDGET));
+    let mut writers = JoinSet::new();
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    writers.spawn(write_stream(send, control_rx, Arc::clone(&wake), true));
+    let mut router = Router {
+        conn: conn.clone(),
+        control: control_tx,
+        streams: HashMap::new(),
+        record_sent: false,
+        budget: Arc::clone(&budget),
+        wake: Arc::clone(&wake),
+        writers,
+        open_timeout: config.inactivity_timeout,
+    };
+    let mut out = Vec::with_capacity(WRITE_BATCH + MAX_FRAME);
+    loop {
+        out.clear();
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // Frames only while QUIC keeps up; timers always.
+        let room = budget.available_permits() >= WRITE_BATCH + MAX_FRAME;
+        let Some((closed, deadline)) = host.with(|c, now| {
+            c.handle_timeout(now);
+            if room || c.is_closed() {
+                while out.len() < WRITE_BATCH && c.poll_transmit(now, &mut out) {}
+            }
+            (c.is_closed(), c.poll_timeout())
+        }) else {
+            break;
+        };
+        if !out.is_empty() {
+            if let Err(e) = router.route(&out).await {
+                host.with(|c, _| c.handle_io_error(e));
+                break;
+            }
+            continue;
+        }
+        if closed {
+            break;
+        }
+        match deadline {
+            Some(d) => {
+                tokio::select! {
+                    () = &mut notified => {}
+                    () = tokio::time::sleep_until(d.into()) => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+    host.finished();
+    // Let what was written (a CLOSE frame above all) reach the peer, briefly.
+    let Router {
+        control,
+        streams,
+        mut writers,
+        ..
+    } = router;
+    drop(control);
+    drop(streams);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while writers.join_next().await.is_some() {}
+    })
+    .await;
+    conn.close(VarInt::from_u32(0), b"");
+    drop(readers);
+}
+
+/// Spreads the core's output over QUIC streams.
+struct Router {
+    conn: quinn::Connection,
+    control: mpsc::UnboundedSender<Chunk>,
+    /// Core stream id -> the writer of its QUIC stream.
+    streams: HashMap<u32, mpsc::UnboundedSender<Chunk>>,
+    record_sent: bool,
+    budget: Arc<Semaphore>,
+    wake: Arc<Notify>,
+    writers: JoinSet<()>,
+    open_timeout: Duration,
+}
+
+impl Router {
+    fn chunk(&self, bytes: &[u8]) -> Chunk {
+        let permit = u32::try_from(bytes.len())
+            .ok()
+            .and_then(|n| Arc::clone(&self.budget).try_acquire_many_owned(n).ok());
+        Chunk {
+            bytes: bytes.to_vec(),
+            _permit: permit,
+        }
+    }
+
+    fn to_control(&self, bytes: &[u8]) -> Result<(), String> {
+        self.control
+            .send(self.chunk(bytes))
+            .map_err(|_| "the control stream failed".to_string())
+    }
+
+    async fn route(&mut self, out: &[u8]) -> Result<(), String> {
+        let mut at = 0;
+        while at < out.len() {
+            let rest = &out[at..];
+            if !self.record_sent {
+                // Our own handshake record comes first; anything else (never expected)
+                // goes to the control stream as it is.
+                return match frame::split_record(rest) {
+                    Ok(Some((_, n))) => {
+                        self.to_control(&rest[..n])?;
+                        self.record_sent = true;
+                        at += n;
+                        continue;
+                    }
+                    _ => self.to_control(rest),
+                };
+            }
+            if rest.len() < FRAME_HEADER {
+                return self.to_control(rest);
+            }
+            let len = (FRAME_HEADER + u32_at(rest, 8) as usize).min(rest.len());
+            let f = &rest[..len];
+            at += len;
+            let k = f[0];
+            if k != kind::DATA && k != kind::ABORT {
+                self.to_control(f)?;
+                continue;
+            }
+            let stream = u32_at(f, 4);
+            let first = k == kind::DATA && f[1] & data_flags::FIRST != 0;
+            if first && !self.streams.contains_key(&stream) {
+                let send = tokio::time::timeout(self.open_timeout, self.conn.open_uni())
+                    .await
+                    .map_err(|_| "no stream granted by the peer".to_string())?
+                    .map_err(|e| e.to_string())?;
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.writers
+                    .spawn(write_stream(send, rx, Arc::clone(&self.wake), false));
+                self.streams.insert(stream, tx);
+            }
+            let chunk = self.chunk(f);
+            match self.streams.get(&stream) {
+                Some(tx) => {
+                    // A writer that failed leaves the connection to its readers' errors.
+                    let _ = tx.send(chunk);
+                }
+                None => self.to_control(f)?,
+            }
+            if k == kind::ABORT || f[1] & data_flags::LAST != 0 {
+                self.streams.remove(&stream);
+            }
+            // Reap the writers of finished streams.
+            while self.writers.try_join_next().is_some() {}
+        }
+        Ok(())
+    }
+}
+
+/// Writes one stream's chunks, then finishes it (and, for the control stream, waits until
+/// the peer has it all).
+async fn write_stream(
+    mut send: SendStream,
+    mut rx: mpsc::UnboundedReceiver<Chunk>,
+    wake: Arc<Notify>,
+    wait_acked: bool,
+) {
+    while let Some(chunk) = rx.recv().await {
+        if send.write_all(&chunk.bytes).await.is_err() {
+            return;
+        }
+        drop(chunk);
+        // Budget came back: the writer may produce again.
+        wake.notify_one();
+    }
+    let _ = send.finish();
+    if wait_acked {
+        let _ = send.stopped().await;
+    }
+}
+
+/// Tells the core its peer broke the framing on a QUIC stream.
+fn violation<H: Host>(host: &H, wake: &Notify, e: FrameError) {
+    host.with(|c, _| c.close(ConnError::Frame(e)));
+    wake.notify_one();
+}
+
+/// The end of the connection, as the core sees it.
+fn lost<H: Host>(host: &H, wake: &Notify, e: &ReadError) {
+    host.with(|c, _| match e {
+        // The peer closed (or its process died and its endpoint said so).
+        ReadError::ConnectionLost(
+            quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::Reset,
+        ) => c.handle_eof(),
+        other => c.handle_io_error(other.to_string()),
+    });
+    wake.notify_one();
+}
+
+/// Feeds the control stream to the core, one handshake record or frame at a time.
+async fn read_control<H: Host>(
+    mut recv: RecvStream,
+    host: Arc<H>,
+    wake: Arc<Notify>,
+    open: watch::Sender<bool>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut record_done = false;
+    // Bytes the unit parser cannot make sense of go to the core as they are: it reports
+    // the very error it would over TCP.
+    let mut raw = false;
+    loop {
+        match recv.read(&mut chunk).await {
+            Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(None) => {
+                host.with(|c, now| {
+                    if !buf.is_empty() {
+                        c.handle_data(now, &buf);
+                    }
+                    c.handle_eof();
+                });
+                wake.notify_one();
+                return;
+            }
+            Err(e) => return lost(&*host, &wake, &e),
+        }
+        let mut at = 0;
+        loop {
+            let rest = &buf[at..];
+            if rest.is_empty() {
+                break;
+            }
+            let unit = if raw {
+                rest.len()
+            } else if !record_done {
+                match frame::split_record(rest) {
+                    Ok(Some((_, n))) => n,
+                    Ok(None) => break,
+                    Err(_) => {
+                        raw = true;
+                        rest.len()
+                    }
+                }
+            } else if rest.len() < FRAME_HEADER {
+                break;
+            } else {
+                let len = FRAME_HEADER + u32_at(rest, 8) as usize;
+                if len > MAX_FRAME {
+                    raw = true;
+                    rest.len()
+                } else if rest.len() < len {
+                    break;
+                } else {
+                    len
+                }
+            };
+            let closed = host.with(|c, now| {
+                c.handle_data(now, &rest[..unit]);
+                c.is_closed()
+            });
+            at += unit;
+            if !record_done && !raw {
+                record_done = true;
+                let _ = open.send(true);
+            }
+            wake.notify_one();
+            if closed != Some(false) {
+                return;
+            }
+        }
+        buf.drain(..at);
+    }
+}
+
+/// Accepts the peer's message streams, a reader each.
+async fn accept_streams<H: Host>(
+    conn: quinn::Connection,
+    host: Arc<H>,
+    wake: Arc<Notify>,
+    open: watch::Receiver<bool>,
+) {
+    let mut readers = JoinSet::new();
+    while let Ok(recv) = conn.accept_uni().await {
+        readers.spawn(read_stream(
+            recv,
+            Arc::clone(&host),
+            Arc::clone(&wake),
+            open.clone(),
+        ));
+        while readers.try_join_next().is_some() {}
+    }
+}
+
+/// Feeds one message stream's frames to the core, each whole.
+async fn read_stream<H: Host>(
+    mut recv: RecvStream,
+    host: Arc<H>,
+    wake: Arc<Notify>,
+    mut open: watch::Receiver<bool>,
+) {
+    // The peer's handshake record first (it may be behind on the control stream).
+    if open.wait_for(|o| *o).await.is_err() {
+        return;
+    }
+    loop {
+        let mut head = [0u8; FRAME_HEADER];
+        match recv.read_exact(&mut head).await {
+            Ok(()) => {}
+            Err(ReadExactError::FinishedEarly(0)) => return,
+            Err(ReadExactError::FinishedEarly(_)) => {
+                return violation(&*host, &wake, FrameError::Truncated("frame on a stream"));
+            }
+            // A reset stream: the core drops the partial message when the connection
+            // closes; a lost connection is reported by the control stream.
+            Err(ReadExactError::ReadError(_)) => return,
+        }
+        if head[0] != kind::DATA && head[0] != kind::ABORT {
+            return violation(
+                &*host,
+                &wake,
+                FrameError::Malformed(format!("frame type {} on a message stream", head[0])),
+            );
+        }
+        let len = FRAME_HEADER + u32_at(&head, 8) as usize;
+        if len > MAX_FRAME {
+            return violation(
+                &*host,
+                &wake,
+                FrameError::Oversized {
+                    what: "frame",
+                    len: len as u64,
+                    max: MAX_FRAME as u64,
+                },
+            );
+        }
+        let mut f = vec![0u8; len];
+        f[..FRAME_HEADER].copy_from_slice(&head);
+        match recv.read_exact(&mut f[FRAME_HEADER..]).await {
+            Ok(()) => {}
+            Err(ReadExactError::FinishedEarly(_)) => {
+                return violation(&*host, &wake, FrameError::Truncated("frame on a stream"));
+            }
+            Err(ReadExactError::ReadError(_)) => return,
+        }
+        let closed = host.with(|c, now| {
+            c.handle_data(now, &f);
+            c.is_closed()
+        });
+        wake.notify_one();
+        if closed != Some(false) {
+            return;
+        }
+    }
+}
