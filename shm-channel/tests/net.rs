@@ -9,9 +9,10 @@
 
 #![cfg(feature = "net")]
 
-mod support;
+// Public for `net_quic.rs`, which includes this file as a module.
+pub(crate) mod support;
 #[path = "support/transport.rs"]
-mod transport;
+pub(crate) mod transport;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -115,7 +116,7 @@ fn decode_echo(m: &dyn IncomingMessage) -> Result<Vec<u8>, String> {
         .ok_or_else(|| "no object".into())
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1110,6 +1110,7 @@ impl ServerShared {
     }
 
     /// Whether the server was killed.
+    #[cfg(feature = "quic")]
     pub(super) fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Relaxed)
     }
@@ -1291,7 +1292,7 @@ pub(super) fn accept_conn(shared: &Arc<ServerShared>, peer: SocketAddr) -> Arc<S
     );
     let (tx, rx) = std::sync::mpsc::channel();
     let sc = Arc::new(ServerConn {
-        server: Arc::clone(&shared),
+        server: Arc::clone(shared),
         peer,
         conn: Mutex::new(conn),
         wake: Arc::new(Notify::new()),
@@ -1329,6 +1330,7 @@ pub(super) fn accept_conn(shared: &Arc<ServerShared>, peer: SocketAddr) -> Arc<S
 
 impl ServerConn {
     /// Wakes the connection's writer.
+    #[cfg(feature = "quic")]
     pub(super) fn wake(&self) -> Arc<Notify> {
         Arc::clone(&self.wake)
     }
