@@ -1,4 +1,4 @@
-//! The QUIC driver: the same sans-io core ([`Connection`], [`Pool`](super::Pool)) over
+//! The QUIC driver: the same sans-io core ([`Connection`](super::Connection), [`Pool`](super::Pool)) over
 //! quinn, with TLS 1.3 from rustls on ring.
 //!
 //! QUIC gives reliability over UDP (loss, duplication, reordering), encryption, and
