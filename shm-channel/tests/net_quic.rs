@@ -538,3 +538,123 @@ fn hostile_oversized_messages_are_refused() {
         good_call(&mut good, "after");
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// Where the namespace variant stands, and a QUIC-against-TCP measurement.
+
+fn run_ok(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Whether two network namespaces with `tc netem` loss can be set up here (root, `ip
+/// netns`, the netem qdisc); what was tried is undone.
+fn netem_available() -> Result<(), String> {
+    let ns = format!("shmq{}", std::process::id());
+    let (a, b) = (format!("{ns}a"), format!("{ns}b"));
+    run_ok("ip", &["netns", "add", &ns])?;
+    let r = run_ok(
+        "ip",
+        &["link", "add", &a, "type", "veth", "peer", "name", &b],
+    )
+    .and_then(|()| {
+        run_ok(
+            "tc",
+            &["qdisc", "add", "dev", &a, "root", "netem", "loss", "10%"],
+        )
+    });
+    let _ = run_ok("ip", &["link", "del", &a]);
+    let _ = run_ok("ip", &["netns", "del", &ns]);
+    r
+}
+
+/// The lossy run across network namespaces with netem needs root, `ip netns` and the netem
+/// qdisc; this says which is missing (the in-process relay above covers loss meanwhile).
+#[test]
+fn lossy_network_namespaces_netem_availability() {
+    match netem_available() {
+        Err(e) => eprintln!("namespace + netem variant skipped: {e}"),
+        Ok(()) => eprintln!(
+            "netem works here, but the namespace variant is not written yet: only the \
+             in-process relay ran"
+        ),
+    }
+}
+
+/// Round trip and throughput over QUIC against TCP on loopback, in the same run (not a
+/// test: `cargo test --release -p shm-channel --test net_quic -- --ignored quic_vs_tcp
+/// --nocapture`).
+#[test]
+#[ignore = "a measurement"]
+fn quic_vs_tcp() {
+    let rounds = env_usize("SHM_NET_BENCH_ROUNDS", 2000);
+    let big = env_usize("SHM_NET_BENCH_BIG", 50);
+    for quic in [false, true] {
+        let srv = {
+            let served = vec![Served::new(echo_proto(), |req, resp| {
+                resp.reply(&[(0, req.object(0).unwrap_or_default())])
+            })];
+            let addr = "127.0.0.1:0".parse().unwrap();
+            if quic {
+                NetServer::bind_quic(
+                    addr,
+                    ServerConfig::default(),
+                    served,
+                    &transport::tls().server,
+                )
+            } else {
+                NetServer::bind(addr, ServerConfig::default(), served)
+            }
+            .unwrap()
+        };
+        let addrs = vec![srv.local_addr()];
+        let net = if quic {
+            NetClient::new_quic(addrs, client_config(), &transport::tls().client)
+        } else {
+            NetClient::new(addrs, client_config())
+        }
+        .unwrap();
+        let mut client = Client::new(net);
+        let small = payload(64, 1);
+        for _ in 0..100 {
+            client
+                .call(&ECHO, &[(0, &small)], WAIT, decode_echo)
+                .unwrap();
+        }
+        let mut rtts = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let t = Instant::now();
+            client
+                .call(&ECHO, &[(0, &small)], WAIT, decode_echo)
+                .unwrap();
+            rtts.push(t.elapsed());
+        }
+        rtts.sort();
+        let large = payload(1 << 20, 2);
+        let t = Instant::now();
+        for _ in 0..big {
+            client
+                .call(&ECHO, &[(0, &large)], WAIT, decode_echo)
+                .unwrap();
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "{}: 64 B call rtt p50 {:?} p99 {:?}; 1 MiB echo calls {:.0} MiB/s each way",
+            if quic { "quic" } else { "tcp " },
+            rtts[rounds / 2],
+            rtts[rounds * 99 / 100],
+            big as f64 / secs,
+        );
+    }
+}
