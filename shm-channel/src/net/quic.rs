@@ -466,48 +466,45 @@ struct Router {
 }
 
 impl Router {
-    fn chunk(&self, bytes: &[u8]) -> Chunk {
+    fn chunk(&self, bytes: Vec<u8>) -> Chunk {
         let permit = u32::try_from(bytes.len())
             .ok()
             .and_then(|n| Arc::clone(&self.budget).try_acquire_many_owned(n).ok());
         Chunk {
-            bytes: bytes.to_vec(),
+            bytes,
             _permit: permit,
         }
     }
 
-    fn to_control(&self, bytes: &[u8]) -> Result<(), String> {
-        self.control
-            .send(self.chunk(bytes))
-            .map_err(|_| "the control stream failed".to_string())
-    }
-
     async fn route(&mut self, out: &[u8]) -> Result<(), String> {
+        // Consecutive frames of one target go out as one chunk (one QUIC write).
+        let mut batches: Vec<(Option<u32>, Vec<u8>)> = Vec::new();
+        let mut finished = Vec::new();
         let mut at = 0;
         while at < out.len() {
             let rest = &out[at..];
             if !self.record_sent {
                 // Our own handshake record comes first; anything else (never expected)
                 // goes to the control stream as it is.
-                return match frame::split_record(rest) {
-                    Ok(Some((_, n))) => {
-                        self.to_control(&rest[..n])?;
-                        self.record_sent = true;
-                        at += n;
-                        continue;
-                    }
-                    _ => self.to_control(rest),
+                let n = match frame::split_record(rest) {
+                    Ok(Some((_, n))) => n,
+                    _ => rest.len(),
                 };
+                push(&mut batches, None, &rest[..n]);
+                self.record_sent = true;
+                at += n;
+                continue;
             }
             if rest.len() < FRAME_HEADER {
-                return self.to_control(rest);
+                push(&mut batches, None, rest);
+                break;
             }
             let len = (FRAME_HEADER + u32_at(rest, 8) as usize).min(rest.len());
             let f = &rest[..len];
             at += len;
             let k = f[0];
             if k != kind::DATA && k != kind::ABORT {
-                self.to_control(f)?;
+                push(&mut batches, None, f);
                 continue;
             }
             let stream = u32_at(f, 4);
@@ -522,21 +519,41 @@ impl Router {
                     .spawn(write_stream(send, rx, Arc::clone(&self.wake), false));
                 self.streams.insert(stream, tx);
             }
-            let chunk = self.chunk(f);
-            match self.streams.get(&stream) {
+            // A stream we never opened (an ABORT of an unknown one): the control stream.
+            let target = self.streams.contains_key(&stream).then_some(stream);
+            push(&mut batches, target, f);
+            if k == kind::ABORT || f[1] & data_flags::LAST != 0 {
+                finished.push(stream);
+            }
+        }
+        for (target, bytes) in batches {
+            let chunk = self.chunk(bytes);
+            match target.and_then(|s| self.streams.get(&s)) {
+                // A writer that failed leaves the connection to its readers' errors.
                 Some(tx) => {
-                    // A writer that failed leaves the connection to its readers' errors.
                     let _ = tx.send(chunk);
                 }
-                None => self.to_control(f)?,
+                None => self
+                    .control
+                    .send(chunk)
+                    .map_err(|_| "the control stream failed".to_string())?,
             }
-            if k == kind::ABORT || f[1] & data_flags::LAST != 0 {
-                self.streams.remove(&stream);
-            }
-            // Reap the writers of finished streams.
-            while self.writers.try_join_next().is_some() {}
         }
+        for s in finished {
+            self.streams.remove(&s);
+        }
+        // Reap the writers of finished streams.
+        while self.writers.try_join_next().is_some() {}
         Ok(())
+    }
+}
+
+/// Appends `bytes` for `target` (a core stream id, or `None`: the control stream) to the
+/// last batch when it has the same target, else as a new batch.
+fn push(batches: &mut Vec<(Option<u32>, Vec<u8>)>, target: Option<u32>, bytes: &[u8]) {
+    match batches.last_mut() {
+        Some((t, b)) if *t == target => b.extend_from_slice(bytes),
+        _ => batches.push((target, bytes.to_vec())),
     }
 }
 
