@@ -11,6 +11,7 @@
 //!
 //! See `docs/NETWORK.md` for the wire format, the message kinds and the pool's behaviour.
 
+pub mod addr;
 pub mod compress;
 pub mod conn;
 pub mod frame;
@@ -19,6 +20,7 @@ pub mod pool;
 pub mod quic;
 pub mod tcp;
 
+pub use addr::{Address, AddressError};
 pub use compress::Compressor;
 pub use conn::{
     BytesSource, ConnConfig, ConnError, ConnEvent, Connection, Delivery, MessageSource, OutMessage,
