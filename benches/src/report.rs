@@ -566,7 +566,7 @@ pub fn render_targets(rtt: &Group, thr: &Group, memory: &[Value]) -> String {
                 (t(rtt, placement, park, 8), t(rtt, placement, "uds", 8)),
                 |p, u| {
                     format!(
-                        "`{park}` {}, `uds` {}: {} faster",
+                        "`{park}` {}, `uds` {}: `uds` takes {} as long",
                         time_label(p),
                         time_label(u),
                         ratio_label(u / p)
@@ -860,7 +860,7 @@ mod tests {
             "{targets}"
         );
         assert!(
-            targets.contains("`shm-park` 500 ns, `uds` 40.0 µs: 80x faster | **met**"),
+            targets.contains("`shm-park` 500 ns, `uds` 40.0 µs: `uds` takes 80x as long | **met**"),
             "{targets}"
         );
         let _ = std::fs::remove_dir_all(&dir);
