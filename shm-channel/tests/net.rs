@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 use shm_channel::layout::{Kind, MessageHeader, MessageView, MessageWriter, message_len};
 use shm_channel::net::frame::{self, FrameHeader, Hello, ProtocolSpec, data_flags, kind};
 use shm_channel::net::{
-    Canceled, ClientConfig, ClientEvent, CloseCode, ConnConfig, ConnError, ConnEvent, Connection,
-    Delivery, Failure, NetServer, OutMessage, PoolConfig, Served, ServerConfig, ServerEvent,
+    Canceled, ClientConfig, ClientEvent, CloseCode, Compressor, ConnConfig, ConnError, ConnEvent,
+    Connection, Delivery, Failure, Lz4, NetServer, OutMessage, PoolConfig, Served, ServerConfig,
+    ServerEvent, Snappy,
 };
 use shm_channel::rpc::{
     AsyncClient, CallError, Client, HandlerError, IncomingMessage, LocalFailure, Method, Outgoing,
@@ -268,6 +269,65 @@ fn clientserver_basic_pool_1() {
 #[test]
 fn clientserver_basic_pool_4() {
     clientserver_basic(4);
+}
+
+/// `clientserver_basic` with per-buffer compression (Snappy, as in the seed; and LZ4).
+fn clientserver_basic_compressed(compressor: Arc<dyn Compressor>) {
+    with_watchdog(Duration::from_secs(60), move || {
+        let conn = ConnConfig {
+            compression: vec![Arc::clone(&compressor)],
+            ..test_conn()
+        };
+        let srv = transport::bind(
+            localhost(),
+            ServerConfig {
+                conn: conn.clone(),
+                ..ServerConfig::default()
+            },
+            vec![Served::new(
+                echo_proto(),
+                echo_handler("echo", Duration::ZERO),
+            )],
+        )
+        .unwrap();
+        let mut config = client_config();
+        config.conn = conn;
+        let net = transport::client(vec![srv.local_addr()], config).unwrap();
+        let handle = net.sender();
+        let mut client = Client::new(net);
+        for i in 0..20u64 {
+            // Text-like data: repeated words of varying length.
+            let data: Vec<u8> = format!("message {i} says hello again; ")
+                .into_bytes()
+                .into_iter()
+                .cycle()
+                .take((i as usize * 7919) % 100_000)
+                .collect();
+            assert_eq!(
+                client
+                    .call(&ECHO, &[(0, &data)], WAIT, decode_echo)
+                    .unwrap(),
+                data
+            );
+        }
+        let stats = client.transport().stats();
+        assert!(stats.frames_compressed > 0, "{stats:?}");
+        assert!(
+            stats.wire_bytes_sent * 2 < stats.raw_bytes_sent,
+            "{stats:?}"
+        );
+        drop(handle);
+    });
+}
+
+#[test]
+fn clientserver_basic_snappy() {
+    clientserver_basic_compressed(Arc::new(Snappy));
+}
+
+#[test]
+fn clientserver_basic_lz4() {
+    clientserver_basic_compressed(Arc::new(Lz4));
 }
 
 #[test]

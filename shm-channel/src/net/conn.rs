@@ -400,6 +400,29 @@ pub struct Connection {
     scratch: Vec<u8>,
     /// Stream ids of ordered messages in progress (at most one).
     ordered_busy: HashSet<u32>,
+    stats: ConnStats,
+}
+
+/// Counters of one connection (or, summed, of a pool).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Data frames sent.
+    pub frames_sent: u64,
+    /// Of those, sent compressed (the others did not shrink, or no compression was agreed).
+    pub frames_compressed: u64,
+    /// Message bytes sent (before compression).
+    pub raw_bytes_sent: u64,
+    /// Frame bytes sent (headers and payloads, after compression).
+    pub wire_bytes_sent: u64,
+}
+
+impl std::ops::AddAssign for ConnStats {
+    fn add_assign(&mut self, o: ConnStats) {
+        self.frames_sent += o.frames_sent;
+        self.frames_compressed += o.frames_compressed;
+        self.raw_bytes_sent += o.raw_bytes_sent;
+        self.wire_bytes_sent += o.wire_bytes_sent;
+    }
 }
 
 impl std::fmt::Debug for Connection {
@@ -474,7 +497,13 @@ impl Connection {
             compressor: None,
             scratch: Vec::new(),
             ordered_busy: HashSet::new(),
+            stats: ConnStats::default(),
         }
+    }
+
+    /// What this connection sent so far.
+    pub fn stats(&self) -> ConnStats {
+        self.stats
     }
 
     /// Which side this is.
@@ -705,6 +734,10 @@ impl Connection {
             out.extend_from_slice(&self.scratch);
         }
         self.last_tx = now;
+        self.stats.frames_sent += 1;
+        self.stats.frames_compressed += u64::from(compressed);
+        self.stats.raw_bytes_sent += want as u64;
+        self.stats.wire_bytes_sent += (out.len() - at) as u64;
         if last {
             self.ordered_busy.remove(&s.stream);
             let token = s.msg.token;

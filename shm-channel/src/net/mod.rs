@@ -21,10 +21,10 @@ pub mod quic;
 pub mod tcp;
 
 pub use addr::{Address, AddressError};
-pub use compress::Compressor;
+pub use compress::{Compressor, Lz4, Snappy};
 pub use conn::{
-    BytesSource, ConnConfig, ConnError, ConnEvent, Connection, Delivery, MessageSource, OutMessage,
-    PeerInfo, Side,
+    BytesSource, ConnConfig, ConnError, ConnEvent, ConnStats, Connection, Delivery, MessageSource,
+    OutMessage, PeerInfo, Side,
 };
 pub use frame::{CloseCode, FrameError, ProtocolSpec};
 pub use pool::{Canceled, ConnId, Failure, Pool, PoolAction, PoolConfig, PoolEvent};

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use super::conn::{
-    CancelOutcome, ConnConfig, ConnError, ConnEvent, Connection, Delivery, OutMessage, PeerInfo,
-    Progress,
+    CancelOutcome, ConnConfig, ConnError, ConnEvent, ConnStats, Connection, Delivery, OutMessage,
+    PeerInfo, Progress,
 };
 use super::frame::ProtocolSpec;
 
@@ -213,6 +213,8 @@ pub struct Pool<A> {
     pending_backoff: bool,
     /// Connect even with an empty queue, until a connection is open.
     want_connection: bool,
+    /// What removed connections sent.
+    gone_stats: ConnStats,
 }
 
 impl<A> std::fmt::Debug for Pool<A> {
@@ -255,6 +257,7 @@ impl<A: Clone> Pool<A> {
             closing: Closing::No,
             pending_backoff: false,
             want_connection: false,
+            gone_stats: ConnStats::default(),
         }
     }
 
@@ -556,7 +559,20 @@ impl<A: Clone> Pool<A> {
         {
             return;
         }
-        self.conns.remove(&conn);
+        if let Some(Slot::Up(c)) = self.conns.remove(&conn) {
+            self.gone_stats += c.stats();
+        }
+    }
+
+    /// What every connection of the pool sent so far.
+    pub fn stats(&self) -> ConnStats {
+        let mut s = self.gone_stats;
+        for slot in self.conns.values() {
+            if let Slot::Up(c) = slot {
+                s += c.stats();
+            }
+        }
+        s
     }
 
     fn schedule_retry(&mut self, now: Instant) {

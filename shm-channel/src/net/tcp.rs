@@ -702,6 +702,11 @@ impl NetClient {
         lock(&self.shared.core).pool.open_connections()
     }
 
+    /// What the pool's connections sent so far (frames, compression).
+    pub fn stats(&self) -> super::conn::ConnStats {
+        lock(&self.shared.core).pool.stats()
+    }
+
     /// Messages fully sent so far.
     pub fn messages_sent(&self) -> u64 {
         self.shared.delivered.load(Ordering::Relaxed)

@@ -863,3 +863,96 @@ fn force_close_fails_everything_and_delayed_close_finishes_first() {
     assert!(p.failures().is_empty());
     assert!(p.pool.is_closed());
 }
+
+#[test]
+fn compression_is_negotiated_and_skipped_where_it_does_not_shrink() {
+    use super::compress::{Compressor, Lz4, Snappy};
+    use std::sync::Arc;
+    let both: Vec<Arc<dyn Compressor>> = vec![Arc::new(Snappy), Arc::new(Lz4)];
+    let lz4_only: Vec<Arc<dyn Compressor>> = vec![Arc::new(Lz4)];
+    let mut p = Pair::new(
+        ConnConfig {
+            compression: both,
+            ..config()
+        },
+        ConnConfig {
+            compression: lz4_only,
+            ..config()
+        },
+    );
+    p.drive();
+    assert_eq!(
+        p.client.peer().unwrap().compression,
+        2 - 1,
+        "the one both have: lz4"
+    );
+    p.client_frames.clear();
+    let text: Vec<u8> = b"compressible text, compressible text; "
+        .iter()
+        .copied()
+        .cycle()
+        .take(50_000)
+        .collect();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let noise: Vec<u8> = (0..50_000)
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng as u8
+        })
+        .collect();
+    let build = |id: u64, data: &[u8]| {
+        let mut buf = vec![0u8; message_len([data.len() as u64]).unwrap() as usize];
+        let mut w =
+            MessageWriter::new(&mut buf, MessageHeader::new(id, Kind::OneWay, 1, 0)).unwrap();
+        w.push_object(0, data).unwrap();
+        w.finish().unwrap();
+        buf
+    };
+    p.client.send(OutMessage::from_bytes(
+        1,
+        build(1, &text),
+        Delivery::Ordered,
+    ));
+    p.client.send(OutMessage::from_bytes(
+        2,
+        build(2, &noise),
+        Delivery::Ordered,
+    ));
+    p.drive();
+    let ev = Pair::events(&mut p.server);
+    let got = messages(&ev);
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        MessageView::parse(got[0]).unwrap().object(0).unwrap(),
+        &text[..]
+    );
+    assert_eq!(
+        MessageView::parse(got[1]).unwrap().object(0).unwrap(),
+        &noise[..]
+    );
+    let frames: Vec<(u8, u32)> = p
+        .client_frames
+        .iter()
+        .filter(|(k, _, _)| *k == kind::DATA)
+        .map(|(_, f, s)| (*f, *s))
+        .collect();
+    let compressed = |stream: u32| {
+        frames
+            .iter()
+            .filter(|(f, s)| *s == stream && f & data_flags::FIRST == 0)
+            .map(|(f, _)| f & data_flags::COMPRESSED != 0)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        compressed(1).iter().all(|c| *c),
+        "text frames are compressed"
+    );
+    assert!(
+        compressed(2).iter().all(|c| !*c),
+        "noise frames go out as they are"
+    );
+    let stats = p.client.stats();
+    assert!(stats.wire_bytes_sent < stats.raw_bytes_sent);
+}
