@@ -29,67 +29,23 @@
 //! `-- shm-spin/`); `QUICK=1` for short samples.
 #![forbid(unsafe_code)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use benches::echo::{self, Client, Contender, Mode, Options};
-use benches::{percentiles, settings};
+use benches::percentiles::{self, Recorder};
+use benches::settings;
 use criterion::{BenchmarkId, Criterion, Throughput};
-use hdrhistogram::Histogram;
 
 /// Payload sizes, bytes.
 const SIZES: [usize; 4] = [8, 64, 1 << 10, 64 << 10];
 /// Criterion's group: the first directory under `target/criterion`.
 const GROUP: &str = "rtt";
 
-/// One case's histogram, and whether criterion's warm-up is over.
-struct Recorder {
-    hist: Histogram<u64>,
-    last_iters: u64,
-    measuring: bool,
-}
-
-impl Recorder {
-    fn new() -> Self {
-        Recorder {
-            hist: percentiles::new_histogram(),
-            last_iters: 0,
-            measuring: false,
-        }
-    }
-
-    /// Criterion's warm-up doubles the iteration count; its first sample
-    /// asks for fewer: from then on, only the measurement is recorded.
-    fn start_batch(&mut self, iters: u64) {
-        if !self.measuring && iters < self.last_iters {
-            self.hist.reset();
-            self.measuring = true;
-        }
-        self.last_iters = iters;
-    }
-}
-
 /// Runs `iters` round trips of `len` bytes; returns their total time and
 /// records each one.
 fn batch(client: &mut Client, len: usize, iters: u64, rec: &mut Recorder) -> Duration {
-    rec.start_batch(iters);
-    let start = Instant::now();
-    let mut prev = start;
-    let hist = &mut rec.hist;
-    // One clock read per round trip serves both the histogram and
-    // criterion's total (the recording itself, a few ns, is included).
-    let mut each = || {
-        let now = Instant::now();
-        hist.saturating_record(nanos(now - prev));
-        prev = now;
-    };
-    if let Err(e) = client.round_trips(len, iters, &mut each) {
-        panic!("rtt: round trip of {len} bytes failed: {e}");
-    }
-    prev - start
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    rec.batch(iters, |each| client.round_trips(len, iters, each))
+        .unwrap_or_else(|e| panic!("rtt: round trip of {len} bytes failed: {e}"))
 }
 
 fn rtt(c: &mut Criterion) {

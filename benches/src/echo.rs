@@ -62,6 +62,9 @@ const PARENT_ENV: &str = "SHM_BENCH_ECHO_PARENT";
 const MODE_ENV: &str = "SHM_BENCH_ECHO_MODE";
 /// The shm contenders' ring maximum, bytes.
 const RING_ENV: &str = "SHM_BENCH_RING_MAX";
+/// Set (to `1`) when the generated client's both sides poll
+/// (`Options::stub_spin`).
+const STUB_SPIN_ENV: &str = "SHM_BENCH_STUB_SPIN";
 
 /// A healthy peer answers in microseconds; this only fires when it is stuck
 /// or gone, and turns a hang into a failed bench.
@@ -189,6 +192,11 @@ pub struct Options {
     /// The shm contenders' ring maximum (both directions), bytes; iceoryx2's
     /// publishers are sized for `max`.
     pub ring_max: u64,
+    /// The blocking generated client (`gen-blocking`) and its server both
+    /// poll (`WaitPolicy::SPIN`, as `shm-spin`) instead of shm-channel's
+    /// default spin-then-park. Not for `gen-async`, whose reader waits on
+    /// the runtime.
+    pub stub_spin: bool,
 }
 
 impl Options {
@@ -200,6 +208,7 @@ impl Options {
             mode,
             max,
             ring_max: (4 * max as u64).max(4 << 20),
+            stub_spin: false,
         }
     }
 }
@@ -422,6 +431,7 @@ impl Client {
             .env(MAX_ENV, max.to_string())
             .env(MODE_ENV, opts.mode.name())
             .env(RING_ENV, opts.ring_max.to_string())
+            .env(STUB_SPIN_ENV, if opts.stub_spin { "1" } else { "0" })
             .env(PARENT_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null());
@@ -459,10 +469,15 @@ impl Client {
                 let mut server = ServerProcess::spawn(&mut cmd)?;
                 pin(&server)?;
                 let is_async = contender == Contender::GenAsync;
+                if is_async && opts.stub_spin {
+                    return Err("gen-async cannot poll: its reader waits on the runtime".into());
+                }
+                let policy = opts.stub_spin.then_some(WaitPolicy::SPIN);
                 let conn = stubs_peer::StubConn::connect(
                     &name,
                     opts.ring_max,
                     is_async,
+                    policy,
                     &mut server,
                     deadline,
                 )?;
@@ -556,6 +571,19 @@ impl Client {
             each();
         }
         Ok(())
+    }
+
+    /// `count` typed calls `add_one(seq) -> u64` through the generated
+    /// client (the `gen-*` contenders only; the bare channel's counterpart
+    /// is [`round_trips`](Self::round_trips) of 8 bytes); `each` after
+    /// every one.
+    pub fn typed_calls(&mut self, count: u64, each: &mut dyn FnMut()) -> Result<()> {
+        let Conn::Stub(stub) = &mut self.conn else {
+            return Err("typed calls need a generated client (gen-blocking, gen-async)".into());
+        };
+        let first = self.seq + 1;
+        self.seq += count;
+        stub.typed_calls(first, count, each)
     }
 
     /// One round trip of `len` bytes: write the payload, send it, receive
@@ -1185,7 +1213,8 @@ fn serve(id: &str) -> Result<()> {
             StreamConn::new(input, output, max).serve(max, mode)
         }
         Contender::GenBlocking | Contender::GenAsync => {
-            stubs_peer::serve(&env(WHERE_ENV)?, ring_max)
+            let policy = (env(STUB_SPIN_ENV)? == "1").then_some(WaitPolicy::SPIN);
+            stubs_peer::serve(&env(WHERE_ENV)?, ring_max, policy)
         }
         Contender::IpcChannel => ipc_peer::serve(&env(WHERE_ENV)?, max, mode),
         Contender::Iceoryx2 => iox_peer::serve(&env(WHERE_ENV)?, max, mode),

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -12,6 +13,67 @@ use crate::echo::Result;
 /// A histogram of nanoseconds: 1 ns to 100 s, 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// One case's histogram, and whether criterion's warm-up is over.
+pub struct Recorder {
+    /// Every timed call of the measurement (of the warm-up too until the
+    /// measurement starts).
+    pub hist: Histogram<u64>,
+    last_iters: u64,
+    /// Whether the warm-up ended and was dropped from `hist`.
+    pub measuring: bool,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Recorder {
+    /// An empty recorder, in the warm-up.
+    pub fn new() -> Self {
+        Recorder {
+            hist: new_histogram(),
+            last_iters: 0,
+            measuring: false,
+        }
+    }
+
+    /// Call at the start of each criterion batch of `iters` iterations.
+    /// Criterion's warm-up doubles the iteration count; its first sample
+    /// asks for fewer: from then on, only the measurement is recorded.
+    pub fn start_batch(&mut self, iters: u64) {
+        if !self.measuring && iters < self.last_iters {
+            self.hist.reset();
+            self.measuring = true;
+        }
+        self.last_iters = iters;
+    }
+
+    /// One criterion batch of `iters` calls: `run` makes them, calling the
+    /// closure it is given after each one. Returns their total time (for
+    /// `iter_custom`); each call's time goes to the histogram.
+    pub fn batch(
+        &mut self,
+        iters: u64,
+        run: impl FnOnce(&mut dyn FnMut()) -> Result<()>,
+    ) -> Result<Duration> {
+        self.start_batch(iters);
+        let start = Instant::now();
+        let mut prev = start;
+        let hist = &mut self.hist;
+        // One clock read per call serves both the histogram and criterion's
+        // total (the recording itself, a few ns, is included).
+        let mut each = || {
+            let now = Instant::now();
+            hist.saturating_record(u64::try_from((now - prev).as_nanos()).unwrap_or(u64::MAX));
+            prev = now;
+        };
+        run(&mut each)?;
+        Ok(prev - start)
+    }
 }
 
 /// Where criterion writes, found the way criterion finds it: `$CRITERION_HOME`,

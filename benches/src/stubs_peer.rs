@@ -13,6 +13,7 @@
 
 use std::time::Instant;
 
+use shm_channel::ring::WaitPolicy;
 use shm_channel::service::{self, ConnectError, Service};
 
 use crate::echo::{
@@ -36,6 +37,7 @@ impl StubConn {
         name: &str,
         ring_max: u64,
         is_async: bool,
+        policy: Option<WaitPolicy>,
         server: &mut ServerProcess,
         deadline: Instant,
     ) -> Result<StubConn> {
@@ -61,7 +63,10 @@ impl StubConn {
         }
         loop {
             match service::connect(name, &config) {
-                Ok(channel) => {
+                Ok(mut channel) => {
+                    if let Some(policy) = policy {
+                        channel.set_wait_policy(policy);
+                    }
                     let mut client = Client::new(channel);
                     client.set_default_timeout(STUCK);
                     return Ok(StubConn::Blocking(Box::new(client)));
@@ -95,6 +100,33 @@ impl StubConn {
                 for seq in first..first + count {
                     let reply = c.echo_in_place(len, |buf| fill_payload(buf, seq)).await?;
                     check_payload(&reply, seq, len)?;
+                    each();
+                }
+                Ok(())
+            }),
+        }
+    }
+
+    /// `count` typed calls `add_one(seq)` numbered from `first`, each reply
+    /// checked; `each` after every one. The async client runs the whole
+    /// batch in one `block_on`.
+    pub(crate) fn typed_calls(
+        &mut self,
+        first: u64,
+        count: u64,
+        each: &mut dyn FnMut(),
+    ) -> Result<()> {
+        match self {
+            StubConn::Blocking(c) => {
+                for seq in first..first + count {
+                    check_seq(c.add_one(seq)?, seq.wrapping_add(1))?;
+                    each();
+                }
+                Ok(())
+            }
+            StubConn::Async(c, rt) => rt.block_on(async {
+                for seq in first..first + count {
+                    check_seq(c.add_one(seq).await?, seq.wrapping_add(1))?;
                     each();
                 }
                 Ok(())
@@ -171,10 +203,15 @@ impl bench_echo::Server for BenchServer {
             self.last
         }
     }
+
+    fn add_one(&mut self, _: &Context<'_>, x: u64) -> u64 {
+        x.wrapping_add(1)
+    }
 }
 
 /// The server's side: binds `name`, serves its one client until it leaves.
-pub(crate) fn serve(name: &str, ring_max: u64) -> Result<()> {
+/// `policy`, if any, replaces the channel's default wait policy.
+pub(crate) fn serve(name: &str, ring_max: u64, policy: Option<WaitPolicy>) -> Result<()> {
     let config = bench_echo::service_config().ring_sizes(
         ring_max.max(bench_echo::CLIENT_TO_SERVER_MAX),
         ring_max.max(bench_echo::SERVER_TO_CLIENT_MAX),
@@ -182,6 +219,9 @@ pub(crate) fn serve(name: &str, ring_max: u64) -> Result<()> {
     let mut service = Service::bind(name, config)?;
     let mut channel = service.accept_timeout(START_STOP)?;
     drop(service);
+    if let Some(policy) = policy {
+        channel.set_wait_policy(policy);
+    }
     let server = BenchServer {
         expect: Expect::new(),
         last: 0,

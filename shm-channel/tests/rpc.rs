@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use shm_channel::Channel;
 use shm_channel::event_loop::EventLoop;
+use shm_channel::ring::WaitPolicy;
 use shm_channel::rpc::{
     self, CallError, Client, EventHub, EventItem, HandlerError, IncomingMessage, Method, RawError,
     ServeOptions,
@@ -24,6 +25,8 @@ const LIMIT: Duration = Duration::from_secs(30);
 const DIR_ENV: &str = "SHM_RPC_TEST_DIR";
 const NAME_ENV: &str = "SHM_RPC_TEST_NAME";
 const VERSION_ENV: &str = "SHM_RPC_TEST_VERSION";
+/// Set for a `channel-server` that polls (`WaitPolicy::SPIN`).
+const SPIN_ENV: &str = "SHM_RPC_TEST_SPIN";
 
 const ECHO: Method = Method::new("echo", 1);
 const SLOW: Method = Method::new("slow", 2);
@@ -123,6 +126,9 @@ fn rpc_child() {
             let mut service = Service::bind(&name, config).expect("bind");
             println!("ready");
             let mut channel = service.accept_timeout(STEP).expect("accept");
+            if std::env::var_os(SPIN_ENV).is_some() {
+                channel.set_wait_policy(WaitPolicy::SPIN);
+            }
             let events = rpc::Transport::sender(&channel);
             let end = rpc::serve_channel(
                 &mut channel,
@@ -834,6 +840,32 @@ fn serve_one_channel_until_the_client_leaves() {
                 other => panic!("{other:?}"),
             }
         }
+        drop(c);
+        server.wait_for_line("served: PeerDied");
+        server
+    });
+    assert!(server.wait().success(), "the server failed");
+}
+
+/// A polling server is never woken by its client's leaving: `serve_channel` must look
+/// between waits, and end.
+#[test]
+fn polling_server_ends_when_the_client_leaves() {
+    if child_role().is_some() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique_name("rpc-rt"));
+    let name = unique_name("rpc");
+    let env = [
+        (DIR_ENV, dir.display().to_string()),
+        (NAME_ENV, name.clone()),
+        (SPIN_ENV, "1".to_owned()),
+    ];
+    let mut server = ChildGuard::spawn("rpc_child", "channel-server", &env);
+    server.wait_for_line("ready");
+    let server = with_watchdog(LIMIT, move || {
+        let mut c = Client::new(connect(&dir, &name));
+        assert_eq!(echo(&mut c, b"spin").expect("echo"), b"spin");
         drop(c);
         server.wait_for_line("served: PeerDied");
         server

@@ -336,15 +336,21 @@ where
         if opts.stopped() {
             return Ok(ServeEnd::Stopped);
         }
-        match transport.recv_timeout(opts.poll) {
+        let timed_out = match transport.recv_timeout(opts.poll) {
             Ok(msg) => match dispatch(&msg, &sender, None, version, &mut handler, opts) {
-                Ok(()) => {}
+                Ok(()) => false,
                 Err(TransportError::PeerDied) => return Ok(ServeEnd::PeerDied),
                 Err(e) => return Err(e),
             },
-            Err(TransportError::Timeout | TransportError::MessageLost { .. }) => {}
+            Err(TransportError::Timeout) => true,
+            Err(TransportError::MessageLost { .. }) => false,
             Err(TransportError::PeerDied) => return Ok(ServeEnd::PeerDied),
             Err(e) => return Err(e),
+        };
+        // A polling receiver (`WaitPolicy::SPIN`) is not woken by the peer's leaving: it
+        // looks between waits.
+        if timed_out && !transport.peer_alive() {
+            return Ok(ServeEnd::PeerDied);
         }
     }
 }
