@@ -42,6 +42,7 @@ fn measure(contender: Contender) -> Result<serde_json::Value> {
         mode: Mode::Echo,
         max: MAX,
         ring_max: MAX as u64,
+        stub_spin: false,
     };
     let mut client = Client::start(contender, Placement::Unpinned, opts)?;
     for _ in 0..ROUND_TRIPS {
