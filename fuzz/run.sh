@@ -15,7 +15,7 @@ seconds=${1:-30}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(idl_check message_parse ring_header ring_hostile handshake wire)
+    targets=(idl_check message_parse ring_header ring_hostile handshake wire net_frame)
 fi
 sanitizer=${FUZZ_SANITIZER:-address}
 unset CARGO_TARGET_DIR
