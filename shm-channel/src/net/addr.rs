@@ -1,5 +1,5 @@
-//! Where a service is: `shm://name` (a local service), `tcp://host:port` or
-//! `quic://host:port` (network connectors).
+//! Where a service is: `shm://name` (a local service), `tcp://host:port`,
+//! `tls://host:port` or `quic://host:port` (network connectors).
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,6 +13,9 @@ pub enum Address {
     Tcp(String),
     /// A network service over QUIC: `host:port`.
     Quic(String),
+    /// A network service over TLS on TCP: `host:port` (the host is the name the server's
+    /// certificate must carry, unless configured otherwise).
+    Tls(String),
 }
 
 /// Why an address does not parse.
@@ -33,7 +36,7 @@ impl FromStr for Address {
         };
         let (scheme, rest) = s
             .split_once("://")
-            .ok_or_else(|| err("expected shm://, tcp:// or quic://"))?;
+            .ok_or_else(|| err("expected shm://, tcp://, tls:// or quic://"))?;
         if rest.is_empty() {
             return Err(err("nothing after the scheme"));
         }
@@ -52,7 +55,8 @@ impl FromStr for Address {
             "shm" => Ok(Address::Shm(rest.to_string())),
             "tcp" => Ok(Address::Tcp(host_port(rest)?)),
             "quic" => Ok(Address::Quic(host_port(rest)?)),
-            _ => Err(err("unknown scheme (shm, tcp or quic)")),
+            "tls" => Ok(Address::Tls(host_port(rest)?)),
+            _ => Err(err("unknown scheme (shm, tcp, tls or quic)")),
         }
     }
 }
@@ -63,6 +67,7 @@ impl fmt::Display for Address {
             Address::Shm(n) => write!(f, "shm://{n}"),
             Address::Tcp(a) => write!(f, "tcp://{a}"),
             Address::Quic(a) => write!(f, "quic://{a}"),
+            Address::Tls(a) => write!(f, "tls://{a}"),
         }
     }
 }
@@ -84,6 +89,10 @@ mod tests {
                 Address::Quic("example.org:443".into()),
             ),
             ("quic://[::1]:7000", Address::Quic("[::1]:7000".into())),
+            (
+                "tls://example.org:7443",
+                Address::Tls("example.org:7443".into()),
+            ),
         ] {
             let a: Address = s.parse().unwrap();
             assert_eq!(a, want);
@@ -95,6 +104,7 @@ mod tests {
             "tcp://h",
             "quic://:7",
             "quic://h:70000",
+            "tls://h",
             "shm://",
             "shm://a/b",
         ] {

@@ -1,4 +1,5 @@
-//! Network connectors: the same messages as the rings, over TCP.
+//! Network connectors: the same messages as the rings, over TCP (plain or TLS, directly
+//! or through a SOCKS5 proxy) and QUIC.
 //!
 //! Two layers, after quinn:
 //! - a **sans-io core** ([`frame`], [`conn`], [`pool`], [`compress`]): the wire format,
@@ -7,7 +8,8 @@
 //!   (`poll_*`), with no socket, runtime or clock inside; they are tested in memory with a
 //!   simulated clock;
 //! - a **tokio driver** (`tcp`) that runs them over sockets, and one over QUIC (`quic`,
-//!   feature `quic`).
+//!   feature `quic`); both take their TLS configuration from `tls`, and a TCP client
+//!   may dial through a SOCKS5 proxy (`socks`).
 //!
 //! See `docs/NETWORK.md` for the wire format, the message kinds and the pool's behaviour.
 
@@ -18,7 +20,9 @@ pub mod frame;
 pub mod pool;
 #[cfg(feature = "quic")]
 pub mod quic;
+pub mod socks;
 pub mod tcp;
+pub mod tls;
 
 pub use addr::{Address, AddressError};
 pub use compress::{Compressor, Lz4, Snappy};
@@ -28,13 +32,15 @@ pub use conn::{
 };
 pub use frame::{CloseCode, FrameError, ProtocolSpec};
 pub use pool::{Canceled, ConnId, Failure, Pool, PoolAction, PoolConfig, PoolEvent};
+pub use socks::Socks5Proxy;
 pub use tcp::{
-    ClientConfig, ClientEvent, NetClient, NetMessage, NetSender, NetServer, Served, ServerConfig,
-    ServerEvent, process_instance,
+    ClientConfig, ClientEvent, ClientInfo, NetClient, NetMessage, NetSender, NetServer, Served,
+    ServerConfig, ServerEvent, current_client, process_instance,
 };
+pub use tls::{ClientTls, Identity, PeerIdentity, ServerTls};
 
 #[cfg(feature = "quic")]
-pub use quic::{Identity, QuicClientTls, QuicServerTls};
+pub use quic::{QuicClientTls, QuicServerTls};
 
 #[cfg(test)]
 mod tests;

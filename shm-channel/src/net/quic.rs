@@ -27,8 +27,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::tls::io_err;
+pub use super::tls::{
+    ALPN, CertificateDer, ClientTls, Identity, PeerIdentity, PrivateKeyDer, PrivatePkcs8KeyDer,
+    ServerTls,
+};
 use quinn::{ReadError, ReadExactError, RecvStream, SendStream, VarInt};
-pub use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -41,9 +45,6 @@ use super::tcp::{
 };
 use crate::rpc::TransportError;
 
-/// The ALPN protocol both sides name in the TLS handshake.
-pub const ALPN: &[u8] = b"shm-channel/1";
-
 /// Bytes of frames handed to QUIC but not yet taken by it, per connection.
 pub const SEND_BUDGET: usize = 4 << 20;
 
@@ -52,67 +53,11 @@ const READ_CHUNK: usize = 64 * 1024;
 /// The largest frame on the wire (header and the largest payload).
 const MAX_FRAME: usize = frame::MAX_BUFFER as usize;
 
-/// A certificate chain and its private key.
-#[derive(Debug)]
-pub struct Identity {
-    /// The chain, leaf first (DER).
-    pub chain: Vec<CertificateDer<'static>>,
-    /// The leaf's private key (DER).
-    pub key: PrivateKeyDer<'static>,
-}
+/// TLS of a QUIC client: the same as over TCP ([`ClientTls`]).
+pub type QuicClientTls = ClientTls;
 
-impl Clone for Identity {
-    fn clone(&self) -> Self {
-        Identity {
-            chain: self.chain.clone(),
-            key: self.key.clone_key(),
-        }
-    }
-}
-
-impl Identity {
-    /// The identity `chain` (leaf first) with `key`.
-    pub fn new(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Self {
-        Identity { chain, key }
-    }
-}
-
-/// TLS of a QUIC client: whom it trusts, the name it expects, and its own certificate
-/// when the server asks for one.
-#[derive(Debug, Clone)]
-pub struct QuicClientTls {
-    /// The name the server's certificate must carry.
-    pub server_name: String,
-    /// The certificates (CAs, or the server's own self-signed one) trusted.
-    pub roots: Vec<CertificateDer<'static>>,
-    /// A client certificate, for servers that require one.
-    pub identity: Option<Identity>,
-}
-
-/// TLS of a QUIC server: its certificate, and whom it accepts.
-#[derive(Debug, Clone)]
-pub struct QuicServerTls {
-    /// The server's certificate and key.
-    pub identity: Identity,
-    /// When set, only clients with a certificate issued by one of these are accepted.
-    pub client_roots: Option<Vec<CertificateDer<'static>>>,
-}
-
-fn io_err(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn root_store(certs: &[CertificateDer<'static>]) -> std::io::Result<rustls::RootCertStore> {
-    let mut store = rustls::RootCertStore::empty();
-    for c in certs {
-        store.add(c.clone()).map_err(io_err)?;
-    }
-    Ok(store)
-}
+/// TLS of a QUIC server: the same as over TCP ([`ServerTls`]).
+pub type QuicServerTls = ServerTls;
 
 /// QUIC's own limits, from the connection's: as many concurrent message streams as the
 /// core accepts in progress, one control stream, an idle timeout past the core's own.
@@ -128,29 +73,10 @@ fn transport_config(conn: &ConnConfig, server: bool) -> quinn::TransportConfig {
     t
 }
 
-impl QuicClientTls {
-    /// Trusts `roots` and expects `server_name` in the server's certificate.
-    pub fn new(server_name: impl Into<String>, roots: Vec<CertificateDer<'static>>) -> Self {
-        QuicClientTls {
-            server_name: server_name.into(),
-            roots,
-            identity: None,
-        }
-    }
-
+impl ClientTls {
     /// The quinn client configuration (TLS 1.3, ring, our ALPN, limits from `conn`).
     pub fn quinn_config(&self, conn: &ConnConfig) -> std::io::Result<quinn::ClientConfig> {
-        let builder = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(io_err)?
-            .with_root_certificates(root_store(&self.roots)?);
-        let mut tls = match &self.identity {
-            Some(id) => builder
-                .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
-                .map_err(io_err)?,
-            None => builder.with_no_client_auth(),
-        };
-        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let tls = self.rustls_config()?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(io_err)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config(conn, false)));
@@ -158,36 +84,10 @@ impl QuicClientTls {
     }
 }
 
-impl QuicServerTls {
-    /// Serves with `identity`, accepting any client.
-    pub fn new(identity: Identity) -> Self {
-        QuicServerTls {
-            identity,
-            client_roots: None,
-        }
-    }
-
+impl ServerTls {
     /// The quinn server configuration (TLS 1.3, ring, our ALPN, limits from `conn`).
     pub fn quinn_config(&self, conn: &ConnConfig) -> std::io::Result<quinn::ServerConfig> {
-        let builder = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(io_err)?;
-        let builder = match &self.client_roots {
-            None => builder.with_no_client_auth(),
-            Some(roots) => {
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(root_store(roots)?),
-                    provider(),
-                )
-                .build()
-                .map_err(io_err)?;
-                builder.with_client_cert_verifier(verifier)
-            }
-        };
-        let mut tls = builder
-            .with_single_cert(self.identity.chain.clone(), self.identity.key.clone_key())
-            .map_err(io_err)?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let tls = self.rustls_config()?;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(io_err)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config(conn, true)));
@@ -337,7 +237,13 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<ServerShared>) {
                 conn.close(VarInt::from_u32(1), b"no control stream");
                 return;
             };
-            let sc = accept_conn(&shared2, conn.remote_address());
+            // Mutual TLS: the client's certificate, verified by rustls.
+            let client = conn
+                .peer_identity()
+                .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+                .and_then(|chain| PeerIdentity::from_chain(&chain))
+                .map(Arc::new);
+            let sc = accept_conn(&shared2, conn.remote_address(), client);
             let wake = sc.wake();
             run_quic(conn, send, recv, sc, wake, &conn_config).await;
         });

@@ -6,6 +6,10 @@
 //! deadline wakes it. The reader never waits for the writer (nor the reverse), so two
 //! peers that both send large messages cannot deadlock on full socket buffers.
 //!
+//! The socket is a plain [`TcpStream`] or, with TLS configured, a rustls stream over it
+//! (the driver is generic over the stream); a client may reach its destination through a
+//! SOCKS5 proxy first ([`ClientConfig::socks5`]).
+//!
 //! - [`NetClient`]: the pool of connections to one destination, as an RPC
 //!   [`Transport`] / [`AsyncTransport`](crate::rpc::AsyncTransport): generated clients reach a service over TCP by
 //!   changing only how they connect.
@@ -27,6 +31,8 @@ use tokio::task::JoinHandle;
 use super::conn::{ConnConfig, ConnError, ConnEvent, Connection, Delivery, OutMessage};
 use super::frame::ProtocolSpec;
 use super::pool::{Canceled, ConnId, Failure, Pool, PoolAction, PoolConfig, PoolEvent};
+use super::socks::Socks5Proxy;
+use super::tls::{ClientTls, PeerIdentity, ServerTls};
 use crate::rpc::server::dispatch;
 use crate::rpc::{
     ERROR_OBJECT, HandlerResult, IncomingMessage, LocalFailure, ObjectSink, Outgoing, RequestView,
@@ -322,6 +328,13 @@ pub struct ClientConfig {
     pub deliveries: HashMap<u64, Delivery>,
     /// The instance id in the handshake (default: [`process_instance`]).
     pub instance: Option<u128>,
+    /// TLS over TCP (`tls://`): the server's certificate is verified against
+    /// [`ClientTls::roots`] and [`ClientTls::server_name`]; `None`: plain TCP. (QUIC takes
+    /// its TLS as an argument of [`NetClient::new_quic`].)
+    pub tls: Option<ClientTls>,
+    /// Reach the destination through this SOCKS5 proxy (TLS, when set, runs inside the
+    /// tunnel, end to end).
+    pub socks5: Option<Socks5Proxy>,
 }
 
 impl ClientConfig {
@@ -334,6 +347,8 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(5),
             deliveries: HashMap::new(),
             instance: None,
+            tls: None,
+            socks5: None,
         }
     }
 }
@@ -394,6 +409,11 @@ pub(super) struct ClientShared {
     /// Connects over QUIC instead of TCP.
     #[cfg(feature = "quic")]
     pub(super) quic: Option<Arc<super::quic::Dialer>>,
+    /// TLS over TCP, from [`ClientConfig::tls`].
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
 impl ClientShared {
@@ -520,25 +540,54 @@ async fn pool_task(shared: Arc<ClientShared>) {
     }
 }
 
+/// A client's socket: plain TCP, or TLS over it.
+enum Dialed {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// A TCP connection to `addr` (through the SOCKS5 proxy when configured), with its TLS
+/// handshake done when configured.
+async fn dial(shared: &ClientShared, addr: SocketAddr) -> Result<Dialed, String> {
+    let stream = match &shared.config.socks5 {
+        Some(proxy) => proxy.connect(addr).await?,
+        None => TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connecting to {addr}: {e}"))?,
+    };
+    // Frames are whole buffers already: Nagle would only add latency to small calls.
+    let _ = stream.set_nodelay(true);
+    match &shared.tls {
+        None => Ok(Dialed::Plain(stream)),
+        Some((connector, name)) => connector
+            .connect(name.clone(), stream)
+            .await
+            .map(|s| Dialed::Tls(Box::new(s)))
+            .map_err(|e| format!("TLS handshake with {addr}: {e}")),
+    }
+}
+
 async fn connect_task(shared: Arc<ClientShared>, id: ConnId, addr: SocketAddr, wake: Arc<Notify>) {
     #[cfg(feature = "quic")]
     if let Some(dialer) = shared.quic.clone() {
         return super::quic::connect_task(dialer, shared, id, addr, wake).await;
     }
+    // The proxy's and TLS's handshakes count as part of the connect.
     let timeout = shared.config.connect_timeout;
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    let stream = match tokio::time::timeout(timeout, dial(&shared, addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return connect_failed(&shared, id, format!("connecting to {addr}: {e}")),
+        Ok(Err(e)) => return connect_failed(&shared, id, e),
         Err(_) => return connect_failed(&shared, id, format!("connecting to {addr}: timed out")),
     };
-    // Frames are whole buffers already: Nagle would only add latency to small calls.
-    let _ = stream.set_nodelay(true);
     shared.with_pool(|p| p.handle_connected(Instant::now(), id));
     let host = Arc::new(ClientConn {
         shared: Arc::clone(&shared),
         id,
     });
-    run_connection(stream, host, wake).await;
+    match stream {
+        Dialed::Plain(s) => run_connection(s, host, wake).await,
+        Dialed::Tls(s) => run_connection(*s, host, wake).await,
+    }
 }
 
 pub(super) fn connect_failed(shared: &ClientShared, id: ConnId, error: String) {
@@ -604,6 +653,14 @@ impl NetClient {
             }
         };
         let instance = config.instance.unwrap_or_else(process_instance);
+        // A bad certificate or name is an error here, not at every connect.
+        let tls = match &config.tls {
+            Some(t) => Some((
+                tokio_rustls::TlsConnector::from(Arc::new(t.rustls_config()?)),
+                t.name()?,
+            )),
+            None => None,
+        };
         let mut pool_config = config.pool.clone();
         pool_config.seed = rand::random();
         let pool = Pool::new(
@@ -632,6 +689,7 @@ impl NetClient {
             delivered: AtomicU64::new(0),
             #[cfg(feature = "quic")]
             quic,
+            tls,
         });
         handle.spawn(pool_task(Arc::clone(&shared)));
         Ok(NetClient {
@@ -967,6 +1025,10 @@ pub struct ServerConfig {
     pub reply_timeout: Duration,
     /// The instance id in the handshake (default: [`process_instance`]).
     pub instance: Option<u128>,
+    /// TLS over TCP (`tls://`), with mutual TLS when [`ServerTls::client_roots`] is set;
+    /// `None`: plain TCP. (QUIC takes its TLS as an argument of
+    /// [`NetServer::bind_quic`].)
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -975,6 +1037,7 @@ impl Default for ServerConfig {
             conn: ConnConfig::default(),
             reply_timeout: Duration::from_secs(5),
             instance: None,
+            tls: None,
         }
     }
 }
@@ -989,6 +1052,16 @@ pub enum ServerEvent {
         peer: SocketAddr,
         /// Its instance id.
         instance: u128,
+        /// The certificate it authenticated with (mutual TLS), verified.
+        client: Option<Arc<PeerIdentity>>,
+    },
+    /// A connection failed before our handshake: its TLS handshake failed (no client
+    /// certificate, one from a CA not trusted, a client that refused ours) or timed out.
+    HandshakeFailed {
+        /// The client's address.
+        peer: SocketAddr,
+        /// Why.
+        error: String,
     },
     /// A connection closed.
     Closed {
@@ -1015,6 +1088,8 @@ pub(super) struct ServerShared {
 pub(super) struct ServerConn {
     server: Arc<ServerShared>,
     peer: SocketAddr,
+    /// The client's verified certificate (mutual TLS).
+    client: Option<Arc<PeerIdentity>>,
     conn: Mutex<Connection>,
     wake: Arc<Notify>,
     /// Complete requests, to the connection's dispatch thread (protocol index, message).
@@ -1052,6 +1127,7 @@ impl Host for ServerConn {
                     self.server.event(ServerEvent::Accepted {
                         peer: self.peer,
                         instance: peer.instance,
+                        client: self.client.clone(),
                     });
                 }
                 ConnEvent::Message { protocol, bytes } => {
@@ -1127,7 +1203,7 @@ impl ServerShared {
         tasks.push(task);
     }
 
-    fn event(&self, e: ServerEvent) {
+    pub(super) fn event(&self, e: ServerEvent) {
         lock(&self.events).push(e);
         self.events_cv.notify_all();
     }
@@ -1194,6 +1270,13 @@ impl NetServer {
         protocols: Vec<Served>,
     ) -> std::io::Result<NetServer> {
         let (handle, runtime) = runtime_handle()?;
+        // A bad certificate or key is an error here, not at every accept.
+        let tls = match &config.tls {
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                t.rustls_config()?,
+            ))),
+            None => None,
+        };
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let local_addr = std_listener.local_addr()?;
@@ -1202,7 +1285,7 @@ impl NetServer {
             TcpListener::from_std(std_listener)?
         };
         let shared = ServerShared::new(config, protocols);
-        let accept = handle.spawn(accept_loop(listener, Arc::clone(&shared)));
+        let accept = handle.spawn(accept_loop(listener, Arc::clone(&shared), tls));
         lock(&shared.tasks).push(accept);
         Ok(NetServer {
             local_addr,
@@ -1269,7 +1352,11 @@ impl Drop for NetServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<ServerShared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<ServerShared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             // Out of descriptors, or similar: try again shortly rather than spin.
@@ -1280,15 +1367,110 @@ async fn accept_loop(listener: TcpListener, shared: Arc<ServerShared>) {
             return;
         }
         let _ = stream.set_nodelay(true);
-        let sc = accept_conn(&shared, peer);
-        let wake = Arc::clone(&sc.wake);
-        let task = tokio::spawn(run_connection(stream, sc, wake));
+        let task = match &tls {
+            None => {
+                let sc = accept_conn(&shared, peer, None);
+                let wake = Arc::clone(&sc.wake);
+                tokio::spawn(run_connection(stream, sc, wake))
+            }
+            // The TLS handshake runs on the connection's task: a slow client never holds
+            // the accept loop.
+            Some(acceptor) => tokio::spawn(accept_tls(
+                acceptor.clone(),
+                stream,
+                peer,
+                Arc::clone(&shared),
+            )),
+        };
         shared.keep_task(task);
     }
 }
 
-/// A new connection of `shared` from `peer`, with its dispatch thread.
-pub(super) fn accept_conn(shared: &Arc<ServerShared>, peer: SocketAddr) -> Arc<ServerConn> {
+/// Runs a TLS connection from `peer` once its TLS handshake succeeded (within the
+/// handshake timeout), with the client's verified certificate if it sent one.
+async fn accept_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<ServerShared>,
+) {
+    let limit = shared.config.conn.handshake_timeout;
+    let error = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let client = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(PeerIdentity::from_chain)
+                .map(Arc::new);
+            let sc = accept_conn(&shared, peer, client);
+            let wake = Arc::clone(&sc.wake);
+            return run_connection(tls, sc, wake).await;
+        }
+        Ok(Err(e)) => format!("TLS handshake: {e}"),
+        Err(_) => "TLS handshake: timed out".to_string(),
+    };
+    shared.event(ServerEvent::HandshakeFailed { peer, error });
+}
+
+/// Who sent the request a handler is serving: see [`current_client`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The client's address (the proxy's, when it came through one).
+    pub addr: SocketAddr,
+    /// The certificate it authenticated with, verified against
+    /// [`ServerTls::client_roots`] (mutual TLS); `None` over plain TCP or when the
+    /// server does not ask for client certificates.
+    pub identity: Option<Arc<PeerIdentity>>,
+}
+
+thread_local! {
+    /// The client of the connection whose dispatch thread this is.
+    static CURRENT_CLIENT: std::cell::RefCell<Option<ClientInfo>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The client whose request the calling handler is serving, when called from a
+/// [`NetServer`]'s handler (`None` elsewhere): its address and, with mutual TLS, its
+/// verified certificate ([`PeerIdentity`]: subject, common name, subject alternative
+/// names). A server's policy keys on it, e.g. to refuse a method to some clients:
+///
+/// ```rust,ignore
+/// let allowed = shm_channel::net::current_client()
+///     .and_then(|c| c.identity)
+///     .is_some_and(|id| id.matches("billing.example.org"));
+/// ```
+///
+/// Works unchanged inside the methods of a generated server: each connection's
+/// requests are handled on a thread of its own, which carries this.
+pub fn current_client() -> Option<ClientInfo> {
+    CURRENT_CLIENT.with(|c| c.borrow().clone())
+}
+
+/// Sets [`current_client`] for this thread while alive.
+struct CurrentClient;
+
+impl CurrentClient {
+    fn set(info: ClientInfo) -> CurrentClient {
+        CURRENT_CLIENT.with(|c| *c.borrow_mut() = Some(info));
+        CurrentClient
+    }
+}
+
+impl Drop for CurrentClient {
+    fn drop(&mut self) {
+        // The blocking pool reuses its threads: the next connection's must not see ours.
+        CURRENT_CLIENT.with(|c| c.borrow_mut().take());
+    }
+}
+
+/// A new connection of `shared` from `peer` (authenticated as `client`, with mutual
+/// TLS), with its dispatch thread.
+pub(super) fn accept_conn(
+    shared: &Arc<ServerShared>,
+    peer: SocketAddr,
+    client: Option<Arc<PeerIdentity>>,
+) -> Arc<ServerConn> {
     let conn = Connection::server(
         Instant::now(),
         shared.config.conn.clone(),
@@ -1299,6 +1481,7 @@ pub(super) fn accept_conn(shared: &Arc<ServerShared>, peer: SocketAddr) -> Arc<S
     let sc = Arc::new(ServerConn {
         server: Arc::clone(shared),
         peer,
+        client: client.clone(),
         conn: Mutex::new(conn),
         wake: Arc::new(Notify::new()),
         requests: Mutex::new(Some(tx)),
@@ -1318,6 +1501,10 @@ pub(super) fn accept_conn(shared: &Arc<ServerShared>, peer: SocketAddr) -> Arc<S
         ..crate::rpc::ServeOptions::default()
     };
     tokio::task::spawn_blocking(move || {
+        let _current = CurrentClient::set(ClientInfo {
+            addr: peer,
+            identity: client,
+        });
         let sender = ConnSender(Arc::clone(&worker));
         while let Ok((protocol, msg)) = rx.recv() {
             let entry = lock(&worker.handlers).get(protocol as usize).cloned();
