@@ -582,3 +582,54 @@ fn socks5_with_tls() {
         assert_eq!(other.seen.load(Ordering::Relaxed), 0);
     });
 }
+
+/// QUIC takes the same TLS configuration, and its client identity reaches the handler
+/// the same way.
+#[cfg(feature = "quic")]
+#[test]
+fn quic_mutual_tls_identity() {
+    with_watchdog(LIMIT, || {
+        let server_ca = Ca::new("server CA");
+        let client_ca = Ca::new("client CA");
+        let tls = server_ca
+            .server_tls("localhost")
+            .require_client_cert(vec![client_ca.cert.clone()]);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        let server = NetServer::bind_quic(
+            localhost(),
+            ServerConfig::default(),
+            vec![Served::new(echo_proto(), move |req, resp| {
+                s.lock().unwrap().push(current_client());
+                resp.reply(&[(0, req.object(0).unwrap_or_default())])
+            })],
+            &tls,
+        )
+        .unwrap();
+        let addr = server.local_addr();
+        // Without a client certificate: refused.
+        let r = NetClient::connect_quic(
+            vec![addr],
+            client_config(None),
+            &server_ca.client_tls(),
+            WAIT,
+        );
+        assert!(r.is_err(), "{r:?}");
+        assert!(seen.lock().unwrap().is_empty());
+        // With one: the handler knows who calls.
+        let good = server_ca.client_tls().with_identity(client_ca.issue(
+            "client-q",
+            &["client-q.example"],
+            true,
+        ));
+        let net = NetClient::connect_quic(vec![addr], client_config(None), &good, WAIT).unwrap();
+        let _net = echo_calls(net, 3);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3);
+        for c in seen.iter() {
+            let id = c.as_ref().and_then(|c| c.identity.clone()).unwrap();
+            assert_eq!(id.common_name(), Some("client-q"));
+            assert!(id.matches("client-q.example"));
+        }
+    });
+}
