@@ -633,3 +633,52 @@ fn quic_mutual_tls_identity() {
         }
     });
 }
+
+/// A client that opens a TCP connection to a TLS server and never says a word is cut off
+/// at the handshake timeout, and holds nobody else back meanwhile; a server whose key
+/// does not parse fails at bind.
+#[test]
+fn tls_stalled_handshake_is_cut_off_and_others_are_served() {
+    with_watchdog(LIMIT, || {
+        let ca = Ca::new("test CA");
+        let conn = ConnConfig {
+            handshake_timeout: Duration::from_millis(300),
+            ..test_conn()
+        };
+        let srv = echo_server(Some(ca.server_tls("localhost")), conn);
+        let addr = srv.server.local_addr();
+        let silent = std::net::TcpStream::connect(addr).unwrap();
+        // Served while the silent one waits.
+        let net =
+            NetClient::connect(vec![addr], client_config(Some(ca.client_tls())), WAIT).unwrap();
+        let _net = echo_calls(net, 3);
+        let failed = srv
+            .server
+            .wait_event(WAIT, |e| matches!(e, ServerEvent::HandshakeFailed { .. }));
+        let Some(ServerEvent::HandshakeFailed { peer, error }) = failed else {
+            panic!("the silent client was not cut off: {failed:?}");
+        };
+        assert_eq!(peer, silent.local_addr().unwrap());
+        assert!(error.contains("timed out"), "{error}");
+        // Its socket was closed: a read ends.
+        silent
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let n = std::io::Read::read(&mut &silent, &mut buf).unwrap();
+        assert_eq!(n, 0, "closed by the server");
+
+        let mut broken = ca.server_tls("localhost");
+        broken.identity.key = PrivateKeyDer::Pkcs8(vec![1, 2, 3].into());
+        let e = NetServer::bind(
+            localhost(),
+            ServerConfig {
+                tls: Some(broken),
+                ..ServerConfig::default()
+            },
+            vec![],
+        )
+        .unwrap_err();
+        assert!(!e.to_string().is_empty());
+    });
+}
