@@ -37,6 +37,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 struct Ca {
     cert: CertificateDer<'static>,
+    cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -54,6 +55,7 @@ impl Ca {
         let cert = params.self_signed(&key).unwrap();
         Ca {
             cert: cert.der().clone(),
+            cert_pem: cert.pem(),
             issuer: Issuer::new(params, key),
         }
     }
@@ -61,6 +63,15 @@ impl Ca {
     /// A leaf certificate for `names` (subject alternative names), with common name `cn`,
     /// for a server or a client.
     fn issue(&self, cn: &str, names: &[&str], client: bool) -> Identity {
+        let (cert, key) = self.leaf(cn, names, client);
+        Identity::new(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+    }
+
+    /// The certificate and key of [`issue`](Self::issue), as rcgen made them.
+    fn leaf(&self, cn: &str, names: &[&str], client: bool) -> (rcgen::Certificate, KeyPair) {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
@@ -77,10 +88,7 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Identity::new(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
+        (cert, key)
     }
 
     fn server_tls(&self, name: &str) -> ServerTls {
@@ -680,5 +688,49 @@ fn tls_stalled_handshake_is_cut_off_and_others_are_served() {
         )
         .unwrap_err();
         assert!(!e.to_string().is_empty());
+    });
+}
+
+/// TLS configured from PEM files, as a deployment has them; files that are not what they
+/// should be give an error naming the file.
+#[test]
+fn tls_from_pem_files() {
+    use shm_channel::net::tls::{certificates_from_pem, certificates_from_pem_file};
+    with_watchdog(LIMIT, || {
+        let dir = std::env::temp_dir().join(format!("shm-channel-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = Ca::new("PEM CA");
+        let (cert, key) = ca.leaf("localhost", &["localhost"], false);
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let ca_file = write("ca.pem", &ca.cert_pem);
+        let cert_file = write("server.pem", &cert.pem());
+        let key_file = write("server.key", &key.serialize_pem());
+
+        let identity = Identity::from_pem_files(&cert_file, &key_file).unwrap();
+        let srv = echo_server(Some(ServerTls::new(identity)), test_conn());
+        let roots = certificates_from_pem_file(&ca_file).unwrap();
+        assert_eq!(roots, vec![ca.cert.clone()]);
+        let net = NetClient::connect(
+            vec![srv.server.local_addr()],
+            client_config(Some(ClientTls::new("localhost", roots))),
+            WAIT,
+        )
+        .unwrap();
+        let _net = echo_calls(net, 3);
+
+        // A key where the certificate should be, a missing file, no certificate at all.
+        let e = Identity::from_pem_files(&key_file, &key_file).unwrap_err();
+        assert!(e.to_string().contains("server.key"), "{e}");
+        let missing = dir.join("missing.pem");
+        let e = certificates_from_pem_file(&missing).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert!(e.to_string().contains("missing.pem"), "{e}");
+        let e = certificates_from_pem(b"not pem at all").unwrap_err();
+        assert!(e.to_string().contains("no PEM certificate"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     });
 }

@@ -12,8 +12,10 @@
 //!   handler, through [`current_client`](super::current_client). This is what a
 //!   server's policy keys on ("which services, to whom").
 
+use std::path::Path;
 use std::sync::Arc;
 
+use rustls::pki_types::pem::PemObject;
 pub use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// The ALPN protocol both sides name in the TLS handshake (TCP and QUIC).
@@ -42,6 +44,56 @@ impl Identity {
     pub fn new(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Self {
         Identity { chain, key }
     }
+
+    /// The identity in PEM: a certificate chain (leaf first) and a private key (PKCS#8,
+    /// PKCS#1 or SEC1).
+    pub fn from_pem(chain: &[u8], key: &[u8]) -> std::io::Result<Identity> {
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| pem_err("the key", e))?;
+        Ok(Identity::new(certificates_from_pem(chain)?, key))
+    }
+
+    /// [`from_pem`](Self::from_pem) of two files.
+    pub fn from_pem_files(
+        chain: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> std::io::Result<Identity> {
+        let read = |p: &Path| {
+            std::fs::read(p)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        };
+        let (chain, key) = (chain.as_ref(), key.as_ref());
+        Identity::from_pem(&read(chain)?, &read(key)?)
+            .map_err(|e| io_err(format!("{} / {}: {e}", chain.display(), key.display())))
+    }
+}
+
+fn pem_err(what: &str, e: rustls::pki_types::pem::Error) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what}: {e}"))
+}
+
+/// Every certificate of a PEM text (CA roots, or a chain), in order; an error if there is
+/// none.
+pub fn certificates_from_pem(pem: &[u8]) -> std::io::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err("a certificate", e))?;
+    if certs.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "no PEM certificate found",
+        ));
+    }
+    Ok(certs)
+}
+
+/// [`certificates_from_pem`] of a file (e.g. the CAs of [`ClientTls::roots`]).
+pub fn certificates_from_pem_file(
+    path: impl AsRef<Path>,
+) -> std::io::Result<Vec<CertificateDer<'static>>> {
+    let path = path.as_ref();
+    let pem = std::fs::read(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    certificates_from_pem(&pem).map_err(|e| io_err(format!("{}: {e}", path.display())))
 }
 
 /// TLS of a client: whom it trusts, the name it expects, and its own certificate when
