@@ -5,11 +5,11 @@
 //!
 //! * [`HeapRegion`]: process-local, zeroed heap memory, all accessible from the start. For the
 //!   conformance suite, Miri and loom.
-//! * [`MemfdRegion`]: a sealed memfd (`F_SEAL_SHRINK | F_SEAL_SEAL`) mapped inside an
-//!   address-space reservation of `max_len` plus one guard page that is never mapped, so a
-//!   stray access past the maximum faults instead of reading a neighbour. Growth extends the
-//!   file (never shrinks it) and maps the new part after the old one: the base never moves and
-//!   pointers into the accessible prefix stay valid.
+//! * [`MemfdRegion`]: a memfd of `max_len` bytes sealed at that length (`F_SEAL_SHRINK |
+//!   F_SEAL_GROW | F_SEAL_SEAL`: untouched pages cost nothing), mapped inside an address-space
+//!   reservation of `max_len` plus one guard page that is never mapped, so a stray access past
+//!   the maximum faults instead of reading a neighbour. Growth maps more of the file after what
+//!   is mapped: the base never moves and pointers into the accessible prefix stay valid.
 
 #![allow(
     dead_code,
@@ -60,12 +60,18 @@ pub enum RegionError {
     },
     /// A received file lacks seals that protect us from its peer.
     #[error(
-        "the received shared file lacks the seal(s) {missing}: the peer could shrink it \
-         under us"
+        "the received shared file lacks the seal(s) {missing}: the peer could change its \
+         length under us"
     )]
     NotSealed {
-        /// The missing seals, e.g. `"F_SEAL_SHRINK"`.
+        /// The missing seals, e.g. `"F_SEAL_SHRINK | F_SEAL_GROW"`.
         missing: String,
+    },
+    /// A received file is sealed against writing, which a ring needs on both sides.
+    #[error("the received shared file is sealed against writing ({seals}): it cannot carry a ring")]
+    WriteSealed {
+        /// The write seals it carries, e.g. `"F_SEAL_WRITE"`.
+        seals: String,
     },
     /// The maximum length is zero or not a multiple of the page size.
     #[error("a region's maximum must be a non-zero multiple of the page size {page}, not {max}")]
@@ -92,15 +98,12 @@ pub(crate) trait Region: Send + Sync {
     fn max_len(&self) -> usize;
     /// Bytes currently accessible in THIS process (monotonic).
     fn mapped_len(&self) -> usize;
-    /// Makes `[0, len)` accessible in this process.
-    ///
-    /// `grow == true` (a writer making room): extends the shared backing to at least `len`
-    /// first (`ftruncate`, never shrink). `grow == false` (a reader following a capacity the
-    /// peer published): verifies the backing is at least `len` long (`fstat`) before mapping,
-    /// else `Err(RegionError::Truncated)`: never maps past the end of the file (`SIGBUS`).
-    /// `len > max_len()` is `Err(RegionError::TooLarge)`. Thread safe: several writer threads
-    /// may call it at once.
-    fn ensure_mapped(&self, len: usize, grow: bool) -> Result<(), RegionError>;
+    /// Makes `[0, len)` accessible in this process (a writer growing the ring, or a reader
+    /// following a capacity the peer published). Never maps past the end of the shared file
+    /// (which would raise `SIGBUS`): a `len` the file does not back is
+    /// `Err(RegionError::Truncated)`, and `len > max_len()` is `Err(RegionError::TooLarge)`.
+    /// Thread safe: several threads may call it at once.
+    fn ensure_mapped(&self, len: usize) -> Result<(), RegionError>;
 }
 
 fn check_maximum(max_len: usize) -> Result<usize, RegionError> {
@@ -169,7 +172,7 @@ impl Region for HeapRegion {
         self.layout.size()
     }
 
-    fn ensure_mapped(&self, len: usize, _grow: bool) -> Result<(), RegionError> {
+    fn ensure_mapped(&self, len: usize) -> Result<(), RegionError> {
         if len > self.layout.size() {
             return Err(RegionError::TooLarge {
                 len,
@@ -181,22 +184,33 @@ impl Region for HeapRegion {
 }
 
 /// A sealed memfd mapped at the start of a reservation of `max_len` bytes plus a guard page.
+///
+/// The file's length never changes once it is shared: its creator sizes it to the maximum and
+/// seals it (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`), and a receiver refuses a file without
+/// those seals. Pages never touched cost nothing (neither memory nor commit charge: memfds
+/// allocate on first touch), so a ring of a 64 MiB maximum that carries small messages holds a
+/// few pages. What grows is the mapping: only the prefix the ring uses is mapped, so an access
+/// past it faults.
 #[derive(Debug)]
 pub(crate) struct MemfdRegion {
     fd: OwnedFd,
     reservation: sys::Reservation,
     page: usize,
+    /// The whole pages of the file that lie inside the reservation: `ensure_mapped` never maps
+    /// past them. Fixed: the file's length is sealed.
+    backed_len: usize,
     /// Bytes mapped at the start of the reservation; a page multiple; only grows.
     mapped_len: AtomicUsize,
-    /// Serialises the slow path of `ensure_mapped` (fstat, ftruncate, mmap, publish) among
-    /// this process's threads. Process-local on purpose: never a lock in shared memory.
+    /// Serialises the slow path of `ensure_mapped` (mmap, publish) among this process's
+    /// threads. Process-local on purpose: never a lock in shared memory.
     grow_lock: Mutex<()>,
 }
 
 impl MemfdRegion {
-    /// Creates a memfd named `name` (a label, see `/proc/<pid>/fd`), sized `initial_len`
-    /// rounded up to whole pages (at least one), sealed `F_SEAL_SHRINK | F_SEAL_SEAL`, mapped at
-    /// the start of a fresh reservation of `max_len` bytes plus the guard page.
+    /// Creates a memfd named `name` (a label, see `/proc/<pid>/fd`) of `max_len` bytes, sealed
+    /// `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`, and maps its first `initial_len` bytes
+    /// (rounded up to whole pages, at least one) at the start of a fresh reservation of `max_len`
+    /// bytes plus the guard page.
     pub(crate) fn create(
         name: &str,
         max_len: usize,
@@ -212,18 +226,21 @@ impl MemfdRegion {
         // Cannot overflow: initial_len <= max_len, a page multiple. `max` makes it >= 1 page.
         let initial = round_up(initial_len, page).unwrap_or(max_len).max(page);
         let fd = sys::memfd_create(name).map_err(RegionError::io("memfd_create"))?;
-        sys::grow_file(fd.as_fd(), initial as u64).map_err(RegionError::io("ftruncate"))?;
+        sys::grow_file(fd.as_fd(), max_len as u64).map_err(RegionError::io("ftruncate"))?;
         sys::add_seals(fd.as_fd(), sys::REQUIRED_SEALS)
             .map_err(RegionError::io("fcntl(F_ADD_SEALS)"))?;
-        Self::map_initial(fd, max_len, page, initial)
+        Self::map_initial(fd, max_len, page, max_len, initial)
     }
 
-    /// Opens a memfd received from a peer: checks that it carries `F_SEAL_SHRINK` and
-    /// `F_SEAL_SEAL` (else [`RegionError::NotSealed`]), that it holds at least one page (else
-    /// [`RegionError::Truncated`]), and maps what it holds (whole pages, at most `max_len`)
-    /// at the start of a fresh reservation of `max_len` bytes plus the guard page.
+    /// Opens a memfd received from a peer: checks that it carries `F_SEAL_SHRINK`,
+    /// `F_SEAL_GROW` and `F_SEAL_SEAL` (else [`RegionError::NotSealed`]) and no write seal (else
+    /// [`RegionError::WriteSealed`]), that it holds at least one page (else
+    /// [`RegionError::Truncated`]), and maps its first page at the start of a fresh reservation
+    /// of `max_len` bytes plus the guard page.
     ///
     /// A file longer than `max_len` is accepted; only its first `max_len` bytes are ever mapped.
+    /// A shorter one is accepted too (the peer may have agreed to a smaller maximum):
+    /// [`MemfdRegion::backed_len`] tells how much of it may be mapped.
     pub(crate) fn open(fd: OwnedFd, max_len: usize) -> Result<Self, RegionError> {
         let page = check_maximum(max_len)?;
         match sys::check_received_seals(fd.as_fd()) {
@@ -239,9 +256,15 @@ impl MemfdRegion {
                     missing: seal_names(missing),
                 });
             }
+            Err(sys::SealError::Forbidden { forbidden }) => {
+                return Err(RegionError::WriteSealed {
+                    seals: seal_names(forbidden),
+                });
+            }
         }
+        // Read once: the seals make it final.
         let file_len = sys::file_len(fd.as_fd()).map_err(RegionError::io("fstat"))?;
-        // Only whole pages that the file holds: a partial last page waits for `ensure_mapped`.
+        // Only whole pages: a partial last page would never fill up (the length is sealed).
         let whole = usize::try_from(file_len).unwrap_or(usize::MAX) & !(page - 1);
         if whole < page {
             return Err(RegionError::Truncated {
@@ -249,13 +272,14 @@ impl MemfdRegion {
                 file_len,
             });
         }
-        Self::map_initial(fd, max_len, page, whole.min(max_len))
+        Self::map_initial(fd, max_len, page, whole.min(max_len), page)
     }
 
     fn map_initial(
         fd: OwnedFd,
         max_len: usize,
         page: usize,
+        backed_len: usize,
         initial: usize,
     ) -> Result<Self, RegionError> {
         let reservation = sys::reserve(max_len).map_err(RegionError::io("mmap(PROT_NONE)"))?;
@@ -265,6 +289,7 @@ impl MemfdRegion {
             fd,
             reservation,
             page,
+            backed_len,
             mapped_len: AtomicUsize::new(initial),
             grow_lock: Mutex::new(()),
         })
@@ -275,47 +300,41 @@ impl MemfdRegion {
         self.fd.as_fd()
     }
 
+    /// How many bytes of the reservation the file backs (whole pages, at most `max_len`): the
+    /// most `ensure_mapped` will ever map.
+    pub(crate) fn backed_len(&self) -> usize {
+        self.backed_len
+    }
+
     /// Memory actually allocated to the shared file (touched pages), in bytes.
     pub(crate) fn allocated_bytes(&self) -> Result<u64, RegionError> {
         sys::allocated_bytes(self.fd.as_fd()).map_err(RegionError::io("fstat"))
     }
 
     /// The slow path of `ensure_mapped`, under `grow_lock`.
-    fn map_more(&self, len: usize, grow: bool) -> Result<(), RegionError> {
-        let fd = self.fd.as_fd();
+    fn map_more(&self, len: usize) -> Result<(), RegionError> {
         // Relaxed: only this function, under `grow_lock`, stores `mapped_len`.
         let mapped = self.mapped_len.load(Ordering::Relaxed);
         if len <= mapped {
             return Ok(());
         }
-        let max_len = self.reservation.len();
-        // `len <= max_len`, a page multiple, so this neither overflows nor passes the maximum.
-        let target = round_up(len, self.page).unwrap_or(max_len).min(max_len);
-        let file_len = sys::file_len(fd).map_err(RegionError::io("fstat"))?;
-        if grow {
-            if file_len < target as u64
-                && let Err(source) = sys::grow_file(fd, target as u64)
-            {
-                // Another process may have grown the file in between (our ftruncate then
-                // fails as a shrink): fine if it is now long enough.
-                let now = sys::file_len(fd).map_err(RegionError::io("fstat"))?;
-                if now < target as u64 {
-                    return Err(RegionError::Io {
-                        op: "ftruncate",
-                        source,
-                    });
-                }
-            }
-        } else if file_len < len as u64 {
-            return Err(RegionError::Truncated { len, file_len });
+        if len > self.backed_len {
+            return Err(RegionError::Truncated {
+                len,
+                file_len: self.backed_len as u64,
+            });
         }
-        // The file now holds at least `len` bytes and cannot shrink (sealed), so every page of
-        // `[mapped, target)` lies at least partly inside it: touching it never raises SIGBUS.
+        // `len <= backed_len`, a page multiple, so this neither overflows nor passes it.
+        let target = round_up(len, self.page)
+            .unwrap_or(self.backed_len)
+            .min(self.backed_len);
+        // The file holds `backed_len` bytes and its length is sealed, so every page of
+        // `[mapped, target)` lies inside it: touching it never raises SIGBUS.
         sys::map_shared_fixed(
             &self.reservation,
             mapped,
             target - mapped,
-            fd,
+            self.fd.as_fd(),
             mapped as u64,
         )
         .map_err(RegionError::io("mmap(MAP_SHARED|MAP_FIXED)"))?;
@@ -340,7 +359,7 @@ impl Region for MemfdRegion {
         self.mapped_len.load(Ordering::Acquire)
     }
 
-    fn ensure_mapped(&self, len: usize, grow: bool) -> Result<(), RegionError> {
+    fn ensure_mapped(&self, len: usize) -> Result<(), RegionError> {
         let max = self.reservation.len();
         if len > max {
             return Err(RegionError::TooLarge { len, max });
@@ -354,7 +373,7 @@ impl Region for MemfdRegion {
             .grow_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        self.map_more(len, grow)
+        self.map_more(len)
     }
 }
 
@@ -443,9 +462,9 @@ mod tests {
         assert!((r.base() as usize).is_multiple_of(page()));
         assert_eq!((r.max_len(), r.mapped_len()), (max, max));
         assert!(read(&r, 0, max).iter().all(|&b| b == 0));
-        r.ensure_mapped(max, true).unwrap();
-        r.ensure_mapped(1, false).unwrap();
-        match r.ensure_mapped(max + 1, true) {
+        r.ensure_mapped(max).unwrap();
+        r.ensure_mapped(1).unwrap();
+        match r.ensure_mapped(max + 1) {
             Err(RegionError::TooLarge { len, max: m }) => assert_eq!((len, m), (max + 1, max)),
             other => panic!("expected TooLarge, got {other:?}"),
         }
@@ -454,14 +473,16 @@ mod tests {
     }
 
     #[test]
-    fn created_memfd_region_is_sealed_and_starts_small() {
+    fn created_memfd_region_is_sealed_at_its_maximum_and_maps_little() {
         let max = 64 * page();
         let r = MemfdRegion::create(&unique_name("create"), max, 0).unwrap();
         let seals = sys::seals(r.fd()).unwrap();
         assert!(seals.contains(sys::REQUIRED_SEALS), "{seals:?}");
+        assert!(seals.contains(sys::SealFlags::GROW), "{seals:?}");
         assert_eq!(r.max_len(), max);
         assert_eq!(r.mapped_len(), page());
-        assert_eq!(sys::file_len(r.fd()).unwrap(), page() as u64);
+        assert_eq!(r.backed_len(), max);
+        assert_eq!(sys::file_len(r.fd()).unwrap(), max as u64);
         assert!((r.base() as usize).is_multiple_of(page()));
         // Odd initial lengths round up to whole pages.
         let r = MemfdRegion::create(&unique_name("create-odd"), max, page() + 1).unwrap();
@@ -472,6 +493,34 @@ mod tests {
         ));
     }
 
+    /// Issue 9: the peer that received a region's memfd can neither shrink it (our next access
+    /// would raise SIGBUS) nor grow it past the agreed maximum (memory nobody agreed to), nor
+    /// change its seals.
+    #[test]
+    fn a_peer_can_neither_grow_nor_shrink_a_created_region() {
+        let max = 16 * page();
+        let r = MemfdRegion::create(&unique_name("fixed"), max, 0).unwrap();
+        let peer = r.fd().try_clone_to_owned().unwrap();
+        for len in [0, 1, page() as u64, max as u64 - 1, max as u64 + 1, 1 << 40] {
+            let err = sys::test_support::raw_ftruncate(peer.as_fd(), len).unwrap_err();
+            assert_eq!(
+                err.raw_os_error(),
+                Some(libc_eperm()),
+                "ftruncate to {len}: {err}"
+            );
+        }
+        assert!(sys::add_seals(peer.as_fd(), sys::SealFlags::WRITE).is_err());
+        assert_eq!(sys::file_len(r.fd()).unwrap(), max as u64);
+        // The whole maximum is usable, and only the touched pages are allocated.
+        r.ensure_mapped(max).unwrap();
+        write(&r, max - 1, b"!");
+        assert_eq!(r.allocated_bytes().unwrap(), page() as u64);
+    }
+
+    fn libc_eperm() -> i32 {
+        rustix::io::Errno::PERM.raw_os_error()
+    }
+
     #[test]
     fn open_refuses_unsealed_and_half_sealed_files() {
         let max = 16 * page();
@@ -480,14 +529,14 @@ mod tests {
         sys::grow_file(fd.as_fd(), page() as u64).unwrap();
         match MemfdRegion::open(fd, max) {
             Err(RegionError::NotSealed { missing }) => {
-                assert_eq!(missing, "F_SEAL_SEAL | F_SEAL_SHRINK");
+                assert_eq!(missing, "F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW");
             }
             other => panic!("expected NotSealed, got {other:?}"),
         }
         // F_SEAL_SEAL without F_SEAL_SHRINK.
         let fd = sys::memfd_create(&unique_name("noshrink")).unwrap();
         sys::grow_file(fd.as_fd(), page() as u64).unwrap();
-        sys::add_seals(fd.as_fd(), sys::SealFlags::SEAL).unwrap();
+        sys::add_seals(fd.as_fd(), sys::SealFlags::SEAL | sys::SealFlags::GROW).unwrap();
         match MemfdRegion::open(fd, max) {
             Err(e @ RegionError::NotSealed { .. }) => {
                 let msg = e.to_string();
@@ -497,6 +546,29 @@ mod tests {
                 );
             }
             other => panic!("expected NotSealed, got {other:?}"),
+        }
+        // Growable (the seals of the previous version): refused.
+        let fd = sys::memfd_create(&unique_name("growable")).unwrap();
+        sys::grow_file(fd.as_fd(), max as u64).unwrap();
+        sys::add_seals(fd.as_fd(), sys::SealFlags::SEAL | sys::SealFlags::SHRINK).unwrap();
+        match MemfdRegion::open(fd, max) {
+            Err(e @ RegionError::NotSealed { .. }) => {
+                assert!(
+                    e.to_string().contains("lacks the seal(s) F_SEAL_GROW"),
+                    "{e}"
+                );
+            }
+            other => panic!("expected NotSealed, got {other:?}"),
+        }
+        // Sealed against writing: our writable mapping would fail; refused by name.
+        let fd = sys::memfd_create(&unique_name("writesealed")).unwrap();
+        sys::grow_file(fd.as_fd(), max as u64).unwrap();
+        sys::add_seals(fd.as_fd(), sys::REQUIRED_SEALS | sys::SealFlags::WRITE).unwrap();
+        match MemfdRegion::open(fd, max) {
+            Err(e @ RegionError::WriteSealed { .. }) => {
+                assert!(e.to_string().contains("F_SEAL_WRITE"), "{e}");
+            }
+            other => panic!("expected WriteSealed, got {other:?}"),
         }
         // Not a memfd at all: the seals cannot even be read.
         let file = std::fs::File::open("/proc/self/stat").unwrap();
@@ -524,9 +596,36 @@ mod tests {
         let r = MemfdRegion::create(&unique_name("long"), 8 * page(), 8 * page()).unwrap();
         let opened = MemfdRegion::open(r.fd().try_clone_to_owned().unwrap(), 4 * page()).unwrap();
         assert_eq!(
-            (opened.max_len(), opened.mapped_len()),
-            (4 * page(), 4 * page())
+            (opened.max_len(), opened.mapped_len(), opened.backed_len()),
+            (4 * page(), page(), 4 * page())
         );
+        opened.ensure_mapped(4 * page()).unwrap();
+        assert!(matches!(
+            opened.ensure_mapped(4 * page() + 1),
+            Err(RegionError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_shorter_file_is_mapped_only_as_far_as_it_reaches() {
+        // The peer's file is shorter than our maximum, and its last page is partial: only its
+        // whole pages are ever mapped (its length is sealed, so a partial page never fills).
+        let max = 16 * page();
+        let fd = sys::memfd_create(&unique_name("shorter")).unwrap();
+        sys::grow_file(fd.as_fd(), 4 * page() as u64 + 100).unwrap();
+        sys::add_seals(fd.as_fd(), sys::REQUIRED_SEALS).unwrap();
+        let r = MemfdRegion::open(fd, max).unwrap();
+        assert_eq!(r.backed_len(), 4 * page());
+        r.ensure_mapped(4 * page()).unwrap();
+        for len in [4 * page() + 1, 8 * page()] {
+            match r.ensure_mapped(len) {
+                Err(RegionError::Truncated { len: l, file_len }) => {
+                    assert_eq!((l, file_len), (len, 4 * page() as u64));
+                }
+                other => panic!("expected Truncated, got {other:?}"),
+            }
+        }
+        assert_eq!(r.mapped_len(), 4 * page());
     }
 
     #[test]
@@ -539,20 +638,11 @@ mod tests {
         assert_eq!(reader.mapped_len(), page());
         assert_eq!(read(&reader, 0, 10), b"first page");
 
-        // The reader follows a capacity the writer has not made real yet: refused, no SIGBUS.
-        match reader.ensure_mapped(4 * page(), false) {
-            Err(RegionError::Truncated { len, file_len }) => {
-                assert_eq!((len, file_len), (4 * page(), page() as u64));
-            }
-            other => panic!("expected Truncated, got {other:?}"),
-        }
-        assert_eq!(reader.mapped_len(), page());
-
         let base_before = writer.base();
-        writer.ensure_mapped(4 * page(), true).unwrap();
+        writer.ensure_mapped(4 * page()).unwrap();
         assert_eq!(writer.base(), base_before, "growth must not move the base");
         assert_eq!(writer.mapped_len(), 4 * page());
-        assert_eq!(sys::file_len(writer.fd()).unwrap(), 4 * page() as u64);
+        assert_eq!(sys::file_len(writer.fd()).unwrap(), max as u64);
         write(&writer, 4 * page() - 9, b"last page");
         assert_eq!(
             read(&writer, 0, 10),
@@ -560,7 +650,7 @@ mod tests {
             "old data stays in place"
         );
 
-        reader.ensure_mapped(4 * page(), false).unwrap();
+        reader.ensure_mapped(4 * page()).unwrap();
         assert_eq!(reader.mapped_len(), 4 * page());
         assert_eq!(read(&reader, 4 * page() - 9, 9), b"last page");
         // And the other way round.
@@ -568,46 +658,16 @@ mod tests {
         assert_eq!(read(&writer, 2 * page(), 5), b"reply");
 
         // Lengths that are not page multiples are rounded up; smaller ones are no-ops.
-        writer.ensure_mapped(5 * page() + 1, true).unwrap();
+        writer.ensure_mapped(5 * page() + 1).unwrap();
         assert_eq!(writer.mapped_len(), 6 * page());
-        writer.ensure_mapped(page(), true).unwrap();
+        writer.ensure_mapped(page()).unwrap();
         assert_eq!(writer.mapped_len(), 6 * page());
         assert!(matches!(
-            writer.ensure_mapped(max + 1, true),
+            writer.ensure_mapped(max + 1),
             Err(RegionError::TooLarge { .. })
         ));
-        writer.ensure_mapped(max, true).unwrap();
+        writer.ensure_mapped(max).unwrap();
         write(&writer, max - 1, b"!");
-    }
-
-    #[test]
-    fn growing_a_file_another_mapping_already_grew_just_maps_it() {
-        let max = 16 * page();
-        let a = MemfdRegion::create(&unique_name("grown"), max, 0).unwrap();
-        let b = MemfdRegion::open(a.fd().try_clone_to_owned().unwrap(), max).unwrap();
-        b.ensure_mapped(8 * page(), true).unwrap();
-        write(&b, 8 * page() - 1, b"x");
-        // `a` asks for less than the file already holds: no ftruncate (it would shrink), and
-        // the file keeps its length.
-        a.ensure_mapped(4 * page(), true).unwrap();
-        assert_eq!(a.mapped_len(), 4 * page());
-        assert_eq!(sys::file_len(a.fd()).unwrap(), 8 * page() as u64);
-        a.ensure_mapped(8 * page(), true).unwrap();
-        assert_eq!(read(&a, 8 * page() - 1, 1), b"x");
-    }
-
-    #[test]
-    fn a_reader_may_map_a_partial_last_page() {
-        // The peer published a length that is not a page multiple and made the file exactly
-        // that long: the page containing the end is mapped, and its bytes are readable.
-        let max = 8 * page();
-        let writer = MemfdRegion::create(&unique_name("partial"), max, 0).unwrap();
-        let reader = MemfdRegion::open(writer.fd().try_clone_to_owned().unwrap(), max).unwrap();
-        let len = 2 * page() + 100;
-        sys::grow_file(writer.fd(), len as u64).unwrap();
-        reader.ensure_mapped(len, false).unwrap();
-        assert_eq!(reader.mapped_len(), 3 * page());
-        assert_eq!(read(&reader, len - 1, 1), [0]);
     }
 
     #[test]
@@ -620,7 +680,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for step in 1..=64 {
                         let len = (step * 4 - t) * page();
-                        r.ensure_mapped(len, true).unwrap();
+                        r.ensure_mapped(len).unwrap();
                         assert!(r.mapped_len() >= len);
                         // Touch the last byte we asked for: it must be mapped now.
                         // `4 * step - t` differs for each `t` (mod 4): one writer per byte.

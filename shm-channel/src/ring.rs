@@ -64,7 +64,7 @@ pub use wait::{WaitPolicy, WaitStats};
 
 /// How long a waiter spins on a held spinlock before it checks whether the
 /// holder is alive. Critical sections are a few dozen instructions (a
-/// growth adds an `ftruncate` and an `mmap`), so a millisecond is long.
+/// growth adds an `mmap`), so a millisecond is long.
 const LOCK_LIVENESS_CHECK: Duration = Duration::from_millis(1);
 /// Skipped (abandoned) records one look at the ring steps over at most.
 const MAX_SKIPS_PER_LOOK: usize = 1024;
@@ -395,7 +395,7 @@ impl RingMem {
     /// Validated current capacity; maps it in this process if needed.
     fn capacity(&self) -> Result<u64, Fault> {
         // SYNC POINT: acquire pairs with the release of a writer that grew
-        // the ring: the larger file is there before the capacity says so.
+        // the ring: what it wrote before publishing the capacity is visible.
         let cap = self.word(off::BUFFER_SIZE).load(Ordering::Acquire);
         if cap < PAGE_SIZE || cap > self.max_size || !cap.is_multiple_of(PAGE_SIZE) {
             return Err(Fault::Corrupt(Corrupt::new(format_args!(
@@ -405,7 +405,7 @@ impl RingMem {
         }
         if cap as usize > self.region.mapped_len() {
             self.region
-                .ensure_mapped(cap as usize, false)
+                .ensure_mapped(cap as usize)
                 .map_err(|e| match e {
                     // The peer published a capacity its file does not have.
                     RegionError::Truncated { .. } | RegionError::TooLarge { .. } => {
@@ -615,7 +615,7 @@ impl Ring {
     }
 
     /// Opens a ring created by another process from its memfd. The fd must
-    /// carry the shrink and seal seals; the header must be initialised and
+    /// carry the shrink, grow and seal seals and back the ring's whole maximum; the header must be initialised and
     /// its maximum must not exceed `max_size` (what this side expects, e.g.
     /// from the IDL). Waits up to `timeout` for the creator to finish
     /// initialising.
@@ -625,6 +625,8 @@ impl Ring {
             .try_clone()
             .map_err(|source| RegionError::Io { op: "dup", source })?;
         let region = MemfdRegion::open(fd, max as usize)?;
+        // The file's length is sealed: what it backs now is all it will ever back.
+        let backed = region.backed_len() as u64;
         let mem = Self::mem(Box::new(region), max);
         let deadline = Instant::now().checked_add(timeout);
         // SYNC POINT: acquiring "initialised" makes the creator's header
@@ -643,6 +645,15 @@ impl Ring {
             chunk.copy_from_slice(&mem.word(i * 8).load(Ordering::Relaxed).to_le_bytes());
         }
         let header = RingHeader::decode(&bytes, max).map_err(Corrupt::from)?;
+        if header.max_size > backed {
+            // The ring could grow to a capacity its file does not hold: refuse it now rather
+            // than at that growth.
+            return Err(RegionError::Truncated {
+                len: header.max_size as usize,
+                file_len: backed,
+            }
+            .into());
+        }
         let mem = RingMem {
             max_size: header.max_size,
             ..mem
@@ -1119,10 +1130,10 @@ impl RingWriter {
                     new_cap = (new_cap * 2).min(mem.max_size);
                 }
                 mem.region
-                    .ensure_mapped(new_cap as usize, true)
+                    .ensure_mapped(new_cap as usize)
                     .map_err(|e| TrySendError::Io(e.to_string()))?;
                 // SYNC POINT: release pairs with the reader's acquire in
-                // `capacity`: the grown file comes before the new capacity.
+                // `capacity`: our writes so far come before the new capacity.
                 mem.word(off::BUFFER_SIZE).store(new_cap, Ordering::Release);
                 cap = new_cap;
                 continue;

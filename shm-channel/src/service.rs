@@ -81,7 +81,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
@@ -296,8 +296,11 @@ impl ServiceConfig {
         self
     }
 
-    /// How many handshakes may be in progress at once (default 64); more connections are
-    /// refused as [`RefusalCode::Busy`] at once.
+    /// How many handshakes may be in progress at once (default 64; at least 1). A connection
+    /// beyond it first lets every pending handshake whose hello has arrived complete; if that
+    /// leaves too many, the oldest handshake of the uid that holds the most is refused as
+    /// [`RefusalCode::Busy`]. So connections that never complete their handshake cannot keep
+    /// another uid's clients out, nor a newer client of their own uid whose hello arrives.
     pub fn max_pending_handshakes(mut self, n: usize) -> Self {
         self.max_pending = n.max(1);
         self
@@ -973,7 +976,23 @@ impl Service {
     fn progress(&mut self) -> Result<Option<Channel>, AcceptError> {
         loop {
             match self.socket.listener.accept() {
-                Ok((stream, _)) => self.admit(stream),
+                Ok((stream, _)) => {
+                    self.admit(stream);
+                    if self.pending.len() > self.config.max_pending {
+                        // Over the limit. First let every handshake that can complete do so
+                        // (a client sends its hello right after connecting, so the
+                        // newcomer's is usually there already); then drop one that still
+                        // waits (see `evict_one`), so stalled connections can never keep
+                        // everybody else out.
+                        let done = self.advance_pending();
+                        while self.pending.len() > self.config.max_pending {
+                            self.evict_one();
+                        }
+                        if done.is_some() {
+                            return Ok(done);
+                        }
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The connection died before we took it: not our problem.
@@ -988,6 +1007,13 @@ impl Service {
                 Err(e) => return Err(AcceptError::Io(e)),
             }
         }
+        Ok(self.advance_pending())
+    }
+
+    /// Reads every pending handshake's hello as far as it has arrived, answers those that are
+    /// complete, expires slow ones. Returns the first channel that completed (the others wait
+    /// for the next call).
+    fn advance_pending(&mut self) -> Option<Channel> {
         let now = Instant::now();
         let mut i = 0;
         while i < self.pending.len() {
@@ -1029,7 +1055,7 @@ impl Service {
                 Step::Hello(hello) => {
                     let p = self.pending.swap_remove(i);
                     match self.welcome(p.stream, p.peer, &hello) {
-                        Ok(channel) => return Ok(Some(channel)),
+                        Ok(channel) => return Some(channel),
                         Err((stream, code, reason)) => {
                             self.refuse(&stream, Some(p.peer), code, reason);
                         }
@@ -1037,7 +1063,42 @@ impl Service {
                 }
             }
         }
-        Ok(None)
+        None
+    }
+
+    /// Makes room among the pending handshakes: refuses (as [`RefusalCode::Busy`]) the oldest
+    /// handshake of the uid that holds the most of them. So a client that opens many
+    /// connections and never completes them only ever pushes out its own (another uid's
+    /// newcomer always finds room), and a newcomer is never the one dropped while older
+    /// connections of the same uid still wait.
+    fn evict_one(&mut self) {
+        let mut counts: HashMap<u32, usize> = HashMap::new();
+        for p in &self.pending {
+            *counts.entry(p.peer.uid).or_default() += 1;
+        }
+        let count = |uid: u32| counts.get(&uid).copied().unwrap_or(0);
+        // Ties go to the uid whose oldest handshake is older.
+        let victim = self
+            .pending
+            .iter()
+            .enumerate()
+            .max_by(|(_, a), (_, b)| {
+                count(a.peer.uid)
+                    .cmp(&count(b.peer.uid))
+                    .then(b.deadline.cmp(&a.deadline))
+            })
+            .map(|(i, _)| i);
+        let Some(i) = victim else { return };
+        let held = self.pending.get(i).map_or(0, |p| count(p.peer.uid));
+        let total = self.pending.len();
+        let p = self.pending.swap_remove(i);
+        let reason = format!(
+            "{total} handshakes in progress, over the limit of {} (max_pending_handshakes); \
+             this one, the oldest of uid {} which holds {held}, was dropped to make room; \
+             try again",
+            self.config.max_pending, p.peer.uid
+        );
+        self.refuse(&p.stream, Some(p.peer), RefusalCode::Busy, reason);
     }
 
     /// A new connection: credentials first, before reading any of its bytes.
@@ -1057,14 +1118,6 @@ impl Service {
                 self.config.credentials
             );
             self.refuse(&stream, Some(peer), RefusalCode::Credentials, reason);
-            return;
-        }
-        if self.pending.len() >= self.config.max_pending {
-            let reason = format!(
-                "{} handshakes already in progress; try again",
-                self.pending.len()
-            );
-            self.refuse(&stream, Some(peer), RefusalCode::Busy, reason);
             return;
         }
         if let Err(e) = stream.set_nonblocking(true) {

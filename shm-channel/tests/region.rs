@@ -157,17 +157,27 @@ fn sharing_child() -> ! {
             .map_err(|e| format!("open {path}: {e}"))?;
         let page = sys::page_size();
         let max = 16 * page;
-        let region = MemfdRegion::open(OwnedFd::from(file), max).map_err(|e| e.to_string())?;
-        if region.mapped_len() != 4 * page {
+        let fd = OwnedFd::from(file);
+        // The hostile part first: this process holds the parent's memfd and tries to change its
+        // length both ways. The seals make the kernel refuse both.
+        for len in [0, page as u64, max as u64 + page as u64, 1 << 40] {
+            match rustix::fs::ftruncate(&fd, len) {
+                Err(rustix::io::Errno::PERM) => {}
+                other => return Err(format!("ftruncate to {len}: {other:?}, not EPERM")),
+            }
+        }
+        let region = MemfdRegion::open(fd, max).map_err(|e| e.to_string())?;
+        if region.mapped_len() != page {
             return Err(format!(
-                "mapped {} bytes, expected 4 pages",
+                "mapped {} bytes on open, expected one page",
                 region.mapped_len()
             ));
         }
-        match region.ensure_mapped(8 * page, false) {
-            Err(RegionError::Truncated { .. }) => {}
-            other => return Err(format!("expected Truncated, got {other:?}")),
+        match region.ensure_mapped(max + 1) {
+            Err(RegionError::TooLarge { .. }) => {}
+            other => return Err(format!("expected TooLarge, got {other:?}")),
         }
+        region.ensure_mapped(4 * page).map_err(|e| e.to_string())?;
         let at = 3 * page;
         // SAFETY: [3 pages, 3 pages + PATTERN.len()) is inside the 4 mapped pages; the parent
         // wrote it before spawning us and does not write it again.
@@ -188,9 +198,7 @@ fn sharing_child() -> ! {
             sys::futex_wait(go, 0, Some(left)).map_err(|e| e.to_string())?;
         }
         // The parent grew the ring meanwhile: follow it.
-        region
-            .ensure_mapped(8 * page, false)
-            .map_err(|e| e.to_string())?;
+        region.ensure_mapped(8 * page).map_err(|e| e.to_string())?;
         let last = word(&region, 8 * page - 4);
         if last.load(Ordering::Acquire) != 0xfeed {
             return Err("grown part not shared".into());
@@ -242,9 +250,11 @@ fn two_processes_share_bytes_growth_and_futexes() {
         }
     }
     assert_eq!(childs.load(Ordering::Acquire), child.id());
+    // The child's attempts to change the file's length all failed.
+    assert_eq!(sys::file_len(region.fd()).expect("fstat"), max as u64);
     eprintln!("parent woken through a shared futex {parked} time(s)");
 
-    region.ensure_mapped(8 * page, true).expect("grow");
+    region.ensure_mapped(8 * page).expect("grow");
     word(&region, 8 * page - 4).store(0xfeed, Ordering::Release);
     let go = word(&region, PARENT_WORD);
     go.store(1, Ordering::Release);

@@ -281,9 +281,9 @@ fn a_trickled_hello_is_cut_off_at_the_deadline() {
     });
 }
 
-/// The peer that received a ring's memfd cannot shrink it (a SIGBUS for us), cannot seal
-/// it against our growth, and growing the file past the ring's maximum changes nothing we
-/// map or use.
+/// The peer that received a ring's memfd cannot shrink it (a SIGBUS for us), cannot grow it
+/// past the ring's maximum (memory nobody agreed to: the file is sized to the maximum and
+/// sealed there), and cannot add seals; the channel works on after all those attempts.
 #[test]
 fn memfd_seals_hold_against_the_peer() {
     with_watchdog(LIMIT, || {
@@ -294,11 +294,20 @@ fn memfd_seals_hold_against_the_peer() {
         for ring in [client_end.tx_ring(), client_end.rx_ring()] {
             let fd = ring.fd().expect("memfd").try_clone_to_owned().unwrap();
             let size = rustix::fs::fstat(&fd).unwrap().st_size as u64;
-            for len in [0, size - 4096, size - 1] {
+            assert_eq!(size, ring.max_size(), "the file holds the ring's maximum");
+            for len in [
+                0,
+                size - 4096,
+                size - 1,
+                size + 1,
+                size + 4096,
+                16 * RING,
+                1 << 40,
+            ] {
                 assert_eq!(
                     rustix::fs::ftruncate(&fd, len),
                     Err(rustix::io::Errno::PERM),
-                    "shrinking to {len}"
+                    "ftruncate from {size} to {len}"
                 );
             }
             for seal in [
@@ -312,9 +321,7 @@ fn memfd_seals_hold_against_the_peer() {
                     "adding {seal:?}"
                 );
             }
-            // Growing the file is allowed by the seals (the rings grow that way), but
-            // nobody maps or trusts it past the maximum.
-            rustix::fs::ftruncate(&fd, 16 * RING).unwrap();
+            assert_eq!(rustix::fs::fstat(&fd).unwrap().st_size as u64, size);
         }
         assert_eq!(server_end.rx_ring().max_size(), RING);
         for i in 0..100u64 {

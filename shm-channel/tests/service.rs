@@ -1090,6 +1090,47 @@ fn broken_servers_get_typed_errors() {
     assert!(matches!(err, ConnectError::Ring(_)), "{err:?}");
 }
 
+/// Issue 9: ring memory offered in a welcome must be sealed at its length both ways and must
+/// be writable. A memfd sealed the way the previous version sealed it (shrink and seal, so its
+/// peer could still grow it past the agreed maximum) and one sealed against writing are each
+/// refused with an error that names the seal.
+#[test]
+fn a_welcome_with_growable_or_write_sealed_rings_is_refused() {
+    use rustix::fs::SealFlags;
+    use std::os::fd::AsFd;
+    let cases = [
+        (
+            SealFlags::SHRINK | SealFlags::SEAL,
+            "lacks the seal(s) F_SEAL_GROW",
+        ),
+        (
+            SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL | SealFlags::WRITE,
+            "F_SEAL_WRITE",
+        ),
+    ];
+    for (seals, says) in cases {
+        let err = connect_to_fake(move |s| {
+            let fd = rustix::fs::memfd_create(
+                "badly-sealed",
+                rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+            )
+            .unwrap();
+            rustix::fs::ftruncate(&fd, 1 << 16).unwrap();
+            rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+            let e: Vec<_> = (0..4)
+                .map(|_| rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap())
+                .collect();
+            let mut fds = vec![fd.as_fd(), fd.as_fd()];
+            fds.extend(e.iter().map(|f| f.as_fd()));
+            send_with_fds(s, &welcome_bytes(3, 1 << 16, 1 << 16, 6), &fds);
+        });
+        match &err {
+            ConnectError::Ring(e) => assert!(e.to_string().contains(says), "{e}"),
+            other => panic!("expected a ring error naming {says:?}, got {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn try_accept_never_waits_and_pending_handshakes_are_bounded() {
     use std::os::fd::AsFd;
@@ -1120,8 +1161,8 @@ fn try_accept_never_waits_and_pending_handshakes_are_bounded() {
     let refused = svc.take_refused();
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0].code, RefusalCode::Busy);
-    // The third got a refusal frame saying so.
-    let answer = read_answer(silent.into_iter().nth(2).unwrap());
+    // The oldest (the first) made room for the newest and got a refusal frame saying so.
+    let answer = read_answer(silent.into_iter().next().unwrap());
     assert!(answer.starts_with(b"SHMC\x01\x00\x03\x00"), "{answer:?}");
     assert_eq!(answer[12..14], 8u16.to_le_bytes(), "code 8: busy");
 }

@@ -7,9 +7,18 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::io::Errno;
 
 /// The seals every ring backing must carry: `F_SEAL_SHRINK` (nobody can make the file shorter,
-/// so a mapping checked against its length never raises `SIGBUS`) and `F_SEAL_SEAL` (nobody
-/// can change the seals any more, e.g. add `F_SEAL_WRITE` or `F_SEAL_GROW` behind our back).
-pub(crate) const REQUIRED_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::SEAL);
+/// so a mapping checked against its length never raises `SIGBUS`), `F_SEAL_GROW` (nobody can
+/// make it longer: its creator sizes it to the ring's maximum once, so a peer cannot make the
+/// file, and the memory charged for it, exceed what was agreed) and `F_SEAL_SEAL` (nobody can
+/// change the seals any more, e.g. add `F_SEAL_WRITE` behind our back).
+pub(crate) const REQUIRED_SEALS: SealFlags = SealFlags::SHRINK
+    .union(SealFlags::GROW)
+    .union(SealFlags::SEAL);
+
+/// Seals a received ring backing must NOT carry: both sides write into a ring (the writer its
+/// messages, the reader its read position and `CONSUMED` flags), and a writable shared mapping
+/// of a file sealed against writing is refused by the kernel.
+pub(crate) const FORBIDDEN_SEALS: SealFlags = SealFlags::WRITE.union(SealFlags::FUTURE_WRITE);
 
 /// Creates an anonymous memory file, close-on-exec and sealable, of length 0.
 ///
@@ -47,20 +56,30 @@ pub(crate) enum SealError {
         /// The required seals that are absent.
         missing: SealFlags,
     },
+    /// The file carries some of [`FORBIDDEN_SEALS`].
+    #[error("the received file carries the seals {forbidden:?}")]
+    Forbidden {
+        /// The forbidden seals that are present.
+        forbidden: SealFlags,
+    },
 }
 
-/// Checks that a file descriptor received from a peer carries [`REQUIRED_SEALS`]. Without
-/// `F_SEAL_SHRINK` the peer could truncate the file while we have it mapped and make our next
-/// access raise `SIGBUS`; without `F_SEAL_SEAL` it could still add seals such as `F_SEAL_GROW`
-/// later and stop the ring from growing.
+/// Checks that a file descriptor received from a peer carries [`REQUIRED_SEALS`] and none of
+/// [`FORBIDDEN_SEALS`]. Without `F_SEAL_SHRINK` the peer could truncate the file while we have
+/// it mapped and make our next access raise `SIGBUS`; without `F_SEAL_GROW` it could make the
+/// file longer than the ring's maximum (memory nobody agreed to); without `F_SEAL_SEAL` it could
+/// still add seals such as `F_SEAL_WRITE` later.
 pub(crate) fn check_received_seals(fd: BorrowedFd<'_>) -> Result<(), SealError> {
     let have = seals(fd)?;
     let missing = REQUIRED_SEALS.difference(have);
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(SealError::Missing { missing })
+    if !missing.is_empty() {
+        return Err(SealError::Missing { missing });
     }
+    let forbidden = have.intersection(FORBIDDEN_SEALS);
+    if !forbidden.is_empty() {
+        return Err(SealError::Forbidden { forbidden });
+    }
+    Ok(())
 }
 
 /// The length of the file in bytes (`fstat`).
@@ -125,7 +144,7 @@ mod tests {
         add_seals(fd.as_fd(), REQUIRED_SEALS).unwrap();
         let have = seals(fd.as_fd()).unwrap();
         assert!(
-            have.contains(SealFlags::SHRINK | SealFlags::SEAL),
+            have.contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL),
             "{have:?}"
         );
         check_received_seals(fd.as_fd()).unwrap();
@@ -133,22 +152,24 @@ mod tests {
     }
 
     #[test]
-    fn sealed_memfd_refuses_shrink_with_eperm_and_grow_file_refuses_too() {
+    fn sealed_memfd_refuses_shrink_and_grow_with_eperm() {
         let fd = memfd_create(&unique_name("shrink")).unwrap();
         grow_file(fd.as_fd(), 8192).unwrap();
         add_seals(fd.as_fd(), REQUIRED_SEALS).unwrap();
-        let err = raw_ftruncate(fd.as_fd(), 4096).unwrap_err();
-        assert_eq!(
-            err.raw_os_error(),
-            Some(Errno::PERM.raw_os_error()),
-            "{err}"
-        );
+        for len in [0, 4096, 8191, 8193, 16384, 1 << 40] {
+            let err = raw_ftruncate(fd.as_fd(), len).unwrap_err();
+            assert_eq!(
+                err.raw_os_error(),
+                Some(Errno::PERM.raw_os_error()),
+                "ftruncate to {len}: {err}"
+            );
+        }
         let err = grow_file(fd.as_fd(), 4096).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-        // Growing is still allowed, and equal length is a no-op.
-        grow_file(fd.as_fd(), 16384).unwrap();
-        grow_file(fd.as_fd(), 16384).unwrap();
-        assert_eq!(file_len(fd.as_fd()).unwrap(), 16384);
+        assert!(grow_file(fd.as_fd(), 16384).is_err());
+        // Equal length is a no-op.
+        grow_file(fd.as_fd(), 8192).unwrap();
+        assert_eq!(file_len(fd.as_fd()).unwrap(), 8192);
         // F_SEAL_SEAL: no more seals can be added.
         let err = add_seals(fd.as_fd(), SealFlags::GROW).unwrap_err();
         assert_eq!(
@@ -168,17 +189,36 @@ mod tests {
         }
         // F_SEAL_SEAL without F_SEAL_SHRINK.
         let fd = memfd_create(&unique_name("noshrink")).unwrap();
-        add_seals(fd.as_fd(), SealFlags::SEAL).unwrap();
+        add_seals(fd.as_fd(), SealFlags::SEAL | SealFlags::GROW).unwrap();
         match check_received_seals(fd.as_fd()) {
             Err(SealError::Missing { missing }) => assert_eq!(missing, SealFlags::SHRINK),
             other => panic!("expected Missing, got {other:?}"),
         }
+        // The seals of the previous version (shrink and seal, growth allowed): the peer could
+        // grow the file past the agreed maximum. Refused.
+        let fd = memfd_create(&unique_name("nogrow")).unwrap();
+        add_seals(fd.as_fd(), SealFlags::SEAL | SealFlags::SHRINK).unwrap();
+        match check_received_seals(fd.as_fd()) {
+            Err(SealError::Missing { missing }) => assert_eq!(missing, SealFlags::GROW),
+            other => panic!("expected Missing, got {other:?}"),
+        }
         // A memfd that cannot be sealed at all reports F_SEAL_SEAL set by the kernel, and
-        // still lacks F_SEAL_SHRINK.
+        // still lacks F_SEAL_SHRINK and F_SEAL_GROW.
         let fd = unsealable_memfd(&unique_name("unsealable")).unwrap();
         match check_received_seals(fd.as_fd()) {
-            Err(SealError::Missing { missing }) => assert_eq!(missing, SealFlags::SHRINK),
+            Err(SealError::Missing { missing }) => {
+                assert_eq!(missing, SealFlags::SHRINK | SealFlags::GROW);
+            }
             other => panic!("expected Missing, got {other:?}"),
+        }
+        // Every required seal, plus one that would make our writable mapping fail.
+        for extra in [SealFlags::WRITE, SealFlags::FUTURE_WRITE] {
+            let fd = memfd_create(&unique_name("writesealed")).unwrap();
+            add_seals(fd.as_fd(), REQUIRED_SEALS | extra).unwrap();
+            match check_received_seals(fd.as_fd()) {
+                Err(SealError::Forbidden { forbidden }) => assert_eq!(forbidden, extra),
+                other => panic!("expected Forbidden, got {other:?}"),
+            }
         }
     }
 

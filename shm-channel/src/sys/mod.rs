@@ -7,10 +7,11 @@
 //!
 //! * **Memory files** ([`memfd_create`], [`add_seals`], [`seals`], [`check_received_seals`],
 //!   [`file_len`], [`grow_file`], [`allocated_bytes`]): a ring's backing is a memfd created
-//!   close-on-exec and sealable. Its creator sizes it, then seals it with [`REQUIRED_SEALS`]
-//!   (`F_SEAL_SHRINK | F_SEAL_SEAL`): from then on nobody, including a hostile peer, can make it
-//!   shorter, so a range checked once to lie inside the file stays inside it forever and touching
-//!   it never raises `SIGBUS`. A file descriptor received from a peer must pass
+//!   close-on-exec and sealable. Its creator sizes it (once, to the ring's maximum), then seals
+//!   it with [`REQUIRED_SEALS`] (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`): from then on
+//!   nobody, including a hostile peer, can change its length, so a range checked once to lie
+//!   inside the file stays inside it forever and touching it never raises `SIGBUS`, and the
+//!   file never holds more than was agreed. A file descriptor received from a peer must pass
 //!   [`check_received_seals`] before anything is mapped from it. [`grow_file`] never shrinks.
 //! * **Address space** ([`reserve`], [`Reservation`], [`map_shared_fixed`], [`page_size`]):
 //!   a [`Reservation`] is a `PROT_NONE` range of `len` bytes followed by one more page, the guard
