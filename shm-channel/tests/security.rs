@@ -144,8 +144,166 @@ fn security_child() {
                 Err(e) => println!("refused: {e}"),
             }
         }
+        "stall" => stall_child(&dir.join(format!("{name}.sock"))),
         other => panic!("unknown role {other}"),
     }
+}
+
+/// How many connections the hostile child of `stalled_handshakes_never_keep_a_good_client_out`
+/// holds open at once; the service allows `STALL_PENDING` handshakes in progress.
+const STALLERS: usize = 12;
+const STALL_PENDING: usize = 4;
+/// Tells the stalling child to replace every connection the service closes at once (churn).
+const CHURN_ENV: &str = "SHM_SECURITY_TEST_CHURN";
+
+/// The hostile child: holds `STALLERS` connections to the service that never complete a
+/// handshake (half send nothing, half dribble the start of a hello, a byte every 200 ms).
+/// With churn, every connection the service closes is replaced at once; without, it keeps
+/// what it has. Runs until killed.
+fn stall_child(path: &Path) -> ! {
+    let churn = std::env::var_os(CHURN_ENV).is_some();
+    let mut conns: Vec<(UnixStream, usize)> = Vec::new();
+    let mut replaced = 0u64;
+    let mut announced = false;
+    let mut last_dribble = std::time::Instant::now();
+    loop {
+        while conns.len() < STALLERS && (churn || !announced) {
+            match UnixStream::connect(path) {
+                Ok(s) => {
+                    s.set_nonblocking(true).expect("nonblocking");
+                    conns.push((s, 0));
+                    replaced += u64::from(announced);
+                }
+                Err(_) => thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        if !announced {
+            println!("stalling");
+            announced = true;
+        }
+        // A connection the service answered (a refusal) or closed is dropped.
+        let mut pfds: Vec<rustix::event::PollFd<'_>> = conns
+            .iter()
+            .map(|(s, _)| rustix::event::PollFd::new(s, rustix::event::PollFlags::IN))
+            .collect();
+        let ts = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 20_000_000,
+        };
+        let _ = rustix::event::poll(&mut pfds, Some(&ts));
+        let answered: Vec<bool> = pfds.iter().map(|p| !p.revents().is_empty()).collect();
+        drop(pfds);
+        let mut i = 0;
+        conns.retain(|_| {
+            i += 1;
+            !answered[i - 1]
+        });
+        if last_dribble.elapsed() >= Duration::from_millis(200) {
+            last_dribble = std::time::Instant::now();
+            for (k, (s, sent)) in conns.iter_mut().enumerate() {
+                if k % 2 == 1 && *sent < 4 && (&*s).write(&b"SHMC"[*sent..=*sent]).is_ok() {
+                    *sent += 1;
+                }
+            }
+        }
+        if churn && replaced > 0 && replaced.is_multiple_of(1000) {
+            println!("replaced {replaced}");
+        }
+    }
+}
+
+/// Issue 9: a hostile local client that opens many connections to a service and never
+/// completes their handshakes (some silent, some dribbling a hello) cannot keep a good client
+/// out: with the stalled connections held (far more than `max_pending_handshakes`, with a
+/// handshake timeout longer than the test), a good client connects, three times over, and its
+/// calls are served by `serve_service`. Before the fix the pending handshakes filled up and
+/// every newcomer was refused `Busy` until a stalled one timed out.
+///
+/// Run as the same uid without churn (the stalled set is fixed: the newest client is never the
+/// one dropped), and, as root, as uid 65534 replacing every connection the service drops at
+/// once (another uid's newcomer always finds room: the uid holding the most pending
+/// handshakes is the one that loses one).
+#[test]
+fn stalled_handshakes_never_keep_a_good_client_out() {
+    if child_role().is_some() {
+        return;
+    }
+    stall_and_serve(None);
+    if is_root() {
+        stall_and_serve(Some(NOBODY));
+    } else {
+        eprintln!("SKIPPED the uid 65534 half: needs root");
+    }
+}
+
+fn stall_and_serve(hostile_uid: Option<u32>) {
+    with_watchdog(LIMIT, move || {
+        // Reachable by uid 65534 when it plays the hostile client.
+        let base = runtime_dir();
+        std::fs::create_dir(&base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = base.join("rt");
+        let name = unique_name("stall");
+        let mut config = service_config(&dir)
+            .max_pending_handshakes(STALL_PENDING)
+            .handshake_timeout(Duration::from_secs(120));
+        if let Some(uid) = hostile_uid {
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+            config = config
+                .access(Access::OtherUsers)
+                .credentials(CredentialPolicy::same_uid().allow_uid(uid));
+        }
+        let svc = Service::bind(&name, config).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let server = {
+            let stop = std::sync::Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut event_loop = shm_channel::EventLoop::new(svc).unwrap();
+                let opts = ServeOptions {
+                    stop: Some(stop),
+                    ..ServeOptions::default()
+                };
+                rpc::serve_service(
+                    &mut event_loop,
+                    &rpc::EventHub::new(),
+                    |req, resp| resp.reply(&[(0, req.object(0).unwrap_or_default())]),
+                    &opts,
+                )
+            })
+        };
+        let mut env = service_env(&dir, &name, 0);
+        if hostile_uid.is_some() {
+            env.push((CHURN_ENV, "1".into()));
+        }
+        let mut hostile = ChildGuard::spawn_with("security_child", "stall", &env, |cmd| {
+            if let Some(uid) = hostile_uid {
+                std::os::unix::process::CommandExt::uid(cmd, uid);
+                std::os::unix::process::CommandExt::gid(cmd, uid);
+            }
+        });
+        hostile.wait_for_line("stalling");
+        let config = client_config(&dir);
+        for round in 0..3u8 {
+            let channel = service::connect(&name, &config)
+                .unwrap_or_else(|e| panic!("round {round}: the good client was kept out: {e}"));
+            let mut good = Client::new(channel);
+            for i in 0..20u8 {
+                let back = good
+                    .call(&CHECK, &[(0, &[round, i])], STEP, |m| {
+                        Ok(m.object(0).map(<[u8]>::to_vec))
+                    })
+                    .expect("the good client is served");
+                assert_eq!(back, Some(vec![round, i]));
+            }
+        }
+        // The hostile child was there all along.
+        assert!(hostile.is_running(), "the hostile client died");
+        drop(hostile);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(server.join().unwrap().unwrap(), ServeEnd::Stopped);
+        std::fs::remove_dir_all(&base).ok();
+    });
 }
 
 /// One uid cannot take every channel: at its per-uid limit, another uid still gets in.

@@ -172,6 +172,13 @@ impl ChildGuard {
         ChildGuard(Some(child), rx)
     }
 
+    /// Whether the child is still running (has not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// The child's pid.
     pub fn id(&self) -> u32 {
         self.0.as_ref().map_or(0, Child::id)
@@ -190,6 +197,23 @@ impl ChildGuard {
                 Ok(l) if l.trim_end().ends_with(line) => return,
                 Ok(l) => seen.push(l),
                 Err(e) => panic!("child never printed {line:?} ({e}); it printed {seen:?}"),
+            }
+        }
+    }
+
+    /// Waits until the child prints a line containing `prefix` and returns what follows it
+    /// (or fails after the watchdog).
+    pub fn wait_for_prefix(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + WATCHDOG;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.1.recv_timeout(left) {
+                Ok(l) => match l.split_once(prefix) {
+                    Some((_, rest)) => return rest.trim_end().to_owned(),
+                    None => seen.push(l),
+                },
+                Err(e) => panic!("child never printed {prefix:?} ({e}); it printed {seen:?}"),
             }
         }
     }
