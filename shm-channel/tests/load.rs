@@ -34,7 +34,9 @@ use shm_channel::rpc::{
     ServeOptions,
 };
 use shm_channel::service::{self, ClientConfig, Service, ServiceConfig};
-use support::{ChildGuard, child_role, child_service_env, fd_count, service_env, unique_name};
+use support::{
+    ChildGuard, child_role, child_service_env, fd_count, serial, service_env, unique_name,
+};
 
 const PROTOCOL: &str = "LoadTest";
 const STEP: Duration = Duration::from_secs(20);
@@ -186,6 +188,8 @@ fn load_32_clients_x_100k_calls() {
     if child_role().is_some() {
         return;
     }
+    // This process's fds are counted: not while the TCP test holds pipes to its children.
+    let _serial = serial();
     let clients = env_u64("SHM_LOAD_CLIENTS", 32);
     let calls = env_u64("SHM_LOAD_CALLS", 100_000);
     let soak = std::env::var("SHM_SOAK_SECS").ok();
@@ -497,6 +501,9 @@ fn load_tcp_32_clients() {
     if child_role().is_some() {
         return;
     }
+    // One load test at a time: the shm one counts this process's fds, and each would slow
+    // the other down.
+    let _serial = serial();
     let clients = env_u64("SHM_LOAD_CLIENTS", 32);
     let calls = env_u64("SHM_LOAD_TCP_CALLS", TCP_CALLS);
     let soak = std::env::var("SHM_SOAK_SECS").ok();
