@@ -11,7 +11,7 @@
 //! keep-alives while replies are pending, and closes on silence, on a keep-alive flood
 //! or on any violation of the wire format.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -220,6 +220,11 @@ pub struct ConnConfig {
     pub handshake_timeout: Duration,
     /// Compression algorithms accepted, best first.
     pub compression: Vec<Arc<dyn Compressor>>,
+    /// Deliver received messages in the order the peer started them (its stream ids),
+    /// not in the order they complete: a small message sent after a large one is held
+    /// until the large one is in. What a gateway needs to keep a channel's order (over
+    /// QUIC, and past the interleaving of the window).
+    pub in_order: bool,
 }
 
 impl std::fmt::Debug for ConnConfig {
@@ -248,6 +253,7 @@ impl Default for ConnConfig {
             keepalive_window: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
             compression: Vec::new(),
+            in_order: false,
         }
     }
 }
@@ -401,6 +407,10 @@ pub struct Connection {
     /// Stream ids of ordered messages in progress (at most one).
     ordered_busy: HashSet<u32>,
     stats: ConnStats,
+    /// With [`ConnConfig::in_order`]: the next stream id to deliver, and the messages
+    /// (or aborts: `None`) that completed before it.
+    next_delivery: u32,
+    held: BTreeMap<u32, Option<(u16, Vec<u8>)>>,
 }
 
 /// Counters of one connection (or, summed, of a pool).
@@ -497,6 +507,8 @@ impl Connection {
             compressor: None,
             scratch: Vec::new(),
             ordered_busy: HashSet::new(),
+            next_delivery: 1,
+            held: BTreeMap::new(),
             stats: ConnStats::default(),
         }
     }
@@ -589,6 +601,7 @@ impl Connection {
         }
         self.state = State::Closed;
         self.incoming.clear();
+        self.held.clear();
         self.events.push_back(ConnEvent::Closed(reason));
     }
 
@@ -687,17 +700,17 @@ impl Connection {
         }
         if let Some(reason) = failure {
             self.ordered_busy.remove(&s.stream);
-            if !first {
-                let mut h = FrameHeader::control(kind::ABORT);
-                h.stream = s.stream;
-                h.encode(out);
-                self.last_tx = now;
-            }
+            // Even a stream that sent nothing yet: its id is used, and a receiver that
+            // delivers in order must not wait for it.
+            let mut h = FrameHeader::control(kind::ABORT);
+            h.stream = s.stream;
+            h.encode(out);
+            self.last_tx = now;
             self.events.push_back(ConnEvent::Failed {
                 token: s.msg.token,
                 reason,
             });
-            return !first;
+            return true;
         }
         s.sent += want as u64;
         let last = s.sent == s.msg.source.len();
@@ -981,7 +994,7 @@ impl Connection {
             }
             kind::ABORT => {
                 self.incoming.remove(&h.stream);
-                Ok(())
+                self.deliver(h.stream, None)
             }
             kind::CLOSE => {
                 let code = payload
@@ -1099,10 +1112,41 @@ impl Connection {
         if self.side == Side::Client && view.header().kind() == Some(Kind::Reply) {
             self.awaiting.remove(&view.header().request_id);
         }
-        self.events.push_back(ConnEvent::Message {
-            protocol: s.protocol,
-            bytes: s.bytes,
-        });
+        self.deliver(h.stream, Some((s.protocol, s.bytes)))
+    }
+
+    /// Hands a complete message (or the abort of stream `stream`: `None`) on, at once or,
+    /// with [`ConnConfig::in_order`], once every earlier stream is in.
+    fn deliver(&mut self, stream: u32, message: Option<(u16, Vec<u8>)>) -> Result<(), ConnError> {
+        if !self.config.in_order {
+            if let Some((protocol, bytes)) = message {
+                self.events
+                    .push_back(ConnEvent::Message { protocol, bytes });
+            }
+            return Ok(());
+        }
+        // Stream ids count up from 1 (wrapping past 0); one far behind is a stale abort.
+        if stream.wrapping_sub(self.next_delivery) > u32::MAX / 2 {
+            return Ok(());
+        }
+        // A peer that skips a stream id holds everything after it: bounded like the
+        // streams in progress.
+        if self.held.len() + self.incoming.len() > self.config.max_incoming_streams {
+            return Err(FrameError::Oversized {
+                what: "messages held for order",
+                len: self.held.len() as u64 + 1,
+                max: self.config.max_incoming_streams as u64,
+            }
+            .into());
+        }
+        self.held.insert(stream, message);
+        while let Some(m) = self.held.remove(&self.next_delivery) {
+            self.next_delivery = self.next_delivery.wrapping_add(1).max(1);
+            if let Some((protocol, bytes)) = m {
+                self.events
+                    .push_back(ConnEvent::Message { protocol, bytes });
+            }
+        }
         Ok(())
     }
 

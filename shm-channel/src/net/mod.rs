@@ -34,8 +34,8 @@ pub use frame::{CloseCode, FrameError, ProtocolSpec};
 pub use pool::{Canceled, ConnId, Failure, Pool, PoolAction, PoolConfig, PoolEvent};
 pub use socks::Socks5Proxy;
 pub use tcp::{
-    ClientConfig, ClientEvent, ClientInfo, NetClient, NetMessage, NetSender, NetServer, Served,
-    ServerConfig, ServerEvent, current_client, process_instance,
+    ClientConfig, ClientEvent, ClientInfo, Forward, Link, NetClient, NetMessage, NetSender,
+    NetServer, Served, ServerConfig, ServerEvent, current_client, process_instance,
 };
 pub use tls::{ClientTls, Identity, PeerIdentity, ServerTls};
 

@@ -744,6 +744,12 @@ impl NetClient {
         self.shared.with_pool(|p| p.cancel(token))
     }
 
+    /// Asks for a connection even with nothing queued (after the backoff, if the last
+    /// connect failed): a client that wants to be connected before its next message.
+    pub fn wake_up(&self) {
+        self.shared.with_pool(|p| p.wake_up());
+    }
+
     /// Closes the pool: at once (`force`: unfinished messages fail), or once everything
     /// queued was sent and every awaited reply arrived (new messages are refused).
     pub fn close(&self, force: bool) {
@@ -848,21 +854,60 @@ impl TransportSender for NetSender {
         _timeout: Duration,
     ) -> Result<(), TransportError> {
         let shared = &self.shared;
-        if out.kind == Kind::Control && out.flags & rpc_flags::CANCEL != 0 {
-            // A canceled call that has not left is dropped here; one on the wire is
-            // forgotten (its reply will be discarded) and the server is told.
-            let id = out.request_id;
-            let outcome = shared.with_pool(|p| {
-                let c = p.cancel(id);
-                p.forget_reply(id);
-                c
-            });
-            if outcome != Canceled::NotCancelable {
-                return Ok(());
-            }
+        if canceled_here(shared, out.kind, out.flags, out.request_id) {
+            return Ok(());
         }
         let bytes = build(out, object_lens, fill)?;
-        let delivery = delivery_of(out.flags, &shared.config.deliveries, out.message_id);
+        send_bytes(shared, out.flags, out.message_id, bytes)
+    }
+
+    fn max_message(&self) -> u64 {
+        // The peer's own limit is checked when a message is queued.
+        self.shared.config.conn.max_message
+    }
+}
+
+impl NetSender {
+    /// Sends a whole message as it is (header and objects, as a ring holds it: what a
+    /// gateway forwards), with the delivery its RPC flags or the configured table name.
+    /// Its token (for [`cancel`](Self::cancel) and [`ClientEvent::Failed`]) is its request
+    /// id when it awaits a reply.
+    pub fn send_message(&self, bytes: Vec<u8>) -> Result<(), TransportError> {
+        let header = *MessageView::parse(&bytes)
+            .map_err(|e| TransportError::Layout(e.to_string()))?
+            .header();
+        let kind = header.kind().unwrap_or(Kind::Raw);
+        if canceled_here(&self.shared, kind, header.flags, header.request_id) {
+            return Ok(());
+        }
+        send_bytes(&self.shared, header.flags, header.message_id, bytes)
+    }
+}
+
+/// A cancel message: a canceled call that has not left is dropped here (true: nothing to
+/// send); one on the wire is forgotten (its reply will be discarded) and the server must
+/// be told (false).
+fn canceled_here(shared: &ClientShared, kind: Kind, flags: u64, request_id: u64) -> bool {
+    if kind != Kind::Control || flags & rpc_flags::CANCEL == 0 {
+        return false;
+    }
+    let outcome = shared.with_pool(|p| {
+        let c = p.cancel(request_id);
+        p.forget_reply(request_id);
+        c
+    });
+    outcome != Canceled::NotCancelable
+}
+
+/// Queues a built message on the pool.
+fn send_bytes(
+    shared: &ClientShared,
+    flags: u64,
+    message_id: u64,
+    bytes: Vec<u8>,
+) -> Result<(), TransportError> {
+    {
+        let delivery = delivery_of(flags, &shared.config.deliveries, message_id);
         let mut msg = OutMessage::from_bytes(0, bytes, delivery);
         let sent = {
             let mut core = lock(&shared.core);
@@ -886,11 +931,6 @@ impl TransportSender for NetSender {
             Failure::PoolClosed => TransportError::PeerDied,
             other => TransportError::Io(other.to_string()),
         })
-    }
-
-    fn max_message(&self) -> u64 {
-        // The peer's own limit is checked when a message is queued.
-        self.shared.config.conn.max_message
     }
 }
 
@@ -1001,6 +1041,8 @@ pub struct Served {
     pub spec: ProtocolSpec,
     /// Its handler.
     pub handler: Handler,
+    /// Instead of the handler: messages forwarded as they are (see [`Served::forward`]).
+    pub forward: Option<Arc<dyn Forward>>,
 }
 
 impl Served {
@@ -1012,7 +1054,109 @@ impl Served {
         Served {
             spec,
             handler: Arc::new(handler),
+            forward: None,
         }
+    }
+
+    /// Serves `spec` by handing every message to `forward` as it arrived (a gateway), and
+    /// letting it send any message back (replies, events) through the [`Link`].
+    pub fn forward(spec: ProtocolSpec, forward: Arc<dyn Forward>) -> Self {
+        Served {
+            spec,
+            handler: Arc::new(|_: &RequestView<'_>, _: Responder<'_>| {
+                Err(crate::rpc::HandlerError::UnknownMethod)
+            }),
+            forward: Some(forward),
+        }
+    }
+}
+
+/// A protocol served by forwarding its messages byte for byte instead of through a handler
+/// (what a gateway does). The callbacks run on the connection's I/O tasks: they must not
+/// block (hand the work to a thread of your own).
+pub trait Forward: Send + Sync + 'static {
+    /// A client finished its handshake naming this protocol. `Err(reason)` refuses it: the
+    /// connection is closed with [`CloseCode::Refused`](super::CloseCode) and the reason.
+    fn opened(&self, link: &Link) -> Result<(), String>;
+    /// A complete, validated message of this protocol arrived on `link`.
+    fn message(&self, link: &Link, message: NetMessage);
+    /// The connection closed (after [`opened`](Self::opened) accepted it).
+    fn closed(&self, link: &Link, error: &ConnError);
+}
+
+/// One served connection, as a [`Forward`] sees it: who the peer is, and a way to send it
+/// messages at any time (replies, and events nobody asked for).
+#[derive(Clone)]
+pub struct Link {
+    conn: Arc<ServerConn>,
+    protocol: u16,
+    version: u32,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("id", &self.conn.id)
+            .field("peer", &self.conn.peer)
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    /// A number naming the connection, unique in this process.
+    pub fn id(&self) -> u64 {
+        self.conn.id
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.conn.peer
+    }
+
+    /// The protocol version the handshake agreed.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The certificate the peer presented, verified by the server's TLS (mutual TLS over
+    /// QUIC or TCP); `None` when it presented none or the transport has no TLS.
+    pub fn peer_identity(&self) -> Option<&PeerIdentity> {
+        self.conn.client.as_deref()
+    }
+
+    /// Sends a whole message (header and objects, as a ring holds it) to the peer.
+    pub fn send_message(&self, bytes: Vec<u8>) -> Result<(), TransportError> {
+        MessageView::parse(&bytes).map_err(|e| TransportError::Layout(e.to_string()))?;
+        let mut c = lock(&self.conn.conn);
+        if c.is_closed() {
+            return Err(TransportError::PeerDied);
+        }
+        if let Some(p) = c.peer()
+            && bytes.len() as u64 > p.max_message
+        {
+            return Err(TransportError::TooLarge {
+                size: bytes.len() as u64,
+                max: p.max_message,
+            });
+        }
+        let mut msg = OutMessage::from_bytes(0, bytes, Delivery::Default);
+        msg.protocol = self.protocol;
+        c.send(msg);
+        drop(c);
+        self.conn.wake.notify_one();
+        Ok(())
+    }
+
+    /// Closes the connection, telling the peer `reason` (as a refusal).
+    pub fn close(&self, reason: String) {
+        lock(&self.conn.conn).close(ConnError::Refused(reason));
+        self.conn.wake.notify_one();
+    }
+
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.conn.conn).is_closed()
     }
 }
 
@@ -1096,6 +1240,13 @@ pub(super) struct ServerConn {
     requests: Mutex<Option<std::sync::mpsc::Sender<(u16, NetMessage)>>>,
     /// The version agreed for each protocol index, and the handler serving it.
     handlers: Mutex<Vec<(u32, Option<Handler>)>>,
+    /// Per protocol index: the forwarder that accepted it (cleared when the connection
+    /// closes, which ends the `Link` -> connection cycle).
+    forwards: Mutex<Vec<Option<(Arc<dyn Forward>, Link)>>>,
+    /// Names the connection in [`Link::id`].
+    id: u64,
+    /// Itself, for the links it hands out.
+    me: std::sync::Weak<ServerConn>,
 }
 
 impl Host for ServerConn {
@@ -1124,6 +1275,7 @@ impl Host for ServerConn {
                         })
                         .collect();
                     *lock(&self.handlers) = handlers;
+                    self.open_forwards(&peer);
                     self.server.event(ServerEvent::Accepted {
                         peer: self.peer,
                         instance: peer.instance,
@@ -1131,14 +1283,26 @@ impl Host for ServerConn {
                     });
                 }
                 ConnEvent::Message { protocol, bytes } => {
-                    if let (Some(tx), Some(m)) =
-                        (lock(&self.requests).as_ref(), NetMessage::from_wire(bytes))
-                    {
-                        let _ = tx.send((protocol, m));
+                    let forward = lock(&self.forwards)
+                        .get(protocol as usize)
+                        .cloned()
+                        .flatten();
+                    match (forward, NetMessage::from_wire(bytes)) {
+                        (Some((f, link)), Some(m)) => f.message(&link, m),
+                        (None, Some(m)) => {
+                            if let Some(tx) = lock(&self.requests).as_ref() {
+                                let _ = tx.send((protocol, m));
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 ConnEvent::Closed(error) => {
                     lock(&self.requests).take();
+                    let forwards = std::mem::take(&mut *lock(&self.forwards));
+                    for (f, link) in forwards.into_iter().flatten() {
+                        f.closed(&link, &error);
+                    }
                     self.server.event(ServerEvent::Closed {
                         peer: self.peer,
                         error,
@@ -1337,6 +1501,7 @@ impl NetServer {
         for c in lock(&self.shared.conns).drain(..) {
             if let Some(c) = c.upgrade() {
                 lock(&c.requests).take();
+                lock(&c.forwards).clear();
             }
         }
     }
@@ -1478,7 +1643,8 @@ pub(super) fn accept_conn(
         shared.protocols.iter().map(|p| p.spec.clone()).collect(),
     );
     let (tx, rx) = std::sync::mpsc::channel();
-    let sc = Arc::new(ServerConn {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let sc = Arc::new_cyclic(|me| ServerConn {
         server: Arc::clone(shared),
         peer,
         client: client.clone(),
@@ -1486,6 +1652,9 @@ pub(super) fn accept_conn(
         wake: Arc::new(Notify::new()),
         requests: Mutex::new(Some(tx)),
         handlers: Mutex::new(Vec::new()),
+        forwards: Mutex::new(Vec::new()),
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        me: me.clone(),
     });
     // Handlers may block (they are the application's code): a thread per connection,
     // requests of one connection in order.
@@ -1521,6 +1690,43 @@ pub(super) fn accept_conn(
 }
 
 impl ServerConn {
+    /// Offers the connection to the forwarders of the protocols it agreed on; the first
+    /// refusal closes it.
+    fn open_forwards(&self, peer: &super::conn::PeerInfo) {
+        let Some(me) = self.me.upgrade() else { return };
+        let mut opened = Vec::with_capacity(peer.protocols.len());
+        let mut refused = None;
+        for (index, (spec, version)) in peer.protocols.iter().enumerate() {
+            let forward = self
+                .server
+                .protocols
+                .iter()
+                .find(|s| s.spec.name == spec.name)
+                .and_then(|s| s.forward.clone());
+            let (Some(f), true, None) = (forward, *version != 0, &refused) else {
+                opened.push(None);
+                continue;
+            };
+            let link = Link {
+                conn: Arc::clone(&me),
+                protocol: u16::try_from(index).unwrap_or(u16::MAX),
+                version: *version,
+            };
+            match f.opened(&link) {
+                Ok(()) => opened.push(Some((f, link))),
+                Err(reason) => {
+                    refused = Some(reason);
+                    opened.push(None);
+                }
+            }
+        }
+        *lock(&self.forwards) = opened;
+        if let Some(reason) = refused {
+            lock(&self.conn).close(ConnError::Refused(reason));
+            self.wake.notify_one();
+        }
+    }
+
     /// Wakes the connection's writer.
     #[cfg(feature = "quic")]
     pub(super) fn wake(&self) -> Arc<Notify> {

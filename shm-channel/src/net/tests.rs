@@ -207,6 +207,55 @@ fn a_small_message_overtakes_a_huge_one() {
 }
 
 #[test]
+fn in_order_delivery_holds_a_small_message_until_the_huge_one_before_it() {
+    // The interleaving is the same (the sender's window), but the receiver delivers in
+    // the order the messages were started, skipping aborted streams.
+    let server = ConnConfig {
+        in_order: true,
+        ..config()
+    };
+    let mut p = Pair::new(config(), server);
+    p.drive();
+    let big = message(1, Kind::OneWay, 0, 1 << 20, 1);
+    let small = message(2, Kind::OneWay, 0, 10, 2);
+    p.client
+        .send(OutMessage::from_bytes(1, big, Delivery::Default));
+    p.client
+        .send(OutMessage::from_bytes(2, small, Delivery::Default));
+    // A source that fails before its first frame still uses its stream id: it is
+    // aborted, never waited for.
+    struct Broken;
+    impl super::conn::MessageSource for Broken {
+        fn len(&self) -> u64 {
+            100
+        }
+        fn read(&mut self, _buf: &mut [u8]) -> Result<usize, String> {
+            Err("broken".into())
+        }
+        fn rewind(&mut self) -> bool {
+            false
+        }
+    }
+    p.client.send(OutMessage {
+        token: 3,
+        protocol: 0,
+        source: Box::new(Broken),
+        delivery: Delivery::Default,
+        request_id: None,
+    });
+    let tail = message(4, Kind::OneWay, 0, 10, 4);
+    p.client
+        .send(OutMessage::from_bytes(4, tail, Delivery::Default));
+    p.drive();
+    let ev = Pair::events(&mut p.server);
+    let ids: Vec<u64> = messages(&ev)
+        .iter()
+        .map(|b| MessageView::parse(b).unwrap().header().message_id)
+        .collect();
+    assert_eq!(ids, vec![1, 2, 4]);
+}
+
+#[test]
 fn ordered_messages_go_one_after_another() {
     let mut p = Pair::new(config(), config());
     p.drive();
