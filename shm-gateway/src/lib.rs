@@ -15,7 +15,7 @@
 //! Policy: an export names who may use it by the names in their TLS client certificates
 //! (signed by the configured CA), with limits on connections and message size.
 //! Restarts: an import's connection to the remote reconnects with the pool's backoff;
-//! calls fail or are resent by their kinds (see [`import`](crate::import)).
+//! calls fail or are resent by their kinds (see [`import`]).
 //! Observability: `tracing` spans per export connection and import client, and
 //! [`Stats`] counters, in process ([`Gateway::stats`]) or through the control socket
 //! (`shm-gateway stats`).

@@ -1,5 +1,5 @@
-//! Counters a user can read: per export and per import, from [`Gateway::stats`]
-//! (crate::Gateway::stats) in process, or `shm-gateway stats` through the control socket.
+//! Counters a user can read: per export and per import, from [`Gateway::stats`](crate::Gateway::stats)
+//! in process, or `shm-gateway stats` through the control socket.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1228,6 +1228,9 @@ pub(super) struct ServerShared {
     stopped: AtomicBool,
 }
 
+/// A protocol of a connection served by a [`Forward`], and the link it was handed.
+type Forwarded = (Arc<dyn Forward>, Link);
+
 /// One accepted connection.
 pub(super) struct ServerConn {
     server: Arc<ServerShared>,
@@ -1242,7 +1245,7 @@ pub(super) struct ServerConn {
     handlers: Mutex<Vec<(u32, Option<Handler>)>>,
     /// Per protocol index: the forwarder that accepted it (cleared when the connection
     /// closes, which ends the `Link` -> connection cycle).
-    forwards: Mutex<Vec<Option<(Arc<dyn Forward>, Link)>>>,
+    forwards: Mutex<Vec<Option<Forwarded>>>,
     /// Names the connection in [`Link::id`].
     id: u64,
     /// Itself, for the links it hands out.
