@@ -162,7 +162,8 @@ impl Forward for ExportForward {
         Counters::bump(&s.counters.open);
         Counters::bump(&s.counters.accepted);
         let (tx, rx) = mpsc::channel();
-        s.links().insert(link.id(), tx);
+        let link_id = link.id();
+        s.links().insert(link_id, tx);
         let shared = Arc::clone(s);
         let link = link.clone();
         let spawned = std::thread::Builder::new()
@@ -176,7 +177,9 @@ impl Forward for ExportForward {
                 shared.total_open.fetch_sub(1, Ordering::Relaxed);
             });
         if let Err(e) = spawned {
-            // The counters are given back by `closed` (the link is in the map).
+            s.links().remove(&link_id);
+            Counters::drop_one(&s.counters.open);
+            s.total_open.fetch_sub(1, Ordering::Relaxed);
             return Err(format!("gateway: cannot start a thread: {e}"));
         }
         Ok(())

@@ -631,3 +631,89 @@ fn gateway_check_names_the_file_and_line_of_an_error() {
         );
     });
 }
+
+/// Round trips of a small call (`set_gamma` with a 2-entry curve): p50 and p99 in µs.
+fn round_trips<T: shm_channel::rpc::Transport>(
+    client: &mut display::Client<T>,
+    n: usize,
+) -> (f64, f64) {
+    let curve = [1u16, 2];
+    for _ in 0..n / 10 {
+        assert!(client.set_gamma(&curve).expect("warm-up call"));
+    }
+    let mut times: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            assert!(client.set_gamma(&curve).expect("call"));
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    (us(times[n / 2]), us(times[n * 99 / 100]))
+}
+
+/// What a gateway pair adds to a call: the same small call over shm straight to the
+/// service, through gateway B only (a QUIC client of the export), and through both
+/// gateways (shm client on A).
+/// `cargo test -p shm-gateway --test gateway -- --ignored gateway_latency --nocapture`
+#[test]
+#[ignore = "a measurement, not a test"]
+fn gateway_latency() {
+    if child_role().is_some() {
+        return;
+    }
+    with_watchdog(Duration::from_secs(600), || {
+        let n = 5_000;
+        let site = Site::new();
+        let port = free_udp_port();
+        let _server = start_display_server(&site);
+        let _gw_b = GatewayProcess::start(&config_b(&site, port));
+        let _gw_a = GatewayProcess::start(&config_a(&site, port));
+
+        let config = display::client_config()
+            .runtime_dir(site.machine("b"))
+            .timeout(STEP);
+        let mut shm = display::Client::connect_with("display", &config).expect("shm client");
+        let direct = round_trips(&mut shm, n);
+
+        let mut tls = QuicClientTls::new("gw-b", site.ca());
+        tls.identity = Some(site.identity("certs", "gw-a"));
+        let net = NetClient::connect_quic(
+            vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))],
+            NetConfig::new(ProtocolSpec::new("Display", 2)),
+            &tls,
+            STEP,
+        )
+        .expect("QUIC client");
+        let mut one = display::Client::new(net);
+        let one_gw = round_trips(&mut one, n);
+
+        let mut two = connect_display(&site);
+        let two_gw = round_trips(&mut two, n);
+
+        println!("small call round trip, {n} calls each (p50 / p99, µs):");
+        println!(
+            "  shm, straight to the service:          {:8.1} / {:8.1}",
+            direct.0, direct.1
+        );
+        println!(
+            "  QUIC client -> gateway B -> service:   {:8.1} / {:8.1}",
+            one_gw.0, one_gw.1
+        );
+        println!(
+            "  shm -> gateway A -> QUIC -> B -> svc:  {:8.1} / {:8.1}",
+            two_gw.0, two_gw.1
+        );
+        println!(
+            "  gateway A adds {:.1} µs at p50 to the QUIC call; the pair adds {:.1} µs to the shm call",
+            two_gw.0 - one_gw.0,
+            two_gw.0 - direct.0
+        );
+        println!(
+            "  display rings: CLIENT_TO_SERVER_MAX = {}, SERVER_TO_CLIENT_MAX = {}",
+            display::CLIENT_TO_SERVER_MAX,
+            display::SERVER_TO_CLIENT_MAX
+        );
+    });
+}
