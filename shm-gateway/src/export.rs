@@ -317,12 +317,21 @@ mod tests {
         assert_eq!(names, vec!["a.example"]);
         let names = Some(&names[..]);
         let allow = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(check_policy(&allow(&["a.example"]), false, names), Ok("a.example".into()));
-        assert_eq!(check_policy(&allow(&["*"]), false, names), Ok("a.example".into()));
+        assert_eq!(
+            check_policy(&allow(&["a.example"]), false, names),
+            Ok("a.example".into())
+        );
+        assert_eq!(
+            check_policy(&allow(&["*"]), false, names),
+            Ok("a.example".into())
+        );
         let e = check_policy(&allow(&["b.example"]), false, names).unwrap_err();
         assert_eq!(e, "certificate a.example is not allowed");
         let e = check_policy(&allow(&["*"]), false, None).unwrap_err();
         assert_eq!(e, "a client certificate is required");
-        assert_eq!(check_policy(&allow(&[]), true, None), Ok("anonymous".into()));
+        assert_eq!(
+            check_policy(&allow(&[]), true, None),
+            Ok("anonymous".into())
+        );
     }
 }
