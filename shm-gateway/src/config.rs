@@ -14,7 +14,8 @@
 //!
 //! [listen]                            # needed when there are exports
 //! quic = "0.0.0.0:7000"               # UDP
-//! tcp = "0.0.0.0:7001"                # optional, plaintext: only `anonymous` exports
+//! tcp = "0.0.0.0:7001"                # optional: TCP, with mutual TLS when [tls] is set
+//!                                     # (plaintext otherwise: only `anonymous` exports)
 //! max_connections = 256               # all exports together (default 256)
 //! max_message = 16777216              # bytes, the largest message accepted (default 16 MiB)
 //!
@@ -32,7 +33,8 @@
 //!
 //! [[import]]                          # a remote service under a local name
 //! name = "display"                    # the local name clients connect to
-//! remote = "quic://b.example:7000"    # the remote gateway (quic:// or tcp://)
+//! remote = "quic://b.example:7000"    # the remote gateway: quic://, or tcp:// (mutual TLS
+//!                                     # when [tls] is set; tls:// insists on it)
 //! server_name = "b.example"           # optional: the name its certificate must carry
 //!                                     # (default: the host of `remote`)
 //! protocol = "Display"                # what local clients speak (the local handshake)
@@ -146,7 +148,7 @@ pub struct ListenSection {
     /// The UDP address of the QUIC listener.
     #[serde(default)]
     pub quic: Option<SocketAddr>,
-    /// The TCP address of the plaintext listener.
+    /// The TCP address of the TCP listener (mutual TLS with `[tls]`, else plaintext).
     #[serde(default)]
     pub tcp: Option<SocketAddr>,
     /// Remote connections at once, all exports together.
@@ -229,7 +231,8 @@ fn default_connect_timeout() -> u64 {
 pub struct Import {
     /// The local name.
     pub name: String,
-    /// The remote gateway: `quic://host:port` or `tcp://host:port`.
+    /// The remote gateway: `quic://host:port`, or `tcp://host:port` (TCP, with mutual TLS
+    /// when `[tls]` is set; `tls://` insists on it).
     pub remote: String,
     /// The name the remote's certificate must carry (default: the host of `remote`).
     #[serde(default)]
@@ -426,10 +429,10 @@ impl Config {
                 return Err(format!("{what}: imported twice"));
             }
             versions(&what, i.versions)?;
-            if let Address::Quic(_) = i.address()?
+            if let Address::Quic(_) | Address::Tls(_) = i.address()?
                 && self.tls.is_none()
             {
-                return Err(format!("{what}: quic:// needs a [tls] section"));
+                return Err(format!("{what}: quic:// and tls:// need a [tls] section"));
             }
             if i.max_clients == 0 {
                 return Err(format!("{what}: max_clients must be at least 1"));

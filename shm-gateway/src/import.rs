@@ -174,7 +174,7 @@ fn outstanding(o: &Outstanding) -> std::sync::MutexGuard<'_, HashMap<u64, (u64, 
 /// A network client of the remote, for one local client.
 fn net_client(s: &ImportShared) -> Result<NetClient, String> {
     let c = &s.config;
-    let (Address::Quic(dest) | Address::Tcp(dest)) = &s.address else {
+    let (Address::Quic(dest) | Address::Tcp(dest) | Address::Tls(dest)) = &s.address else {
         return Err(format!("{} is not a network address", c.remote));
     };
     let addrs: Vec<SocketAddr> = dest
@@ -199,7 +199,11 @@ fn net_client(s: &ImportShared) -> Result<NetClient, String> {
     let client = match (&s.address, &s.tls) {
         (Address::Quic(_), Some(tls)) => NetClient::new_quic(addrs, config, tls),
         (Address::Quic(_), None) => return Err("quic:// needs [tls]".into()),
-        _ => NetClient::new(addrs, config),
+        // With [tls]: mutual TLS over TCP.
+        (_, tls) => {
+            config.tls = tls.clone();
+            NetClient::new(addrs, config)
+        }
     }
     .map_err(|e| e.to_string())?;
     client.wake_up();

@@ -3,7 +3,7 @@
 //! A gateway does two things, from one TOML file (see [`config`]):
 //!
 //! - **export**: local services become reachable from other machines. Remote clients
-//!   connect over QUIC (or plaintext TCP for `anonymous` exports) and name the service's
+//!   connect over QUIC or TCP (mutual TLS when `[tls]` is set) and name the service's
 //!   protocol in their handshake; each connection gets its own shm channel to the local
 //!   service, and messages go back and forth **byte for byte**: the network message is
 //!   the ring message (48-byte header and objects), copied, never decoded or re-encoded.
@@ -144,9 +144,17 @@ impl Gateway {
                 servers.push(("quic", server));
             }
             if let Some(addr) = listen.tcp {
-                let server = NetServer::bind(addr, server_config, served)
+                // With [tls]: mutual TLS over TCP, the same certificates and policy as QUIC.
+                let mut tcp_config = server_config;
+                tcp_config.tls = server_tls.clone();
+                let tls = if tcp_config.tls.is_some() {
+                    "TLS"
+                } else {
+                    "plaintext"
+                };
+                let server = NetServer::bind(addr, tcp_config, served)
                     .map_err(|e| bind_err("TCP", addr, e))?;
-                info!(gateway = %name, addr = %server.local_addr(), "listening (TCP, plaintext)");
+                info!(gateway = %name, addr = %server.local_addr(), "listening (TCP, {tls})");
                 servers.push(("tcp", server));
             }
         }

@@ -226,6 +226,7 @@ ca = "certs/ca.pem"
 
 [listen]
 quic = "127.0.0.1:{port}"
+tcp = "127.0.0.1:{port}"
 
 [[export]]
 service = "display"
@@ -592,10 +593,27 @@ fn gateway_policy_refuses_strangers_and_unexported_services() {
         client.commit(s).expect("commit");
         assert!(matches!(client.recv_event(STEP), Ok(Event::Vsync { .. })));
 
+        // The same over TCP with mutual TLS: the policy reads the same certificate.
+        let tcp = |identity: Identity| {
+            let mut tls = QuicClientTls::new("gw-b", site.ca());
+            tls.identity = Some(identity);
+            let mut config = NetConfig::new(ProtocolSpec::new("Display", 2));
+            config.tls = Some(tls);
+            NetClient::connect(addr.clone(), config, STEP)
+        };
+        let e = refused(tcp(site.identity("certs", "intruder")));
+        assert!(e.contains("certificate intruder is not allowed"), "{e}");
+        let mut over_tcp =
+            display::Client::new(tcp(site.identity("certs", "gw-a")).expect("TLS over TCP"));
+        over_tcp.set_default_timeout(STEP);
+        over_tcp
+            .create_surface(&rect(4, 4), &PixelFormat::Bgra8, "tcp")
+            .expect("a call over TLS/TCP");
+
         let b = stats(&site, "b");
         let exported = b.export("display").unwrap();
-        assert!(exported.refused >= 1, "{b}");
-        assert_eq!(exported.accepted, 1, "{b}");
+        assert!(exported.refused >= 2, "{b}");
+        assert_eq!(exported.accepted, 2, "{b}");
     });
 }
 
