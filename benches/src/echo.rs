@@ -267,7 +267,7 @@ impl Placement {
     }
 
     /// The (client, server) CPUs, if pinned.
-    fn cpus(self) -> Option<(usize, usize)> {
+    pub(crate) fn cpus(self) -> Option<(usize, usize)> {
         match self {
             Placement::Unpinned => None,
             Placement::SameCore(cpu) => Some((cpu, cpu)),
@@ -299,6 +299,13 @@ pub fn restore_affinity(before: Option<CpuSet>) -> Result<()> {
     if let Some(set) = before {
         sched_setaffinity(None, &set)?;
     }
+    Ok(())
+}
+
+/// Pins process `pid` (its main thread, and the threads it starts from
+/// then on) to `cpu`.
+pub(crate) fn pin_process(pid: Pid, cpu: usize) -> Result<()> {
+    sched_setaffinity(Some(pid), &one_cpu(cpu))?;
     Ok(())
 }
 

@@ -5,6 +5,8 @@ pub mod chart;
 pub mod echo;
 mod iox_peer;
 mod ipc_peer;
+pub mod net_peer;
+pub mod net_report;
 pub mod percentiles;
 pub mod report;
 pub mod settings;

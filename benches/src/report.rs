@@ -266,7 +266,7 @@ pub fn ratio_label(r: f64) -> String {
 }
 
 /// The run's machine and settings as a few lines of Markdown.
-fn run_lines(name: &str, run: Option<&Value>) -> String {
+pub(crate) fn run_lines(name: &str, run: Option<&Value>) -> String {
     let Some(run) = run else {
         return format!("- `{name}`: no `run.json` (an older run)\n");
     };
@@ -708,12 +708,36 @@ pub fn run(paths: &Paths) -> Result<Vec<PathBuf>> {
     };
     let mut written = Vec::new();
     let mut page = std::fs::read_to_string(&paths.page).unwrap_or_else(|_| "# Benchmarks\n".into());
-    if rtt.cases.is_empty() && thr.cases.is_empty() && memory.is_empty() {
+    let net = load_group(&paths.criterion, "net")?;
+    let net_ratios_path = paths.criterion.join("net").join("ratios.json");
+    let net_ratios: Vec<Value> = if net_ratios_path.exists() {
+        read_json(&net_ratios_path)?
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    if rtt.cases.is_empty() && thr.cases.is_empty() && memory.is_empty() && net.cases.is_empty() {
         return Err(format!(
             "no results under {} (run `cargo bench -p benches` first)",
             paths.criterion.display()
         )
         .into());
+    }
+    if !net.cases.is_empty() {
+        page = splice(
+            &page,
+            "net",
+            "## Network (net)",
+            &crate::net_report::render_net(&net, &net_ratios),
+        );
+    }
+    // Only the network bench ran: the other sections keep what they say.
+    if rtt.cases.is_empty() && thr.cases.is_empty() && memory.is_empty() {
+        std::fs::write(&paths.page, page)?;
+        written.push(paths.page.clone());
+        return Ok(written);
     }
     page = splice(
         &page,

@@ -108,6 +108,13 @@ pub fn load_average() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The load averages over 1, 5 and 15 minutes, as `uptime` prints them.
+pub fn load_averages() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
 /// Records the run of bench `group` beside its results,
 /// `<criterion dir>/<group>/run.json`: the machine, the settings and the
 /// load average; call with `done == false` before the cases and `true`
@@ -132,11 +139,13 @@ pub fn record_run(group: &str, done: bool) -> Result<()> {
         run["args"] = std::env::args().skip(1).collect::<Vec<_>>().into();
         run["start_unix"] = now.into();
         run["load_start"] = load_average().into();
+        run["loadavg_start"] = load_averages().into();
         run
     };
     if done {
         run["end_unix"] = now.into();
         run["load_end"] = load_average().into();
+        run["loadavg_end"] = load_averages().into();
     }
     std::fs::write(&path, serde_json::to_string_pretty(&run)? + "\n")?;
     Ok(())
