@@ -10,9 +10,9 @@
 //!   read and checked by the server, a batch ending when the server answered
 //!   that it read the last (one criterion iteration is one message);
 //! - `busy-<contender>` (`rpc-*` only): the 8-byte call while a 1 GiB
-//!   one-way message is being written on the same connection (frames of up
-//!   to 16 messages go out interleaved), against `rtt-<contender>/8`, the
-//!   idle call on the same client.
+//!   one-way message (256 MiB with `QUICK=1`) is being written on the same
+//!   connection (frames of up to 16 messages go out interleaved), against
+//!   `rtt-<contender>/8`, the idle call on the same client.
 //!
 //! Contenders: `bare-tcp` (a bare tokio TCP echo, length-prefixed, the
 //! yardstick), `rpc-tcp` (`rpc::Client` over a TCP `NetClient`), `rpc-tcp-lz4`
@@ -52,8 +52,10 @@ const RTT_SIZES: [usize; 3] = [8, 1 << 10, 64 << 10];
 const THR_SIZES: [usize; 2] = [64 << 10, 1 << 20];
 /// The small call of the busy case.
 const SMALL: usize = 8;
-/// The huge message in flight during the busy case.
+/// The huge message in flight during the busy case (`QUICK=1`: 256 MiB,
+/// so that the whole bench stays near two minutes).
 const BIG: usize = 1 << 30;
+const BIG_QUICK: usize = 256 << 20;
 /// Target: the RPC client's streaming at least this share of the bare echo's.
 const THROUGHPUT_TARGET: f64 = 0.8;
 /// Target: the call during the huge transfer at most this many times the idle one.
@@ -128,7 +130,7 @@ fn net(c: &mut Criterion) {
     let big: usize = std::env::var("NET_BENCH_BIG")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(BIG);
+        .unwrap_or(if settings::quick() { BIG_QUICK } else { BIG });
     let mut group = settings::group(c, GROUP);
     settings::record_run(GROUP, false).expect("recording the run");
     let mut measured = Measured::default();

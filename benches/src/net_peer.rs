@@ -66,6 +66,9 @@ const FLUSH: Method = Method::new("flush", 3);
 const BIG: Method = Method::new("big", 4);
 /// Answers how many `big` messages were read and found whole.
 const BIGS: Method = Method::new("bigs", 5);
+/// How long the server may take to receive and read a huge message (1 GiB
+/// over QUIC on a loaded machine: tens of seconds).
+const BIG_WAIT: Duration = Duration::from_secs(180);
 /// Huge messages in a row that may go out before a call returns.
 const MAX_BARREN: u32 = 200;
 /// Room for a message's header and object table beyond its payload.
@@ -145,6 +148,11 @@ struct Big {
     len: usize,
     payload: Vec<u8>,
     sent: u64,
+    /// Whether the last one is still being written (kept across batches).
+    in_flight: bool,
+    /// Messages fully written before the last one, and since.
+    base: u64,
+    since: u64,
 }
 
 impl NetBench {
@@ -192,6 +200,9 @@ impl NetBench {
             len: opts.big,
             payload: Vec::new(),
             sent: 0,
+            in_flight: false,
+            base: 0,
+            since: 0,
         });
         Ok(NetBench {
             conn,
@@ -273,12 +284,8 @@ impl NetBench {
         // Huge messages sent without a call counted within one: the transfer
         // is faster than a call, so there is nothing to measure.
         let mut barren = 0;
-        // Messages fully written before the huge one, and since.
-        let mut base = 0;
-        let mut since = 0;
-        let mut in_flight = false;
         while counted < count {
-            if !in_flight {
+            if !big.in_flight {
                 if barren > MAX_BARREN {
                     return Err(format!(
                         "{barren} huge messages of {} bytes each went out before a call returned",
@@ -287,8 +294,20 @@ impl NetBench {
                     .into());
                 }
                 barren += 1;
-                base = c.transport().messages_sent();
-                since = 0;
+                // The server handles one connection's requests in order, on one
+                // thread: reading the last huge message whole takes it a while,
+                // and calls made meanwhile would measure that, not the wire.
+                // Wait (untimed) until it is done.
+                let read = poll_count(c, &BIGS, big.sent, BIG_WAIT)?;
+                if read != big.sent {
+                    return Err(format!(
+                        "the server read {read} huge messages whole, {} were sent",
+                        big.sent
+                    )
+                    .into());
+                }
+                big.base = c.transport().messages_sent();
+                big.since = 0;
                 let payload = &big.payload;
                 c.send_oneway_with(
                     &BIG,
@@ -302,21 +321,22 @@ impl NetBench {
                     false,
                 )?;
                 big.sent += 1;
+                big.in_flight = true;
             }
             self.seq += 1;
             let start = Instant::now();
             rpc_round_trip(c, self.seq, len)?;
             let took = start.elapsed();
-            since += 1;
+            big.since += 1;
             // The huge message is out once the count of messages written passed it.
-            let out = c.transport().messages_sent() >= base + 1 + since;
+            let out = c.transport().messages_sent() >= big.base + 1 + big.since;
             if !out {
                 record(took);
                 total += took;
                 counted += 1;
                 barren = 0;
             }
-            in_flight = !out;
+            big.in_flight = !out;
         }
         Ok(total)
     }
@@ -334,7 +354,7 @@ impl NetBench {
             Conn::Bare(c) => drop(c),
             Conn::Rpc(mut c) => {
                 if let Some(big) = big {
-                    let got = poll_count(&mut c, &BIGS, big.sent, 4 * STUCK)?;
+                    let got = poll_count(&mut c, &BIGS, big.sent, BIG_WAIT)?;
                     if got != big.sent {
                         return Err(format!(
                             "the server read {got} huge messages whole, {} were sent",
