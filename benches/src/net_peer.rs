@@ -7,10 +7,11 @@
 //!   (4 bytes little-endian, then the payload) over one loopback connection
 //!   with `TCP_NODELAY`; the server runs on a current-thread runtime, the
 //!   client `block_on`s a current-thread runtime of its own.
-//! - `rpc-tcp`, `rpc-tcp-lz4`, `rpc-quic`: `rpc::Client` over a `NetClient`
+//! - `rpc-tcp`, `rpc-tcp-lz4`, `rpc-tls`, `rpc-quic`: `rpc::Client` over a `NetClient`
 //!   (one connection, the default 4 KiB frames), served by a `NetServer`;
-//!   plain, with LZ4 per frame, and over QUIC (a self-signed certificate the
-//!   server makes and hands to the client).
+//!   plain, with LZ4 per frame, inside TLS 1.3 (`rpc-tls`), and over QUIC
+//!   (for TLS and QUIC, a self-signed certificate the server makes and hands
+//!   to the client, which trusts only it).
 //!
 //! Every contender does the same work as `benches::echo`'s: the client
 //! writes each payload (its sequence number, then a fill byte), the server
@@ -34,17 +35,17 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, getppid, set_parent_process_death_signal};
-use shm_channel::net::quic::{CertificateDer, PrivateKeyDer};
+use shm_channel::net::tls::{CertificateDer, PrivateKeyDer};
 use shm_channel::net::{
-    ClientConfig, Delivery, Identity, Lz4, NetClient, NetServer, ProtocolSpec, QuicClientTls, QuicServerTls,
-    Served, ServerConfig,
+    ClientConfig, ClientTls, Delivery, Identity, Lz4, NetClient, NetServer, ProtocolSpec, Served,
+    ServerConfig, ServerTls,
 };
 use shm_channel::rpc::{self, HandlerError, HandlerResult, Method, RequestView, Responder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::echo::{
-    Placement, Result, START_STOP, STUCK, check_ack, check_len, check_payload,
-    check_seq, fill_message, fill_payload, read_message,
+    Placement, Result, START_STOP, STUCK, check_ack, check_len, check_payload, check_seq,
+    fill_message, fill_payload, read_message,
 };
 
 /// Names the contender when this process is a re-executed net server.
@@ -84,16 +85,19 @@ pub enum NetContender {
     RpcTcp,
     /// The same with LZ4 per frame.
     RpcTcpLz4,
+    /// `rpc::Client` over a TCP `NetClient` inside TLS 1.3.
+    RpcTls,
     /// `rpc::Client` over a QUIC `NetClient`.
     RpcQuic,
 }
 
 impl NetContender {
     /// Every contender, in the order the bench runs them.
-    pub const ALL: [NetContender; 4] = [
+    pub const ALL: [NetContender; 5] = [
         NetContender::BareTcp,
         NetContender::RpcTcp,
         NetContender::RpcTcpLz4,
+        NetContender::RpcTls,
         NetContender::RpcQuic,
     ];
 
@@ -103,6 +107,7 @@ impl NetContender {
             NetContender::BareTcp => "bare-tcp",
             NetContender::RpcTcp => "rpc-tcp",
             NetContender::RpcTcpLz4 => "rpc-tcp-lz4",
+            NetContender::RpcTls => "rpc-tls",
             NetContender::RpcQuic => "rpc-quic",
         }
     }
@@ -181,12 +186,17 @@ impl NetBench {
                 if contender == NetContender::RpcTcpLz4 {
                     config.conn.compression = vec![Arc::new(Lz4)];
                 }
+                let tls = || ClientTls::new("localhost", vec![CertificateDer::from(cert.clone())]);
                 let net = match contender {
                     NetContender::RpcQuic => {
-                        let tls = QuicClientTls::new("localhost", vec![CertificateDer::from(cert)]);
-                        NetClient::connect_quic(vec![addr], config, &tls, START_STOP)?
+                        NetClient::connect_quic(vec![addr], config, &tls(), START_STOP)?
                     }
-                    _ => NetClient::connect(vec![addr], config, START_STOP)?,
+                    _ => {
+                        if contender == NetContender::RpcTls {
+                            config.tls = Some(tls());
+                        }
+                        NetClient::connect(vec![addr], config, START_STOP)?
+                    }
                 };
                 let mut client = rpc::Client::new(net);
                 client.set_default_timeout(STUCK);
@@ -376,7 +386,9 @@ impl NetBench {
 /// tries every frame and sends it as it is), a function of their index.
 fn noise(i: usize) -> u64 {
     // splitmix64's finaliser.
-    let mut x = (i as u64).wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut x = (i as u64)
+        .wrapping_add(1)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
@@ -636,7 +648,10 @@ struct RpcState {
 
 impl RpcState {
     fn take(&self, data: &[u8]) -> Result<()> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).take(data)
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(data)
     }
 
     fn fail(&self, e: String) {
@@ -665,9 +680,10 @@ impl RpcState {
                 resp.reply(&[(0, data)])
             }
             2 => {
-                if let Err(e) = payload().map_err(|e| e.to_string()).and_then(|d| {
-                    self.take(d).map_err(|e| e.to_string())
-                }) {
+                if let Err(e) = payload()
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| self.take(d).map_err(|e| e.to_string()))
+                {
                     self.fail(format!("sink: {e}"));
                 }
                 resp.done()
@@ -678,9 +694,10 @@ impl RpcState {
                 resp.reply(&[(0, &last.to_le_bytes())])
             }
             4 => {
-                match payload().map_err(|e| e.to_string()).and_then(|d| {
-                    check_noise(d).map_err(|e| e.to_string())
-                }) {
+                match payload()
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| check_noise(d).map_err(|e| e.to_string()))
+                {
                     Ok(_) => {
                         self.bigs.fetch_add(1, Ordering::Relaxed);
                     }
@@ -720,7 +737,10 @@ impl Server {
             .stdout(Stdio::piped());
         let mut child = cmd.spawn()?;
         let stdin = child.stdin.take();
-        let stdout = child.stdout.take().ok_or("the server's stdout is missing")?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("the server's stdout is missing")?;
         let mut server = Server {
             child: Some(child),
             stdin,
@@ -868,25 +888,37 @@ fn serve(id: &str) -> Result<()> {
     if contender == NetContender::RpcTcpLz4 {
         config.conn.compression = vec![Arc::new(Lz4)];
     }
-    let (server, cert) = if contender == NetContender::RpcQuic {
+    let identity = || -> Result<(Identity, Vec<u8>)> {
         let rcgen::CertifiedKey { cert, signing_key } =
             rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
         let der = cert.der().clone();
         let key = PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
-        let tls = QuicServerTls::new(Identity::new(vec![der.clone()], key));
-        (
-            NetServer::bind_quic(any, config, served, &tls)?,
-            der.to_vec(),
-        )
-    } else {
-        (NetServer::bind(any, config, served)?, Vec::new())
+        Ok((Identity::new(vec![der.clone()], key), der.to_vec()))
+    };
+    let (server, cert) = match contender {
+        NetContender::RpcQuic => {
+            let (id, der) = identity()?;
+            let tls = ServerTls::new(id);
+            (NetServer::bind_quic(any, config, served, &tls)?, der)
+        }
+        NetContender::RpcTls => {
+            let (id, der) = identity()?;
+            config.tls = Some(ServerTls::new(id));
+            (NetServer::bind(any, config, served)?, der)
+        }
+        _ => (NetServer::bind(any, config, served)?, Vec::new()),
     };
     say_ready(server.local_addr().port(), &cert)?;
     // Serves until the client closes our stdin.
     let mut sink = Vec::new();
     std::io::stdin().lock().read_to_end(&mut sink)?;
     drop(server);
-    match state.failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    match state
+        .failed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
         Some(e) => Err(e.into()),
         None => Ok(()),
     }

@@ -8,12 +8,18 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::report::{Group, PLACEMENTS, rate_label, ratio_label, run_lines, size_label, time_label};
+use crate::report::{
+    Group, PLACEMENTS, rate_label, ratio_label, run_lines, size_label, time_label,
+};
 
 /// The contenders in the order the page shows them.
-const CONTENDERS: [&str; 4] = ["bare-tcp", "rpc-tcp", "rpc-tcp-lz4", "rpc-quic"];
+const CONTENDERS: [&str; 5] = ["bare-tcp", "rpc-tcp", "rpc-tcp-lz4", "rpc-tls", "rpc-quic"];
 
-fn rows<'a>(ratios: &'a [Value], kind: &'a str, suffix: &'a str) -> impl Iterator<Item = &'a Value> {
+fn rows<'a>(
+    ratios: &'a [Value],
+    kind: &'a str,
+    suffix: &'a str,
+) -> impl Iterator<Item = &'a Value> {
     ratios.iter().filter(move |r| {
         r.get("kind").and_then(Value::as_str) == Some(kind)
             && r.get("case")
@@ -80,7 +86,9 @@ pub fn render_net(g: &Group, ratios: &[Value]) -> String {
         }
         let _ = writeln!(md, "#### Network, {title}\n");
         // Round trips.
-        md.push_str("Round trips: p50 (p99) of every measured call, and the p50's ratio to `bare-tcp`.\n\n");
+        md.push_str(
+            "Round trips: p50 (p99) of every measured call, and the p50's ratio to `bare-tcp`.\n\n",
+        );
         md.push_str("| contender | 8 B | 1 KiB | 64 KiB |\n|---|---|---|---|\n");
         for c in CONTENDERS {
             let id = format!("rtt-{c}");
@@ -159,8 +167,7 @@ pub fn render_net(g: &Group, ratios: &[Value]) -> String {
             for r in &busy {
                 let case = crate::report::split_id(s(r, "case")).0;
                 let c = case.trim_start_matches("busy-");
-                let p99 = pct(g, placement, &case, 8, "p99")
-                    .map_or("?".to_owned(), time_label);
+                let p99 = pct(g, placement, &case, 8, "p99").map_or("?".to_owned(), time_label);
                 let _ = writeln!(
                     md,
                     "| `{c}` | {} | {} | {p99} | {} | {} |",
@@ -207,12 +214,16 @@ pub fn render_net(g: &Group, ratios: &[Value]) -> String {
             let what = match s(r, "kind") {
                 "throughput" => format!(
                     "`{}` streaming {} at least 80% of `bare-tcp`",
-                    crate::report::split_id(s(r, "case")).0.trim_start_matches("thr-"),
+                    crate::report::split_id(s(r, "case"))
+                        .0
+                        .trim_start_matches("thr-"),
                     size_label(r.get("size").and_then(Value::as_u64).unwrap_or(0))
                 ),
                 "busy" => format!(
                     "`{}` small call during the huge transfer at most 3x idle",
-                    crate::report::split_id(s(r, "case")).0.trim_start_matches("busy-")
+                    crate::report::split_id(s(r, "case"))
+                        .0
+                        .trim_start_matches("busy-")
                 ),
                 other => other.to_owned(),
             };
@@ -222,6 +233,9 @@ pub fn render_net(g: &Group, ratios: &[Value]) -> String {
                 ratio_label(f(r, "ratio")),
                 verdict(r)
             );
+        }
+        for r in rows(ratios, "error", suffix) {
+            let _ = writeln!(md, "- **failed**: `{}`: {}", s(r, "case"), s(r, "error"));
         }
         md.push('\n');
     }

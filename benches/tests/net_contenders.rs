@@ -43,10 +43,7 @@ fn run(contender: NetContender) -> Result<()> {
         }
         // Round trips still work after it, in order.
         client.round_trips(8, 3, &mut || {})?;
-    } else if client
-        .round_trips_during_big(8, 1, &mut |_| {})
-        .is_ok()
-    {
+    } else if client.round_trips_during_big(8, 1, &mut |_| {}).is_ok() {
         return Err("the bare echo cannot carry a huge message".into());
     }
     // finish() also asks the server how many huge messages it read whole.
