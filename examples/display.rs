@@ -5,7 +5,13 @@
 //! ```sh
 //! cargo run --release --example display            # about two seconds
 //! cargo run --release --example display -- --quick # a smoke run (the test uses it)
+//! cargo run --release --example display -- --url tcp://127.0.0.1:0 [--quick]
 //! ```
+//!
+//! With `--url`, the same client and server talk over TCP instead: the
+//! server process runs `display::serve_url(url, ..)`, the client
+//! `display::Client::connect_url(url)` (port 0 picks a free port), and every
+//! step below runs unchanged through the same generated stubs.
 //!
 //! One command, two processes: the client (what you started) re-executes
 //! itself as the server (`display --server NAME`), which binds a service
@@ -42,7 +48,8 @@ use std::time::{Duration, Instant};
 use examples::ServerGuard;
 use hdrhistogram::Histogram;
 use shm_channel::Service;
-use shm_channel::rpc::{CallError, ServeEnd, ServeOptions};
+use shm_channel::net::{Address, Endpoint, ServerEvent};
+use shm_channel::rpc::{CallError, ServeEnd, ServeOptions, Transport};
 use shm_channel::wire::{Bounded, VecView};
 
 /// The code generated from `idl/display.idl` (path relative to this
@@ -61,8 +68,12 @@ use examples::Result;
 
 /// The argument that makes this executable the server.
 const SERVER_ARG: &str = "--server";
+/// The argument that makes this executable the server at a URL.
+const SERVER_URL_ARG: &str = "--server-url";
 /// The argument for a short run.
 const QUICK_ARG: &str = "--quick";
+/// The argument that runs the demo over the network.
+const URL_ARG: &str = "--url";
 /// The main surface: 1024 x 768 RGBA, so a frame is 3 MiB.
 const WIDTH: u32 = 1024;
 const HEIGHT: u32 = 768;
@@ -99,13 +110,24 @@ const QUICK: Plan = Plan {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let (role, result) = match (args.get(1).map(String::as_str), args.get(2)) {
-        (Some(SERVER_ARG), Some(name)) => ("display server", server(name)),
-        (None, _) => ("display", client(&FULL)),
-        (Some(QUICK_ARG), None) => ("display", client(&QUICK)),
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    let (role, result) = match rest[..] {
+        [SERVER_ARG, name] => ("display server", server(name)),
+        [SERVER_URL_ARG, url] => ("display server", net_server(url)),
+        [] => ("display", client(&FULL, None)),
+        [QUICK_ARG] => ("display", client(&QUICK, None)),
+        [URL_ARG, url] => ("display", client(&FULL, Some(url))),
+        [URL_ARG, url, QUICK_ARG] | [QUICK_ARG, URL_ARG, url] => {
+            ("display", client(&QUICK, Some(url)))
+        }
         _ => (
             "display",
-            Err(format!("usage: {} [{QUICK_ARG} | {SERVER_ARG} NAME]", args[0]).into()),
+            Err(format!(
+                "usage: {} [{QUICK_ARG}] [{URL_ARG} tcp://HOST:PORT] | {SERVER_ARG} NAME | \
+                 {SERVER_URL_ARG} URL",
+                args[0]
+            )
+            .into()),
         ),
     };
     match result {
@@ -243,22 +265,59 @@ impl display::Server for DisplayServer {
     }
 }
 
+impl DisplayServer {
+    fn new() -> Self {
+        DisplayServer {
+            surfaces: HashMap::new(),
+            next_id: 0,
+            frame: 0,
+            started: Instant::now(),
+        }
+    }
+}
+
 /// The server process: binds `name`, serves one client until it leaves.
 fn server(name: &str) -> Result<()> {
     let mut service = Service::bind(name, display::service_config())?;
     let mut channel = service.accept_timeout(START_STOP)?;
     // One client only: dropping the service removes its socket.
     drop(service);
-    let server = DisplayServer {
-        surfaces: HashMap::new(),
-        next_id: 0,
-        frame: 0,
-        started: Instant::now(),
-    };
+    let server = DisplayServer::new();
     let events = display::Events::new().with_timeout(STUCK);
     match display::serve_channel_with(&mut channel, server, &events, &ServeOptions::default())? {
         ServeEnd::PeerDied => Ok(()),
         other => Err(format!("the serve loop ended: {other:?}").into()),
+    }
+}
+
+/// The server process over the network: serves the same `DisplayServer` at
+/// `url` (in the background, on the net layer's threads) until its one
+/// client has come and gone.
+fn net_server(url: &str) -> Result<()> {
+    let events = display::Events::new().with_timeout(STUCK);
+    let net = display::serve_url(url, DisplayServer::new(), &events)?;
+    let mut open = 0u32;
+    let mut served = false;
+    let deadline = Instant::now() + START_STOP;
+    loop {
+        for e in net.take_events() {
+            match e {
+                ServerEvent::Accepted { .. } => {
+                    open += 1;
+                    served = true;
+                }
+                ServerEvent::Closed { .. } => open = open.saturating_sub(1),
+                _ => {}
+            }
+        }
+        if served && open == 0 {
+            return Ok(());
+        }
+        if !served && Instant::now() > deadline {
+            return Err(format!("no client came to {url} in {START_STOP:?}").into());
+        }
+        // Any event ends the wait; the loop above counts it.
+        let _ = net.wait_event(Duration::from_millis(100), |_| false);
     }
 }
 
@@ -272,6 +331,44 @@ fn start_server() -> Result<(ServerGuard, display::Client)> {
     Ok((server, client))
 }
 
+/// `url` with a free port in place of port 0 (the client picks it, so that
+/// it knows where to connect).
+fn with_free_port(url: &str) -> Result<String> {
+    match Address::from_target(url)? {
+        Address::Tcp(host_port) if host_port.ends_with(":0") => {
+            let listener = std::net::TcpListener::bind(&host_port)?;
+            let port = listener.local_addr()?.port();
+            let host = &host_port[..host_port.len() - 2];
+            Ok(format!("tcp://{host}:{port}"))
+        }
+        Address::Tcp(_) => Ok(url.to_string()),
+        other => Err(format!("the demo serves tcp:// URLs, not {other}").into()),
+    }
+}
+
+/// Starts the server process at `url` and connects to it over the network.
+fn start_net_server(url: &str) -> Result<(ServerGuard, display::Client<Endpoint>, String)> {
+    let url = with_free_port(url)?;
+    let mut server = ServerGuard::spawn_self(&[SERVER_URL_ARG, &url])?;
+    let deadline = Instant::now() + START_STOP;
+    // Until the server listens, the connect is refused: try again.
+    let client = loop {
+        match display::Client::connect_url(&url) {
+            Ok(client) => break client,
+            Err(e) => {
+                if let Some(status) = server.child()?.try_wait()? {
+                    return Err(format!("the server exited before serving ({status})").into());
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!("the server did not come up at {url}: {e}").into());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    Ok((server, client, url))
+}
+
 fn rect(width: u32, height: u32) -> Rect {
     Rect {
         origin: Point { x: 0, y: 0 },
@@ -280,12 +377,53 @@ fn rect(width: u32, height: u32) -> Rect {
     }
 }
 
-fn client(plan: &Plan) -> Result<()> {
-    let (mut server, mut client) = start_server()?;
+fn client(plan: &Plan, url: Option<&str>) -> Result<()> {
+    match url {
+        None => {
+            let (mut server, mut client) = start_server()?;
+            let pid = server.child()?.id();
+            let measured = demo(&mut client, plan, pid, "shared memory")?;
+            let rings = client.rpc().transport();
+            report(
+                plan,
+                &measured,
+                Some((rings.tx_ring().capacity(), rings.rx_ring().capacity())),
+            );
+            // Closing is the server's signal to exit.
+            drop(client);
+            server.wait_success(START_STOP)
+        }
+        Some(url) => {
+            let (mut server, mut client, url) = start_net_server(url)?;
+            let pid = server.child()?.id();
+            let measured = demo(&mut client, plan, pid, &url)?;
+            report(plan, &measured, None);
+            drop(client);
+            server.wait_success(START_STOP)
+        }
+    }
+}
+
+/// What the demo measured.
+struct Measured {
+    calls: u64,
+    calls_per_sec: f64,
+    hist: Histogram<u64>,
+    mib_per_sec: f64,
+    elapsed: Duration,
+}
+
+/// Steps 1 to 6, through the generated client over any transport.
+fn demo<T: Transport>(
+    client: &mut display::Client<T>,
+    plan: &Plan,
+    server_pid: u32,
+    over: &str,
+) -> Result<Measured> {
     println!(
-        "display: client pid {} <-> server pid {}, protocol {} version {}",
+        "display: client pid {} <-> server pid {} over {over}, protocol {} version {}",
         std::process::id(),
-        server.child()?.id(),
+        server_pid,
         display::NAME,
         client.version(),
     );
@@ -392,9 +530,24 @@ fn client(plan: &Plan) -> Result<()> {
         other => return Err(format!("expected surface_lost, got {other:?}").into()),
     }
 
-    // 7. The report.
-    let rings = client.rpc().transport();
-    let (up, down) = (rings.tx_ring(), rings.rx_ring());
+    Ok(Measured {
+        calls,
+        calls_per_sec,
+        hist,
+        mib_per_sec,
+        elapsed,
+    })
+}
+
+/// 7. The report; `rings` are how far the shm rings grew (up, down).
+fn report(plan: &Plan, m: &Measured, rings: Option<(u64, u64)>) {
+    let Measured {
+        calls,
+        calls_per_sec,
+        hist,
+        mib_per_sec,
+        elapsed,
+    } = m;
     println!();
     println!(
         "typed calls (resize, two-way): {calls} in {:?}",
@@ -415,23 +568,20 @@ fn client(plan: &Plan) -> Result<()> {
         mib(FRAME_BYTES as u64)
     );
     println!("  throughput           {mib_per_sec:>9.0} MiB/s ({elapsed:.2?})");
+    let grown = |r: Option<u64>| r.map_or_else(|| "no ring: network".into(), mib);
     println!("rings (maximum from the IDL, decided by; grown to):");
     println!(
         "  client -> server     {:>9} ({}; {})",
         mib(display::CLIENT_TO_SERVER_MAX),
         display::CLIENT_TO_SERVER_DECIDED_BY,
-        mib(up.capacity())
+        grown(rings.map(|r| r.0))
     );
     println!(
         "  server -> client     {:>9} ({}; {})",
         mib(display::SERVER_TO_CLIENT_MAX),
         display::SERVER_TO_CLIENT_DECIDED_BY,
-        mib(down.capacity())
+        grown(rings.map(|r| r.1))
     );
-
-    // Closing is the server's signal to exit.
-    drop(client);
-    server.wait_success(START_STOP)
 }
 
 fn micros(ns: u64) -> String {

@@ -94,6 +94,29 @@ fn display_demo_runs_and_reports() {
     }
 }
 
+/// The same demo over TCP (`--url`): the same calls, errors, frames and events
+/// through the same generated stubs, the server process on `serve_url`.
+#[test]
+fn display_demo_runs_over_tcp() {
+    let out = run("display", &["--url", "tcp://127.0.0.1:0", "--quick"]);
+    for line in [
+        "over tcp://127.0.0.1:",
+        "protocol Display version 2",
+        "Remote(NoSuchSurface), as expected",
+        "Remote(OutOfMemory(1073741824)), as expected",
+        // The network refuses what the ring would (the IDL's maximum, 4 MiB).
+        "TooLarge { size: ",
+        "max: 4194304 }",
+        "surface_lost event (no surface ",
+        "calls per second",
+        "round trip p50",
+        "frames: 8 x 3.0 MiB written in place, committed, vsync'd",
+        "client -> server       4.0 MiB (@buffer; no ring: network)",
+    ] {
+        assert!(out.contains(line), "no `{line}` in:\n{out}");
+    }
+}
+
 #[test]
 fn kv_example_runs() {
     let out = run("kv", &[]);

@@ -148,6 +148,13 @@ impl Builder {
         self
     }
 
+    /// Whether to generate the network entry points `connect_url` and
+    /// `serve_url` (default: yes). They need shm-channel's `net` feature.
+    pub fn net(mut self, on: bool) -> Self {
+        self.options = self.options.net(on);
+        self
+    }
+
     /// Whether [`compile`](Self::compile) prints `cargo:rerun-if-changed`
     /// lines on stdout (default: yes). Turn it off when calling from
     /// something other than a build script.

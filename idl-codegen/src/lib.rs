@@ -102,6 +102,16 @@
 //!   also inside handlers through `ctx.events()`): `events.vsync(client,
 //!   frame, ts)` to one client and `events.broadcast_vsync(frame, ts)` to
 //!   all; `@no_queue` events are dropped rather than waited for.
+//! - **Over the network** (shm-channel's `net` feature; [`Options::net`],
+//!   `idlc gen --no-net` leaves these out): `Client::connect_url(url)` and
+//!   `AsyncClient::connect_url(url)` take `shm://display` or `display`,
+//!   `tcp://host:port` or `quic://host:port` (`connect_url_with(url,
+//!   &connect_options()...)` for TLS roots and lazy connects), and give the
+//!   same methods over an `Endpoint`; each method constant carries its
+//!   delivery (`@one_shot`, `@idempotent`, `@ordered`) for the network
+//!   pool. `serve_url(url, server, &events)` serves the `Server` trait to
+//!   network clients in the background (events included); `served(server,
+//!   &events)` is the protocol for a `NetServer` of several.
 //!
 //! ```text
 //! // Client side.
@@ -157,11 +167,18 @@ pub struct Options {
     /// shm-channel's `tokio` feature (on by default); turn it off for a crate
     /// that uses shm-channel without default features.
     pub async_client: bool,
+    /// Generate the network entry points (default `true`): each client's
+    /// `connect_url` (`shm://`, `tcp://`, `quic://`) and the server's
+    /// `serve_url`. They need shm-channel's `net` feature (on by default).
+    pub net: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { async_client: true }
+        Options {
+            async_client: true,
+            net: true,
+        }
     }
 }
 
@@ -170,6 +187,13 @@ impl Options {
     #[must_use]
     pub fn async_client(mut self, on: bool) -> Self {
         self.async_client = on;
+        self
+    }
+
+    /// With or without the network entry points.
+    #[must_use]
+    pub fn net(mut self, on: bool) -> Self {
+        self.net = on;
         self
     }
 }

@@ -1,6 +1,6 @@
 //! The module of a protocol: its constants, then its stubs (`stubs.rs`).
 
-use idl_parser::model::Protocol;
+use idl_parser::model::{Delivery, Protocol};
 use proc_macro2::{Literal, TokenStream};
 use quote::quote;
 
@@ -62,13 +62,13 @@ pub(crate) fn gen_protocol(facts: &Facts<'_>, p: &Protocol, opts: &Options) -> T
     let members_of = p
         .methods
         .iter()
-        .map(|m| (&m.name, &m.docs, m.id, m.since, "fn"))
+        .map(|m| (&m.name, &m.docs, m.id, m.since, "fn", m.delivery))
         .chain(
             p.events
                 .iter()
-                .map(|e| (&e.name, &e.docs, e.id, e.since, "event")),
+                .map(|e| (&e.name, &e.docs, e.id, e.since, "event", Delivery::Default)),
         );
-    for (mname, mdocs, id, since, kind) in members_of {
+    for (mname, mdocs, id, since, kind, delivery) in members_of {
         let konst = ident(&method_const_name(mname));
         let mut lines: Vec<String> = mdocs.clone();
         if !lines.is_empty() {
@@ -77,12 +77,28 @@ pub(crate) fn gen_protocol(facts: &Facts<'_>, p: &Protocol, opts: &Options) -> T
         lines.push(format!(
             "The `{kind} {mname}` of `{name}`: message id {id}, since version {since}."
         ));
+        let attr = match delivery {
+            Delivery::Default => None,
+            Delivery::OneShot => Some("@one_shot"),
+            Delivery::Idempotent => Some("@idempotent"),
+            Delivery::Ordered => Some("@ordered"),
+        };
+        if let Some(attr) = attr {
+            lines.push(format!("Delivered `{attr}` over network transports."));
+        }
         let member_docs = docs(&lines);
         let id = Literal::u64_unsuffixed(u64::from(id));
         let since = Literal::u32_unsuffixed(since);
+        // How network transports deliver it (the RPC flag bits of `@one_shot`, ...).
+        let delivery = match delivery {
+            Delivery::Default => quote!(0),
+            Delivery::OneShot => quote!(::shm_channel::rpc::flags::ONE_SHOT),
+            Delivery::Idempotent => quote!(::shm_channel::rpc::flags::IDEMPOTENT),
+            Delivery::Ordered => quote!(::shm_channel::rpc::flags::ORDERED),
+        };
         members.extend(quote! {
             #member_docs
-            pub const #konst: #method = #method { name: #mname, id: #id, since: #since };
+            pub const #konst: #method = #method { name: #mname, id: #id, since: #since, delivery: #delivery };
         });
     }
     let c2s = &p.ring_sizes.client_to_server;

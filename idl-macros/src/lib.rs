@@ -36,6 +36,8 @@ use syn::parse::{Parse, ParseStream};
 ///
 /// The async clients need shm-channel's `tokio` feature (on by default);
 /// `include_idl!("idl/display.idl", async_client = false)` leaves them out.
+/// The network entry points (`connect_url`, `serve_url`) need its `net`
+/// feature (on by default); `net = false` leaves them out.
 ///
 /// ```ignore
 /// shm_channel::include_idl!("idl/display.idl");
@@ -72,8 +74,10 @@ impl Parse for Arg {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         const USAGE: &str = "include_idl! expects one string literal, the path of an IDL file \
              relative to the crate's root: `include_idl!(\"idl/display.idl\")`";
-        const OPTIONS: &str = "the only option is `async_client = false` (leaves out the async \
-             clients, for shm-channel without its `tokio` feature)";
+        const OPTIONS: &str = "the options are `async_client = false` (leaves out the async \
+             clients, for shm-channel without its `tokio` feature) and `net = false` (leaves out \
+             `connect_url` and `serve_url`, for shm-channel without its `net` feature), each at \
+             most once";
         if input.is_empty() {
             return Err(syn::Error::new(Span::call_site(), USAGE));
         }
@@ -81,7 +85,7 @@ impl Parse for Arg {
             .parse()
             .map_err(|e| syn::Error::new(e.span(), USAGE))?;
         let mut options = idl_codegen::Options::default();
-        let mut seen = false;
+        let mut seen: Vec<String> = Vec::new();
         while input.peek(syn::Token![,]) {
             input.parse::<syn::Token![,]>()?;
             if input.is_empty() {
@@ -93,17 +97,22 @@ impl Parse for Arg {
             let name: syn::Ident = input
                 .parse()
                 .map_err(|e| syn::Error::new(e.span(), OPTIONS))?;
-            if name != "async_client" || seen {
+            let key = name.to_string();
+            if !["async_client", "net"].contains(&key.as_str()) || seen.contains(&key) {
                 return Err(syn::Error::new(name.span(), OPTIONS));
             }
-            seen = true;
+            seen.push(key.clone());
             input
                 .parse::<syn::Token![=]>()
                 .map_err(|e| syn::Error::new(e.span(), OPTIONS))?;
             let value: syn::LitBool = input
                 .parse()
                 .map_err(|e| syn::Error::new(e.span(), OPTIONS))?;
-            options = options.async_client(value.value);
+            options = if key == "net" {
+                options.net(value.value)
+            } else {
+                options.async_client(value.value)
+            };
         }
         if !input.is_empty() {
             return Err(input.error(USAGE));
@@ -209,10 +218,26 @@ mod tests {
                 async_client = true
             ),
             quote!("tests/ui/idl/counter.idl", async_client),
+            quote!("tests/ui/idl/counter.idl", net = false, net = false),
         ] {
             let out = expand(bad.clone()).to_string();
             assert!(out.contains("compile_error"), "{bad} gave {out}");
         }
+    }
+
+    #[test]
+    fn network_entry_points_can_be_left_out() {
+        let with = expand(quote!("tests/ui/idl/counter.idl")).to_string();
+        assert!(with.contains("fn connect_url"), "{with}");
+        assert!(with.contains("fn serve_url"), "{with}");
+        let without = expand(quote!(
+            "tests/ui/idl/counter.idl",
+            net = false,
+            async_client = false
+        ))
+        .to_string();
+        assert!(!without.contains("shm_channel :: net"), "{without}");
+        assert!(!without.contains("AsyncClient"), "{without}");
     }
 
     #[test]

@@ -65,6 +65,10 @@ enum Command {
         /// without its `tokio` feature).
         #[arg(long)]
         no_async: bool,
+        /// Leave out the network entry points `connect_url` and `serve_url`
+        /// (for a crate that uses shm-channel without its `net` feature).
+        #[arg(long)]
+        no_net: bool,
     },
     /// Print each protocol's ring maxima, per direction, and which message
     /// decided each.
@@ -116,8 +120,11 @@ fn main() -> ExitCode {
             output,
             check,
             no_async,
+            no_net,
         } => {
-            let opts = idl_codegen::Options::default().async_client(!no_async);
+            let opts = idl_codegen::Options::default()
+                .async_client(!no_async)
+                .net(!no_net);
             generate(&file, output.as_deref(), check, &opts)
         }
         Command::Sizes { file, json } => sizes(&file, json),
@@ -161,7 +168,7 @@ fn check(files: &[PathBuf]) -> Result<(), Failure> {
     }
 }
 
-/// `idlc gen FILE [-o OUT] [--check] [--no-async]`.
+/// `idlc gen FILE [-o OUT] [--check] [--no-async] [--no-net]`.
 fn generate(
     file: &Path,
     output: Option<&Path>,

@@ -253,6 +253,30 @@ impl Gen<'_, '_> {
     pub(super) fn blocking_client(&self) -> TokenStream {
         let rpc = quote!(::shm_channel::rpc);
         let methods = self.client_methods(false);
+        let net = self.net.then(|| {
+            quote! {
+                impl Client<::shm_channel::net::Endpoint> {
+                    /// Connects to the service at `url`, wherever it runs:
+                    /// `shm://display` or a plain `display` (shared memory, as
+                    /// [`Client::connect`]), `tcp://host:port`, `quic://host:port`
+                    /// (QUIC needs TLS roots: [`Client::connect_url_with`]). The same
+                    /// methods then work over the network; each is delivered as its
+                    /// IDL attribute says (`@one_shot`, `@idempotent`, `@ordered`).
+                    pub fn connect_url(url: &str) -> ::core::result::Result<Self, ::shm_channel::net::EndpointError> {
+                        Self::connect_url_with(url, &connect_options())
+                    }
+
+                    /// [`Client::connect_url`] with `options` (start from
+                    /// [`connect_options`]).
+                    pub fn connect_url_with(
+                        url: &str,
+                        options: &::shm_channel::net::ConnectOptions,
+                    ) -> ::core::result::Result<Self, ::shm_channel::net::EndpointError> {
+                        ::core::result::Result::Ok(Self::new(::shm_channel::net::Endpoint::connect(url, options)?))
+                    }
+                }
+            }
+        });
         let name = &self.p.name;
         let doc = doc_attr(&format!(
             "The blocking client of `{name}`: one call at a time (methods take `&mut self`)."
@@ -294,6 +318,8 @@ impl Gen<'_, '_> {
                     ::core::result::Result::Ok(Self::new(::shm_channel::connect(service, config)?))
                 }
             }
+
+            #net
 
             impl<T: #rpc::Transport> Client<T> {
                 /// A client over a connected transport (its handshake settled the version).
@@ -430,6 +456,24 @@ impl Gen<'_, '_> {
     pub(super) fn async_client(&self) -> TokenStream {
         let rpc = quote!(::shm_channel::rpc);
         let methods = self.client_methods(true);
+        let net = self.net.then(|| {
+            quote! {
+                impl AsyncClient<::shm_channel::net::AsyncEndpoint> {
+                    /// Connects to the service at `url` (see [`Client::connect_url`]).
+                    pub async fn connect_url(url: &str) -> ::core::result::Result<Self, ::shm_channel::net::EndpointError> {
+                        Self::connect_url_with(url, &connect_options()).await
+                    }
+
+                    /// [`AsyncClient::connect_url`] with `options`.
+                    pub async fn connect_url_with(
+                        url: &str,
+                        options: &::shm_channel::net::ConnectOptions,
+                    ) -> ::core::result::Result<Self, ::shm_channel::net::EndpointError> {
+                        ::core::result::Result::Ok(Self::new(::shm_channel::net::AsyncEndpoint::connect(url, options).await?))
+                    }
+                }
+            }
+        });
         let name = &self.p.name;
         let doc = doc_attr(&format!(
             "The async client of `{name}` (tokio): methods take `&self`, so many calls can be in flight on one channel; replies are matched by request id."
@@ -481,6 +525,8 @@ impl Gen<'_, '_> {
                     ::core::result::Result::Ok(Self::from_rpc(#rpc::AsyncClient::connect(service, config).await?))
                 }
             }
+
+            #net
 
             impl<T: #rpc::AsyncTransport> AsyncClient<T> {
                 /// A client over a connected transport; spawns its reader task, so call it

@@ -24,6 +24,8 @@ const CLIENT_RESERVED: &[&str] = &[
     "new",
     "connect",
     "connect_with",
+    "connect_url",
+    "connect_url_with",
     "from_rpc",
     "with_timeout",
     "set_default_timeout",
@@ -51,7 +53,11 @@ const EVENTS_RESERVED: &[&str] = &[
 /// The stubs of `p`, to be placed inside its module (named types are reached
 /// through `super::`).
 pub(crate) fn gen_stubs(facts: &Facts<'_>, p: &Protocol, opts: &Options) -> TokenStream {
-    let g = Gen { facts, p };
+    let g = Gen {
+        facts,
+        p,
+        net: opts.net,
+    };
     let mut out = g.configs();
     out.extend(g.event_enum());
     out.extend(g.blocking_client());
@@ -66,6 +72,8 @@ pub(crate) fn gen_stubs(facts: &Facts<'_>, p: &Protocol, opts: &Options) -> Toke
 struct Gen<'f, 'm> {
     facts: &'f Facts<'m>,
     p: &'f Protocol,
+    /// Emit the network entry points (`connect_url`, `serve_url`).
+    net: bool,
 }
 
 /// A parameter as the generated code spells it.
@@ -145,7 +153,33 @@ impl Gen<'_, '_> {
     // ------------------------------------------------------------ configs
 
     pub(super) fn configs(&self) -> TokenStream {
+        let net = self.net.then(|| {
+            quote! {
+                /// How [`Client::connect_url`] reaches a service of this protocol
+                /// wherever it runs: [`client_config`] for `shm://`, and [`NAME`],
+                /// versions `1..=VERSION` for the network, whose messages are limited
+                /// as the rings are (waiting up to 5 s for the first connection; see
+                /// [`ConnectOptions`](::shm_channel::net::ConnectOptions) for TLS roots,
+                /// lazy connects and the pool).
+                #[must_use]
+                pub fn connect_options() -> ::shm_channel::net::ConnectOptions {
+                    ::shm_channel::net::ConnectOptions::new(client_config(), NAME, VERSION)
+                        .max_receive(SERVER_TO_CLIENT_MAX)
+                }
+
+                /// How [`serve_url`] listens: requests limited as the client-to-server
+                /// ring is ([`CLIENT_TO_SERVER_MAX`]); see
+                /// [`ServeOptions`](::shm_channel::net::ServeOptions) for the server's
+                /// configuration and QUIC's certificate.
+                #[must_use]
+                pub fn serve_options() -> ::shm_channel::net::ServeOptions {
+                    ::shm_channel::net::ServeOptions::default().max_receive(CLIENT_TO_SERVER_MAX)
+                }
+            }
+        });
         quote! {
+            #net
+
             /// How [`Client::connect`] reaches a service of this protocol: [`NAME`],
             /// versions `1..=VERSION`, and ring maxima from the IDL
             /// ([`CLIENT_TO_SERVER_MAX`], [`SERVER_TO_CLIENT_MAX`]).

@@ -105,6 +105,57 @@ impl Gen<'_, '_> {
         let trait_doc = doc_attr(&format!(
             "The server side of `{pname}`: one method per IDL `fn`, given the arguments borrowed from the request (no copy)."
         ));
+        let net = self.net.then(|| {
+            quote! {
+                /// Serves `server` to network clients at `url` (`tcp://host:port`,
+                /// `quic://host:port`; port 0 picks a free one, see
+                /// [`NetServer::local_addr`](::shm_channel::net::NetServer::local_addr)) in
+                /// the background, until the returned server is dropped. The requests of
+                /// every client go through `server`, one at a time, as with [`serve`];
+                /// `events` learns of every client, to send it events
+                /// ([`Context::client`]).
+                pub fn serve_url<S: Server + ::core::marker::Send + 'static>(
+                    url: &str,
+                    server: S,
+                    events: &Events,
+                ) -> ::core::result::Result<::shm_channel::net::NetServer, ::shm_channel::net::EndpointError> {
+                    serve_url_with(url, server, events, &serve_options())
+                }
+
+                /// [`serve_url`] with `options` (start from [`serve_options`]: the
+                /// server's configuration, QUIC's certificate).
+                pub fn serve_url_with<S: Server + ::core::marker::Send + 'static>(
+                    url: &str,
+                    server: S,
+                    events: &Events,
+                    options: &::shm_channel::net::ServeOptions,
+                ) -> ::core::result::Result<::shm_channel::net::NetServer, ::shm_channel::net::EndpointError> {
+                    ::shm_channel::net::bind_url(url, options, ::std::vec![served(server, events)])
+                }
+
+                /// This protocol served by `server`, for a
+                /// [`NetServer`](::shm_channel::net::NetServer) of several protocols on one
+                /// listener; `events` learns of every client.
+                pub fn served<S: Server + ::core::marker::Send + 'static>(
+                    server: S,
+                    events: &Events,
+                ) -> ::shm_channel::net::Served {
+                    let server = ::std::sync::Mutex::new(server);
+                    let hub = ::core::clone::Clone::clone(events.hub());
+                    let events = ::core::clone::Clone::clone(events);
+                    ::shm_channel::net::Served::new(
+                        ::shm_channel::net::ProtocolSpec::new(NAME, VERSION),
+                        move |req: &#rpc::RequestView<'_>, resp: #rpc::Responder<'_>| {
+                            // A panicking handler poisons the lock; the server object is
+                            // still the application's, as over shm.
+                            let mut server = server.lock().unwrap_or_else(::std::sync::PoisonError::into_inner);
+                            dispatch(&mut *server, &events, req, resp)
+                        },
+                    )
+                    .with_events(hub)
+                }
+            }
+        });
         // `value` is unused when a method returns nothing.
         let unit_allow = quote!(#[allow(clippy::let_unit_value, clippy::unit_arg)]);
         quote! {
@@ -249,6 +300,8 @@ impl Gen<'_, '_> {
                 events.hub().remove(id);
                 end
             }
+
+            #net
         }
     }
 }

@@ -1051,30 +1051,35 @@ pub mod every_type {
         name: "echo",
         id: 0,
         since: 1,
+        delivery: 0,
     };
     /// The `fn shape` of `EveryType`: message id 1, since version 2.
     pub const SHAPE: ::shm_channel::rpc::Method = ::shm_channel::rpc::Method {
         name: "shape",
         id: 1,
         since: 2,
+        delivery: 0,
     };
     /// The `fn name` of `EveryType`: message id 10, since version 1.
     pub const NAME_METHOD: ::shm_channel::rpc::Method = ::shm_channel::rpc::Method {
         name: "name",
         id: 10,
         since: 1,
+        delivery: 0,
     };
     /// The `fn doThing` of `EveryType`: message id 12, since version 1.
     pub const DO_THING: ::shm_channel::rpc::Method = ::shm_channel::rpc::Method {
         name: "doThing",
         id: 12,
         since: 1,
+        delivery: 0,
     };
     /// The `event changed` of `EveryType`: message id 11, since version 1.
     pub const CHANGED: ::shm_channel::rpc::Method = ::shm_channel::rpc::Method {
         name: "changed",
         id: 11,
         since: 1,
+        delivery: 0,
     };
     /// Maximum bytes of the client-to-server ring, decided by `default`.
     pub const CLIENT_TO_SERVER_MAX: u64 = 1048576;
@@ -1086,6 +1091,25 @@ pub mod every_type {
     /// What decided [`SERVER_TO_CLIENT_MAX`]: a method or event name,
     /// `@buffer`, `default` (an unbounded message) or `none`.
     pub const SERVER_TO_CLIENT_DECIDED_BY: &str = "default";
+    /// How [`Client::connect_url`] reaches a service of this protocol
+    /// wherever it runs: [`client_config`] for `shm://`, and [`NAME`],
+    /// versions `1..=VERSION` for the network, whose messages are limited
+    /// as the rings are (waiting up to 5 s for the first connection; see
+    /// [`ConnectOptions`](::shm_channel::net::ConnectOptions) for TLS roots,
+    /// lazy connects and the pool).
+    #[must_use]
+    pub fn connect_options() -> ::shm_channel::net::ConnectOptions {
+        ::shm_channel::net::ConnectOptions::new(client_config(), NAME, VERSION)
+            .max_receive(SERVER_TO_CLIENT_MAX)
+    }
+    /// How [`serve_url`] listens: requests limited as the client-to-server
+    /// ring is ([`CLIENT_TO_SERVER_MAX`]); see
+    /// [`ServeOptions`](::shm_channel::net::ServeOptions) for the server's
+    /// configuration and QUIC's certificate.
+    #[must_use]
+    pub fn serve_options() -> ::shm_channel::net::ServeOptions {
+        ::shm_channel::net::ServeOptions::default().max_receive(CLIENT_TO_SERVER_MAX)
+    }
     /// How [`Client::connect`] reaches a service of this protocol: [`NAME`],
     /// versions `1..=VERSION`, and ring maxima from the IDL
     /// ([`CLIENT_TO_SERVER_MAX`], [`SERVER_TO_CLIENT_MAX`]).
@@ -1179,6 +1203,29 @@ pub mod every_type {
         ) -> ::core::result::Result<Self, ::shm_channel::service::ConnectError> {
             ::core::result::Result::Ok(
                 Self::new(::shm_channel::connect(service, config)?),
+            )
+        }
+    }
+    impl Client<::shm_channel::net::Endpoint> {
+        /// Connects to the service at `url`, wherever it runs:
+        /// `shm://display` or a plain `display` (shared memory, as
+        /// [`Client::connect`]), `tcp://host:port`, `quic://host:port`
+        /// (QUIC needs TLS roots: [`Client::connect_url_with`]). The same
+        /// methods then work over the network; each is delivered as its
+        /// IDL attribute says (`@one_shot`, `@idempotent`, `@ordered`).
+        pub fn connect_url(
+            url: &str,
+        ) -> ::core::result::Result<Self, ::shm_channel::net::EndpointError> {
+            Self::connect_url_with(url, &connect_options())
+        }
+        /// [`Client::connect_url`] with `options` (start from
+        /// [`connect_options`]).
+        pub fn connect_url_with(
+            url: &str,
+            options: &::shm_channel::net::ConnectOptions,
+        ) -> ::core::result::Result<Self, ::shm_channel::net::EndpointError> {
+            ::core::result::Result::Ok(
+                Self::new(::shm_channel::net::Endpoint::connect(url, options)?),
             )
         }
     }
@@ -1462,6 +1509,25 @@ pub mod every_type {
             ::core::result::Result::Ok(
                 Self::from_rpc(
                     ::shm_channel::rpc::AsyncClient::connect(service, config).await?,
+                ),
+            )
+        }
+    }
+    impl AsyncClient<::shm_channel::net::AsyncEndpoint> {
+        /// Connects to the service at `url` (see [`Client::connect_url`]).
+        pub async fn connect_url(
+            url: &str,
+        ) -> ::core::result::Result<Self, ::shm_channel::net::EndpointError> {
+            Self::connect_url_with(url, &connect_options()).await
+        }
+        /// [`AsyncClient::connect_url`] with `options`.
+        pub async fn connect_url_with(
+            url: &str,
+            options: &::shm_channel::net::ConnectOptions,
+        ) -> ::core::result::Result<Self, ::shm_channel::net::EndpointError> {
+            ::core::result::Result::Ok(
+                Self::new(
+                    ::shm_channel::net::AsyncEndpoint::connect(url, options).await?,
                 ),
             )
         }
@@ -2054,5 +2120,59 @@ pub mod every_type {
         );
         events.hub().remove(id);
         end
+    }
+    /// Serves `server` to network clients at `url` (`tcp://host:port`,
+    /// `quic://host:port`; port 0 picks a free one, see
+    /// [`NetServer::local_addr`](::shm_channel::net::NetServer::local_addr)) in
+    /// the background, until the returned server is dropped. The requests of
+    /// every client go through `server`, one at a time, as with [`serve`];
+    /// `events` learns of every client, to send it events
+    /// ([`Context::client`]).
+    pub fn serve_url<S: Server + ::core::marker::Send + 'static>(
+        url: &str,
+        server: S,
+        events: &Events,
+    ) -> ::core::result::Result<
+        ::shm_channel::net::NetServer,
+        ::shm_channel::net::EndpointError,
+    > {
+        serve_url_with(url, server, events, &serve_options())
+    }
+    /// [`serve_url`] with `options` (start from [`serve_options`]: the
+    /// server's configuration, QUIC's certificate).
+    pub fn serve_url_with<S: Server + ::core::marker::Send + 'static>(
+        url: &str,
+        server: S,
+        events: &Events,
+        options: &::shm_channel::net::ServeOptions,
+    ) -> ::core::result::Result<
+        ::shm_channel::net::NetServer,
+        ::shm_channel::net::EndpointError,
+    > {
+        ::shm_channel::net::bind_url(url, options, ::std::vec![served(server, events)])
+    }
+    /// This protocol served by `server`, for a
+    /// [`NetServer`](::shm_channel::net::NetServer) of several protocols on one
+    /// listener; `events` learns of every client.
+    pub fn served<S: Server + ::core::marker::Send + 'static>(
+        server: S,
+        events: &Events,
+    ) -> ::shm_channel::net::Served {
+        let server = ::std::sync::Mutex::new(server);
+        let hub = ::core::clone::Clone::clone(events.hub());
+        let events = ::core::clone::Clone::clone(events);
+        ::shm_channel::net::Served::new(
+                ::shm_channel::net::ProtocolSpec::new(NAME, VERSION),
+                move |
+                    req: &::shm_channel::rpc::RequestView<'_>,
+                    resp: ::shm_channel::rpc::Responder<'_>|
+                {
+                    let mut server = server
+                        .lock()
+                        .unwrap_or_else(::std::sync::PoisonError::into_inner);
+                    dispatch(&mut *server, &events, req, resp)
+                },
+            )
+            .with_events(hub)
     }
 }

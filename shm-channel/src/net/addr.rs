@@ -1,5 +1,6 @@
 //! Where a service is: `shm://name` (a local service), `tcp://host:port`,
-//! `tls://host:port` or `quic://host:port` (network connectors).
+//! `tls://host:port` or `quic://host:port` (network connectors). [`Address::from_target`]
+//! also takes a plain service name, for `connect_url("display")`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -61,6 +62,23 @@ impl FromStr for Address {
     }
 }
 
+impl Address {
+    /// Parses `target`: an address with its scheme, or a plain service name (no `://`),
+    /// which means `shm://name`.
+    pub fn from_target(target: &str) -> Result<Address, AddressError> {
+        if target.contains("://") {
+            return target.parse();
+        }
+        // Through the parser, so a plain name is checked like `shm://name`.
+        format!("shm://{target}")
+            .parse()
+            .map_err(|e: AddressError| AddressError {
+                input: target.to_string(),
+                why: e.why,
+            })
+    }
+}
+
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -110,6 +128,22 @@ mod tests {
         ] {
             let e = bad.parse::<Address>().unwrap_err();
             assert!(e.to_string().contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_plain_name_is_a_local_service() {
+        assert_eq!(
+            Address::from_target("display"),
+            Ok(Address::Shm("display".into()))
+        );
+        assert_eq!(
+            Address::from_target("tcp://h:1"),
+            Ok(Address::Tcp("h:1".into()))
+        );
+        for bad in ["", "a/b", "udp://h:1"] {
+            let e = Address::from_target(bad).unwrap_err();
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
         }
     }
 }

@@ -16,6 +16,7 @@
 pub mod addr;
 pub mod compress;
 pub mod conn;
+pub mod endpoint;
 pub mod frame;
 pub mod pool;
 #[cfg(feature = "quic")]
@@ -30,12 +31,16 @@ pub use conn::{
     BytesSource, ConnConfig, ConnError, ConnEvent, ConnStats, Connection, Delivery, MessageSource,
     OutMessage, PeerInfo, Side,
 };
+pub use endpoint::{
+    AsyncEndpoint, ConnectOptions, Endpoint, EndpointError, EndpointMessage, EndpointSender,
+    ServeOptions, bind_url,
+};
 pub use frame::{CloseCode, FrameError, ProtocolSpec};
 pub use pool::{Canceled, ConnId, Failure, Pool, PoolAction, PoolConfig, PoolEvent};
 pub use socks::Socks5Proxy;
 pub use tcp::{
-    ClientConfig, ClientEvent, ClientInfo, Forward, Link, NetClient, NetMessage, NetSender,
-    NetServer, Served, ServerConfig, ServerEvent, current_client, process_instance,
+    ClientConfig, ClientEvent, ClientInfo, Forward, Link, NET_CHANNEL_IDS, NetClient, NetMessage,
+    NetSender, NetServer, Served, ServerConfig, ServerEvent, current_client, process_instance,
 };
 pub use tls::{ClientTls, Identity, PeerIdentity, ServerTls};
 

@@ -33,10 +33,11 @@ use super::frame::ProtocolSpec;
 use super::pool::{Canceled, ConnId, Failure, Pool, PoolAction, PoolConfig, PoolEvent};
 use super::socks::Socks5Proxy;
 use super::tls::{ClientTls, PeerIdentity, ServerTls};
+use crate::ChannelId;
 use crate::rpc::server::dispatch;
 use crate::rpc::{
-    ERROR_OBJECT, HandlerResult, IncomingMessage, LocalFailure, ObjectSink, Outgoing, RequestView,
-    Responder, Transport, TransportError, TransportSender, flags as rpc_flags,
+    ERROR_OBJECT, EventHub, HandlerResult, IncomingMessage, LocalFailure, ObjectSink, Outgoing,
+    RequestView, Responder, Transport, TransportError, TransportSender, flags as rpc_flags,
 };
 use shm_layout::{Kind, MessageHeader, MessageView, MessageWriter};
 
@@ -1043,7 +1044,14 @@ pub struct Served {
     pub handler: Handler,
     /// Instead of the handler: messages forwarded as they are (see [`Served::forward`]).
     pub forward: Option<Arc<dyn Forward>>,
+    /// Where its clients are registered for server-to-client events (each connection as
+    /// a [`ChannelId`] from [`NET_CHANNEL_IDS`] on), if anywhere.
+    pub events: Option<EventHub>,
 }
+
+/// The first [`ChannelId`] a [`NetServer`] gives its connections in an [`EventHub`]: far
+/// above the ids of shm channels, so one hub can hold the clients of both.
+pub const NET_CHANNEL_IDS: u64 = 1 << 62;
 
 impl Served {
     /// Serves `spec` with `handler`.
@@ -1055,7 +1063,16 @@ impl Served {
             spec,
             handler: Arc::new(handler),
             forward: None,
+            events: None,
         }
+    }
+
+    /// Registers each client in `hub` once its handshake is done (and removes it when it
+    /// leaves), so the server can send it events.
+    #[must_use]
+    pub fn with_events(mut self, hub: EventHub) -> Self {
+        self.events = Some(hub);
+        self
     }
 
     /// Serves `spec` by handing every message to `forward` as it arrived (a gateway), and
@@ -1067,6 +1084,7 @@ impl Served {
                 Err(crate::rpc::HandlerError::UnknownMethod)
             }),
             forward: Some(forward),
+            events: None,
         }
     }
 }
@@ -1279,6 +1297,7 @@ impl Host for ServerConn {
                         .collect();
                     *lock(&self.handlers) = handlers;
                     self.open_forwards(&peer);
+                    self.register_events(&peer.protocols);
                     self.server.event(ServerEvent::Accepted {
                         peer: self.peer,
                         instance: peer.instance,
@@ -1306,6 +1325,7 @@ impl Host for ServerConn {
                     for (f, link) in forwards.into_iter().flatten() {
                         f.closed(&link, &error);
                     }
+                    self.unregister_events();
                     self.server.event(ServerEvent::Closed {
                         peer: self.peer,
                         error,
@@ -1319,6 +1339,42 @@ impl Host for ServerConn {
 
     fn finished(&self) {
         lock(&self.requests).take();
+        self.unregister_events();
+    }
+}
+
+impl ServerConn {
+    /// Puts this client in the event hub of each protocol it speaks that has one.
+    fn register_events(&self, protocols: &[(ProtocolSpec, u32)]) {
+        for (spec, version) in protocols {
+            let hub = self
+                .server
+                .protocols
+                .iter()
+                .find(|s| s.spec.name == spec.name)
+                .and_then(|s| s.events.as_ref());
+            if let Some(hub) = hub
+                && *version != 0
+            {
+                hub.insert_versioned(self.channel_id(), WeakConnSender(self.me.clone()), *version);
+            }
+        }
+    }
+
+    /// Its name in event hubs.
+    fn channel_id(&self) -> ChannelId {
+        ChannelId(NET_CHANNEL_IDS + self.id)
+    }
+
+    fn unregister_events(&self) {
+        for hub in self
+            .server
+            .protocols
+            .iter()
+            .filter_map(|s| s.events.as_ref())
+        {
+            hub.remove(self.channel_id());
+        }
     }
 }
 
@@ -1414,6 +1470,26 @@ impl TransportSender for ConnSender {
     }
 }
 
+/// A [`ConnSender`] held by an event hub: it does not keep a gone connection alive.
+struct WeakConnSender(std::sync::Weak<ServerConn>);
+
+impl TransportSender for WeakConnSender {
+    fn send_with(
+        &self,
+        out: &Outgoing,
+        object_lens: &[u64],
+        fill: &mut dyn FnMut(&mut dyn ObjectSink) -> Result<(), TransportError>,
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        let conn = self.0.upgrade().ok_or(TransportError::PeerDied)?;
+        ConnSender(conn).send_with(out, object_lens, fill, timeout)
+    }
+
+    fn max_message(&self) -> u64 {
+        self.0.upgrade().map_or(0, |c| ConnSender(c).max_message())
+    }
+}
+
 /// A TCP listener serving one or more protocols.
 pub struct NetServer {
     local_addr: SocketAddr,
@@ -1505,6 +1581,7 @@ impl NetServer {
             if let Some(c) = c.upgrade() {
                 lock(&c.requests).take();
                 lock(&c.forwards).clear();
+                c.unregister_events();
             }
         }
     }
@@ -1684,7 +1761,8 @@ pub(super) fn accept_conn(
                 continue;
             };
             let mut h = |v: &RequestView<'_>, r: Responder<'_>| handler(v, r);
-            if dispatch(&msg, &sender, None, version, &mut h, &opts).is_err() {
+            let channel = Some(worker.channel_id());
+            if dispatch(&msg, &sender, channel, version, &mut h, &opts).is_err() {
                 break;
             }
         }

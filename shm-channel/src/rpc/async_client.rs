@@ -212,7 +212,7 @@ impl<T: AsyncTransport> AsyncClient<T> {
         timeout: Duration,
         decode: impl FnOnce(&dyn IncomingMessage) -> Result<R, String>,
     ) -> Result<R, CallError> {
-        let out = Outgoing::new(method.id, Kind::Request);
+        let out = Outgoing::new(method.id, Kind::Request).flags(method.delivery);
         self.round_trip(method, out, object_lens, fill, timeout, decode)
             .await
     }
@@ -238,7 +238,7 @@ impl<T: AsyncTransport> AsyncClient<T> {
         timeout: Duration,
     ) -> Result<(), CallError> {
         let lens: Vec<u64> = objects.iter().map(|(_, d)| d.len() as u64).collect();
-        let out = Outgoing::new(method.id, Kind::OneWay).flags(flags::SYNC);
+        let out = Outgoing::new(method.id, Kind::OneWay).flags(flags::SYNC | method.delivery);
         self.round_trip(method, out, &lens, copy_fill(objects), timeout, |_| Ok(()))
             .await
     }
@@ -254,7 +254,9 @@ impl<T: AsyncTransport> AsyncClient<T> {
     ) -> Result<(), CallError> {
         self.check_since(method)?;
         let lens: Vec<u64> = objects.iter().map(|(_, d)| d.len() as u64).collect();
-        let out = Outgoing::new(method.id, Kind::OneWay).no_queue(no_queue);
+        let out = Outgoing::new(method.id, Kind::OneWay)
+            .flags(method.delivery)
+            .no_queue(no_queue);
         let deadline = Instant::now().checked_add(timeout);
         self.send(&out, &lens, &mut once_fill(copy_fill(objects)), deadline)
             .await
@@ -269,7 +271,7 @@ impl<T: AsyncTransport> AsyncClient<T> {
         fill: impl FnOnce(&mut dyn ObjectSink) -> Result<(), TransportError> + Send,
         timeout: Duration,
     ) -> Result<(), CallError> {
-        let out = Outgoing::new(method.id, Kind::OneWay).flags(flags::SYNC);
+        let out = Outgoing::new(method.id, Kind::OneWay).flags(flags::SYNC | method.delivery);
         self.round_trip(method, out, object_lens, fill, timeout, |_| Ok(()))
             .await
     }
@@ -285,7 +287,9 @@ impl<T: AsyncTransport> AsyncClient<T> {
         no_queue: bool,
     ) -> Result<(), CallError> {
         self.check_since(method)?;
-        let out = Outgoing::new(method.id, Kind::OneWay).no_queue(no_queue);
+        let out = Outgoing::new(method.id, Kind::OneWay)
+            .flags(method.delivery)
+            .no_queue(no_queue);
         let deadline = Instant::now().checked_add(timeout);
         self.send(&out, object_lens, &mut once_fill(fill), deadline)
             .await

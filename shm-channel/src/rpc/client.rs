@@ -28,12 +28,28 @@ pub struct Method {
     pub id: u64,
     /// The protocol version that introduced it (`@since`; 1 for the first).
     pub since: u32,
+    /// Its delivery over network transports: [`flags::ONE_SHOT`], [`flags::IDEMPOTENT`],
+    /// [`flags::ORDERED`] (the IDL's `@one_shot`, `@idempotent`, `@ordered`), or 0 for the
+    /// default. Set on every message the method sends; the shm channel ignores it.
+    pub delivery: u64,
 }
 
 impl Method {
-    /// A method present since version 1.
+    /// A method present since version 1, delivered the default way.
     pub const fn new(name: &'static str, id: u64) -> Self {
-        Method { name, id, since: 1 }
+        Method {
+            name,
+            id,
+            since: 1,
+            delivery: 0,
+        }
+    }
+
+    /// With this delivery ([`flags::ONE_SHOT`], [`flags::IDEMPOTENT`] or
+    /// [`flags::ORDERED`]); other bits are dropped.
+    pub const fn delivery(mut self, delivery: u64) -> Self {
+        self.delivery = delivery & (flags::ONE_SHOT | flags::IDEMPOTENT | flags::ORDERED);
+        self
     }
 
     /// A method introduced in version `since`.
@@ -439,7 +455,9 @@ impl<T: Transport> Client<T> {
         self.check_since(method)?;
         let deadline = Instant::now().checked_add(timeout);
         let id = self.next_id();
-        let out = Outgoing::new(method.id, Kind::Request).request_id(id);
+        let out = Outgoing::new(method.id, Kind::Request)
+            .request_id(id)
+            .flags(method.delivery);
         self.sender
             .send_with(&out, object_lens, &mut once_fill(fill), timeout)?;
         self.wait_reply(id, deadline, decode)
@@ -468,7 +486,9 @@ impl<T: Transport> Client<T> {
         no_queue: bool,
     ) -> Result<(), CallError> {
         self.check_since(method)?;
-        let out = Outgoing::new(method.id, Kind::OneWay).no_queue(no_queue);
+        let out = Outgoing::new(method.id, Kind::OneWay)
+            .flags(method.delivery)
+            .no_queue(no_queue);
         self.sender
             .send_with(&out, object_lens, &mut once_fill(fill), timeout)?;
         Ok(())
@@ -500,7 +520,7 @@ impl<T: Transport> Client<T> {
         let id = self.next_id();
         let out = Outgoing::new(method.id, Kind::OneWay)
             .request_id(id)
-            .flags(flags::SYNC);
+            .flags(flags::SYNC | method.delivery);
         self.sender
             .send_with(&out, object_lens, &mut once_fill(fill), timeout)?;
         self.wait_reply(id, deadline, |_| Ok(()))
