@@ -318,7 +318,8 @@ fn consts_and_protocol_constants() {
         shm_channel::rpc::Method {
             name: "shape",
             id: 1,
-            since: 2
+            since: 2,
+            delivery: 0
         }
     );
     // `name` would clash with the protocol's `NAME`.

@@ -283,6 +283,17 @@ fn bad_urls_are_refused_with_their_reason() {
     assert!(e.to_string().contains(&url), "{e}");
 }
 
+/// Each method constant carries its IDL delivery, as RPC flag bits; events none.
+#[test]
+fn method_constants_carry_their_delivery() {
+    use shm_channel::rpc::flags;
+    assert_eq!(kinds::PLAIN.delivery, 0);
+    assert_eq!(kinds::PING.delivery, flags::ONE_SHOT);
+    assert_eq!(kinds::FETCH.delivery, flags::IDEMPOTENT);
+    assert_eq!(kinds::PUSH.delivery, flags::ORDERED);
+    assert_eq!(kinds::NOTE.delivery, 0);
+}
+
 /// `@one_shot`: with no connection the call fails at once (`NotConnected`), though its
 /// deadline is long; a default call in the same spot waits in the queue instead.
 #[test]
