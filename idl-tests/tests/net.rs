@@ -264,18 +264,23 @@ fn a_plain_name_still_means_shared_memory() {
     });
 }
 
-/// Bad URLs are refused with an error that names them; `quic://` without TLS roots
-/// says what it needs.
+/// Bad URLs are refused with an error that names them; `tls://` and `quic://` without
+/// TLS roots say what they need.
 #[test]
 fn bad_urls_are_refused_with_their_reason() {
     for url in ["udp://h:1", "tcp://nohost", "", "a/b"] {
         let e = kinds::Client::connect_url(url).expect_err(url);
         assert!(e.to_string().contains(&format!("{url:?}")), "{url}: {e}");
     }
+    let e = kinds::Client::connect_url("tls://127.0.0.1:9").expect_err("tls");
+    assert!(e.to_string().contains("TLS settings"), "{e}");
     // (Or, where shm-channel's `quic` feature is off, that this build has no QUIC.)
     let e = kinds::Client::connect_url("quic://127.0.0.1:9").expect_err("quic");
     let e = e.to_string();
-    assert!(e.contains("TLS") || e.contains("no connector"), "{e}");
+    assert!(
+        e.contains("TLS settings") || e.contains("no connector"),
+        "{e}"
+    );
     // A TCP URL with nobody listening fails within the wait, naming the URL.
     let url = free_url();
     let opts = kinds::connect_options().wait_for(Duration::from_secs(5));

@@ -258,8 +258,9 @@ impl Gen<'_, '_> {
                 impl Client<::shm_channel::net::Endpoint> {
                     /// Connects to the service at `url`, wherever it runs:
                     /// `shm://display` or a plain `display` (shared memory, as
-                    /// [`Client::connect`]), `tcp://host:port`, `quic://host:port`
-                    /// (QUIC needs TLS roots: [`Client::connect_url_with`]). The same
+                    /// [`Client::connect`]), `tcp://host:port`, `tls://host:port`,
+                    /// `quic://host:port` (TLS and QUIC need roots to trust:
+                    /// [`Client::connect_url_with`]). The same
                     /// methods then work over the network; each is delivered as its
                     /// IDL attribute says (`@one_shot`, `@idempotent`, `@ordered`).
                     pub fn connect_url(url: &str) -> ::core::result::Result<Self, ::shm_channel::net::EndpointError> {

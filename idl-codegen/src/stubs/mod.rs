@@ -170,7 +170,7 @@ impl Gen<'_, '_> {
                 /// How [`serve_url`] listens: requests limited as the client-to-server
                 /// ring is ([`CLIENT_TO_SERVER_MAX`]); see
                 /// [`ServeOptions`](::shm_channel::net::ServeOptions) for the server's
-                /// configuration and QUIC's certificate.
+                /// configuration and the certificate of `tls://` and `quic://`.
                 #[must_use]
                 pub fn serve_options() -> ::shm_channel::net::ServeOptions {
                     ::shm_channel::net::ServeOptions::default().max_receive(CLIENT_TO_SERVER_MAX)

@@ -108,7 +108,7 @@ impl Gen<'_, '_> {
         let net = self.net.then(|| {
             quote! {
                 /// Serves `server` to network clients at `url` (`tcp://host:port`,
-                /// `quic://host:port`; port 0 picks a free one, see
+                /// `tls://host:port`, `quic://host:port`; port 0 picks a free one, see
                 /// [`NetServer::local_addr`](::shm_channel::net::NetServer::local_addr)) in
                 /// the background, until the returned server is dropped. The requests of
                 /// every client go through `server`, one at a time, as with [`serve`];
@@ -123,7 +123,7 @@ impl Gen<'_, '_> {
                 }
 
                 /// [`serve_url`] with `options` (start from [`serve_options`]: the
-                /// server's configuration, QUIC's certificate).
+                /// server's configuration, the certificate of `tls://` and `quic://`).
                 pub fn serve_url_with<S: Server + ::core::marker::Send + 'static>(
                     url: &str,
                     server: S,
@@ -186,7 +186,8 @@ impl Gen<'_, '_> {
 
             impl<'a> Context<'a> {
                 /// The client that called: the id to send it events with. On
-                /// [`serve_channel`], whose one client has no id, `ChannelId(0)`.
+                /// [`serve_channel`], whose one client has no id, `ChannelId(0)`;
+                /// over the network, its connection's (see `serve_url`).
                 #[must_use]
                 pub fn client(&self) -> ::shm_channel::ChannelId {
                     self.request.channel().unwrap_or(::shm_channel::ChannelId(0))

@@ -1105,7 +1105,7 @@ pub mod every_type {
     /// How [`serve_url`] listens: requests limited as the client-to-server
     /// ring is ([`CLIENT_TO_SERVER_MAX`]); see
     /// [`ServeOptions`](::shm_channel::net::ServeOptions) for the server's
-    /// configuration and QUIC's certificate.
+    /// configuration and the certificate of `tls://` and `quic://`.
     #[must_use]
     pub fn serve_options() -> ::shm_channel::net::ServeOptions {
         ::shm_channel::net::ServeOptions::default().max_receive(CLIENT_TO_SERVER_MAX)
@@ -1209,8 +1209,9 @@ pub mod every_type {
     impl Client<::shm_channel::net::Endpoint> {
         /// Connects to the service at `url`, wherever it runs:
         /// `shm://display` or a plain `display` (shared memory, as
-        /// [`Client::connect`]), `tcp://host:port`, `quic://host:port`
-        /// (QUIC needs TLS roots: [`Client::connect_url_with`]). The same
+        /// [`Client::connect`]), `tcp://host:port`, `tls://host:port`,
+        /// `quic://host:port` (TLS and QUIC need roots to trust:
+        /// [`Client::connect_url_with`]). The same
         /// methods then work over the network; each is delivered as its
         /// IDL attribute says (`@one_shot`, `@idempotent`, `@ordered`).
         pub fn connect_url(
@@ -1920,7 +1921,8 @@ pub mod every_type {
     }
     impl<'a> Context<'a> {
         /// The client that called: the id to send it events with. On
-        /// [`serve_channel`], whose one client has no id, `ChannelId(0)`.
+        /// [`serve_channel`], whose one client has no id, `ChannelId(0)`;
+        /// over the network, its connection's (see `serve_url`).
         #[must_use]
         pub fn client(&self) -> ::shm_channel::ChannelId {
             self.request.channel().unwrap_or(::shm_channel::ChannelId(0))
@@ -2122,7 +2124,7 @@ pub mod every_type {
         end
     }
     /// Serves `server` to network clients at `url` (`tcp://host:port`,
-    /// `quic://host:port`; port 0 picks a free one, see
+    /// `tls://host:port`, `quic://host:port`; port 0 picks a free one, see
     /// [`NetServer::local_addr`](::shm_channel::net::NetServer::local_addr)) in
     /// the background, until the returned server is dropped. The requests of
     /// every client go through `server`, one at a time, as with [`serve`];
@@ -2139,7 +2141,7 @@ pub mod every_type {
         serve_url_with(url, server, events, &serve_options())
     }
     /// [`serve_url`] with `options` (start from [`serve_options`]: the
-    /// server's configuration, QUIC's certificate).
+    /// server's configuration, the certificate of `tls://` and `quic://`).
     pub fn serve_url_with<S: Server + ::core::marker::Send + 'static>(
         url: &str,
         server: S,

@@ -1,6 +1,7 @@
 //! One way to reach a service wherever it runs: [`Endpoint`] is a transport that is either
 //! a shm [`Channel`] or a network [`NetClient`], chosen by a URL (`shm://display`, a plain
-//! `display`, `tcp://host:port`, `quic://host:port`); [`bind_url`] is the server's side.
+//! `display`, `tcp://host:port`, `tls://host:port`, `quic://host:port`); [`bind_url`] is the
+//! server's side.
 //!
 //! The generated clients' `connect_url` and the generated `serve_url` are written on these,
 //! so a program moves a service to another machine by changing only the URL.
@@ -13,6 +14,7 @@ use thiserror::Error;
 use super::addr::{Address, AddressError};
 use super::frame::ProtocolSpec;
 use super::tcp::{ClientConfig, NetClient, NetMessage, NetSender, NetServer, Served, ServerConfig};
+use super::tls::{ClientTls, ServerTls};
 use crate::channel::Channel;
 use crate::ring::{Message, RingWriter};
 use crate::rpc::{
@@ -32,9 +34,9 @@ pub struct ConnectOptions {
     /// fail if there is none (default 5 s); `None` connects lazily, in the background: calls
     /// made meanwhile wait in the queue (or fail at once, for `@one_shot` methods).
     pub wait: Option<Duration>,
-    /// For `quic://`: whom the client trusts (QUIC always runs TLS).
-    #[cfg(feature = "quic")]
-    pub quic_tls: Option<super::quic::QuicClientTls>,
+    /// For `tls://` and `quic://`: whom the client trusts (the URL decides whether TLS
+    /// runs: `tcp://` is plain TCP whatever this says).
+    pub tls: Option<ClientTls>,
 }
 
 impl ConnectOptions {
@@ -45,8 +47,7 @@ impl ConnectOptions {
             shm,
             net: ClientConfig::new(ProtocolSpec::new(name, version)),
             wait: Some(Duration::from_secs(5)),
-            #[cfg(feature = "quic")]
-            quic_tls: None,
+            tls: None,
         }
     }
 
@@ -74,11 +75,10 @@ impl ConnectOptions {
         self
     }
 
-    /// Trusts what `tls` says for `quic://` URLs.
-    #[cfg(feature = "quic")]
+    /// Trusts what `tls` says for `tls://` and `quic://` URLs.
     #[must_use]
-    pub fn quic_tls(mut self, tls: super::quic::QuicClientTls) -> Self {
-        self.quic_tls = Some(tls);
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 }
@@ -109,9 +109,9 @@ pub enum EndpointError {
         /// Why.
         error: TransportError,
     },
-    /// `quic://` without TLS settings ([`ConnectOptions::quic_tls`],
-    /// [`ServeOptions::quic_tls`]).
-    #[error("{0}: QUIC needs TLS settings (roots to trust, or the server's certificate)")]
+    /// `tls://` or `quic://` without TLS settings ([`ConnectOptions::tls`],
+    /// [`ServeOptions::tls`]).
+    #[error("{0}: TLS settings are needed (roots to trust, or the server's certificate)")]
     NeedsTls(String),
     /// This scheme is not available here (a cargo feature of shm-channel is off, or a
     /// server cannot listen on it).
@@ -144,17 +144,25 @@ fn net_client(address: &Address, opts: &ConnectOptions) -> Result<NetClient, End
         url: url.clone(),
         error: TransportError::Io(e.to_string()),
     };
+    let tls = || {
+        opts.tls
+            .clone()
+            .ok_or_else(|| EndpointError::NeedsTls(url.clone()))
+    };
+    let mut config = opts.net.clone();
     match address {
         Address::Tcp(host_port) => {
-            NetClient::new(resolve(host_port)?, opts.net.clone()).map_err(io)
+            config.tls = None;
+            NetClient::new(resolve(host_port)?, config).map_err(io)
+        }
+        Address::Tls(host_port) => {
+            config.tls = Some(tls()?);
+            NetClient::new(resolve(host_port)?, config).map_err(io)
         }
         #[cfg(feature = "quic")]
         Address::Quic(host_port) => {
-            let tls = opts
-                .quic_tls
-                .as_ref()
-                .ok_or_else(|| EndpointError::NeedsTls(url.clone()))?;
-            NetClient::new_quic(resolve(host_port)?, opts.net.clone(), tls).map_err(io)
+            config.tls = None;
+            NetClient::new_quic(resolve(host_port)?, config, &tls()?).map_err(io)
         }
         // A scheme added to `Address` (or compiled out) is one arm above.
         #[allow(unreachable_patterns)]
@@ -420,9 +428,9 @@ impl crate::rpc::AsyncTransport for AsyncEndpoint {
 pub struct ServeOptions {
     /// The server's behaviour (connections, reply timeout, instance id).
     pub config: ServerConfig,
-    /// For `quic://`: the server's certificate (QUIC always runs TLS).
-    #[cfg(feature = "quic")]
-    pub quic_tls: Option<super::quic::QuicServerTls>,
+    /// For `tls://` and `quic://`: the server's certificate (the URL decides whether TLS
+    /// runs).
+    pub tls: Option<ServerTls>,
 }
 
 impl ServeOptions {
@@ -442,16 +450,15 @@ impl ServeOptions {
         self
     }
 
-    /// With this certificate for `quic://`.
-    #[cfg(feature = "quic")]
+    /// With this certificate for `tls://` and `quic://`.
     #[must_use]
-    pub fn quic_tls(mut self, tls: super::quic::QuicServerTls) -> Self {
-        self.quic_tls = Some(tls);
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 }
 
-/// Listens at `url` (`tcp://host:port`, `quic://host:port`; port 0 picks a free one, see
+/// Listens at `url` (`tcp://host:port`, `tls://host:port`, `quic://host:port`; port 0 picks a free one, see
 /// [`NetServer::local_addr`]) and serves `protocols` in the background until the returned
 /// server is dropped. A `shm://` URL is refused: a local service is served on the
 /// caller's thread (the generated `serve`).
@@ -469,17 +476,25 @@ pub fn bind_url(
         // A server listens on one address: the first the name resolves to.
         Ok(resolve(host_port)?[0])
     };
+    let tls = || {
+        opts.tls
+            .clone()
+            .ok_or_else(|| EndpointError::NeedsTls(url.to_string()))
+    };
+    let mut config = opts.config.clone();
     match &address {
         Address::Tcp(host_port) => {
-            NetServer::bind(first(host_port)?, opts.config.clone(), protocols).map_err(io)
+            config.tls = None;
+            NetServer::bind(first(host_port)?, config, protocols).map_err(io)
+        }
+        Address::Tls(host_port) => {
+            config.tls = Some(tls()?);
+            NetServer::bind(first(host_port)?, config, protocols).map_err(io)
         }
         #[cfg(feature = "quic")]
         Address::Quic(host_port) => {
-            let tls = opts
-                .quic_tls
-                .as_ref()
-                .ok_or_else(|| EndpointError::NeedsTls(url.to_string()))?;
-            NetServer::bind_quic(first(host_port)?, opts.config.clone(), protocols, tls).map_err(io)
+            config.tls = None;
+            NetServer::bind_quic(first(host_port)?, config, protocols, &tls()?).map_err(io)
         }
         Address::Shm(_) => Err(EndpointError::Unsupported(
             url.to_string(),
