@@ -347,7 +347,13 @@ fn default_messages_queued_before_the_server_exists_are_sent_once_it_appears() {
 fn ordered_calls_arrive_in_order() {
     with_watchdog(LIMIT, || {
         let big = vec![7u8; 512 * 1024];
-        let sizes = |n: u64| if n.is_multiple_of(4) { &big[..] } else { &big[..8] };
+        let sizes = |n: u64| {
+            if n.is_multiple_of(4) {
+                &big[..]
+            } else {
+                &big[..8]
+            }
+        };
         // Ordered, queued before the server exists so they all leave at once.
         let url = free_url();
         let mut c = lazy_client(&url);
