@@ -755,8 +755,10 @@ impl Connection {
             self.ordered_busy.remove(&s.stream);
             let token = s.msg.token;
             if let Some(id) = s.msg.request_id {
-                let keep = (s.msg.delivery == Delivery::Idempotent).then_some(s.msg);
-                let delivery = keep.as_ref().map_or(Delivery::Default, |m| m.delivery);
+                // The delivery is kept for every kind: the pool decides by it what a
+                // dropped connection means for the call (a one-shot fails at once).
+                let delivery = s.msg.delivery;
+                let keep = (delivery == Delivery::Idempotent).then_some(s.msg);
                 self.awaiting.insert(id, (token, delivery, keep));
             }
             self.events.push_back(ConnEvent::Sent { token });

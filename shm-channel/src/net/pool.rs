@@ -700,6 +700,13 @@ impl<A: Clone> Pool<A> {
                     u.request_id,
                     Failure::ConnectionLost(error.to_string()),
                 ),
+                // One-shot: completes as soon as it can, rather than wait for a reconnect
+                // to learn whether the peer restarted.
+                (Progress::AwaitingReply, _) if u.delivery == Delivery::OneShot => self.fail(
+                    u.token,
+                    u.request_id,
+                    Failure::ConnectionLost(error.to_string()),
+                ),
                 (Progress::AwaitingReply, _) => self.orphans.push(Orphan {
                     token: u.token,
                     request_id: u.request_id,

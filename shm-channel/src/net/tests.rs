@@ -840,6 +840,35 @@ fn a_restarted_peer_fails_awaited_calls_and_idempotent_ones_are_resent() {
     );
 }
 
+/// Regression (found by the network crash trials): a one-shot call awaiting its reply when
+/// the connection dropped waited for the next handshake (forever, with the server gone)
+/// instead of failing at once.
+#[test]
+fn a_one_shot_call_awaiting_its_reply_fails_when_the_connection_drops() {
+    let mut p = PoolPair::new(PoolConfig::default(), vec![1]);
+    p.request(3, 10, Delivery::Default).unwrap();
+    p.drive();
+    assert_eq!(p.replies(), 1, "connected");
+    p.echo = false;
+    p.request(1, 10, Delivery::OneShot).unwrap();
+    p.request(2, 10, Delivery::Default).unwrap();
+    p.drive();
+    assert_eq!(p.pool.connection(1).unwrap().awaiting(), 2);
+    p.up = false;
+    p.kill_servers();
+    assert!(
+        matches!(p.failures()[..], [(1, Failure::ConnectionLost(_))]),
+        "{:?}",
+        p.failures()
+    );
+    p.advance(Duration::from_secs(1));
+    assert_eq!(
+        p.failures().len(),
+        1,
+        "the default call waits for a handshake"
+    );
+}
+
 #[test]
 fn the_same_peer_back_means_the_reply_was_lost() {
     let mut p = PoolPair::new(PoolConfig::default(), vec![1]);

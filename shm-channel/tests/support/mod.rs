@@ -218,11 +218,34 @@ impl ChildGuard {
         }
     }
 
+    /// The stdout lines the child printed since the last look, without waiting.
+    pub fn lines_so_far(&mut self) -> Vec<String> {
+        self.1.try_iter().collect()
+    }
+
     /// Sends SIGKILL and reaps the child.
     pub fn kill9(mut self) -> ExitStatus {
         let mut child = self.0.take().expect("child gone");
         let _ = child.kill();
         child.wait().expect("wait")
+    }
+
+    /// Sends SIGKILL, reaps the child and returns the stdout lines not consumed yet, up to
+    /// the end of its output (all it printed before it died).
+    pub fn kill9_with_output(mut self) -> (ExitStatus, Vec<String>) {
+        let mut child = self.0.take().expect("child gone");
+        let _ = child.kill();
+        let status = child.wait().expect("wait");
+        let deadline = Instant::now() + WATCHDOG;
+        let mut rest = Vec::new();
+        // The drain thread hangs up at the end of the pipe.
+        while let Ok(l) = self
+            .1
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            rest.push(l);
+        }
+        (status, rest)
     }
 
     /// Waits for the child to end, killing it and failing after the watchdog.
