@@ -39,10 +39,8 @@ fn kib(text: &str, key: &str) -> Option<u64> {
 
 fn measure(contender: Contender) -> Result<serde_json::Value> {
     let opts = Options {
-        mode: Mode::Echo,
-        max: MAX,
         ring_max: MAX as u64,
-        stub_spin: false,
+        ..Options::new(Mode::Echo, MAX)
     };
     let mut client = Client::start(contender, Placement::Unpinned, opts)?;
     for _ in 0..ROUND_TRIPS {

@@ -11,9 +11,12 @@
 //!
 //! - `bare-park`, `typed-blocking-park`, `typed-async-park`: shm-channel's
 //!   default wait policy (spin, then park) on both sides;
+//! - `typed-async-nospin`: the async client with its channel on
+//!   `WaitPolicy::PARK` (the server on the default): the async client
+//!   without its spin phase, every reply a kernel wake-up, as before it had
+//!   one;
 //! - `bare-spin`, `typed-blocking-spin`: both sides polling
-//!   (`WaitPolicy::SPIN`). The async client has no polling mode: its
-//!   reader task waits on the runtime.
+//!   (`WaitPolicy::SPIN`).
 //!
 //! Placements as in `rtt` (`BENCH_PLACEMENTS`; `QUICK=1`: `crosscore`,
 //! `samecore`). One criterion iteration is one call, timed on its own; the
@@ -46,39 +49,53 @@ struct Case {
     /// Both sides poll (`WaitPolicy::SPIN`); the generated clients only, the
     /// bare ones choose by contender.
     stub_spin: bool,
+    /// The async client parks at once (`WaitPolicy::PARK` on its side).
+    async_nospin: bool,
     /// The bare case this one is compared with; `None` for a bare case.
     bare: Option<&'static str>,
 }
 
-const CASES: [Case; 5] = [
+const CASES: [Case; 6] = [
     Case {
         id: "bare-park",
         contender: Contender::ShmPark,
         stub_spin: false,
+        async_nospin: false,
         bare: None,
     },
     Case {
         id: "typed-blocking-park",
         contender: Contender::GenBlocking,
         stub_spin: false,
+        async_nospin: false,
         bare: Some("bare-park"),
     },
     Case {
         id: "typed-async-park",
         contender: Contender::GenAsync,
         stub_spin: false,
+        async_nospin: false,
+        bare: Some("bare-park"),
+    },
+    Case {
+        id: "typed-async-nospin",
+        contender: Contender::GenAsync,
+        stub_spin: false,
+        async_nospin: true,
         bare: Some("bare-park"),
     },
     Case {
         id: "bare-spin",
         contender: Contender::ShmSpin,
         stub_spin: false,
+        async_nospin: false,
         bare: None,
     },
     Case {
         id: "typed-blocking-spin",
         contender: Contender::GenBlocking,
         stub_spin: true,
+        async_nospin: false,
         bare: Some("bare-spin"),
     },
 ];
@@ -108,6 +125,7 @@ fn stubs(c: &mut Criterion) {
                 let client = client.get_or_insert_with(|| {
                     let mut opts = Options::new(Mode::Echo, len);
                     opts.stub_spin = case.stub_spin;
+                    opts.async_nospin = case.async_nospin;
                     Client::start(case.contender, placement, opts)
                         .unwrap_or_else(|e| panic!("stubs: starting {id}: {e}"))
                 });

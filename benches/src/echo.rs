@@ -194,9 +194,13 @@ pub struct Options {
     pub ring_max: u64,
     /// The blocking generated client (`gen-blocking`) and its server both
     /// poll (`WaitPolicy::SPIN`, as `shm-spin`) instead of shm-channel's
-    /// default spin-then-park. Not for `gen-async`, whose reader waits on
-    /// the runtime.
+    /// default spin-then-park. Not for `gen-async`.
     pub stub_spin: bool,
+    /// The async generated client (`gen-async`) parks at once
+    /// (`WaitPolicy::PARK` on its channel; the server keeps the default):
+    /// the async client as it was before its spin phase, every reply a
+    /// kernel wake-up.
+    pub async_nospin: bool,
 }
 
 impl Options {
@@ -209,6 +213,7 @@ impl Options {
             max,
             ring_max: (4 * max as u64).max(4 << 20),
             stub_spin: false,
+            async_nospin: false,
         }
     }
 }
@@ -477,9 +482,14 @@ impl Client {
                 pin(&server)?;
                 let is_async = contender == Contender::GenAsync;
                 if is_async && opts.stub_spin {
-                    return Err("gen-async cannot poll: its reader waits on the runtime".into());
+                    return Err("gen-async has no polling case".into());
                 }
-                let policy = opts.stub_spin.then_some(WaitPolicy::SPIN);
+                // The client's policy; the server's comes from STUB_SPIN_ENV.
+                let policy = if is_async {
+                    opts.async_nospin.then_some(WaitPolicy::PARK)
+                } else {
+                    opts.stub_spin.then_some(WaitPolicy::SPIN)
+                };
                 let conn = stubs_peer::StubConn::connect(
                     &name,
                     opts.ring_max,

@@ -14,6 +14,7 @@
 use std::time::Instant;
 
 use shm_channel::ring::WaitPolicy;
+use shm_channel::async_channel;
 use shm_channel::service::{self, ConnectError, Service};
 
 use crate::echo::{
@@ -51,8 +52,15 @@ impl StubConn {
                 .enable_all()
                 .build()?;
             loop {
-                match rt.block_on(AsyncClient::connect_with(name, &config)) {
-                    Ok(mut client) => {
+                match rt.block_on(async_channel::connect(name, &config)) {
+                    Ok(channel) => {
+                        // `new` spawns the reader task: inside the runtime.
+                        let mut client = rt.block_on(async {
+                            AsyncClient::new(match policy {
+                                Some(policy) => channel.with_wait_policy(policy),
+                                None => channel,
+                            })
+                        });
                         client.set_default_timeout(STUCK);
                         return Ok(StubConn::Async(Box::new(client), rt));
                     }

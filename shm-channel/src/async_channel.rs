@@ -1,6 +1,7 @@
 //! Channels and services on tokio (feature `tokio`, on by default): `recv().await`,
-//! `send_objects(..).await` and `accept().await`, each parked on a file descriptor, never
-//! polling.
+//! `send_objects(..).await` and `accept().await`. A receive spins briefly in bursts that
+//! give the thread back to the runtime (see [Spinning](#spinning)), then parks on a file
+//! descriptor, never polling.
 //!
 //! # Readiness
 //!
@@ -25,12 +26,51 @@
 //! Both are cancel-safe: a `recv` dropped before it returns consumed nothing, and the
 //! doorbell armed for it is disarmed. Time limits come from `tokio::time::timeout`.
 //!
-//! Unlike the blocking calls, the futures do not spin before parking (a spin would hold the
-//! executor's thread): each wait costs a kernel wake-up. Like a parked blocking call, a
-//! waiting future looks at its ring again every [`LOOK_AGAIN`] even when nobody rang: a
-//! wake-up taken by someone else (a clone of the writer parked on the same doorbell in
-//! another thread drains the eventfd it shares with us) or a peer that does not ring costs
-//! latency, never a hang.
+//! Like a parked blocking call, a waiting future looks at its ring again every
+//! [`LOOK_AGAIN`] even when nobody rang: a wake-up taken by someone else (a clone of the
+//! writer parked on the same doorbell in another thread drains the eventfd it shares with
+//! us) or a peer that does not ring costs latency, never a hang.
+//!
+//! # Spinning
+//!
+//! A parked future is woken by the kernel: the peer signals the eventfd, the runtime's
+//! thread returns from `epoll_wait`. Across cores that costs tens of microseconds on the
+//! machines measured (docs/BENCHMARKS.md, "stubs"), where the round trip itself takes about
+//! one: without a spin an async call costs thirty times a blocking one. So `recv`, finding
+//! the ring empty, first spins, as the blocking [`Channel::recv`] does, with the very same
+//! adaptive limit ([`WaitPolicy`], learned per ring and shared with the channel's blocking
+//! calls: a message that arrives during the spin after `t` raises the limit to `2t`, a spin
+//! that runs out halves it, down to a microsecond).
+//!
+//! What differs is that a tokio task must not hold its thread for long: the spin runs in
+//! bursts of at most [`SPIN_BURST`], with a `tokio::task::yield_now()` before each, so the
+//! runtime runs its other tasks, timers and I/O between two bursts. The first yield also
+//! matters on a current-thread runtime: the task that our last message woke (a caller
+//! waiting for its reply, say) runs and sends its next request before we spin for the
+//! answer. The spin's whole length is bounded by the policy's `max_spin` (100 µs by
+//! default); once it runs out the future parks and does not spin again in this call.
+//!
+//! The trade-off, and when to turn it off:
+//!
+//! - a spinning future keeps its runtime thread busy for up to the limit on every wait: CPU
+//!   time that an idle-then-parked runtime would not spend (only while the peer answers
+//!   within the limit does the limit stay up; an idle peer soon costs a microsecond per
+//!   wait);
+//! - when the peer shares our core (or runs on this very runtime), spinning only delays it:
+//!   the limit then drops to its floor by itself (a reply that came only after a yield of
+//!   the thread counts as a miss, as for the blocking spin);
+//! - a busy runtime (other tasks ready) gains little: its thread is awake anyway and polls
+//!   the reactor between tasks, so a wake-up costs no sleeping thread;
+//! - [`WaitPolicy::PARK`] ([`AsyncChannel::set_wait_policy`]) never spins (every wait a
+//!   kernel wake-up, never a held thread); [`WaitPolicy::SPIN`] never parks (the future
+//!   polls, yielding between bursts, until a message comes or the peer dies).
+//!
+//! Sending does not spin: a send that finds the ring full parks on the room doorbell at
+//! once (the full ring is the overloaded, rare case).
+//!
+//! How waits ended shows in [`Ring::wait_stats`](crate::Ring::wait_stats) of the receive
+//! ring ([`Channel::rx_ring`]): `spin_hits` (found while spinning) and `parks` (went to
+//! sleep in the runtime).
 //!
 //! # Example
 //!
@@ -71,15 +111,23 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use crate::channel::{Channel, ChannelId, TryRecvError, TrySendError};
 use crate::event_loop::{HANDSHAKE_POLL, LOOK_AGAIN};
-use crate::ring::{Kind, Message, RecvError, RingWriter, SendError};
+use crate::ring::{Burst, Kind, Message, RecvError, RingWriter, SendError, Spin, WaitPolicy};
 use crate::service::{self, AcceptError, ClientConfig, ConnectError, Service};
 use crate::sys;
+
+/// The longest a receive spins without giving its runtime's thread back: between two bursts
+/// it yields (`tokio::task::yield_now`), so other tasks, timers and I/O get their turn. A
+/// few microseconds: long enough to catch a peer on another core that answers at once
+/// (a round trip is about a microsecond here), short against what tokio asks of a task
+/// between two awaits.
+pub const SPIN_BURST: Duration = Duration::from_micros(5);
 
 /// A [`Channel`] whose waits are tokio futures. See the [module docs](self).
 pub struct AsyncChannel {
@@ -131,6 +179,22 @@ impl AsyncChannel {
         self.channel.tx()
     }
 
+    /// Sets how [`recv`](Self::recv) spins before it parks, and how the channel's blocking
+    /// calls wait (see [`Channel::set_wait_policy`]; the default spins adaptively up to
+    /// 100 µs). [`WaitPolicy::PARK`] never spins: every wait is a wake-up by the kernel,
+    /// and no runtime thread is ever held. See the [module docs](self#spinning).
+    pub fn set_wait_policy(&mut self, policy: WaitPolicy) {
+        self.channel.set_wait_policy(policy);
+    }
+
+    /// [`set_wait_policy`](Self::set_wait_policy), by value (for
+    /// `AsyncClient::new(channel.with_wait_policy(..))`).
+    #[must_use]
+    pub fn with_wait_policy(mut self, policy: WaitPolicy) -> Self {
+        self.set_wait_policy(policy);
+        self
+    }
+
     /// Unwraps the blocking channel (deregistering it from tokio).
     pub fn into_inner(self) -> Channel {
         self.channel
@@ -140,14 +204,37 @@ impl AsyncChannel {
     /// space). Messages the peer sent before it died are delivered first; then
     /// [`RecvError::PeerDied`]. Cancel-safe.
     pub async fn recv(&mut self) -> Result<Message<'_>, RecvError> {
+        // The spin phase (see the module docs): started when the ring is first found empty,
+        // dropped once it runs out (then this call parks, and does not spin again).
+        let mut spin: Option<Spin> = None;
+        let mut spinning = true;
         loop {
             if peek(&mut self.channel)? {
                 break;
+            }
+            if spinning {
+                if spin.is_none() {
+                    spin = self.channel.rx().start_spin();
+                }
+                if let Some(s) = spin.as_mut() {
+                    // Other tasks first: the one our last message woke may be the one whose
+                    // request the peer answers next (a client's caller, on a current-thread
+                    // runtime), and a task must not hold the thread for long anyway.
+                    tokio::task::yield_now().await;
+                    match self.channel.rx().spin_burst(s, SPIN_BURST)? {
+                        // Found (taken below), or not yet: look again through the channel,
+                        // which also notices a dead peer (a `SPIN` policy never runs out).
+                        Burst::Ready(()) | Burst::Again => continue,
+                        Burst::Expired => {}
+                    }
+                }
+                spinning = false;
             }
             // Arming looks at the ring once more: a message that came meanwhile is taken now.
             if !self.channel.rx().arm_doorbell()? {
                 continue;
             }
+            self.channel.rx().note_park();
             let armed = ArmedReader(&mut self.channel);
             let woke = wait_either(&self.rx_bell, &self.socket).await;
             drop(armed);

@@ -60,6 +60,7 @@ use crate::region::{HeapRegion, MemfdRegion, Region, RegionError};
 mod wait;
 use crate::sys;
 use wait::{Bells, Parked, Side, SpinLimit, WaitCounters};
+pub(crate) use wait::{Burst, Spin};
 pub use wait::{WaitPolicy, WaitStats};
 
 /// How long a waiter spins on a held spinlock before it checks whether the
@@ -1177,6 +1178,7 @@ impl RingWriter {
                 return done;
             }
             if let Some(done) = self.mem.writer_spin.spin(&self.policy, deadline, attempt) {
+                self.mem.stats.spin_hit();
                 return done;
             }
             let left = match deadline {
@@ -1690,6 +1692,7 @@ impl RingReader {
                 .reader_spin
                 .spin(&policy, deadline, || self.poll_once().transpose())
             {
+                mem.stats.spin_hit();
                 break found?;
             }
             let mut left = match deadline {
@@ -1755,6 +1758,46 @@ impl RingReader {
     /// [`arm_doorbell`](Self::arm_doorbell)).
     pub fn disarm_doorbell(&mut self) {
         self.mem.disarm(Side::Reader);
+    }
+
+    /// For async code: starts the adaptive spin that
+    /// [`receive`](Self::receive) does before parking (see [`WaitPolicy`]);
+    /// `None` when it parks at once. Drive it with
+    /// [`spin_burst`](Self::spin_burst).
+    pub(crate) fn start_spin(&self) -> Option<Spin> {
+        self.mem.reader_spin.begin(None)
+    }
+
+    /// For async code: one burst (at most `burst` long) of `spin`, looking
+    /// at the ring until a complete message is there ([`Burst::Ready`]; not
+    /// consumed: receive it). Learns from the outcome as the blocking spin
+    /// does (both share the limit).
+    pub(crate) fn spin_burst(
+        &mut self,
+        spin: &mut Spin,
+        burst: Duration,
+    ) -> Result<Burst<()>, RecvError> {
+        let mem = Arc::clone(&self.mem);
+        let policy = self.policy;
+        let got = mem.reader_spin.burst(spin, &policy, burst, || {
+            self.poll_once().map(|found| found.map(drop)).transpose()
+        });
+        Ok(match got {
+            Burst::Ready(found) => {
+                found?;
+                mem.stats.spin_hit();
+                Burst::Ready(())
+            }
+            Burst::Again => Burst::Again,
+            Burst::Expired => Burst::Expired,
+        })
+    }
+
+    /// For async code, after [`arm_doorbell`](Self::arm_doorbell) said to
+    /// wait: counts the sleep in [`WaitStats::parks`] (the runtime sleeps,
+    /// not [`Ring`]'s park).
+    pub(crate) fn note_park(&self) {
+        self.mem.stats.parked();
     }
 
     /// The next message, waiting as long as it takes.

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use shm_channel::Kind;
 use shm_channel::async_channel::{self, AsyncChannel, AsyncService};
-use shm_channel::ring::{RecvError, SendError};
-use shm_channel::service::{ClientConfig, Service, ServiceConfig};
+use shm_channel::ring::{RecvError, SendError, WaitPolicy};
+use shm_channel::service::{self, ClientConfig, Service, ServiceConfig};
 use support::echo::{self, Checked, check, stream_payload};
 use support::{
     ChildGuard, WATCHDOG, assert_fds_back_to, child_role, child_service_env, fd_count, runtime_dir,
@@ -91,14 +91,37 @@ async fn echo(mut ch: AsyncChannel) -> (u64, RecvError) {
 
 /// Re-executes this test binary as an `async_child` in `role`.
 fn spawn_child(role: &str, dir: &Path, name: &str) -> ChildGuard {
-    ChildGuard::spawn("async_child", role, &service_env(dir, name, 0))
+    spawn_child_with(role, dir, name, 0)
+}
+
+/// [`spawn_child`] handing the child `number`.
+fn spawn_child_with(role: &str, dir: &Path, name: &str, number: u64) -> ChildGuard {
+    ChildGuard::spawn("async_child", role, &service_env(dir, name, number))
 }
 
 /// Child roles.
 #[test]
 fn async_child() {
     let Some(role) = child_role() else { return };
-    let (dir, name, _) = child_service_env();
+    let (dir, name, number) = child_service_env();
+    if role == "echo-after" {
+        // A blocking client that echoes every message `number` ms after it came, until the
+        // server leaves: slower than any look, so each reply finds the server waiting.
+        let mut ch = service::connect(&name, &client_config(&dir)).expect("connect");
+        loop {
+            let (id, data) = match ch.recv() {
+                Ok(m) => (m.message_id(), m.object(0).unwrap_or_default().to_vec()),
+                Err(RecvError::PeerDied) => return,
+                Err(e) => panic!("echo-after: {e}"),
+            };
+            std::thread::sleep(Duration::from_millis(number));
+            match ch.send_objects(id, Kind::Reply, &[(0, &data)], WATCHDOG) {
+                Ok(()) => {}
+                Err(SendError::PeerDied) => return,
+                Err(e) => panic!("echo-after: {e}"),
+            }
+        }
+    }
     runtime().block_on(async move {
         match role.as_str() {
             // CLIENTS async clients on one runtime, each echoing MESSAGES checked messages.
@@ -346,5 +369,142 @@ fn an_async_channel_outside_a_runtime_is_an_error_not_a_panic() {
     let service = Service::bind(&name, service_config(&dir)).expect("bind");
     let err = AsyncService::new(service).expect_err("no runtime");
     assert!(err.to_string().contains("tokio runtime"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// How waits ended (differences of two `WaitStats`).
+#[derive(Debug)]
+struct Waits {
+    parks: u64,
+    spin_hits: u64,
+}
+
+/// How the waits of the server's receive ring ended during `ROUNDS` round trips with an
+/// `echo-after` client that answers each message after `delay_ms`, the server's channel on
+/// `policy` (a runtime of `rt`).
+fn waits_of_round_trips(
+    rt: &tokio::runtime::Runtime,
+    policy: WaitPolicy,
+    delay_ms: u64,
+) -> Waits {
+    const ROUNDS: u64 = 20;
+    let dir = runtime_dir();
+    let name = unique_name("spin");
+    let service = Service::bind(&name, service_config(&dir)).expect("bind");
+    let child = spawn_child_with("echo-after", &dir, &name, delay_ms);
+    let stats = rt.block_on(async {
+        let mut service = AsyncService::new(service).expect("async service");
+        let mut ch = tokio::time::timeout(WATCHDOG, service.accept())
+            .await
+            .expect("watchdog: no client")
+            .expect("accept")
+            .with_wait_policy(policy);
+        let before = ch.channel().rx_ring().wait_stats();
+        for seq in 0..ROUNDS {
+            let data = seq.to_le_bytes();
+            ch.send_objects(seq, Kind::Request, &[(0, &data)])
+                .await
+                .expect("send");
+            let reply = tokio::time::timeout(WATCHDOG, ch.recv())
+                .await
+                .expect("watchdog: no reply")
+                .expect("reply");
+            assert_eq!(reply.message_id(), seq);
+            assert_eq!(reply.object(0), Some(&data[..]));
+        }
+        let after = ch.channel().rx_ring().wait_stats();
+        Waits {
+            parks: after.parks - before.parks,
+            spin_hits: after.spin_hits - before.spin_hits,
+        }
+    });
+    assert!(child.wait().success(), "echo-after client failed");
+    std::fs::remove_dir_all(&dir).ok();
+    stats
+}
+
+/// A spin longer than the peer's answer catches every reply without parking: the future
+/// spins (in bursts, yielding to the runtime) rather than sleeping in the reactor. On a
+/// current-thread runtime too, whose only thread the spin must keep giving back.
+#[test]
+fn a_reply_within_the_spin_limit_is_taken_without_parking() {
+    let _serial = serial();
+    // An hour: no reply can come later than that without the watchdog failing the test.
+    let long_spin = WaitPolicy {
+        max_spin: Duration::from_secs(3600),
+        adaptive: false,
+    };
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for (what, rt) in [("multi-thread", runtime()), ("current-thread", current)] {
+        let waits = support::with_watchdog(2 * WATCHDOG, move || {
+            waits_of_round_trips(&rt, long_spin, 2)
+        });
+        eprintln!("{what}: {waits:?}");
+        assert_eq!(waits.parks, 0, "{what}: a spinning recv parked: {waits:?}");
+        // The client sleeps 2 ms before each answer: the recv found the ring empty and
+        // spun (not all 20 need to, should this process be descheduled that long).
+        assert!(waits.spin_hits >= 1, "{what}: no reply caught spinning: {waits:?}");
+    }
+}
+
+/// `WaitPolicy::PARK` never spins: every wait sleeps in the reactor.
+#[test]
+fn a_parking_policy_never_spins() {
+    let _serial = serial();
+    let rt = runtime();
+    let waits = support::with_watchdog(WATCHDOG, move || {
+        waits_of_round_trips(&rt, WaitPolicy::PARK, 2)
+    });
+    eprintln!("park: {waits:?}");
+    assert_eq!(waits.spin_hits, 0, "{waits:?}");
+    assert!(waits.parks >= 1, "{waits:?}");
+}
+
+/// A recv that spins without limit (`WaitPolicy::SPIN`: never parks, so never woken by the
+/// liveness socket) still sees a SIGKILLed peer die, from its looks between bursts.
+#[test]
+fn a_spinning_recv_sees_a_sigkilled_peer_die() {
+    let _serial = serial();
+    let dir = runtime_dir();
+    let name = unique_name("spinvictim");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let service = Service::bind(&name, service_config(&dir)).expect("bind");
+    let child = spawn_child("victim", &dir, &name);
+    let waits = rt.block_on(async {
+        let mut service = AsyncService::new(service).expect("async service");
+        let mut ch = tokio::time::timeout(WATCHDOG, service.accept())
+            .await
+            .expect("watchdog: no client")
+            .expect("accept")
+            .with_wait_policy(WaitPolicy::SPIN);
+        for expect in 0..10 {
+            let msg = tokio::time::timeout(WATCHDOG, ch.recv())
+                .await
+                .expect("watchdog: no message")
+                .expect("message");
+            assert_eq!(check(&msg).0, expect);
+        }
+        // Nothing more comes: this recv spins until the peer dies. The spin yields, so the
+        // timer that kills the child runs on this same (current-thread) runtime's thread.
+        let kill = async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            child.kill9();
+            std::future::pending::<()>().await;
+        };
+        let got = tokio::select! {
+            got = tokio::time::timeout(WATCHDOG, ch.recv()) => got,
+            () = kill => unreachable!(),
+        };
+        let got = got.expect("watchdog: the spinning recv never saw the death");
+        assert_eq!(got.map(|_| ()), Err(RecvError::PeerDied));
+        ch.channel().rx_ring().wait_stats()
+    });
+    assert_eq!(waits.parks, 0, "a SPIN recv parked: {waits:?}");
     std::fs::remove_dir_all(&dir).ok();
 }

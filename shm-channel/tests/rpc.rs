@@ -685,6 +685,52 @@ fn async_eight_concurrent_calls_on_one_channel() {
     });
 }
 
+/// Many calls in flight on one channel from tasks of a current-thread runtime, whose one
+/// thread also runs the client's reader task (and its spin before parking): each call gets
+/// its own reply.
+#[test]
+fn async_concurrent_calls_on_a_current_thread_runtime() {
+    if child_role().is_some() {
+        return;
+    }
+    let s = start_server(3);
+    with_watchdog(LIMIT, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let c = std::sync::Arc::new(
+                rpc::AsyncClient::connect(&s.name, &client_config(&s))
+                    .await
+                    .expect("connect"),
+            );
+            for round in 0..20u64 {
+                let mut tasks = tokio::task::JoinSet::new();
+                for i in 0..32u64 {
+                    let c = std::sync::Arc::clone(&c);
+                    tasks.spawn(async move {
+                        let data = payload(round * 32 + i);
+                        let got = c
+                            .call(&ECHO, &[(0, &data)], STEP, |m| {
+                                Ok(m.object(0).map(<[u8]>::to_vec))
+                            })
+                            .await
+                            .expect("call");
+                        assert_eq!(got.as_deref(), Some(&data[..]));
+                    });
+                }
+                while let Some(r) = tasks.join_next().await {
+                    r.expect("task");
+                }
+            }
+            assert_eq!(c.late_replies(), 0);
+            assert_eq!(c.in_flight(), 0);
+        });
+        drop(s);
+    });
+}
+
 #[test]
 fn async_drop_cancels_timeout_events_and_errors() {
     if child_role().is_some() {

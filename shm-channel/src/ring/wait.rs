@@ -121,14 +121,9 @@ impl SpinLimit {
         self.0.store(Self::start(policy), Ordering::Relaxed);
     }
 
-    /// Spins until `ready()` says yes or the limit passes; adapts the limit.
-    /// Returns `Some(value)` from `ready` on success.
-    pub(super) fn spin<T>(
-        &self,
-        policy: &WaitPolicy,
-        deadline: Option<Instant>,
-        mut ready: impl FnMut() -> Option<T>,
-    ) -> Option<T> {
+    /// Starts a spin up to the current limit (and `deadline`); `None` when
+    /// the limit is zero (never spin).
+    pub(super) fn begin(&self, deadline: Option<Instant>) -> Option<Spin> {
         let limit = Duration::from_nanos(u64::from(self.0.load(Ordering::Relaxed)));
         if limit.is_zero() {
             return None;
@@ -139,43 +134,86 @@ impl SpinLimit {
         if let Some(d) = deadline {
             end = Some(end.map_or(d, |e| e.min(d)));
         }
-        let mut round = 0u32;
-        // Whether a yield gave the CPU away for a while: someone else ran on
-        // our core, likely the peer we wait for.
-        let mut ran_others = false;
-        loop {
-            if let Some(v) = ready() {
-                if policy.adaptive {
-                    if ran_others {
-                        // The peer shares our core and answered only once we
-                        // yielded: spinning there steals its time, and a
-                        // kernel wake-up on one core is cheaper than a yield.
-                        self.on_miss();
-                    } else {
-                        self.on_hit(start.elapsed(), policy);
-                    }
-                }
-                return Some(v);
-            }
-            round = round.wrapping_add(1);
-            if !round.is_multiple_of(32) {
-                std::hint::spin_loop();
-                continue;
-            }
-            let now = Instant::now();
-            if end.is_some_and(|e| now >= e) {
-                break;
-            }
-            if now - start > PURE_SPIN && (round / 32).is_multiple_of(YIELD_EVERY) {
-                // A peer on the same core runs only if we let it.
-                std::thread::yield_now();
-                ran_others |= now.elapsed() > YIELDED_AWAY;
-            }
+        Some(Spin {
+            start,
+            end,
+            round: 0,
+            ran_others: false,
+        })
+    }
+
+    /// `spin` found what it waited for: adapts the limit.
+    pub(super) fn found(&self, spin: &Spin, policy: &WaitPolicy) {
+        if !policy.adaptive {
+            return;
         }
+        if spin.ran_others {
+            // The peer shares our core and answered only once we yielded:
+            // spinning there steals its time, and a kernel wake-up on one
+            // core is cheaper than a yield.
+            self.on_miss();
+        } else {
+            self.on_hit(spin.start.elapsed(), policy);
+        }
+    }
+
+    /// `spin` ran out: adapts the limit.
+    pub(super) fn ran_out(&self, policy: &WaitPolicy) {
         if policy.adaptive {
             self.on_miss();
         }
-        None
+    }
+
+    /// Spins until `ready()` says yes or the limit passes; adapts the limit.
+    /// Returns `Some(value)` from `ready` on success.
+    pub(super) fn spin<T>(
+        &self,
+        policy: &WaitPolicy,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        let mut spin = self.begin(deadline)?;
+        loop {
+            if let Some(v) = ready() {
+                self.found(&spin, policy);
+                return Some(v);
+            }
+            if let Step::Expired = spin.step() {
+                self.ran_out(policy);
+                return None;
+            }
+        }
+    }
+
+    /// One burst of `spin` for async waiters, which must not hold their
+    /// runtime's thread for long: looks until `ready()` says yes, the spin's
+    /// limit passes, or `burst` passes (then the caller yields to its
+    /// runtime and calls again with the same `spin`). The limit adapts as
+    /// for [`spin`](Self::spin), so the async and blocking waits of one ring
+    /// learn together.
+    pub(super) fn burst<T>(
+        &self,
+        spin: &mut Spin,
+        policy: &WaitPolicy,
+        burst: Duration,
+        mut ready: impl FnMut() -> Option<T>,
+    ) -> Burst<T> {
+        let until = Instant::now() + burst;
+        loop {
+            if let Some(v) = ready() {
+                self.found(spin, policy);
+                return Burst::Ready(v);
+            }
+            match spin.step() {
+                Step::Spun => {}
+                Step::Checked(now) if now >= until => return Burst::Again,
+                Step::Checked(_) => {}
+                Step::Expired => {
+                    self.ran_out(policy);
+                    return Burst::Expired;
+                }
+            }
+        }
     }
 
     /// Something arrived after spinning `took`: spin at least twice that.
@@ -190,6 +228,63 @@ impl SpinLimit {
         let cur = self.0.load(Ordering::Relaxed);
         self.0.store((cur / 2).max(MIN_SPIN_NS), Ordering::Relaxed);
     }
+}
+
+/// A spin in progress: what [`SpinLimit::spin`] keeps between two looks,
+/// kept across awaits by async waiters (see [`SpinLimit::burst`]).
+#[derive(Debug)]
+pub(crate) struct Spin {
+    start: Instant,
+    /// `None`: no end (`WaitPolicy::SPIN` without a deadline).
+    end: Option<Instant>,
+    round: u32,
+    /// Whether a yield gave the CPU away for a while: someone else ran on
+    /// our core, likely the peer we wait for.
+    ran_others: bool,
+}
+
+/// What one pause of a spin did.
+enum Step {
+    /// A spin hint, no clock read.
+    Spun,
+    /// Read the clock (this is the time), and maybe yielded the thread.
+    Checked(Instant),
+    /// The limit passed.
+    Expired,
+}
+
+impl Spin {
+    /// Pauses after a look that found nothing: a spin hint, and every 32nd
+    /// time a look at the clock and, past the pure spin, now and then a
+    /// yield of the thread.
+    fn step(&mut self) -> Step {
+        self.round = self.round.wrapping_add(1);
+        if !self.round.is_multiple_of(32) {
+            std::hint::spin_loop();
+            return Step::Spun;
+        }
+        let now = Instant::now();
+        if self.end.is_some_and(|e| now >= e) {
+            return Step::Expired;
+        }
+        if now - self.start > PURE_SPIN && (self.round / 32).is_multiple_of(YIELD_EVERY) {
+            // A peer on the same core runs only if we let it.
+            std::thread::yield_now();
+            self.ran_others |= now.elapsed() > YIELDED_AWAY;
+        }
+        Step::Checked(now)
+    }
+}
+
+/// How a [`SpinLimit::burst`] ended.
+#[derive(Debug)]
+pub(crate) enum Burst<T> {
+    /// `ready()` said yes, with this.
+    Ready(T),
+    /// The burst is over but not the spin: yield, then burst again.
+    Again,
+    /// The spin's limit passed: park.
+    Expired,
 }
 
 /// The fds a channel attaches to a ring: what rings the doorbells across
@@ -216,6 +311,9 @@ pub struct WaitStats {
     pub park_timeouts: u64,
     /// Wake-ups this process sent to sleepers (a system call each).
     pub rings: u64,
+    /// Waits that spun and found their message (or room) before the spin's
+    /// limit passed: each a park, and the peer's wake-up call, saved.
+    pub spin_hits: u64,
 }
 
 /// The counters behind [`WaitStats`].
@@ -224,14 +322,27 @@ pub(super) struct WaitCounters {
     parks: std::sync::atomic::AtomicU64,
     park_timeouts: std::sync::atomic::AtomicU64,
     rings: std::sync::atomic::AtomicU64,
+    spin_hits: std::sync::atomic::AtomicU64,
 }
 
 impl WaitCounters {
+    /// A spin found what it waited for.
+    pub(super) fn spin_hit(&self) {
+        self.spin_hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An async waiter (which sleeps in its runtime, not in [`RingMem::park`])
+    /// goes to sleep.
+    pub(super) fn parked(&self) {
+        self.parks.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(super) fn snapshot(&self) -> WaitStats {
         WaitStats {
             parks: self.parks.load(Ordering::Relaxed),
             park_timeouts: self.park_timeouts.load(Ordering::Relaxed),
             rings: self.rings.load(Ordering::Relaxed),
+            spin_hits: self.spin_hits.load(Ordering::Relaxed),
         }
     }
 }
@@ -325,7 +436,7 @@ impl RingMem {
     pub(super) fn park(&self, side: Side, timeout: Option<Duration>) -> io::Result<Parked> {
         let timeout = Some(timeout.map_or(MAX_PARK, |t| t.min(MAX_PARK)));
         let bell = self.doorbell(side.offset());
-        self.stats.parks.fetch_add(1, Ordering::Relaxed);
+        self.stats.parked();
         let timed_out = || {
             self.stats.park_timeouts.fetch_add(1, Ordering::Relaxed);
         };
@@ -423,5 +534,37 @@ mod tests {
         );
         s.on_hit(Duration::from_secs(1), &policy);
         assert_eq!(s.0.load(Ordering::Relaxed), 100_000, "capped at max_spin");
+    }
+
+    #[test]
+    fn bursts_resume_one_spin_and_learn_like_the_blocking_spin() {
+        // A limit far beyond any burst: bursts end, the spin does not.
+        let long = WaitPolicy {
+            max_spin: Duration::from_secs(3600),
+            adaptive: false,
+        };
+        let s = SpinLimit::new(&long);
+        let mut spin = s.begin(None).expect("a spin");
+        let mut looks = 0;
+        for _ in 0..3 {
+            let got = s.burst(&mut spin, &long, Duration::from_micros(1), || {
+                looks += 1;
+                None::<()>
+            });
+            assert!(matches!(got, Burst::Again), "{got:?}");
+        }
+        assert!(looks >= 3 * 32, "every burst looks until it reads the clock");
+        let got = s.burst(&mut spin, &long, Duration::from_secs(3600), || Some(7));
+        assert!(matches!(got, Burst::Ready(7)), "{got:?}");
+        // A limit shorter than the burst: the spin runs out, and an adaptive
+        // limit halves, as after a blocking spin that parks.
+        let policy = WaitPolicy::default();
+        let s = SpinLimit::new(&policy);
+        let mut spin = s.begin(None).expect("a spin");
+        let got = s.burst(&mut spin, &policy, Duration::from_secs(3600), || None::<()>);
+        assert!(matches!(got, Burst::Expired), "{got:?}");
+        assert_eq!(s.0.load(Ordering::Relaxed), 12_500);
+        // A spin that never starts: `PARK`.
+        assert!(SpinLimit::new(&WaitPolicy::PARK).begin(None).is_none());
     }
 }
