@@ -13,8 +13,8 @@
 
 use std::time::Instant;
 
-use shm_channel::ring::WaitPolicy;
 use shm_channel::async_channel;
+use shm_channel::ring::WaitPolicy;
 use shm_channel::service::{self, ConnectError, Service};
 
 use crate::echo::{

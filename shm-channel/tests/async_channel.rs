@@ -382,11 +382,7 @@ struct Waits {
 /// How the waits of the server's receive ring ended during `ROUNDS` round trips with an
 /// `echo-after` client that answers each message after `delay_ms`, the server's channel on
 /// `policy` (a runtime of `rt`).
-fn waits_of_round_trips(
-    rt: &tokio::runtime::Runtime,
-    policy: WaitPolicy,
-    delay_ms: u64,
-) -> Waits {
+fn waits_of_round_trips(rt: &tokio::runtime::Runtime, policy: WaitPolicy, delay_ms: u64) -> Waits {
     const ROUNDS: u64 = 20;
     let dir = runtime_dir();
     let name = unique_name("spin");
@@ -446,7 +442,10 @@ fn a_reply_within_the_spin_limit_is_taken_without_parking() {
         assert_eq!(waits.parks, 0, "{what}: a spinning recv parked: {waits:?}");
         // The client sleeps 2 ms before each answer: the recv found the ring empty and
         // spun (not all 20 need to, should this process be descheduled that long).
-        assert!(waits.spin_hits >= 1, "{what}: no reply caught spinning: {waits:?}");
+        assert!(
+            waits.spin_hits >= 1,
+            "{what}: no reply caught spinning: {waits:?}"
+        );
     }
 }
 

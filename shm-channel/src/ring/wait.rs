@@ -553,7 +553,10 @@ mod tests {
             });
             assert!(matches!(got, Burst::Again), "{got:?}");
         }
-        assert!(looks >= 3 * 32, "every burst looks until it reads the clock");
+        assert!(
+            looks >= 3 * 32,
+            "every burst looks until it reads the clock"
+        );
         let got = s.burst(&mut spin, &long, Duration::from_secs(3600), || Some(7));
         assert!(matches!(got, Burst::Ready(7)), "{got:?}");
         // A limit shorter than the burst: the spin runs out, and an adaptive
