@@ -22,7 +22,7 @@ use super::frame::{
     self, CloseCode, FRAME_HEADER, FrameError, FrameHeader, Hello, ProtocolSpec, Welcome,
     data_flags, kind,
 };
-use shm_layout::{Kind, MESSAGE_HEADER_SIZE, MessageView};
+use shm_layout::{Kind, MESSAGE_HEADER_SIZE, MessageHeader, MessageView, OBJECT_HEADER_SIZE};
 
 /// How a message is delivered when connections fail (the IDL's `@one_shot`,
 /// `@idempotent`, `@ordered`, or the default).
@@ -106,6 +106,10 @@ pub struct OutMessage {
     pub delivery: Delivery,
     /// The request id whose reply it awaits, if it awaits one.
     pub request_id: Option<u64>,
+    /// Sent as a *streamed* message (the `STREAM` flag): the receiver may hand it to its
+    /// consumer piece by piece, and the peer's reassembly limit (`max_message`) does not
+    /// apply. It must hold exactly one object.
+    pub streamed: bool,
 }
 
 impl std::fmt::Debug for OutMessage {
@@ -115,6 +119,7 @@ impl std::fmt::Debug for OutMessage {
             .field("len", &self.source.len())
             .field("delivery", &self.delivery)
             .field("request_id", &self.request_id)
+            .field("streamed", &self.streamed)
             .finish_non_exhaustive()
     }
 }
@@ -130,8 +135,40 @@ impl OutMessage {
             source: Box::new(BytesSource::new(bytes)),
             delivery,
             request_id,
+            streamed: false,
         }
     }
+}
+
+/// Checks the start of a streamed message (`data`, its first frame, of a message of `len`
+/// bytes): a valid header with exactly one object whose size makes up `len`.
+fn streamed_header(data: &[u8], len: u64) -> Result<MessageHeader, ConnError> {
+    let bad = |why: String| ConnError::Frame(FrameError::Malformed(why));
+    if data.len() < (MESSAGE_HEADER_SIZE + OBJECT_HEADER_SIZE) as usize {
+        return Err(FrameError::Truncated("first frame of a streamed message").into());
+    }
+    // The header as if the message ended here, so that it decodes without the rest.
+    let mut head = [0u8; MESSAGE_HEADER_SIZE as usize];
+    head.copy_from_slice(&data[..MESSAGE_HEADER_SIZE as usize]);
+    head[24..32].copy_from_slice(&MESSAGE_HEADER_SIZE.to_le_bytes());
+    let mut header =
+        MessageHeader::decode(&head).map_err(|e| bad(format!("streamed message: {e}")))?;
+    header.length = len;
+    if header.object_count != 1 {
+        return Err(bad(format!(
+            "a streamed message has {} objects, not 1",
+            header.object_count
+        )));
+    }
+    let mut object_len = [0u8; 8];
+    object_len.copy_from_slice(&data[56..64]);
+    let object_len = u64::from_le_bytes(object_len);
+    if shm_layout::message_len([object_len]) != Some(len) {
+        return Err(bad(format!(
+            "a streamed object of {object_len} bytes in a message of {len}"
+        )));
+    }
+    Ok(header)
 }
 
 /// The request id a message's reply will carry, if the sender waits for one: a `Request`,
@@ -202,8 +239,18 @@ pub struct ConnConfig {
     pub max_message: u64,
     /// The most messages the peer may have in progress at once towards us.
     pub max_incoming_streams: usize,
-    /// The most messages sent interleaved at once.
+    /// The most messages sent interleaved at once (streams stalled for lack of credit
+    /// from the peer do not count: they never hold the others back).
     pub window: usize,
+    /// Accept streamed messages (`STREAM` flag) of up to this many bytes and hand them to
+    /// the consumer piece by piece ([`ConnEvent::StreamStarted`] and what follows); 0:
+    /// streamed messages are reassembled like others (up to
+    /// [`max_message`](Self::max_message)), and refused beyond it.
+    pub max_streamed: u64,
+    /// Flow control: the bytes of one incoming streamed message that may be in flight or
+    /// delivered but not yet consumed ([`Connection::stream_consumed`]); what a slow
+    /// consumer costs in memory, per stream.
+    pub stream_window: u32,
     /// Client: how long without sending anything before a keep-alive goes out (while
     /// replies are pending, or always with [`keepalive_idle`](Self::keepalive_idle)).
     pub keepalive_interval: Duration,
@@ -246,6 +293,8 @@ impl Default for ConnConfig {
             max_message: 256 << 20,
             max_incoming_streams: 1024,
             window: 16,
+            max_streamed: 0,
+            stream_window: 1 << 20,
             keepalive_interval: Duration::from_secs(10),
             keepalive_idle: false,
             inactivity_timeout: Duration::from_secs(60),
@@ -342,10 +391,50 @@ pub enum ConnEvent {
         /// Its token.
         token: u64,
     },
-    /// A message could not be sent: its source failed (the peer was told to drop it).
+    /// A message could not be sent: its source failed (the peer was told to drop it), it
+    /// was too large for the peer, or the peer refused its stream.
     Failed {
         /// Its token.
         token: u64,
+        /// The request id whose reply it would have awaited.
+        request_id: Option<u64>,
+        /// Why.
+        reason: String,
+    },
+    /// A streamed message began: its header and its one object's id and length. Its data
+    /// follows in [`StreamData`](Self::StreamData) events, in order, then
+    /// [`StreamEnded`](Self::StreamEnded) or [`StreamAborted`](Self::StreamAborted).
+    StreamStarted {
+        /// The index of its protocol in the client's hello.
+        protocol: u16,
+        /// The stream id (what [`Connection::stream_consumed`] and
+        /// [`Connection::refuse_stream`] take).
+        stream: u32,
+        /// The message header (its `length` is the whole message's).
+        header: MessageHeader,
+        /// The object's id.
+        object_id: u64,
+        /// The object's length: the bytes the data events will carry in all.
+        len: u64,
+    },
+    /// The next piece of a streamed message's object. Report it consumed
+    /// ([`Connection::stream_consumed`]) once the consumer took it: the peer sends no more
+    /// than [`ConnConfig::stream_window`] bytes ahead of that.
+    StreamData {
+        /// The stream id.
+        stream: u32,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// A streamed message is complete (every data byte was delivered and checked).
+    StreamEnded {
+        /// The stream id.
+        stream: u32,
+    },
+    /// A streamed message will not complete: its sender gave up, or the connection closed.
+    StreamAborted {
+        /// The stream id.
+        stream: u32,
         /// Why.
         reason: String,
     },
@@ -366,13 +455,41 @@ struct OutStream {
     msg: OutMessage,
     stream: u32,
     sent: u64,
+    /// The bytes the receiver allows in all (flow control): `sent <= allowed <= len`.
+    allowed: u64,
+}
+
+impl OutStream {
+    /// Out of credit: waits for the receiver's `WINDOW`.
+    fn blocked(&self) -> bool {
+        self.sent >= self.allowed && self.sent < self.msg.source.len()
+    }
 }
 
 /// A message being received.
 struct InStream {
     protocol: u16,
-    bytes: Vec<u8>,
     len: u64,
+    /// Message bytes received.
+    received: u64,
+    /// Message bytes the sender may send in all (initial window plus grants).
+    granted: u64,
+    body: Body,
+}
+
+/// What a receiver does with a stream's bytes.
+enum Body {
+    /// Reassembles the message.
+    Whole(Vec<u8>),
+    /// Hands the object's data to the consumer as it arrives.
+    Streamed {
+        /// Data delivered and not yet reported consumed.
+        pending: u64,
+        /// Where the object's data ends in the message (padding follows).
+        data_end: u64,
+    },
+    /// Dropped: frames in flight are discarded until its `LAST` or the sender's `ABORT`.
+    Refused,
 }
 
 /// One connection (see the module docs).
@@ -393,6 +510,8 @@ pub struct Connection {
     queue: VecDeque<OutMessage>,
     active: VecDeque<OutStream>,
     next_stream: u32,
+    /// Stream ids wrapped around: any id may have been used.
+    streams_wrapped: bool,
     /// Requests fully sent, waiting for their reply: request id -> (token, the message if
     /// it may be resent).
     awaiting: HashMap<u64, (u64, Delivery, Option<OutMessage>)>,
@@ -497,6 +616,7 @@ impl Connection {
             queue: VecDeque::new(),
             active: VecDeque::new(),
             next_stream: 1,
+            streams_wrapped: false,
             awaiting: HashMap::new(),
             events: VecDeque::new(),
             started_at: now,
@@ -600,9 +720,114 @@ impl Connection {
             self.control.push_back(f);
         }
         self.state = State::Closed;
-        self.incoming.clear();
         self.held.clear();
+        self.abort_incoming(&format!("the connection closed: {reason}"));
         self.events.push_back(ConnEvent::Closed(reason));
+    }
+
+    /// Drops every incoming stream; the consumers of streamed ones are told.
+    fn abort_incoming(&mut self, reason: &str) {
+        let mut ids: Vec<u32> = self
+            .incoming
+            .iter()
+            .filter(|(_, s)| matches!(s.body, Body::Streamed { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        self.incoming.clear();
+        for stream in ids {
+            self.events.push_back(ConnEvent::StreamAborted {
+                stream,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    /// The consumer of the incoming streamed message `stream` took `n` more bytes of it:
+    /// the sender is granted more (a `WINDOW` frame) once enough room opened. Unknown or
+    /// finished streams are ignored.
+    pub fn stream_consumed(&mut self, stream: u32, n: u64) {
+        if let Some(InStream {
+            body: Body::Streamed { pending, .. },
+            ..
+        }) = self.incoming.get_mut(&stream)
+        {
+            *pending = pending.saturating_sub(n);
+            self.grant(stream);
+        }
+    }
+
+    /// Drops the incoming streamed message `stream` (its consumer went away): the sender
+    /// is told to stop (`ABORT` with `REFUSED`), and what it still sends is discarded.
+    pub fn refuse_stream(&mut self, stream: u32) {
+        if self.is_closed() {
+            return;
+        }
+        if let Some(s) = self.incoming.get_mut(&stream)
+            && !matches!(s.body, Body::Refused)
+        {
+            s.body = Body::Refused;
+            self.push_abort(stream, frame::abort_flags::REFUSED);
+        }
+    }
+
+    fn push_abort(&mut self, stream: u32, flags: u8) {
+        let mut h = FrameHeader::control(kind::ABORT);
+        h.stream = stream;
+        h.flags = flags;
+        let mut f = Vec::with_capacity(FRAME_HEADER);
+        h.encode(&mut f);
+        self.control.push_back(f);
+    }
+
+    /// Grants the sender of `stream` more credit if enough room opened: for a streamed
+    /// message, the window minus what is in flight or unconsumed (sent once half a window
+    /// is free, so grants stay few); for a reassembled one, all of it.
+    fn grant(&mut self, stream: u32) {
+        let window = u64::from(self.config.stream_window.max(frame::MIN_BUFFER));
+        let Some(s) = self.incoming.get_mut(&stream) else {
+            return;
+        };
+        let left = s.len - s.granted;
+        let give = match s.body {
+            Body::Refused => 0,
+            Body::Whole(_) => left,
+            Body::Streamed { pending, .. } => {
+                let outstanding = (s.granted - s.received) + pending;
+                let room = window.saturating_sub(outstanding);
+                if room >= window / 2 || room >= left {
+                    room.min(left)
+                } else {
+                    0
+                }
+            }
+        };
+        if give == 0 {
+            return;
+        }
+        s.granted += give;
+        let mut rest = give;
+        while rest > 0 {
+            let n = rest.min(u64::from(u32::MAX)) as u32;
+            rest -= u64::from(n);
+            let mut h = FrameHeader::control(kind::WINDOW);
+            h.stream = stream;
+            h.raw = n;
+            let mut f = Vec::with_capacity(FRAME_HEADER);
+            h.encode(&mut f);
+            self.control.push_back(f);
+        }
+    }
+
+    /// Whether some frame of a message could go out now (a queued message, or an active
+    /// one with credit).
+    fn can_send(&self) -> bool {
+        !self.queue.is_empty() || self.active.iter().any(|s| !s.blocked())
+    }
+
+    /// Whether a message waits for the peer's credit.
+    fn stalled(&self) -> bool {
+        self.active.iter().any(OutStream::blocked)
     }
 
     /// The socket reached its end (the peer closed or died).
@@ -670,14 +895,30 @@ impl Connection {
             return false;
         };
         let buffer = peer.buffer_size as usize;
-        self.start_streams();
-        let Some(mut s) = self.active.pop_front() else {
+        let max_message = peer.max_message;
+        self.start_streams(max_message);
+        // Round robin over the streams with credit: one stalled by its receiver is passed
+        // over, never waited for.
+        let mut picked = None;
+        for _ in 0..self.active.len() {
+            let Some(s) = self.active.pop_front() else {
+                break;
+            };
+            if s.blocked() {
+                self.active.push_back(s);
+            } else {
+                picked = Some(s);
+                break;
+            }
+        }
+        let Some(mut s) = picked else {
             return false;
         };
         let first = s.sent == 0;
         let room = buffer - FRAME_HEADER;
         let left = s.msg.source.len() - s.sent;
-        let want = room.min(usize::try_from(left).unwrap_or(usize::MAX));
+        let credit = s.allowed - s.sent;
+        let want = room.min(usize::try_from(left.min(credit)).unwrap_or(usize::MAX));
         self.scratch.clear();
         self.scratch.resize(want, 0);
         let mut got = 0;
@@ -708,6 +949,7 @@ impl Connection {
             self.last_tx = now;
             self.events.push_back(ConnEvent::Failed {
                 token: s.msg.token,
+                request_id: s.msg.request_id,
                 reason,
             });
             return true;
@@ -717,6 +959,9 @@ impl Connection {
         let mut flags = 0;
         if first {
             flags |= data_flags::FIRST;
+            if s.msg.streamed {
+                flags |= data_flags::STREAM;
+            }
         }
         if last {
             flags |= data_flags::LAST;
@@ -769,9 +1014,26 @@ impl Connection {
     }
 
     /// Moves queued messages into the interleaved set, keeping ordered ones one at a time.
-    fn start_streams(&mut self) {
+    /// Streams stalled for credit do not count against the window. A message the peer
+    /// would not reassemble (over its `max_message`, not streamed) fails here.
+    fn start_streams(&mut self, max_message: u64) {
         let mut i = 0;
-        while self.active.len() < self.config.window.max(1) && i < self.queue.len() {
+        let window = self.config.window.max(1);
+        let mut moving = self.active.iter().filter(|s| !s.blocked()).count();
+        while moving < window && i < self.queue.len() {
+            let len = self.queue[i].source.len();
+            if !self.queue[i].streamed && len > max_message {
+                if let Some(m) = self.queue.remove(i) {
+                    self.events.push_back(ConnEvent::Failed {
+                        token: m.token,
+                        request_id: m.request_id,
+                        reason: format!(
+                            "message of {len} bytes exceeds the peer's limit of {max_message}"
+                        ),
+                    });
+                }
+                continue;
+            }
             let ordered = self.queue[i].delivery == Delivery::Ordered;
             if ordered && !self.ordered_busy.is_empty() {
                 i += 1;
@@ -784,14 +1046,18 @@ impl Connection {
             };
             let stream = self.next_stream;
             self.next_stream = self.next_stream.wrapping_add(1).max(1);
+            self.streams_wrapped |= self.next_stream == 1;
             if ordered {
                 self.ordered_busy.insert(stream);
             }
+            let allowed = msg.source.len().min(u64::from(frame::INITIAL_WINDOW));
             self.active.push_back(OutStream {
                 msg,
                 stream,
                 sent: 0,
+                allowed,
             });
+            moving += 1;
         }
     }
 
@@ -994,9 +1260,51 @@ impl Connection {
                 }
                 Ok(())
             }
+            kind::ABORT if h.flags & frame::abort_flags::REFUSED != 0 => {
+                // The receiver dropped one of our streams: stop it, and confirm with our
+                // own ABORT so that it forgets the stream.
+                if let Some(i) = self.active.iter().position(|s| s.stream == h.stream) {
+                    if let Some(s) = self.active.remove(i) {
+                        self.ordered_busy.remove(&s.stream);
+                        self.push_abort(s.stream, 0);
+                        self.events.push_back(ConnEvent::Failed {
+                            token: s.msg.token,
+                            request_id: s.msg.request_id,
+                            reason: "the peer refused the stream".into(),
+                        });
+                    }
+                    Ok(())
+                } else {
+                    self.check_opened(h.stream, "abort")
+                }
+            }
             kind::ABORT => {
-                self.incoming.remove(&h.stream);
+                if let Some(s) = self.incoming.remove(&h.stream)
+                    && matches!(s.body, Body::Streamed { .. })
+                {
+                    self.events.push_back(ConnEvent::StreamAborted {
+                        stream: h.stream,
+                        reason: "the sender gave up on the message".into(),
+                    });
+                }
                 self.deliver(h.stream, None)
+            }
+            kind::WINDOW => {
+                let Some(s) = self.active.iter_mut().find(|s| s.stream == h.stream) else {
+                    // Finished (or refused) since: nothing left to grant.
+                    return self.check_opened(h.stream, "window");
+                };
+                let allowed = s.allowed + u64::from(h.raw);
+                if allowed > s.msg.source.len() {
+                    return Err(FrameError::Malformed(format!(
+                        "stream {}: a grant to {allowed} bytes past the message's {}",
+                        h.stream,
+                        s.msg.source.len()
+                    ))
+                    .into());
+                }
+                s.allowed = allowed;
+                Ok(())
             }
             kind::CLOSE => {
                 let code = payload
@@ -1006,6 +1314,7 @@ impl Connection {
                 let reason = String::from_utf8_lossy(&payload[4..]).into_owned();
                 self.state = State::Closed;
                 self.control.clear();
+                self.abort_incoming(&format!("the peer closed the connection: {reason}"));
                 self.events
                     .push_back(ConnEvent::Closed(ConnError::ClosedByPeer { code, reason }));
                 Ok(())
@@ -1013,6 +1322,17 @@ impl Connection {
             // FrameHeader::decode let no other type through.
             other => Err(FrameError::Malformed(format!("unknown frame type {other}")).into()),
         }
+    }
+
+    /// A frame about one of our streams that is not active: fine if the stream existed
+    /// (it finished since), a violation if we never opened it.
+    fn check_opened(&self, stream: u32, what: &str) -> Result<(), ConnError> {
+        if stream == 0 || (!self.streams_wrapped && stream >= self.next_stream) {
+            return Err(
+                FrameError::Malformed(format!("{what} for stream {stream}, never opened")).into(),
+            );
+        }
+        Ok(())
     }
 
     fn handle_data_frame(&mut self, h: FrameHeader, payload: Vec<u8>) -> Result<(), ConnError> {
@@ -1044,47 +1364,11 @@ impl Connection {
         };
         let first = h.flags & data_flags::FIRST != 0;
         let last = h.flags & data_flags::LAST != 0;
+        if h.flags & data_flags::STREAM != 0 && !first {
+            return Err(FrameError::Malformed("STREAM flag past a first frame".into()).into());
+        }
         if first {
-            if self.incoming.contains_key(&h.stream) {
-                return Err(
-                    FrameError::Malformed(format!("stream {} started twice", h.stream)).into(),
-                );
-            }
-            if self.incoming.len() >= self.config.max_incoming_streams {
-                return Err(FrameError::Oversized {
-                    what: "concurrent streams",
-                    len: self.incoming.len() as u64 + 1,
-                    max: self.config.max_incoming_streams as u64,
-                }
-                .into());
-            }
-            if data.len() < MESSAGE_HEADER_SIZE as usize {
-                return Err(FrameError::Truncated("first frame of a message").into());
-            }
-            let mut len = [0u8; 8];
-            len.copy_from_slice(&data[24..32]);
-            let len = u64::from_le_bytes(len);
-            if len < MESSAGE_HEADER_SIZE {
-                return Err(FrameError::Malformed(format!("message length {len}")).into());
-            }
-            if len > self.config.max_message {
-                return Err(FrameError::Oversized {
-                    what: "message",
-                    len,
-                    max: self.config.max_message,
-                }
-                .into());
-            }
-            // Grown as frames arrive: a lying length costs nothing until bytes back it.
-            let cap = usize::try_from(len).unwrap_or(usize::MAX).min(64 << 10);
-            self.incoming.insert(
-                h.stream,
-                InStream {
-                    protocol: h.protocol,
-                    bytes: Vec::with_capacity(cap),
-                    len,
-                },
-            );
+            self.start_incoming(&h, &data)?;
         }
         let Some(s) = self.incoming.get_mut(&h.stream) else {
             return Err(
@@ -1094,8 +1378,8 @@ impl Connection {
         if s.protocol != h.protocol {
             return Err(FrameError::Malformed("a stream changed protocol".into()).into());
         }
-        s.bytes.extend_from_slice(&data);
-        let have = s.bytes.len() as u64;
+        let at = s.received;
+        let have = at + data.len() as u64;
         if have > s.len || (have == s.len) != last {
             return Err(FrameError::Malformed(format!(
                 "stream {}: {have} of {} bytes with last = {last}",
@@ -1103,18 +1387,154 @@ impl Connection {
             ))
             .into());
         }
-        if !last {
-            return Ok(());
+        if have > s.granted {
+            return Err(FrameError::Malformed(format!(
+                "stream {}: {have} bytes sent, {} granted",
+                h.stream, s.granted
+            ))
+            .into());
         }
-        let Some(s) = self.incoming.remove(&h.stream) else {
-            return Ok(());
+        s.received = have;
+        match &mut s.body {
+            Body::Refused => {
+                if last {
+                    self.incoming.remove(&h.stream);
+                    return self.deliver(h.stream, None);
+                }
+                Ok(())
+            }
+            Body::Whole(bytes) => {
+                bytes.extend_from_slice(&data);
+                if !last {
+                    return Ok(());
+                }
+                let bytes = std::mem::take(bytes);
+                let protocol = s.protocol;
+                self.incoming.remove(&h.stream);
+                let view = MessageView::parse(&bytes)
+                    .map_err(|e| FrameError::Malformed(format!("message: {e}")))?;
+                if self.side == Side::Client && view.header().kind() == Some(Kind::Reply) {
+                    self.awaiting.remove(&view.header().request_id);
+                }
+                self.deliver(h.stream, Some((protocol, bytes)))
+            }
+            Body::Streamed { pending, data_end } => {
+                // The object's data is [64, data_end) of the message; zero padding follows.
+                let data_start = MESSAGE_HEADER_SIZE + OBJECT_HEADER_SIZE;
+                let from = at.max(data_start).min(*data_end);
+                let to = have.min(*data_end).max(from);
+                let pad_from = at.max(*data_end);
+                if data[(pad_from.min(have) - at) as usize..]
+                    .iter()
+                    .any(|&b| b != 0)
+                {
+                    return Err(FrameError::Malformed(format!(
+                        "stream {}: non-zero padding",
+                        h.stream
+                    ))
+                    .into());
+                }
+                if to > from {
+                    *pending += to - from;
+                    let piece = data[(from - at) as usize..(to - at) as usize].to_vec();
+                    self.events.push_back(ConnEvent::StreamData {
+                        stream: h.stream,
+                        bytes: piece,
+                    });
+                }
+                if last {
+                    self.incoming.remove(&h.stream);
+                    self.events
+                        .push_back(ConnEvent::StreamEnded { stream: h.stream });
+                    // Its pieces went out as they came: nothing is held for order.
+                    return self.deliver(h.stream, None);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The first frame of stream `h.stream`, whose (decompressed) payload is `data`:
+    /// checks the message header and opens the stream, reassembled or streamed.
+    fn start_incoming(&mut self, h: &FrameHeader, data: &[u8]) -> Result<(), ConnError> {
+        if self.incoming.contains_key(&h.stream) {
+            return Err(FrameError::Malformed(format!("stream {} started twice", h.stream)).into());
+        }
+        if self.incoming.len() >= self.config.max_incoming_streams {
+            return Err(FrameError::Oversized {
+                what: "concurrent streams",
+                len: self.incoming.len() as u64 + 1,
+                max: self.config.max_incoming_streams as u64,
+            }
+            .into());
+        }
+        if data.len() < MESSAGE_HEADER_SIZE as usize {
+            return Err(FrameError::Truncated("first frame of a message").into());
+        }
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&data[24..32]);
+        let len = u64::from_le_bytes(len);
+        if len < MESSAGE_HEADER_SIZE {
+            return Err(FrameError::Malformed(format!("message length {len}")).into());
+        }
+        let streamed = h.flags & data_flags::STREAM != 0;
+        let take_streamed = streamed && self.config.max_streamed > 0;
+        let (limit, what) = if take_streamed {
+            (self.config.max_streamed, "streamed message")
+        } else {
+            (self.config.max_message, "message")
         };
-        let view = MessageView::parse(&s.bytes)
-            .map_err(|e| FrameError::Malformed(format!("message: {e}")))?;
-        if self.side == Side::Client && view.header().kind() == Some(Kind::Reply) {
-            self.awaiting.remove(&view.header().request_id);
+        let initial = len.min(u64::from(frame::INITIAL_WINDOW));
+        let mut stream = InStream {
+            protocol: h.protocol,
+            len,
+            received: 0,
+            granted: initial,
+            body: Body::Refused,
+        };
+        if len > limit {
+            if !streamed {
+                return Err(FrameError::Oversized {
+                    what,
+                    len,
+                    max: limit,
+                }
+                .into());
+            }
+            // A streamed message too large for us: refused, the connection stays.
+            self.incoming.insert(h.stream, stream);
+            self.push_abort(h.stream, frame::abort_flags::REFUSED);
+            return Ok(());
         }
-        self.deliver(h.stream, Some((s.protocol, s.bytes)))
+        if take_streamed {
+            let header = streamed_header(data, len)?;
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&data[48..56]);
+            let mut object_len = [0u8; 8];
+            object_len.copy_from_slice(&data[56..64]);
+            let object_len = u64::from_le_bytes(object_len);
+            stream.body = Body::Streamed {
+                pending: 0,
+                data_end: MESSAGE_HEADER_SIZE + OBJECT_HEADER_SIZE + object_len,
+            };
+            if self.side == Side::Client && header.kind() == Some(Kind::Reply) {
+                self.awaiting.remove(&header.request_id);
+            }
+            self.events.push_back(ConnEvent::StreamStarted {
+                protocol: h.protocol,
+                stream: h.stream,
+                header,
+                object_id: u64::from_le_bytes(id),
+                len: object_len,
+            });
+        } else {
+            // Grown as frames arrive: a lying length costs nothing until bytes back it.
+            let cap = usize::try_from(len).unwrap_or(usize::MAX).min(64 << 10);
+            stream.body = Body::Whole(Vec::with_capacity(cap));
+        }
+        self.incoming.insert(h.stream, stream);
+        self.grant(h.stream);
+        Ok(())
     }
 
     /// Hands a complete message (or the abort of stream `stream`: `None`) on, at once or,
@@ -1160,7 +1580,8 @@ impl Connection {
             State::Open(_) => match self.side {
                 Side::Server => Some(self.last_rx + self.config.inactivity_timeout),
                 Side::Client => {
-                    let waiting = !self.awaiting.is_empty();
+                    // A stream stalled for credit waits on the server as a call does.
+                    let waiting = !self.awaiting.is_empty() || self.stalled();
                     let mut t = None;
                     if waiting || self.config.keepalive_idle {
                         t = Some(self.last_tx + self.config.keepalive_interval);
@@ -1193,7 +1614,7 @@ impl Connection {
                         }
                     }
                     Side::Client => {
-                        let waiting = !self.awaiting.is_empty();
+                        let waiting = !self.awaiting.is_empty() || self.stalled();
                         if waiting && silent >= self.config.inactivity_timeout {
                             self.close(ConnError::InactivityTimeout);
                             return;
@@ -1202,8 +1623,7 @@ impl Connection {
                             >= self.config.keepalive_interval;
                         if (waiting || self.config.keepalive_idle)
                             && idle
-                            && self.active.is_empty()
-                            && self.queue.is_empty()
+                            && !self.can_send()
                             && self.control.is_empty()
                         {
                             let mut f = Vec::with_capacity(FRAME_HEADER);

@@ -9,13 +9,21 @@
 //!
 //! ```text
 //! frame header (16 bytes)
-//!   0  u8   type        1 DATA, 2 KEEPALIVE, 3 KEEPALIVE_REPLY, 4 ABORT, 5 CLOSE
-//!   1  u8   flags       DATA: 1 FIRST, 2 LAST, 4 COMPRESSED
+//!   0  u8   type        1 DATA, 2 KEEPALIVE, 3 KEEPALIVE_REPLY, 4 ABORT, 5 CLOSE, 6 WINDOW
+//!   1  u8   flags       DATA: 1 FIRST, 2 LAST, 4 COMPRESSED, 8 STREAM; ABORT: 1 REFUSED
 //!   2  u16  protocol    DATA: index of the protocol in the client's handshake
-//!   4  u32  stream      DATA/ABORT: the stream id
+//!   4  u32  stream      DATA/ABORT/WINDOW: the stream id
 //!   8  u32  payload     bytes that follow on the wire
-//!  12  u32  raw         DATA: the payload's length once decompressed (= payload if not)
+//!  12  u32  raw         DATA: the payload's length once decompressed (= payload if not);
+//!                       WINDOW: the bytes granted
 //! ```
+//!
+//! **Flow control** (wire version 2), after HTTP/2's `WINDOW_UPDATE`: a sender may send
+//! [`INITIAL_WINDOW`] bytes of a stream (message bytes, before compression) and no more
+//! until the receiver grants more with `WINDOW` frames; a grant never takes a stream past
+//! its message's end. A receiver that reassembles a message grants the rest of it at its
+//! first frame; one that hands a `STREAM` message to its consumer piece by piece grants
+//! as the consumer reads, so a slow consumer holds back its own stream only.
 //!
 //! Everything read from the peer is checked before it is used; any violation is a
 //! [`FrameError`], which closes that connection (and only that one).
@@ -33,7 +41,10 @@ pub const DEFAULT_BUFFER: u32 = 4 * 1024;
 /// The magic that opens both handshake records.
 pub const MAGIC: [u8; 8] = *b"SHMNET\x00\x01";
 /// The version of this wire format.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
+/// The bytes of a stream a sender may send before the receiver granted any (a frame of
+/// the largest buffer size: the first frame, with the message header, always fits).
+pub const INITIAL_WINDOW: u32 = MAX_BUFFER;
 /// The largest handshake record.
 pub const MAX_HANDSHAKE: usize = 8 * 1024;
 /// The most protocols a client may list.
@@ -52,6 +63,16 @@ pub mod kind {
     /// The sender closes the connection; the payload is a [`CloseCode`](super::CloseCode)
     /// (u32) and a UTF-8 reason.
     pub const CLOSE: u8 = 5;
+    /// The receiver of a stream grants its sender `raw` more bytes of it (flow control).
+    pub const WINDOW: u8 = 6;
+}
+
+/// Flags of an `ABORT` frame.
+pub mod abort_flags {
+    /// Sent by a stream's *receiver*: it dropped the stream (its consumer went away, or it
+    /// does not take streamed messages this large): stop sending it. Without the flag the
+    /// frame comes from the stream's sender (its source failed).
+    pub const REFUSED: u8 = 1;
 }
 
 /// Flags of a `DATA` frame.
@@ -62,8 +83,12 @@ pub mod data_flags {
     pub const LAST: u8 = 2;
     /// The payload is compressed with the negotiated algorithm.
     pub const COMPRESSED: u8 = 4;
+    /// On the first frame: the message is *streamed* (one object, possibly larger than
+    /// memory); the receiver may hand it to its consumer piece by piece instead of
+    /// reassembling it, and the reassembly limit (`max message`) does not apply.
+    pub const STREAM: u8 = 8;
     /// Every defined flag.
-    pub const ALL: u8 = FIRST | LAST | COMPRESSED;
+    pub const ALL: u8 = FIRST | LAST | COMPRESSED | STREAM;
 }
 
 /// Why a connection was closed, as carried by a `CLOSE` frame.
@@ -215,9 +240,25 @@ impl FrameHeader {
                     ));
                 }
             }
-            kind::KEEPALIVE | kind::KEEPALIVE_REPLY | kind::ABORT => {
+            kind::KEEPALIVE | kind::KEEPALIVE_REPLY | kind::ABORT | kind::WINDOW => {
                 if header.payload != 0 {
                     return Err(FrameError::Malformed("control frame with a payload".into()));
+                }
+                let known = if header.kind == kind::ABORT {
+                    abort_flags::REFUSED
+                } else {
+                    0
+                };
+                if header.flags & !known != 0 {
+                    return Err(FrameError::Malformed(format!(
+                        "unknown flags {:#x} on a control frame",
+                        header.flags
+                    )));
+                }
+                if header.kind == kind::WINDOW && header.raw == 0 {
+                    return Err(FrameError::Malformed(
+                        "a window frame granting 0 bytes".into(),
+                    ));
                 }
             }
             kind::CLOSE => {

@@ -48,6 +48,11 @@ pub struct PoolConfig {
     pub backoff_max: Duration,
     /// Seeds the jitter (tests fix it; the driver draws it at random).
     pub seed: u64,
+    /// The most messages waiting in the pool's queue (not yet handed to a connection):
+    /// beyond it [`Pool::send`] refuses with [`Failure::QueueFull`], and the driver waits
+    /// for room or fails the send (backpressure instead of an unbounded queue). Messages
+    /// coming back from a dropped connection are requeued whatever the bound.
+    pub max_queued: usize,
 }
 
 impl Default for PoolConfig {
@@ -60,6 +65,7 @@ impl Default for PoolConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             seed: 0x9e37_79b9_7f4a_7c15,
+            max_queued: 1024,
         }
     }
 }
@@ -87,6 +93,10 @@ pub enum Failure {
     /// The message's source failed.
     #[error("the message source failed: {0}")]
     Source(String),
+    /// The pool's queue is full ([`PoolConfig::max_queued`]), or, for a send that may not
+    /// wait (`no_queue`), no connection can take the message now.
+    #[error("no room in the send queue")]
+    QueueFull,
     /// The message is larger than the peer accepts.
     #[error("message of {size} bytes exceeds the peer's limit of {max}")]
     TooLarge {
@@ -142,6 +152,46 @@ pub enum PoolEvent {
         protocol: u16,
         /// Its bytes (validated).
         bytes: Vec<u8>,
+    },
+    /// A streamed message began arriving (see [`ConnEvent::StreamStarted`]).
+    StreamStarted {
+        /// On which connection.
+        conn: ConnId,
+        /// Its protocol index.
+        protocol: u16,
+        /// Its stream id on that connection.
+        stream: u32,
+        /// Its header.
+        header: shm_layout::MessageHeader,
+        /// Its object's id.
+        object_id: u64,
+        /// Its object's length.
+        len: u64,
+    },
+    /// The next piece of a streamed message.
+    StreamData {
+        /// On which connection.
+        conn: ConnId,
+        /// Its stream id.
+        stream: u32,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// A streamed message is complete.
+    StreamEnded {
+        /// On which connection.
+        conn: ConnId,
+        /// Its stream id.
+        stream: u32,
+    },
+    /// A streamed message will not complete.
+    StreamAborted {
+        /// On which connection.
+        conn: ConnId,
+        /// Its stream id.
+        stream: u32,
+        /// Why.
+        reason: String,
     },
     /// A message was fully sent.
     Sent {
@@ -326,14 +376,38 @@ impl<A: Clone> Pool<A> {
             })
             .min();
         if let Some(max) = limit
+            && !msg.streamed
             && msg.source.len() > max
         {
             let size = msg.source.len();
             return Err((Failure::TooLarge { size, max }, msg));
         }
+        if !self.has_room() {
+            return Err((Failure::QueueFull, msg));
+        }
         self.queue.push_back(msg);
         self.assign();
         Ok(())
+    }
+
+    /// Whether [`send`](Self::send) would find room in the queue.
+    pub fn has_room(&self) -> bool {
+        self.queue.len() < self.config.max_queued.max(1)
+    }
+
+    /// Sends a message only if an open connection takes it now (the RPC's `no_queue`):
+    /// otherwise it comes back with [`Failure::QueueFull`] and nothing was queued.
+    pub fn send_now(&mut self, msg: OutMessage) -> Result<(), (Failure, OutMessage)> {
+        let token = msg.token;
+        self.send(msg)?;
+        // `send` assigned what it could; a message still queued had no connection.
+        match self.queue.iter().rposition(|m| m.token == token) {
+            Some(i) => match self.queue.remove(i) {
+                Some(m) => Err((Failure::QueueFull, m)),
+                None => Ok(()),
+            },
+            None => Ok(()),
+        }
     }
 
     /// Asks for a connection even with nothing queued (a client that wants to be connected
@@ -649,8 +723,41 @@ impl<A: Clone> Pool<A> {
                         })
                     }
                     ConnEvent::Sent { token } => self.events.push_back(PoolEvent::Sent { token }),
-                    ConnEvent::Failed { token, reason } => {
-                        self.fail(token, None, Failure::Source(reason))
+                    ConnEvent::Failed {
+                        token,
+                        request_id,
+                        reason,
+                    } => self.fail(token, request_id, Failure::Source(reason)),
+                    ConnEvent::StreamStarted {
+                        protocol,
+                        stream,
+                        header,
+                        object_id,
+                        len,
+                    } => self.events.push_back(PoolEvent::StreamStarted {
+                        conn: id,
+                        protocol,
+                        stream,
+                        header,
+                        object_id,
+                        len,
+                    }),
+                    ConnEvent::StreamData { stream, bytes } => {
+                        self.events.push_back(PoolEvent::StreamData {
+                            conn: id,
+                            stream,
+                            bytes,
+                        })
+                    }
+                    ConnEvent::StreamEnded { stream } => self
+                        .events
+                        .push_back(PoolEvent::StreamEnded { conn: id, stream }),
+                    ConnEvent::StreamAborted { stream, reason } => {
+                        self.events.push_back(PoolEvent::StreamAborted {
+                            conn: id,
+                            stream,
+                            reason,
+                        })
                     }
                     ConnEvent::Closed(error) => self.on_closed(id, error),
                 }

@@ -454,6 +454,12 @@ impl ClientShared {
                 PoolEvent::Sent { .. } => {
                     self.delivered.fetch_add(1, Ordering::Relaxed);
                 }
+                // A client takes no streamed messages (`max_streamed` 0): they arrive
+                // reassembled, as `Message`.
+                PoolEvent::StreamStarted { .. }
+                | PoolEvent::StreamData { .. }
+                | PoolEvent::StreamEnded { .. }
+                | PoolEvent::StreamAborted { .. } => {}
                 PoolEvent::Failed {
                     token,
                     request_id,
@@ -1332,6 +1338,10 @@ impl Host for ServerConn {
                     });
                 }
                 ConnEvent::Sent { .. } | ConnEvent::Failed { .. } => {}
+                ConnEvent::StreamStarted { .. }
+                | ConnEvent::StreamData { .. }
+                | ConnEvent::StreamEnded { .. }
+                | ConnEvent::StreamAborted { .. } => {}
             }
         }
         Some(r)

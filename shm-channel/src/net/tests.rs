@@ -1034,3 +1034,387 @@ fn compression_is_negotiated_and_skipped_where_it_does_not_shrink() {
     let stats = p.client.stats();
     assert!(stats.wire_bytes_sent < stats.raw_bytes_sent);
 }
+
+// ---------------------------------------------------------------------------------------
+// Streamed messages and flow control.
+
+/// A streamed one-way message of one object of `len` bytes (`message`'s pattern).
+fn streamed(token: u64, len: usize, seed: u8) -> OutMessage {
+    let mut m = OutMessage::from_bytes(
+        token,
+        message(token, Kind::OneWay, 0, len, seed),
+        Delivery::Default,
+    );
+    m.streamed = true;
+    m
+}
+
+/// A server configuration that takes streamed messages, with a small window.
+fn streaming_server(window: u32) -> ConnConfig {
+    ConnConfig {
+        max_streamed: u64::MAX,
+        stream_window: window,
+        ..config()
+    }
+}
+
+/// What a streamed message's consumer saw.
+#[derive(Default, Debug)]
+struct Consumed {
+    started: Vec<(u32, u64, u64)>,
+    data: HashMap<u32, Vec<u8>>,
+    ended: Vec<u32>,
+    aborted: Vec<u32>,
+    messages: Vec<Vec<u8>>,
+    /// Data delivered and not yet reported consumed, per stream.
+    unconsumed: HashMap<u32, u64>,
+}
+
+impl Consumed {
+    fn take(&mut self, c: &mut Connection) {
+        while let Some(e) = c.poll_event() {
+            match e {
+                ConnEvent::StreamStarted {
+                    stream,
+                    object_id,
+                    len,
+                    header,
+                    ..
+                } => {
+                    assert_eq!(header.object_count, 1);
+                    self.started.push((stream, object_id, len));
+                }
+                ConnEvent::StreamData { stream, bytes } => {
+                    *self.unconsumed.entry(stream).or_default() += bytes.len() as u64;
+                    self.data.entry(stream).or_default().extend(bytes);
+                }
+                ConnEvent::StreamEnded { stream } => self.ended.push(stream),
+                ConnEvent::StreamAborted { stream, .. } => self.aborted.push(stream),
+                ConnEvent::Message { bytes, .. } => self.messages.push(bytes),
+                ConnEvent::Closed(e) => panic!("closed: {e}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Reports everything delivered as consumed.
+    fn consume_all(&mut self, c: &mut Connection) {
+        for (stream, n) in self.unconsumed.drain() {
+            c.stream_consumed(stream, n);
+        }
+    }
+}
+
+fn object_of(bytes: &[u8]) -> Vec<u8> {
+    MessageView::parse(bytes)
+        .unwrap()
+        .objects()
+        .next()
+        .unwrap()
+        .unwrap()
+        .data
+        .to_vec()
+}
+
+#[test]
+fn a_slow_consumer_holds_back_its_stream_only() {
+    let window = 64 * 1024;
+    let mut p = Pair::new(config(), streaming_server(window));
+    p.drive();
+    let big_len = 4 << 20;
+    p.client.send(streamed(1, big_len, 7));
+    p.drive();
+    let mut seen = Consumed::default();
+    seen.take(&mut p.server);
+    assert_eq!(seen.started.len(), 1);
+    let (stream, object_id, len) = seen.started[0];
+    assert_eq!((object_id, len), (0, big_len as u64));
+    // Nothing consumed: the sender stopped at the window (the initial one, then the
+    // grant made at the first frame), however long we drive.
+    let held = seen.data[&stream].len();
+    assert!(held as u64 <= u64::from(window) + u64::from(frame::INITIAL_WINDOW));
+    assert!(held < big_len / 8, "{held} bytes arrived unconsumed");
+    p.advance(Duration::from_millis(10));
+    seen.take(&mut p.server);
+    assert_eq!(seen.data[&stream].len(), held, "no byte beyond the window");
+    // Small messages still flow while the big one is stalled.
+    for i in 10..30u64 {
+        let m = message(i, Kind::OneWay, 0, 3000, i as u8);
+        p.client
+            .send(OutMessage::from_bytes(i, m, Delivery::Default));
+    }
+    p.drive();
+    seen.take(&mut p.server);
+    assert_eq!(seen.messages.len(), 20, "small messages overtake the stall");
+    // The consumer reads: the rest comes, a window at a time, in order.
+    let mut rounds = 0;
+    while seen.ended.is_empty() {
+        let before = seen.data[&stream].len();
+        seen.consume_all(&mut p.server);
+        p.drive();
+        seen.take(&mut p.server);
+        let got = seen.data[&stream].len() - before;
+        assert!(got > 0, "consuming opened the window");
+        assert!(got as u64 <= u64::from(window), "{got} bytes in one round");
+        rounds += 1;
+    }
+    assert!(rounds >= big_len / window as usize / 2, "{rounds} rounds");
+    let want = object_of(&message(1, Kind::OneWay, 0, big_len, 7));
+    assert!(seen.data[&stream] == want, "the object's bytes, in order");
+    assert_eq!(seen.ended, vec![stream]);
+}
+
+#[test]
+fn a_streamed_message_is_reassembled_where_streams_are_not_taken() {
+    let mut p = Pair::new(config(), config());
+    p.drive();
+    p.client.send(streamed(1, 300_000, 3));
+    p.drive();
+    let mut seen = Consumed::default();
+    seen.take(&mut p.server);
+    assert!(seen.started.is_empty());
+    assert_eq!(seen.messages, vec![message(1, Kind::OneWay, 0, 300_000, 3)]);
+}
+
+#[test]
+fn a_stream_over_the_limit_or_dropped_by_its_consumer_is_refused_not_fatal() {
+    let mut p = Pair::new(
+        config(),
+        ConnConfig {
+            max_streamed: 100_000,
+            ..streaming_server(32 * 1024)
+        },
+    );
+    p.drive();
+    // Over the receiver's limit: refused; the connection lives on.
+    p.client.send(streamed(1, 200_000, 1));
+    p.drive();
+    let failed: Vec<_> = Pair::events(&mut p.client)
+        .into_iter()
+        .filter_map(|e| match e {
+            ConnEvent::Failed { token, reason, .. } => Some((token, reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, 1);
+    assert!(failed[0].1.contains("refused"), "{}", failed[0].1);
+    // Within the limit, then dropped by its consumer mid-way.
+    p.client.send(streamed(2, 90_000, 2));
+    p.drive();
+    let mut seen = Consumed::default();
+    seen.take(&mut p.server);
+    let (stream, _, _) = seen.started[0];
+    p.server.refuse_stream(stream);
+    p.drive();
+    assert!(
+        Pair::events(&mut p.client)
+            .iter()
+            .any(|e| matches!(e, ConnEvent::Failed { token: 2, .. }))
+    );
+    // Both refused streams are forgotten: later messages pass, nothing closed.
+    p.client.send(OutMessage::from_bytes(
+        3,
+        message(3, Kind::OneWay, 0, 10, 3),
+        Delivery::Default,
+    ));
+    p.drive();
+    seen.take(&mut p.server);
+    assert_eq!(seen.messages.len(), 1);
+    assert!(p.client.is_open() && p.server.is_open());
+}
+
+#[test]
+fn a_stalled_stream_keeps_the_connection_alive() {
+    let mut p = Pair::new(config(), streaming_server(16 * 1024));
+    p.drive();
+    p.client.send(streamed(1, 1 << 20, 1));
+    p.drive();
+    p.client_frames.clear();
+    // No reply is awaited, but the stalled stream waits on the server: keep-alives go
+    // out and the server, hearing them, does not time the client out.
+    for _ in 0..20 {
+        p.advance(Duration::from_millis(100));
+    }
+    assert!(
+        p.client_frames
+            .iter()
+            .any(|(k, _, _)| *k == kind::KEEPALIVE)
+    );
+    let mut seen = Consumed::default();
+    seen.take(&mut p.server);
+    assert!(p.server.is_open());
+}
+
+#[test]
+fn a_closed_connection_aborts_its_incoming_streams() {
+    let mut p = Pair::new(config(), streaming_server(16 * 1024));
+    p.drive();
+    p.client.send(streamed(1, 1 << 20, 1));
+    p.drive();
+    p.client.close(ConnError::Local);
+    p.drive();
+    let ev = Pair::events(&mut p.server);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, ConnEvent::StreamAborted { .. }))
+    );
+}
+
+/// A server past its handshake that takes streams, with a window of 1 KiB.
+fn open_streaming_server() -> (Instant, Connection) {
+    let mut p = Pair::new(config(), streaming_server(1024));
+    p.drive();
+    Pair::events(&mut p.server);
+    (p.now, p.server)
+}
+
+/// The first `n` bytes of a streamed message of one object of `len` bytes.
+fn streamed_head(len: usize, n: usize) -> Vec<u8> {
+    let mut m = message(1, Kind::OneWay, 0, len, 5);
+    m.truncate(n);
+    m
+}
+
+#[test]
+fn hostile_streams_and_grants_close_the_connection() {
+    let frame_room = frame::DEFAULT_BUFFER as usize - frame::FRAME_HEADER;
+    let first = streamed_head(1 << 20, frame_room);
+    let stream_first = data_flags::FIRST | data_flags::STREAM;
+    let mut two_objects = streamed_head(1 << 20, frame_room);
+    two_objects[32..40].copy_from_slice(&2u64.to_le_bytes());
+    let mut short_object = streamed_head(1 << 20, frame_room);
+    short_object[56..64].copy_from_slice(&100u64.to_le_bytes());
+    let mut bad_padding = message(1, Kind::OneWay, 0, 13, 5);
+    let at = bad_padding.len() - 1;
+    bad_padding[at] = 0xff;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("past the window", {
+            // Nothing consumed: 64 KiB (the initial window) is all the sender may send.
+            let mut f = data_frame(stream_first, 1, &first);
+            let body = vec![0x5a; frame_room];
+            for _ in 0..(frame::INITIAL_WINDOW as usize / frame_room) {
+                f.extend(data_frame(0, 1, &body));
+            }
+            f
+        }),
+        (
+            "STREAM past the first frame",
+            [
+                data_frame(stream_first, 1, &first),
+                data_frame(data_flags::STREAM, 1, &[0; 16]),
+            ]
+            .concat(),
+        ),
+        ("two objects", data_frame(stream_first, 1, &two_objects)),
+        (
+            "object shorter than the message",
+            data_frame(stream_first, 1, &short_object),
+        ),
+        (
+            "non-zero padding",
+            data_frame(stream_first | data_flags::LAST, 1, &bad_padding),
+        ),
+        ("window for a stream never opened", {
+            let mut f = Vec::new();
+            let mut h = FrameHeader::control(kind::WINDOW);
+            h.stream = 5;
+            h.raw = 1000;
+            h.encode(&mut f);
+            f
+        }),
+        ("window of 0", {
+            let mut f = Vec::new();
+            FrameHeader::control(kind::WINDOW).encode(&mut f);
+            f
+        }),
+        ("refusal of a stream never opened", {
+            let mut f = Vec::new();
+            let mut h = FrameHeader::control(kind::ABORT);
+            h.flags = frame::abort_flags::REFUSED;
+            h.stream = 7;
+            h.encode(&mut f);
+            f
+        }),
+        ("unknown abort flag", {
+            let mut f = Vec::new();
+            let mut h = FrameHeader::control(kind::ABORT);
+            h.flags = 0x40;
+            h.stream = 7;
+            h.encode(&mut f);
+            f
+        }),
+    ];
+    for (name, bytes) in cases {
+        let (now, mut s) = open_streaming_server();
+        s.handle_data(now, &bytes);
+        let ev = Pair::events(&mut s);
+        assert!(
+            matches!(closed(&ev), Some(ConnError::Frame(_))),
+            "{name}: {:?}",
+            closed(&ev)
+        );
+        assert!(
+            !ev.iter()
+                .any(|e| matches!(e, ConnEvent::StreamEnded { .. })),
+            "{name}: ended a stream"
+        );
+    }
+}
+
+#[test]
+fn a_grant_past_the_message_end_closes_the_connection() {
+    let mut p = Pair::new(config(), streaming_server(16 * 1024));
+    p.drive();
+    p.client.send(streamed(1, 200_000, 1));
+    p.drive();
+    Pair::events(&mut p.client);
+    // The server grants absurd credit for stream 1.
+    let mut f = Vec::new();
+    let mut h = FrameHeader::control(kind::WINDOW);
+    h.stream = 1;
+    h.raw = u32::MAX;
+    h.encode(&mut f);
+    p.client.handle_data(p.now, &f);
+    let ev = Pair::events(&mut p.client);
+    assert!(matches!(closed(&ev), Some(ConnError::Frame(_))), "{ev:?}");
+    // A grant for a stream that finished since is not an error.
+    let mut p = Pair::new(config(), streaming_server(16 * 1024));
+    p.drive();
+    p.client.send(streamed(1, 100, 1));
+    p.drive();
+    h.raw = 10;
+    let mut f = Vec::new();
+    h.encode(&mut f);
+    p.client.handle_data(p.now, &f);
+    assert!(p.client.is_open());
+}
+
+#[test]
+fn the_queue_is_bounded_and_no_queue_sends_need_a_connection_now() {
+    let config = PoolConfig {
+        max_queued: 3,
+        per_connection: 1,
+        ..PoolConfig::default()
+    };
+    let mut p = PoolPair::new(config, vec![1]);
+    p.up = false;
+    // No connection: a no_queue message fails at once, nothing is queued.
+    let m = OutMessage::from_bytes(100, message(7, Kind::OneWay, 0, 1, 0), Delivery::Default);
+    assert!(matches!(p.pool.send_now(m), Err((Failure::QueueFull, _))));
+    assert_eq!(p.pool.queued(), 0);
+    for i in 1..=3 {
+        p.request(i, 10, Delivery::Default).unwrap();
+    }
+    assert!(!p.pool.has_room());
+    assert_eq!(p.request(4, 10, Delivery::Default), Err(Failure::QueueFull));
+    // The connection comes up: the queue drains, room is back, and a no_queue message
+    // that a connection can take goes out.
+    p.up = true;
+    p.drive();
+    assert_eq!(p.replies(), 3);
+    assert!(p.pool.has_room());
+    let m = OutMessage::from_bytes(101, message(7, Kind::OneWay, 0, 1, 0), Delivery::Default);
+    assert!(p.pool.send_now(m).is_ok());
+    assert!(p.failures().is_empty(), "{:?}", p.failures());
+}
