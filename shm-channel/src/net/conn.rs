@@ -242,10 +242,12 @@ pub struct ConnConfig {
     /// The most messages sent interleaved at once (streams stalled for lack of credit
     /// from the peer do not count: they never hold the others back).
     pub window: usize,
-    /// Accept streamed messages (`STREAM` flag) of up to this many bytes and hand them to
-    /// the consumer piece by piece ([`ConnEvent::StreamStarted`] and what follows); 0:
-    /// streamed messages are reassembled like others (up to
-    /// [`max_message`](Self::max_message)), and refused beyond it.
+    /// Accept streamed messages (`STREAM` flag) of up to this many bytes (default: any)
+    /// and hand them to the consumer piece by piece ([`ConnEvent::StreamStarted`] and
+    /// what follows); larger ones are refused. 0: streamed messages are reassembled like
+    /// others (up to [`max_message`](Self::max_message)), and refused beyond it. The
+    /// drivers set 0 where nothing would consume them (clients, servers without a
+    /// stream handler).
     pub max_streamed: u64,
     /// Flow control: the bytes of one incoming streamed message that may be in flight or
     /// delivered but not yet consumed ([`Connection::stream_consumed`]); what a slow
@@ -293,7 +295,7 @@ impl Default for ConnConfig {
             max_message: 256 << 20,
             max_incoming_streams: 1024,
             window: 16,
-            max_streamed: 0,
+            max_streamed: u64::MAX,
             stream_window: 1 << 20,
             keepalive_interval: Duration::from_secs(10),
             keepalive_idle: false,

@@ -22,6 +22,7 @@ pub mod pool;
 #[cfg(feature = "quic")]
 pub mod quic;
 pub mod socks;
+pub mod stream;
 pub mod tcp;
 pub mod tls;
 
@@ -38,9 +39,11 @@ pub use endpoint::{
 pub use frame::{CloseCode, FrameError, ProtocolSpec};
 pub use pool::{Canceled, ConnId, Failure, Pool, PoolAction, PoolConfig, PoolEvent};
 pub use socks::Socks5Proxy;
+pub use stream::{NetStream, ReaderSource, StreamError};
 pub use tcp::{
     ClientConfig, ClientEvent, ClientInfo, Forward, Link, NET_CHANNEL_IDS, NetClient, NetMessage,
-    NetSender, NetServer, Served, ServerConfig, ServerEvent, current_client, process_instance,
+    NetSender, NetServer, Sending, Served, ServerConfig, ServerEvent, StreamHandler,
+    current_client, process_instance,
 };
 pub use tls::{ClientTls, Identity, PeerIdentity, ServerTls};
 

@@ -32,6 +32,7 @@ use super::conn::{ConnConfig, ConnError, ConnEvent, Connection, Delivery, OutMes
 use super::frame::ProtocolSpec;
 use super::pool::{Canceled, ConnId, Failure, Pool, PoolAction, PoolConfig, PoolEvent};
 use super::socks::Socks5Proxy;
+use super::stream::{NetStream, Piece, ReaderSource};
 use super::tls::{ClientTls, PeerIdentity, ServerTls};
 use crate::ChannelId;
 use crate::rpc::server::dispatch;
@@ -395,6 +396,13 @@ struct ClientCore {
 
 pub(super) struct ClientShared {
     core: Mutex<ClientCore>,
+    /// Signalled (with `core`) when the pool's queue has room again, for sends that wait.
+    room_cv: Condvar,
+    /// Sends waiting on `room_cv` (no signal is paid for when there are none).
+    room_waiters: AtomicU32,
+    /// The outcome of messages someone waits for ([`Sending`]): `None` while on the way.
+    tracked: Mutex<HashMap<u64, Option<Result<(), Failure>>>>,
+    tracked_cv: Condvar,
     /// Wakes the pool task (new message, connect result, close).
     pool_wake: Notify,
     inbox: Mutex<VecDeque<NetMessage>>,
@@ -451,8 +459,9 @@ impl ClientShared {
                     events.push(ClientEvent::ConnectFailed(error))
                 }
                 PoolEvent::Closed { error, .. } => events.push(ClientEvent::Closed(error)),
-                PoolEvent::Sent { .. } => {
+                PoolEvent::Sent { token } => {
                     self.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.settle(token, Ok(()));
                 }
                 // A client takes no streamed messages (`max_streamed` 0): they arrive
                 // reassembled, as `Message`.
@@ -468,6 +477,7 @@ impl ClientShared {
                     if let Some(id) = request_id {
                         inbox.push(NetMessage::local_failure(id, &failure));
                     }
+                    self.settle(token, Err(failure.clone()));
                     events.push(ClientEvent::Failed { token, failure });
                 }
             }
@@ -491,6 +501,105 @@ impl ClientShared {
             lock(&self.events).extend(events);
             self.events_cv.notify_all();
         }
+        if self.room_waiters.load(Ordering::Relaxed) > 0
+            && (core.pool.has_room() || core.pool.is_closed())
+        {
+            self.room_cv.notify_all();
+        }
+    }
+
+    /// Records the outcome of a tracked message.
+    fn settle(&self, token: u64, outcome: Result<(), Failure>) {
+        let mut tracked = lock(&self.tracked);
+        if let Some(slot) = tracked.get_mut(&token) {
+            *slot = Some(outcome);
+            self.tracked_cv.notify_all();
+        }
+    }
+
+    /// Queues `msg` (the RPC's `no_queue`: only if a connection takes it now), waiting up
+    /// to `timeout` for room in a full queue; `track`: its outcome is kept for a
+    /// [`Sending`].
+    fn enqueue(
+        &self,
+        mut msg: OutMessage,
+        no_queue: bool,
+        timeout: Duration,
+        track: bool,
+    ) -> Result<u64, TransportError> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut core = lock(&self.core);
+        // The token names the message in cancels and failures: a call's request id, else
+        // a number of our own (high bit set, never a request id in practice).
+        msg.token = match msg.request_id {
+            Some(id) => id,
+            None => {
+                core.next_token += 1;
+                core.next_token
+            }
+        };
+        let token = msg.token;
+        if track {
+            lock(&self.tracked).insert(token, None);
+        }
+        loop {
+            let r = if no_queue {
+                core.pool.send_now(msg)
+            } else {
+                core.pool.send(msg)
+            };
+            match r {
+                Err((Failure::QueueFull, m)) if !no_queue => {
+                    let left = match deadline {
+                        Some(d) => d.saturating_duration_since(Instant::now()),
+                        None => Duration::from_secs(3600),
+                    };
+                    if left.is_zero() || !can_block() {
+                        lock(&self.tracked).remove(&token);
+                        return Err(TransportError::Timeout);
+                    }
+                    msg = m;
+                    self.room_waiters.fetch_add(1, Ordering::Relaxed);
+                    let wait = |core| {
+                        self.room_cv
+                            .wait_timeout(core, left)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0
+                    };
+                    // On a runtime's worker, let its other tasks (our connections) run
+                    // elsewhere while this one waits.
+                    core = if tokio::runtime::Handle::try_current().is_ok() {
+                        tokio::task::block_in_place(|| wait(core))
+                    } else {
+                        wait(core)
+                    };
+                    self.room_waiters.fetch_sub(1, Ordering::Relaxed);
+                }
+                r => {
+                    core.pool.process();
+                    self.drain_from(&mut core, Waker::User);
+                    if r.is_err() {
+                        lock(&self.tracked).remove(&token);
+                    }
+                    return r.map(|()| token).map_err(|(f, _)| match f {
+                        Failure::NotConnected => TransportError::NotConnected,
+                        Failure::QueueFull => TransportError::Dropped,
+                        Failure::TooLarge { size, max } => TransportError::TooLarge { size, max },
+                        Failure::PoolClosed => TransportError::PeerDied,
+                        other => TransportError::Io(other.to_string()),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Whether this thread may block waiting for room: not on a current-thread runtime,
+/// whose only thread runs the connections that would make the room.
+fn can_block() -> bool {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread,
+        Err(_) => true,
     }
 }
 
@@ -670,9 +779,14 @@ impl NetClient {
         };
         let mut pool_config = config.pool.clone();
         pool_config.seed = rand::random();
+        // A client has no consumer for streamed messages: they arrive reassembled.
+        let conn_config = ConnConfig {
+            max_streamed: 0,
+            ..config.conn.clone()
+        };
         let pool = Pool::new(
             pool_config,
-            config.conn.clone(),
+            conn_config,
             instance,
             vec![config.protocol.clone()],
             addrs,
@@ -683,6 +797,10 @@ impl NetClient {
                 wakes: HashMap::new(),
                 next_token: 1 << 63,
             }),
+            room_cv: Condvar::new(),
+            room_waiters: AtomicU32::new(0),
+            tracked: Mutex::new(HashMap::new()),
+            tracked_cv: Condvar::new(),
             pool_wake: Notify::new(),
             inbox: Mutex::new(VecDeque::new()),
             inbox_cv: Condvar::new(),
@@ -840,7 +958,111 @@ impl Drop for NetClient {
     }
 }
 
+/// A streamed message on its way ([`NetSender::send_stream`]).
+pub struct Sending {
+    token: u64,
+    shared: Arc<ClientShared>,
+}
+
+impl std::fmt::Debug for Sending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sending")
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sending {
+    /// The message's token (its request id for a call): what cancels and
+    /// [`ClientEvent::Failed`] name it by.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// Waits up to `timeout` for the message to be fully sent (its last frame handed to
+    /// the socket), or for the reason it was not.
+    pub fn wait(&self, timeout: Duration) -> Result<(), TransportError> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut tracked = lock(&self.shared.tracked);
+        loop {
+            match tracked.get(&self.token) {
+                Some(Some(Ok(()))) => return Ok(()),
+                Some(Some(Err(f))) => {
+                    return Err(match f {
+                        Failure::ConnectionLost(why) => TransportError::ConnectionLost(why.clone()),
+                        Failure::PoolClosed => TransportError::PeerDied,
+                        Failure::NotConnected => TransportError::NotConnected,
+                        other => TransportError::Io(other.to_string()),
+                    });
+                }
+                Some(None) => {}
+                None => return Err(TransportError::Io("not a tracked message".into())),
+            }
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if left.is_zero() {
+                return Err(TransportError::Timeout);
+            }
+            tracked = self
+                .shared
+                .tracked_cv
+                .wait_timeout(tracked, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        lock(&self.shared.tracked).remove(&self.token);
+    }
+}
+
 impl NetSender {
+    /// Sends a message of one object, `object_id`, of `len` bytes read from `reader` one
+    /// frame at a time (a file of several GiB, a generator): it is never whole in memory.
+    /// It goes out interleaved with other messages, as fast as the receiver consumes it
+    /// (flow control), and a receiver with a [stream handler](Served::with_streams)
+    /// reads it piece by piece; others reassemble it (up to their `max_message`).
+    ///
+    /// `out` gives its id, kind, request id and RPC flags (a call's reply arrives like
+    /// any reply); `timeout` bounds the wait for room in the send queue (`no_queue`:
+    /// fails at once). The message cannot be resent (a reader does not rewind): if its
+    /// connection drops, it fails. Wait for it with [`Sending::wait`].
+    pub fn send_stream(
+        &self,
+        out: &Outgoing,
+        object_id: u64,
+        len: u64,
+        reader: impl std::io::Read + Send + 'static,
+        timeout: Duration,
+    ) -> Result<Sending, TransportError> {
+        let source = ReaderSource::new(out, object_id, len, reader)?;
+        let shared = &self.shared;
+        let sync = out.flags & rpc_flags::SYNC != 0;
+        let awaits = match out.kind {
+            Kind::Request => true,
+            Kind::OneWay => sync,
+            _ => false,
+        };
+        let msg = OutMessage {
+            token: 0,
+            protocol: 0,
+            source: Box::new(source),
+            delivery: delivery_of(out.flags, &shared.config.deliveries, out.message_id),
+            request_id: (awaits && out.request_id != 0).then_some(out.request_id),
+            streamed: true,
+        };
+        let token = shared.enqueue(msg, out.no_queue, timeout, true)?;
+        Ok(Sending {
+            token,
+            shared: Arc::clone(shared),
+        })
+    }
+
     /// Cancels the message `token` (a call's request id): dropped if it has not started.
     pub fn cancel(&self, token: u64) -> Canceled {
         self.shared.with_pool(|p| p.cancel(token))
@@ -858,14 +1080,21 @@ impl TransportSender for NetSender {
         out: &Outgoing,
         object_lens: &[u64],
         fill: &mut dyn FnMut(&mut dyn ObjectSink) -> Result<(), TransportError>,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> Result<(), TransportError> {
         let shared = &self.shared;
         if canceled_here(shared, out.kind, out.flags, out.request_id) {
             return Ok(());
         }
         let bytes = build(out, object_lens, fill)?;
-        send_bytes(shared, out.flags, out.message_id, bytes)
+        send_bytes(
+            shared,
+            out.flags,
+            out.message_id,
+            bytes,
+            out.no_queue,
+            timeout,
+        )
     }
 
     fn max_message(&self) -> u64 {
@@ -887,7 +1116,15 @@ impl NetSender {
         if canceled_here(&self.shared, kind, header.flags, header.request_id) {
             return Ok(());
         }
-        send_bytes(&self.shared, header.flags, header.message_id, bytes)
+        // A gateway's thread must not block: a full queue fails at once (`Timeout`).
+        send_bytes(
+            &self.shared,
+            header.flags,
+            header.message_id,
+            bytes,
+            false,
+            Duration::ZERO,
+        )
     }
 }
 
@@ -906,38 +1143,20 @@ fn canceled_here(shared: &ClientShared, kind: Kind, flags: u64, request_id: u64)
     outcome != Canceled::NotCancelable
 }
 
-/// Queues a built message on the pool.
+/// Queues a built message on the pool, waiting up to `timeout` for room (`no_queue`: only
+/// if a connection takes it now).
 fn send_bytes(
     shared: &ClientShared,
     flags: u64,
     message_id: u64,
     bytes: Vec<u8>,
+    no_queue: bool,
+    timeout: Duration,
 ) -> Result<(), TransportError> {
     {
         let delivery = delivery_of(flags, &shared.config.deliveries, message_id);
-        let mut msg = OutMessage::from_bytes(0, bytes, delivery);
-        let sent = {
-            let mut core = lock(&shared.core);
-            // The token names the message in cancels and failures: a call's request id,
-            // else a number of our own (high bit set, never a request id in practice).
-            msg.token = match msg.request_id {
-                Some(id) => id,
-                None => {
-                    core.next_token += 1;
-                    core.next_token
-                }
-            };
-            let r = core.pool.send(msg);
-            core.pool.process();
-            shared.drain_from(&mut core, Waker::User);
-            r
-        };
-        sent.map_err(|(f, _)| match f {
-            Failure::NotConnected => TransportError::NotConnected,
-            Failure::TooLarge { size, max } => TransportError::TooLarge { size, max },
-            Failure::PoolClosed => TransportError::PeerDied,
-            other => TransportError::Io(other.to_string()),
-        })
+        let msg = OutMessage::from_bytes(0, bytes, delivery);
+        shared.enqueue(msg, no_queue, timeout, false).map(|_| ())
     }
 }
 
@@ -1041,6 +1260,11 @@ impl crate::rpc::AsyncTransport for NetClient {
 /// A request handler of a served protocol (the RPC server's handler, shareable).
 pub type Handler = Arc<dyn Fn(&RequestView<'_>, Responder<'_>) -> HandlerResult + Send + Sync>;
 
+/// A handler of streamed messages (see [`Served::with_streams`]): the request's header,
+/// its one object as a [`NetStream`] to read piece by piece, and the responder.
+pub type StreamHandler =
+    Arc<dyn Fn(&RequestView<'_>, &mut NetStream, Responder<'_>) -> HandlerResult + Send + Sync>;
+
 /// A protocol a [`NetServer`] serves, with its handler.
 #[derive(Clone)]
 pub struct Served {
@@ -1053,6 +1277,9 @@ pub struct Served {
     /// Where its clients are registered for server-to-client events (each connection as
     /// a [`ChannelId`] from [`NET_CHANNEL_IDS`] on), if anywhere.
     pub events: Option<EventHub>,
+    /// Its handler of streamed messages, if it takes them (else they are reassembled,
+    /// up to `max_message`, and go to `handler`).
+    pub streams: Option<StreamHandler>,
 }
 
 /// The first [`ChannelId`] a [`NetServer`] gives its connections in an [`EventHub`]: far
@@ -1070,6 +1297,7 @@ impl Served {
             handler: Arc::new(handler),
             forward: None,
             events: None,
+            streams: None,
         }
     }
 
@@ -1078,6 +1306,22 @@ impl Served {
     #[must_use]
     pub fn with_events(mut self, hub: EventHub) -> Self {
         self.events = Some(hub);
+        self
+    }
+
+    /// Takes streamed messages ([`NetSender::send_stream`]) with `handler`, on a thread
+    /// per message, reading the object as it arrives: a message larger than memory is
+    /// never whole in it, and a slow handler slows its own stream only (flow control).
+    /// Messages up to `ServerConfig::conn.max_streamed` bytes (no limit by default) are
+    /// taken; larger ones are refused (the sender's message fails, the connection stays).
+    pub fn with_streams(
+        mut self,
+        handler: impl Fn(&RequestView<'_>, &mut NetStream, Responder<'_>) -> HandlerResult
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.streams = Some(Arc::new(handler));
         self
     }
 
@@ -1091,6 +1335,7 @@ impl Served {
             }),
             forward: Some(forward),
             events: None,
+            streams: None,
         }
     }
 }
@@ -1261,8 +1506,10 @@ pub(super) struct ServerConn {
     peer: SocketAddr,
     /// The client's verified certificate (mutual TLS).
     client: Option<Arc<PeerIdentity>>,
-    conn: Mutex<Connection>,
-    wake: Arc<Notify>,
+    pub(super) conn: Mutex<Connection>,
+    pub(super) wake: Arc<Notify>,
+    /// The pieces of incoming streamed messages, to their handlers' threads.
+    streams: Mutex<HashMap<u32, std::sync::mpsc::Sender<Piece>>>,
     /// Complete requests, to the connection's dispatch thread (protocol index, message).
     requests: Mutex<Option<std::sync::mpsc::Sender<(u16, NetMessage)>>>,
     /// The version agreed for each protocol index, and the handler serving it.
@@ -1272,7 +1519,9 @@ pub(super) struct ServerConn {
     forwards: Mutex<Vec<Option<Forwarded>>>,
     /// Names the connection in [`Link::id`].
     id: u64,
-    /// Itself, for the links it hands out.
+    /// The stream handler serving each protocol index, where there is one.
+    stream_handlers: Mutex<Vec<Option<StreamHandler>>>,
+    /// Itself, for the links it hands out and the threads of stream handlers.
     me: std::sync::Weak<ServerConn>,
 }
 
@@ -1302,6 +1551,17 @@ impl Host for ServerConn {
                         })
                         .collect();
                     *lock(&self.handlers) = handlers;
+                    *lock(&self.stream_handlers) = peer
+                        .protocols
+                        .iter()
+                        .map(|(spec, _)| {
+                            self.server
+                                .protocols
+                                .iter()
+                                .find(|s| s.spec.name == spec.name)
+                                .and_then(|s| s.streams.clone())
+                        })
+                        .collect();
                     self.open_forwards(&peer);
                     self.register_events(&peer.protocols);
                     self.server.event(ServerEvent::Accepted {
@@ -1338,10 +1598,34 @@ impl Host for ServerConn {
                     });
                 }
                 ConnEvent::Sent { .. } | ConnEvent::Failed { .. } => {}
-                ConnEvent::StreamStarted { .. }
-                | ConnEvent::StreamData { .. }
-                | ConnEvent::StreamEnded { .. }
-                | ConnEvent::StreamAborted { .. } => {}
+                ConnEvent::StreamStarted {
+                    protocol,
+                    stream,
+                    header,
+                    object_id,
+                    len,
+                } => self.start_stream(protocol, stream, header, object_id, len),
+                ConnEvent::StreamData { stream, bytes } => {
+                    let delivered = lock(&self.streams)
+                        .get(&stream)
+                        .is_some_and(|tx| tx.send(Piece::Data(bytes)).is_ok());
+                    if !delivered {
+                        // Its handler is gone (it returned early): stop the sender.
+                        lock(&self.streams).remove(&stream);
+                        lock(&self.conn).refuse_stream(stream);
+                        self.wake.notify_one();
+                    }
+                }
+                ConnEvent::StreamEnded { stream } => {
+                    if let Some(tx) = lock(&self.streams).remove(&stream) {
+                        let _ = tx.send(Piece::End);
+                    }
+                }
+                ConnEvent::StreamAborted { stream, reason } => {
+                    if let Some(tx) = lock(&self.streams).remove(&stream) {
+                        let _ = tx.send(Piece::Aborted(reason));
+                    }
+                }
             }
         }
         Some(r)
@@ -1350,6 +1634,7 @@ impl Host for ServerConn {
     fn finished(&self) {
         lock(&self.requests).take();
         self.unregister_events();
+        lock(&self.streams).clear();
     }
 }
 
@@ -1386,6 +1671,66 @@ impl ServerConn {
             hub.remove(self.channel_id());
         }
     }
+
+    /// A streamed message began: its handler runs on a thread of its own (it may take
+    /// long, and other requests of the connection must not wait for it), reading the
+    /// pieces as they come. Without a stream handler for its protocol it is refused.
+    fn start_stream(
+        &self,
+        protocol: u16,
+        stream: u32,
+        header: MessageHeader,
+        object_id: u64,
+        len: u64,
+    ) {
+        let handler = lock(&self.stream_handlers)
+            .get(protocol as usize)
+            .cloned()
+            .flatten();
+        let version = lock(&self.handlers)
+            .get(protocol as usize)
+            .map_or(0, |(v, _)| *v);
+        let kind = header.kind();
+        let (Some(handler), Some(Kind::Request | Kind::OneWay)) = (handler, kind) else {
+            lock(&self.conn).refuse_stream(stream);
+            self.wake.notify_one();
+            return;
+        };
+        // The handler sees the message's header (id, kind, request id, flags); its one
+        // object comes through the stream.
+        let Ok(stub) = build(
+            &Outgoing::new(header.message_id, kind.unwrap_or(Kind::OneWay))
+                .request_id(header.request_id)
+                .flags(header.flags & shm_layout::flags::APP_MASK),
+            &[],
+            &mut |_| Ok(()),
+        ) else {
+            return;
+        };
+        let Some(stub) = NetMessage::from_wire(stub) else {
+            return;
+        };
+        let Some(conn) = self.me.upgrade() else {
+            return;
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        lock(&self.streams).insert(stream, tx);
+        let opts = crate::rpc::ServeOptions {
+            reply_timeout: self.server.config.reply_timeout,
+            ..crate::rpc::ServeOptions::default()
+        };
+        let timeout = self.server.config.conn.inactivity_timeout;
+        std::thread::spawn(move || {
+            let _current = CurrentClient::set(ClientInfo {
+                addr: conn.peer,
+                identity: conn.client.clone(),
+            });
+            let sender = ConnSender(Arc::clone(&conn));
+            let mut input = NetStream::new(object_id, len, stream, rx, conn, timeout);
+            let mut h = |v: &RequestView<'_>, r: Responder<'_>| handler(v, &mut input, r);
+            let _ = dispatch(&stub, &sender, None, version, &mut h, &opts);
+        });
+    }
 }
 
 /// The runtime we are on, or one of our own.
@@ -1404,7 +1749,11 @@ pub(super) fn runtime_handle()
 }
 
 impl ServerShared {
-    pub(super) fn new(config: ServerConfig, protocols: Vec<Served>) -> Arc<Self> {
+    pub(super) fn new(mut config: ServerConfig, protocols: Vec<Served>) -> Arc<Self> {
+        if protocols.iter().all(|p| p.streams.is_none()) {
+            // Nobody would consume them: streamed messages are reassembled.
+            config.conn.max_streamed = 0;
+        }
         Arc::new(ServerShared {
             instance: config.instance.unwrap_or_else(process_instance),
             config,
@@ -1745,6 +2094,8 @@ pub(super) fn accept_conn(
         forwards: Mutex::new(Vec::new()),
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         me: me.clone(),
+        streams: Mutex::new(HashMap::new()),
+        stream_handlers: Mutex::new(Vec::new()),
     });
     // Handlers may block (they are the application's code): a thread per connection,
     // requests of one connection in order.

@@ -1166,7 +1166,11 @@ fn a_slow_consumer_holds_back_its_stream_only() {
 
 #[test]
 fn a_streamed_message_is_reassembled_where_streams_are_not_taken() {
-    let mut p = Pair::new(config(), config());
+    let no_streams = ConnConfig {
+        max_streamed: 0,
+        ..config()
+    };
+    let mut p = Pair::new(config(), no_streams);
     p.drive();
     p.client.send(streamed(1, 300_000, 3));
     p.drive();
