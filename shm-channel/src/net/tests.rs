@@ -242,6 +242,7 @@ fn in_order_delivery_holds_a_small_message_until_the_huge_one_before_it() {
         source: Box::new(Broken),
         delivery: Delivery::Default,
         request_id: None,
+        streamed: false,
     });
     let tail = message(4, Kind::OneWay, 0, 10, 4);
     p.client
