@@ -42,6 +42,32 @@ use crate::rpc::{
 };
 use shm_layout::{Kind, MessageHeader, MessageView, MessageWriter};
 
+/// What is left of a caller's deadline; without one, an hour (the waits below loop
+/// and re-check their condition, so a long wait is only an upper bound).
+fn time_left(deadline: Option<Instant>) -> Duration {
+    match deadline {
+        Some(d) => d.saturating_duration_since(Instant::now()),
+        None => Duration::from_secs(3600),
+    }
+}
+
+/// One wait on `cv` bounded by the caller's deadline: `Timeout` once it has passed.
+/// The caller re-checks its condition after each return (spurious wake-ups).
+fn wait_until<'a, T>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, T>,
+    deadline: Option<Instant>,
+) -> Result<MutexGuard<'a, T>, TransportError> {
+    let left = time_left(deadline);
+    if left.is_zero() {
+        return Err(TransportError::Timeout);
+    }
+    Ok(cv
+        .wait_timeout(guard, left)
+        .unwrap_or_else(PoisonError::into_inner)
+        .0)
+}
+
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing panics while holding these locks; the state stays consistent.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -550,10 +576,7 @@ impl ClientShared {
             };
             match r {
                 Err((Failure::QueueFull, m)) if !no_queue => {
-                    let left = match deadline {
-                        Some(d) => d.saturating_duration_since(Instant::now()),
-                        None => Duration::from_secs(3600),
-                    };
+                    let left = time_left(deadline);
                     if left.is_zero() || !can_block() {
                         lock(&self.tracked).remove(&token);
                         return Err(TransportError::Timeout);
@@ -998,19 +1021,7 @@ impl Sending {
                 Some(None) => {}
                 None => return Err(TransportError::Io("not a tracked message".into())),
             }
-            let left = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None => Duration::from_secs(3600),
-            };
-            if left.is_zero() {
-                return Err(TransportError::Timeout);
-            }
-            tracked = self
-                .shared
-                .tracked_cv
-                .wait_timeout(tracked, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            tracked = wait_until(&self.shared.tracked_cv, tracked, deadline)?;
         }
     }
 }
@@ -1180,19 +1191,7 @@ impl Transport for NetClient {
             if self.is_closed_now() {
                 return Err(TransportError::PeerDied);
             }
-            let left = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None => Duration::from_secs(3600),
-            };
-            if left.is_zero() {
-                return Err(TransportError::Timeout);
-            }
-            inbox = self
-                .shared
-                .inbox_cv
-                .wait_timeout(inbox, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            inbox = wait_until(&self.shared.inbox_cv, inbox, deadline)?;
         }
     }
 
