@@ -747,31 +747,44 @@ impl ServerProcess {
     /// Waits for the server to exit with success; kills it after
     /// [`START_STOP`].
     fn wait_success(&mut self) -> Result<()> {
-        let deadline = Instant::now() + START_STOP;
-        let child = self.child_mut()?;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                self.0 = None;
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(format!("the server failed: {status}").into())
-                };
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("the server did not exit within {START_STOP:?}").into());
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        wait_child_success(&mut self.0)
+    }
+}
+
+/// Waits up to [`START_STOP`] for the child in `slot` to exit with success,
+/// emptying the slot once it exited. On a timeout the child stays in the slot,
+/// for its owner's `Drop` to kill ([`kill_child`]).
+pub(crate) fn wait_child_success(slot: &mut Option<Child>) -> Result<()> {
+    let deadline = Instant::now() + START_STOP;
+    let child = slot.as_mut().ok_or("the server is gone")?;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            *slot = None;
+            return if status.success() {
+                Ok(())
+            } else {
+                Err(format!("the server failed: {status}").into())
+            };
         }
+        if Instant::now() >= deadline {
+            return Err(format!("the server did not exit within {START_STOP:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Kills and reaps the child in `slot`, if any: a failing bench leaves no
+/// process behind.
+pub(crate) fn kill_child(slot: &mut Option<Child>) {
+    if let Some(mut child) = slot.take() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.0);
     }
 }
 

@@ -787,33 +787,13 @@ impl Server {
     /// Closes the server's stdin and waits for it to exit with success.
     fn finish(&mut self) -> Result<()> {
         drop(self.stdin.take());
-        let deadline = Instant::now() + START_STOP;
-        let Some(child) = self.child.as_mut() else {
-            return Err("the server is gone".into());
-        };
-        loop {
-            if let Some(status) = child.try_wait()? {
-                self.child = None;
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(format!("the server failed: {status}").into())
-                };
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("the server did not exit within {START_STOP:?}").into());
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        crate::echo::wait_child_success(&mut self.child)
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::echo::kill_child(&mut self.child);
     }
 }
 
