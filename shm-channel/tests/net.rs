@@ -330,6 +330,60 @@ fn clientserver_basic_lz4() {
     clientserver_basic_compressed(Arc::new(Lz4));
 }
 
+/// The most wake-ups an idle client's tasks may have over `IDLE`: none are due (no reply
+/// pending, so no keep-alive timer), a few spare for stragglers of the last call.
+const IDLE_WAKEUPS: u64 = 8;
+const IDLE: Duration = Duration::from_millis(300);
+
+/// An idle client's tasks sleep: its wake-ups over a quiet spell stay below
+/// `IDLE_WAKEUPS`, on its own runtime (a blocking `Client`) and on the caller's
+/// current-thread one (an `AsyncClient`). A connection's writer and the pool task used to
+/// wake each other for ever, spinning a core even when idle (thousands of wake-ups over
+/// `IDLE`, however loaded the machine), which was most of a call's CPU under load.
+#[test]
+fn an_idle_client_does_not_spin() {
+    with_watchdog(Duration::from_secs(60), || {
+        let srv = server(ServerConfig::default(), Duration::ZERO);
+        let check = |what: &str, woke: u64| {
+            assert!(
+                woke <= IDLE_WAKEUPS,
+                "{what}: {woke} wake-ups of an idle client in {IDLE:?}"
+            );
+        };
+
+        let net = transport::client(vec![srv.local_addr()], client_config()).unwrap();
+        let mut client = Client::new(net);
+        for i in 0..10u64 {
+            let data = payload(100, i);
+            assert_eq!(client.call(&ECHO, &[(0, &data)], WAIT, decode_echo).unwrap(), data);
+        }
+        let before = client.transport().wakeups();
+        assert!(before > 0, "the counter counts");
+        std::thread::sleep(IDLE);
+        check("own runtime", client.transport().wakeups() - before);
+        drop(client);
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let net = transport::client(vec![srv.local_addr()], client_config()).unwrap();
+            let sender = net.sender();
+            let client = AsyncClient::new(net);
+            for i in 0..10u64 {
+                let data = payload(100, i);
+                let got = client.call(&ECHO, &[(0, &data)], WAIT, decode_echo).await;
+                assert_eq!(got.unwrap(), data);
+            }
+            let before = sender.wakeups();
+            // The runtime's only thread sleeps here, free to run the client's tasks.
+            tokio::time::sleep(IDLE).await;
+            check("current-thread runtime", sender.wakeups() - before);
+        });
+    });
+}
+
 #[test]
 fn clientserver_sendrequest() {
     with_watchdog(Duration::from_secs(30), || {

@@ -663,6 +663,17 @@ impl Connection {
         matches!(self.state, State::Closed)
     }
 
+    /// Whether [`poll_transmit`](Self::poll_transmit) may yield a frame now, or the
+    /// connection is closed (its driver must flush and drop the socket): what decides
+    /// whether its driver needs a wake-up.
+    pub fn wants_transmit(&self) -> bool {
+        match self.state {
+            State::Closed => true,
+            State::Handshaking => !self.control.is_empty(),
+            State::Open(_) => !self.control.is_empty() || self.can_send(),
+        }
+    }
+
     /// Messages queued or in progress (not yet fully sent).
     pub fn unsent(&self) -> usize {
         self.queue.len() + self.active.len()

@@ -598,6 +598,41 @@ impl<A: Clone> Pool<A> {
         Some(PoolAction::Connect { conn, addr })
     }
 
+    /// Whether the driver must run [`poll_action`](Self::poll_action) and recompute its
+    /// timer: a connect may be due (now, or after the backoff), or the pool closed (the
+    /// driver winds down). Conservative (it ignores the backoff's deadline), and false
+    /// whenever nothing changed for the driver: a wake-up that finds nothing to do must
+    /// not be paid for on every message.
+    pub fn needs_driver(&self) -> bool {
+        if self.closing == Closing::Done || self.pending_backoff {
+            return true;
+        }
+        if self.addrs.is_empty() {
+            return false;
+        }
+        let (open, pending) = (self.open_connections(), self.pending_connects());
+        if pending >= self.config.max_pending_connects.max(1)
+            || self.conns.len() >= self.config.max_connections.max(1)
+        {
+            return false;
+        }
+        let live = open + pending;
+        if live == 0 {
+            !self.queue.is_empty() || !self.orphans.is_empty() || self.want_connection
+        } else {
+            self.queue.len() > live * self.config.grow_threshold.max(1)
+        }
+    }
+
+    /// Whether the driver of `conn` has something to do ([`Connection::wants_transmit`]);
+    /// true for a connection still connecting (its driver starts by looking).
+    pub fn wants_transmit(&self, conn: ConnId) -> bool {
+        match self.conns.get(&conn) {
+            Some(Slot::Up(c)) => c.wants_transmit(),
+            Some(Slot::Connecting) | None => true,
+        }
+    }
+
     /// The socket of `conn` is connected: its handshake starts.
     pub fn handle_connected(&mut self, now: Instant, conn: ConnId) {
         if let Some(slot) = self.conns.get_mut(&conn) {

@@ -441,6 +441,8 @@ pub(super) struct ClientShared {
     pub(super) config: ClientConfig,
     runtime: tokio::runtime::Handle,
     delivered: AtomicU64,
+    /// Runs of the pool task and of the connections' tasks ([`NetClient::wakeups`]).
+    wakeups: AtomicU64,
     /// Connects over QUIC instead of TCP.
     #[cfg(feature = "quic")]
     pub(super) quic: Option<Arc<super::quic::Dialer>>,
@@ -508,13 +510,17 @@ impl ClientShared {
                 }
             }
         }
-        // Any connection may have been handed a message: wake them all (few per pool).
+        // Wake only the tasks with something to do: a connection handed a frame to send
+        // (or closed), the pool task when a connect may be due. Waking them whenever
+        // anything happened made a connection's writer and the pool task wake each other
+        // for ever (each one's `drain_from` woke the other): a client spun a core even
+        // when idle, and that spin was most of a call's CPU.
         for (id, w) in &core.wakes {
-            if from != Waker::Conn(*id) {
+            if from != Waker::Conn(*id) && core.pool.wants_transmit(*id) {
                 w.notify_one();
             }
         }
-        if from != Waker::Pool {
+        if from != Waker::Pool && core.pool.needs_driver() {
             self.pool_wake.notify_one();
         }
         if !inbox.is_empty() {
@@ -634,6 +640,7 @@ pub(super) struct ClientConn {
 
 impl Host for ClientConn {
     fn with<R>(&self, f: impl FnOnce(&mut Connection, Instant) -> R) -> Option<R> {
+        self.shared.wakeups.fetch_add(1, Ordering::Relaxed);
         let mut core = lock(&self.shared.core);
         let r = core.pool.connection(self.id).map(|c| f(c, Instant::now()));
         core.pool.process();
@@ -651,6 +658,7 @@ impl Host for ClientConn {
 
 async fn pool_task(shared: Arc<ClientShared>) {
     loop {
+        shared.wakeups.fetch_add(1, Ordering::Relaxed);
         let deadline = {
             let mut core = lock(&shared.core);
             let now = Instant::now();
@@ -835,6 +843,7 @@ impl NetClient {
             config,
             runtime: handle.clone(),
             delivered: AtomicU64::new(0),
+            wakeups: AtomicU64::new(0),
             #[cfg(feature = "quic")]
             quic,
             tls,
@@ -922,6 +931,14 @@ impl NetClient {
     /// Messages fully sent so far.
     pub fn messages_sent(&self) -> u64 {
         self.shared.delivered.load(Ordering::Relaxed)
+    }
+
+    /// How many times the client's tasks ran so far (the pool's, and each connection's
+    /// reader and writer): a diagnostic of its CPU cost. It grows with the traffic (a few
+    /// per message) and with the timers (keep-alives, reconnects), and stays put while the
+    /// client is idle.
+    pub fn wakeups(&self) -> u64 {
+        self.shared.wakeups.load(Ordering::Relaxed)
     }
 
     /// The events so far (connects, closes, failures), taken.
@@ -1082,6 +1099,12 @@ impl NetSender {
     /// Closes the pool (see [`NetClient::close`]).
     pub fn close(&self, force: bool) {
         self.shared.with_pool(|p| p.close(force));
+    }
+
+    /// [`NetClient::wakeups`], for a client whose receiving half was handed on (to an
+    /// [`AsyncClient`](crate::rpc::AsyncClient)).
+    pub fn wakeups(&self) -> u64 {
+        self.shared.wakeups.load(Ordering::Relaxed)
     }
 }
 
