@@ -355,7 +355,12 @@ fn an_idle_client_does_not_spin() {
         let mut client = Client::new(net);
         for i in 0..10u64 {
             let data = payload(100, i);
-            assert_eq!(client.call(&ECHO, &[(0, &data)], WAIT, decode_echo).unwrap(), data);
+            assert_eq!(
+                client
+                    .call(&ECHO, &[(0, &data)], WAIT, decode_echo)
+                    .unwrap(),
+                data
+            );
         }
         let before = client.transport().wakeups();
         assert!(before > 0, "the counter counts");

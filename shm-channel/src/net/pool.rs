@@ -570,24 +570,7 @@ impl<A: Clone> Pool<A> {
         if std::mem::take(&mut self.pending_backoff) {
             self.schedule_retry(now);
         }
-        if self.retry_at.is_some_and(|t| now < t) {
-            return None;
-        }
-        let open = self.open_connections();
-        let pending = self.pending_connects();
-        let total = self.conns.len();
-        if pending >= self.config.max_pending_connects.max(1)
-            || total >= self.config.max_connections.max(1)
-        {
-            return None;
-        }
-        let live = open + pending;
-        let wanted = if live == 0 {
-            !self.queue.is_empty() || !self.orphans.is_empty() || self.want_connection
-        } else {
-            self.queue.len() > live * self.config.grow_threshold.max(1)
-        };
-        if !wanted {
+        if self.retry_at.is_some_and(|t| now < t) || !self.connect_wanted() {
             return None;
         }
         let conn = self.next_conn;
@@ -604,13 +587,16 @@ impl<A: Clone> Pool<A> {
     /// whenever nothing changed for the driver: a wake-up that finds nothing to do must
     /// not be paid for on every message.
     pub fn needs_driver(&self) -> bool {
-        if self.closing == Closing::Done || self.pending_backoff {
-            return true;
-        }
-        if self.addrs.is_empty() {
-            return false;
-        }
-        let (open, pending) = (self.open_connections(), self.pending_connects());
+        self.closing == Closing::Done
+            || self.pending_backoff
+            || (!self.addrs.is_empty() && self.connect_wanted())
+    }
+
+    /// Whether one more connection is wanted (the queue outgrew the live ones, or there
+    /// are none and something waits for one) and the limits allow it; the backoff aside.
+    fn connect_wanted(&self) -> bool {
+        let open = self.open_connections();
+        let pending = self.pending_connects();
         if pending >= self.config.max_pending_connects.max(1)
             || self.conns.len() >= self.config.max_connections.max(1)
         {
