@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use thiserror::Error;
 
 use super::compress::Compressor;
@@ -22,6 +23,7 @@ use super::frame::{
     self, CloseCode, FRAME_HEADER, FrameError, FrameHeader, Hello, ProtocolSpec, Welcome,
     data_flags, kind,
 };
+use super::transmit::TransmitBuf;
 use shm_layout::{Kind, MESSAGE_HEADER_SIZE, MessageHeader, MessageView, OBJECT_HEADER_SIZE};
 
 /// How a message is delivered when connections fail (the IDL's `@one_shot`,
@@ -55,19 +57,28 @@ pub trait MessageSource: Send {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, String>;
     /// Starts over for a resend; `false` when the source cannot.
     fn rewind(&mut self) -> bool;
+    /// The next `max` bytes (fewer only at the end) as a shared slice of bytes the source
+    /// holds in memory, advancing as [`read`](Self::read) does: a frame's payload then goes
+    /// to the socket without a copy. `None` (the default): the source has no such bytes,
+    /// the caller reads them with [`read`](Self::read).
+    fn next_bytes(&mut self, max: usize) -> Option<Bytes> {
+        let _ = max;
+        None
+    }
 }
 
 /// A message held in memory.
 #[derive(Debug, Clone)]
 pub struct BytesSource {
-    bytes: Arc<[u8]>,
+    bytes: Bytes,
     at: usize,
 }
 
 impl BytesSource {
     /// The message `bytes` (header and objects, as built by
-    /// [`MessageWriter`](shm_layout::MessageWriter)).
-    pub fn new(bytes: impl Into<Arc<[u8]>>) -> Self {
+    /// [`MessageWriter`](shm_layout::MessageWriter)); a `Vec<u8>` is taken over as it is,
+    /// not copied, and its frames are slices of it.
+    pub fn new(bytes: impl Into<Bytes>) -> Self {
         BytesSource {
             bytes: bytes.into(),
             at: 0,
@@ -78,6 +89,13 @@ impl BytesSource {
 impl MessageSource for BytesSource {
     fn len(&self) -> u64 {
         self.bytes.len() as u64
+    }
+
+    fn next_bytes(&mut self, max: usize) -> Option<Bytes> {
+        let end = self.at.saturating_add(max).min(self.bytes.len());
+        let piece = self.bytes.slice(self.at..end);
+        self.at = end;
+        Some(piece)
     }
 
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, String> {
@@ -524,7 +542,18 @@ pub struct Connection {
     keepalives: u32,
     keepalive_window_start: Instant,
     compressor: Option<Arc<dyn Compressor>>,
+    /// A frame's payload read from a source without [`MessageSource::next_bytes`].
     scratch: Vec<u8>,
+    /// A frame's compressed payload.
+    zipped: Vec<u8>,
+    /// A frame header being encoded.
+    header: Vec<u8>,
+    /// See [`Connection::set_send_budget`].
+    send_budget: Option<usize>,
+    /// Bytes given by `poll_transmit` not yet reported written.
+    unwritten: usize,
+    /// Bytes of messages that fit one frame sent in a row ahead of larger ones.
+    small_run: usize,
     /// Stream ids of ordered messages in progress (at most one).
     ordered_busy: HashSet<u32>,
     stats: ConnStats,
@@ -628,6 +657,11 @@ impl Connection {
             keepalive_window_start: now,
             compressor: None,
             scratch: Vec::new(),
+            zipped: Vec::new(),
+            header: Vec::with_capacity(FRAME_HEADER),
+            send_budget: None,
+            unwritten: 0,
+            small_run: 0,
             ordered_busy: HashSet::new(),
             next_delivery: 1,
             held: BTreeMap::new(),
@@ -896,13 +930,39 @@ impl Connection {
         self.events.pop_front()
     }
 
+    /// Limits the bytes handed out by [`poll_transmit`](Self::poll_transmit) and not yet
+    /// reported written ([`handle_written`](Self::handle_written)) to about `budget`
+    /// (`None`: no limit, the default). A driver that sets it writes what it took before
+    /// it takes more, so that bytes wait here, where a small message can pass a large
+    /// one, and not in the driver's buffer, where it cannot: a message queued now waits
+    /// for at most the budget plus one frame. Control frames (handshake, keep-alives,
+    /// grants, close) are never held back, but count.
+    pub fn set_send_budget(&mut self, budget: Option<usize>) {
+        self.send_budget = budget;
+    }
+
+    /// `n` bytes given by [`poll_transmit`](Self::poll_transmit) went to the socket.
+    pub fn handle_written(&mut self, n: usize) {
+        self.unwritten = self.unwritten.saturating_sub(n);
+    }
+
     /// Appends the next frame (or handshake record) to send to `out`; `false` when there is
-    /// nothing to send now.
-    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
+    /// nothing to send now (or the [send budget](Self::set_send_budget) is spent).
+    ///
+    /// Scheduling: a message whose rest fits one frame goes before the frames of larger
+    /// ones (a small call waits for at most the frame in progress, however many large
+    /// messages are interleaved), but for no more than one frame's worth of such bytes
+    /// in a row, so that a flood of small messages never starves a large one; the large
+    /// ones take turns, a frame each.
+    pub fn poll_transmit<O: TransmitBuf + ?Sized>(&mut self, now: Instant, out: &mut O) -> bool {
         if let Some(f) = self.control.pop_front() {
-            out.extend_from_slice(&f);
+            out.put_slice(&f);
+            self.unwritten += f.len();
             self.last_tx = now;
             return true;
+        }
+        if self.send_budget.is_some_and(|b| self.unwritten >= b) {
+            return false;
         }
         let State::Open(peer) = &self.state else {
             return false;
@@ -910,63 +970,35 @@ impl Connection {
         let buffer = peer.buffer_size as usize;
         let max_message = peer.max_message;
         self.start_streams(max_message);
-        // Round robin over the streams with credit: one stalled by its receiver is passed
-        // over, never waited for.
-        let mut picked = None;
-        for _ in 0..self.active.len() {
-            let Some(s) = self.active.pop_front() else {
-                break;
-            };
-            if s.blocked() {
-                self.active.push_back(s);
-            } else {
-                picked = Some(s);
-                break;
-            }
-        }
-        let Some(mut s) = picked else {
+        let room = buffer - FRAME_HEADER;
+        let Some(mut s) = self.pick(room) else {
             return false;
         };
         let first = s.sent == 0;
-        let room = buffer - FRAME_HEADER;
         let left = s.msg.source.len() - s.sent;
         let credit = s.allowed - s.sent;
         let want = room.min(usize::try_from(left.min(credit)).unwrap_or(usize::MAX));
-        self.scratch.clear();
-        self.scratch.resize(want, 0);
-        let mut got = 0;
-        let mut failure = None;
-        while got < want {
-            match s.msg.source.read(&mut self.scratch[got..]) {
-                Ok(0) => {
-                    failure = Some(format!(
-                        "the source ended {} bytes early",
-                        left - got as u64
-                    ));
-                    break;
-                }
-                Ok(n) => got += n.min(want - got),
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+        let payload = match Self::take_payload(&mut s.msg, want, &mut self.scratch) {
+            Ok(p) => p,
+            Err(reason) => {
+                self.ordered_busy.remove(&s.stream);
+                // Even a stream that sent nothing yet: its id is used, and a receiver that
+                // delivers in order must not wait for it.
+                let mut h = FrameHeader::control(kind::ABORT);
+                h.stream = s.stream;
+                self.header.clear();
+                h.encode(&mut self.header);
+                out.put_slice(&self.header);
+                self.unwritten += FRAME_HEADER;
+                self.last_tx = now;
+                self.events.push_back(ConnEvent::Failed {
+                    token: s.msg.token,
+                    request_id: s.msg.request_id,
+                    reason,
+                });
+                return true;
             }
-        }
-        if let Some(reason) = failure {
-            self.ordered_busy.remove(&s.stream);
-            // Even a stream that sent nothing yet: its id is used, and a receiver that
-            // delivers in order must not wait for it.
-            let mut h = FrameHeader::control(kind::ABORT);
-            h.stream = s.stream;
-            h.encode(out);
-            self.last_tx = now;
-            self.events.push_back(ConnEvent::Failed {
-                token: s.msg.token,
-                request_id: s.msg.request_id,
-                reason,
-            });
-            return true;
-        }
+        };
         s.sent += want as u64;
         let last = s.sent == s.msg.source.len();
         let mut flags = 0;
@@ -987,28 +1019,39 @@ impl Connection {
             payload: want as u32,
             raw: want as u32,
         };
-        let at = out.len();
-        header.encode(out);
+        let raw: &[u8] = match &payload {
+            Some(b) => b,
+            None => &self.scratch,
+        };
+        self.zipped.clear();
         let compressed = match &self.compressor {
-            Some(c) => c.compress(&self.scratch, out) && out.len() - at - FRAME_HEADER < want,
+            Some(c) => c.compress(raw, &mut self.zipped) && self.zipped.len() < want,
             None => false,
         };
+        self.header.clear();
         if compressed {
             header.flags |= data_flags::COMPRESSED;
-            header.payload = (out.len() - at - FRAME_HEADER) as u32;
-            let mut h = Vec::with_capacity(FRAME_HEADER);
-            header.encode(&mut h);
-            out[at..at + FRAME_HEADER].copy_from_slice(&h);
+            header.payload = self.zipped.len() as u32;
+            header.encode(&mut self.header);
+            out.put_slice(&self.header);
+            out.put_slice(&self.zipped);
         } else {
-            // Did not shrink: the buffer goes out as it is.
-            out.truncate(at + FRAME_HEADER);
-            out.extend_from_slice(&self.scratch);
+            // Did not shrink (or no compression): the payload goes out as it is, a slice
+            // of the message where the source holds it in memory.
+            header.encode(&mut self.header);
+            out.put_slice(&self.header);
+            match payload {
+                Some(b) => out.put_bytes(b),
+                None => out.put_slice(&self.scratch),
+            }
         }
+        let wire = FRAME_HEADER + header.payload as usize;
+        self.unwritten += wire;
         self.last_tx = now;
         self.stats.frames_sent += 1;
         self.stats.frames_compressed += u64::from(compressed);
         self.stats.raw_bytes_sent += want as u64;
-        self.stats.wire_bytes_sent += (out.len() - at) as u64;
+        self.stats.wire_bytes_sent += wire as u64;
         if last {
             self.ordered_busy.remove(&s.stream);
             let token = s.msg.token;
@@ -1024,6 +1067,63 @@ impl Connection {
             self.active.push_back(s);
         }
         true
+    }
+
+    /// Takes the stream to send a frame of next (see
+    /// [`poll_transmit`](Self::poll_transmit)): one that finishes within `room` bytes
+    /// while fewer than `room` such bytes went out in a row, else the next in turn; one
+    /// stalled by its receiver is passed over, never waited for.
+    fn pick(&mut self, room: usize) -> Option<OutStream> {
+        if self.small_run < room {
+            let small = self.active.iter().position(|s| {
+                let left = s.msg.source.len() - s.sent;
+                !s.blocked() && left <= room as u64 && left <= s.allowed - s.sent
+            });
+            if let Some(i) = small {
+                let s = self.active.remove(i)?;
+                self.small_run += (s.msg.source.len() - s.sent) as usize;
+                return Some(s);
+            }
+        }
+        self.small_run = 0;
+        for _ in 0..self.active.len() {
+            let s = self.active.pop_front()?;
+            if s.blocked() {
+                self.active.push_back(s);
+            } else {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// The next `want` bytes of `msg`: a shared slice where its source holds them in
+    /// memory (`Some`), else read into `scratch` (`None`); the reason when the source
+    /// fails or ends early.
+    fn take_payload(
+        msg: &mut OutMessage,
+        want: usize,
+        scratch: &mut Vec<u8>,
+    ) -> Result<Option<Bytes>, String> {
+        let early = |got: usize| format!("the source ended {} bytes early", want - got);
+        if let Some(b) = msg.source.next_bytes(want) {
+            return if b.len() == want {
+                Ok(Some(b))
+            } else {
+                Err(early(b.len()))
+            };
+        }
+        scratch.clear();
+        scratch.resize(want, 0);
+        let mut got = 0;
+        while got < want {
+            match msg.source.read(&mut scratch[got..]) {
+                Ok(0) => return Err(early(got)),
+                Ok(n) => got += n.min(want - got),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// Moves queued messages into the interleaved set, keeping ordered ones one at a time.
@@ -1074,43 +1174,93 @@ impl Connection {
         }
     }
 
-    /// Takes bytes read from the socket.
+    /// Takes bytes read from the socket. Frames are parsed where they lie in `data`;
+    /// only the start of a frame cut by the end of `data` is kept (copied) until the rest
+    /// arrives.
     pub fn handle_data(&mut self, now: Instant, data: &[u8]) {
         if self.is_closed() {
             return;
         }
-        self.rx.extend_from_slice(data);
-        let mut used = 0;
-        let result = loop {
-            match self.parse_one(now, used) {
-                Ok(Some(n)) => used += n,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
+        let mut data = data;
+        // First complete the unit (frame or record) begun by earlier bytes, taking from
+        // `data` only what it lacks.
+        let mut result = Ok(());
+        while !self.rx.is_empty() && !data.is_empty() {
+            let lack = self.lacking();
+            let n = lack.min(data.len());
+            self.rx.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            let rx = std::mem::take(&mut self.rx);
+            let parsed = self.parse_all(now, &rx);
+            self.rx = rx;
+            match parsed {
+                Ok(used) => {
+                    self.rx.drain(..used.min(self.rx.len()));
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
             if self.is_closed() {
-                break Ok(());
+                return;
             }
-        };
-        self.rx.drain(..used.min(self.rx.len()));
+        }
+        if result.is_ok() && !data.is_empty() && !self.is_closed() {
+            match self.parse_all(now, data) {
+                Ok(used) => {
+                    if !self.is_closed() {
+                        self.rx.extend_from_slice(&data[used..]);
+                    }
+                }
+                Err(e) => result = Err(e),
+            }
+        }
         if let Err(e) = result {
             self.close(e);
         }
     }
 
-    /// Parses one record or frame at `self.rx[at..]`; returns the bytes it took.
-    fn parse_one(&mut self, now: Instant, at: usize) -> Result<Option<usize>, ConnError> {
-        let bytes = &self.rx[at..];
+    /// How many more bytes the unit begun in `self.rx` needs before it can be parsed (or
+    /// its length read); any number while the handshake is on (records are small).
+    fn lacking(&self) -> usize {
+        match &self.state {
+            State::Open(_) if self.rx.len() < FRAME_HEADER => FRAME_HEADER - self.rx.len(),
+            State::Open(_) => {
+                let payload =
+                    u32::from_le_bytes([self.rx[8], self.rx[9], self.rx[10], self.rx[11]]);
+                (FRAME_HEADER + payload as usize)
+                    .saturating_sub(self.rx.len())
+                    .max(1)
+            }
+            _ => usize::MAX,
+        }
+    }
+
+    /// Parses every whole unit at the start of `bytes`; returns the bytes they took.
+    fn parse_all(&mut self, now: Instant, bytes: &[u8]) -> Result<usize, ConnError> {
+        let mut used = 0;
+        while let Some(n) = self.parse_one(now, &bytes[used..])? {
+            used += n;
+            if self.is_closed() {
+                break;
+            }
+        }
+        Ok(used)
+    }
+
+    /// Parses one record or frame at the start of `bytes`; returns the bytes it took.
+    fn parse_one(&mut self, now: Instant, bytes: &[u8]) -> Result<Option<usize>, ConnError> {
         match &self.state {
             State::Closed => Ok(None),
             State::Handshaking => {
                 let Some((record, used)) = frame::split_record(bytes)? else {
                     return Ok(None);
                 };
-                let record = record.to_vec();
                 self.last_rx = now;
                 match self.side {
-                    Side::Server => self.handle_hello(&record)?,
-                    Side::Client => self.handle_welcome(&record)?,
+                    Side::Server => self.handle_hello(record)?,
+                    Side::Client => self.handle_welcome(record)?,
                 }
                 Ok(Some(used))
             }
@@ -1122,9 +1272,8 @@ impl Connection {
                 if bytes.len() < end {
                     return Ok(None);
                 }
-                let payload = bytes[FRAME_HEADER..end].to_vec();
                 self.last_rx = now;
-                self.handle_frame(now, h, payload)?;
+                self.handle_frame(now, h, &bytes[FRAME_HEADER..end])?;
                 Ok(Some(end))
             }
         }
@@ -1242,7 +1391,7 @@ impl Connection {
         &mut self,
         now: Instant,
         h: FrameHeader,
-        payload: Vec<u8>,
+        payload: &[u8],
     ) -> Result<(), ConnError> {
         match h.kind {
             kind::DATA => self.handle_data_frame(h, payload),
@@ -1348,7 +1497,7 @@ impl Connection {
         Ok(())
     }
 
-    fn handle_data_frame(&mut self, h: FrameHeader, payload: Vec<u8>) -> Result<(), ConnError> {
+    fn handle_data_frame(&mut self, h: FrameHeader, payload: &[u8]) -> Result<(), ConnError> {
         let State::Open(peer) = &self.state else {
             return Ok(());
         };
@@ -1361,17 +1510,18 @@ impl Connection {
                 FrameError::Malformed(format!("unknown protocol index {}", h.protocol)).into(),
             );
         }
-        let data = if h.flags & data_flags::COMPRESSED != 0 {
+        let mut raw = Vec::new();
+        let data: &[u8] = if h.flags & data_flags::COMPRESSED != 0 {
             let c = self.compressor.as_ref().ok_or_else(|| {
                 FrameError::Malformed("compressed frame without compression".into())
             })?;
-            let mut raw = Vec::with_capacity(h.raw as usize);
-            c.decompress(&payload, h.raw as usize, &mut raw)
+            raw.reserve_exact(h.raw as usize);
+            c.decompress(payload, h.raw as usize, &mut raw)
                 .map_err(|e| FrameError::Malformed(format!("decompression failed: {e}")))?;
             if raw.len() != h.raw as usize {
                 return Err(FrameError::Malformed("decompressed length differs".into()).into());
             }
-            raw
+            &raw
         } else {
             payload
         };
@@ -1381,7 +1531,7 @@ impl Connection {
             return Err(FrameError::Malformed("STREAM flag past a first frame".into()).into());
         }
         if first {
-            self.start_incoming(&h, &data)?;
+            self.start_incoming(&h, data)?;
         }
         let Some(s) = self.incoming.get_mut(&h.stream) else {
             return Err(
@@ -1417,7 +1567,15 @@ impl Connection {
                 Ok(())
             }
             Body::Whole(bytes) => {
-                bytes.extend_from_slice(&data);
+                // Doubling, as a Vec grows, but never past the message's length (a
+                // message just over a power of two would take twice its size).
+                if bytes.capacity() - bytes.len() < data.len() {
+                    let want = (bytes.capacity() * 2)
+                        .max(have as usize)
+                        .min(s.len as usize);
+                    bytes.reserve_exact(want - bytes.len());
+                }
+                bytes.extend_from_slice(data);
                 if !last {
                     return Ok(());
                 }

@@ -25,6 +25,7 @@ pub mod socks;
 pub mod stream;
 pub mod tcp;
 pub mod tls;
+pub mod transmit;
 
 pub use addr::{Address, AddressError};
 pub use compress::{Compressor, Lz4, Snappy};
@@ -46,6 +47,7 @@ pub use tcp::{
     current_client, process_instance,
 };
 pub use tls::{ClientTls, Identity, PeerIdentity, ServerTls};
+pub use transmit::{Transmit, TransmitBuf};
 
 #[cfg(feature = "quic")]
 pub use quic::{QuicClientTls, QuicServerTls};

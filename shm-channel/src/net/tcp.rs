@@ -34,6 +34,7 @@ use super::pool::{Canceled, ConnId, Failure, Pool, PoolAction, PoolConfig, PoolE
 use super::socks::Socks5Proxy;
 use super::stream::{NetStream, Piece, ReaderSource};
 use super::tls::{ClientTls, PeerIdentity, ServerTls};
+use super::transmit::{Transmit, TransmitBuf};
 use crate::ChannelId;
 use crate::rpc::server::dispatch;
 use crate::rpc::{
@@ -259,8 +260,43 @@ pub(super) trait Host: Send + Sync + 'static {
 /// Bytes gathered per socket write: a few frames, so that a huge message still yields to
 /// small ones every write.
 pub(super) const WRITE_BATCH: usize = 128 * 1024;
+/// The connection's send budget over TCP ([`Connection::set_send_budget`]): the bytes
+/// taken from the core per socket write. Small enough that a call queued behind a huge
+/// message waits for little of it, large enough that a write moves a good batch.
+const SEND_BUDGET: usize = 64 * 1024;
+/// `TCP_NOTSENT_LOWAT`: the most bytes the kernel holds that it has not sent yet. Without
+/// it a socket's send buffer grows to megabytes (Linux autotunes it up to 4 MiB), and
+/// every byte of a huge message in there is a byte a small call queued after it waits
+/// for; with it, the unsent bytes wait in the core's scheduler, where the call passes
+/// them. Bytes in flight (sent, not yet acknowledged) are not limited, so neither is
+/// throughput: the kernel asks for more as soon as it sends.
+const NOTSENT_LOWAT: u32 = 128 * 1024;
 /// Bytes read per socket read.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Sets the options of a connection's socket, dialed or accepted.
+fn tune_socket(stream: &TcpStream) {
+    // Frames are whole buffers already: Nagle would only add latency to small calls.
+    let _ = stream.set_nodelay(true);
+    // An option the kernel may lack: the connection works without it, only a small call
+    // behind a huge message waits longer.
+    let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(NOTSENT_LOWAT);
+}
+
+/// Writes all of `out` with vectored writes.
+async fn write_vectored_all<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut Transmit,
+) -> std::io::Result<()> {
+    while !out.is_empty() {
+        let n = wr.write_vectored(&out.io_slices()).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        out.advance(n);
+    }
+    Ok(())
+}
 
 /// Runs one connection over `stream` until it closes.
 async fn run_connection<S, H>(stream: S, host: Arc<H>, wake: Arc<Notify>)
@@ -299,13 +335,20 @@ where
         }
     }
     let reader = AbortOnDrop(reader);
-    let mut out = Vec::with_capacity(WRITE_BATCH + 64 * 1024);
+    // Frames as the core gives them: headers copied, payloads slices of the messages,
+    // written with vectored writes; a stream without them (TLS, which would make a record
+    // of each piece) gets them flattened into `flat`.
+    let mut out = Transmit::new();
+    let mut flat = Vec::new();
+    let vectored = wr.is_write_vectored();
+    host.with(|c, _| c.set_send_budget(Some(SEND_BUDGET)));
+    let mut written = 0;
     loop {
-        out.clear();
         let notified = wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let Some((closed, deadline)) = host.with(|c, now| {
+            c.handle_written(std::mem::take(&mut written));
             c.handle_timeout(now);
             while out.len() < WRITE_BATCH && c.poll_transmit(now, &mut out) {}
             (c.is_closed(), c.poll_timeout())
@@ -313,7 +356,15 @@ where
             break;
         };
         if !out.is_empty() {
-            if let Err(e) = wr.write_all(&out).await {
+            written = out.len();
+            let sent = if vectored {
+                write_vectored_all(&mut wr, &mut out).await
+            } else {
+                flat.clear();
+                out.flatten_into(&mut flat);
+                wr.write_all(&flat).await
+            };
+            if let Err(e) = sent {
                 host.with(|c, _| c.handle_io_error(e.to_string()));
                 break;
             }
@@ -702,8 +753,7 @@ async fn dial(shared: &ClientShared, addr: SocketAddr) -> Result<Dialed, String>
             .await
             .map_err(|e| format!("connecting to {addr}: {e}"))?,
     };
-    // Frames are whole buffers already: Nagle would only add latency to small calls.
-    let _ = stream.set_nodelay(true);
+    tune_socket(&stream);
     match &shared.tls {
         None => Ok(Dialed::Plain(stream)),
         Some((connector, name)) => connector
@@ -1992,7 +2042,7 @@ async fn accept_loop(
         if shared.stopped.load(Ordering::Relaxed) {
             return;
         }
-        let _ = stream.set_nodelay(true);
+        tune_socket(&stream);
         let task = match &tls {
             None => {
                 let sc = accept_conn(&shared, peer, None);

@@ -1423,3 +1423,156 @@ fn the_queue_is_bounded_and_no_queue_sends_need_a_connection_now() {
     assert!(p.pool.send_now(m).is_ok());
     assert!(p.failures().is_empty(), "{:?}", p.failures());
 }
+
+/// The payload bytes of the data frames in `buf` (client frames, past the handshake)
+/// whose stream passes `huge`, up to the last frame of stream `call` (all of them when
+/// that frame is not in `buf`), and whether it was.
+fn huge_bytes_before(buf: &[u8], huge: impl Fn(u32) -> bool, call: u32) -> (usize, bool) {
+    let mut rest = buf;
+    let mut n = 0;
+    while let Ok(Some(h)) = FrameHeader::decode(rest, frame::MAX_BUFFER) {
+        if h.kind == kind::DATA && h.stream == call && h.flags & data_flags::LAST != 0 {
+            return (n, true);
+        }
+        if h.kind == kind::DATA && huge(h.stream) {
+            n += h.payload as usize;
+        }
+        rest = &rest[frame::FRAME_HEADER + h.payload as usize..];
+    }
+    (n, false)
+}
+
+/// Head of line: a small call queued while huge one-way messages are being sent overtakes
+/// them. The driver is modelled as the TCP driver works: each round it takes frames from
+/// the core until the send budget is spent, then writes them all (and reports them
+/// written). The call is queued while a round's frames are being written: those go out
+/// ahead of it (at most the budget plus a frame), then the call's frame is the first one
+/// the core gives (a small message waits for no frame of a huge one). Counted in bytes of
+/// the huge messages, deterministic: no clock is read.
+#[test]
+fn a_small_call_overtakes_huge_messages_within_one_budget() {
+    const BUDGET: usize = 64 * 1024;
+    const HUGE: usize = 4 << 20;
+    let mut p = Pair::new(config(), config());
+    p.drive();
+    let frame_room = p.client.peer().unwrap().buffer_size as usize - frame::FRAME_HEADER;
+    p.client.set_send_budget(Some(BUDGET));
+    // Streams 1 to 3: three huge messages interleaved; the call will be stream 4.
+    for i in 0..3u64 {
+        let m = message(20 + i, Kind::OneWay, 0, HUGE, i as u8);
+        p.client
+            .send(OutMessage::from_bytes(100 + i, m, Delivery::Default));
+    }
+    let huge = |s: u32| (1..=3).contains(&s);
+    let call_stream = 4;
+    let mut received = Vec::new();
+    let mut reply = None;
+    let mut written = 0;
+    let mut before_call = None;
+    let mut after_call = 0;
+    for round in 0..100_000 {
+        p.client.handle_written(written);
+        let mut buf = Vec::new();
+        while p.client.poll_transmit(p.now, &mut buf) {}
+        assert!(
+            buf.len() <= BUDGET + frame::MAX_BUFFER as usize,
+            "round {round}: {} bytes taken past a budget of {BUDGET}",
+            buf.len()
+        );
+        if round == 5 {
+            // The call arrives while this round's frames are being written.
+            let call = message(7, Kind::Request, 77, 8, 0);
+            p.client
+                .send(OutMessage::from_bytes(7, call, Delivery::Default));
+            before_call = Some(huge_bytes_before(&buf, huge, call_stream).0);
+        } else if round > 5 && reply.is_none() {
+            let (n, done) = huge_bytes_before(&buf, huge, call_stream);
+            after_call += n;
+            assert!(
+                done || reply.is_some(),
+                "round {round}: the call was not sent"
+            );
+        }
+        written = buf.len();
+        p.server.handle_data(p.now, &buf);
+        for e in Pair::events(&mut p.server) {
+            if let ConnEvent::Message { bytes, .. } = e {
+                let v = MessageView::parse(&bytes).unwrap();
+                if v.header().kind() == Some(Kind::Request) {
+                    let r = message(7, Kind::Reply, v.header().request_id, 8, 1);
+                    p.server
+                        .send(OutMessage::from_bytes(8, r, Delivery::Default));
+                } else {
+                    received.push(bytes);
+                }
+            }
+        }
+        let mut back = Vec::new();
+        while p.server.poll_transmit(p.now, &mut back) {}
+        p.client.handle_data(p.now, &back);
+        for e in Pair::events(&mut p.client) {
+            if let ConnEvent::Message { bytes, .. } = e {
+                reply = Some(bytes);
+            }
+        }
+        if received.len() == 3 && buf.is_empty() && back.is_empty() {
+            break;
+        }
+    }
+    let before_call = before_call.expect("the call was queued");
+    assert!(
+        before_call <= BUDGET + frame_room,
+        "{before_call} bytes of the huge messages were taken before the call was queued"
+    );
+    assert!(
+        after_call <= frame_room,
+        "{after_call} bytes of the huge messages went out after the call was queued, \
+         before its frame"
+    );
+    let reply = reply.expect("the call's reply arrived");
+    assert_eq!(MessageView::parse(&reply).unwrap().header().request_id, 77);
+    // The huge messages were not harmed by being overtaken.
+    assert_eq!(received.len(), 3);
+    for i in 0..3u64 {
+        assert!(
+            received.contains(&message(20 + i, Kind::OneWay, 0, HUGE, i as u8)),
+            "huge message {i} arrived intact"
+        );
+    }
+}
+
+/// The other side of small-first: a flood of small messages never starves a large one:
+/// after a frame's worth of small ones, a frame of the large one goes, so it gets about
+/// half of the bytes.
+#[test]
+fn small_messages_do_not_starve_a_large_one() {
+    let mut p = Pair::new(config(), config());
+    p.drive();
+    let room = p.client.peer().unwrap().buffer_size as usize - frame::FRAME_HEADER;
+    let big = message(1, Kind::OneWay, 0, 1 << 20, 9);
+    p.client
+        .send(OutMessage::from_bytes(1, big, Delivery::Default));
+    let mut big_bytes = 0;
+    let mut small_bytes = 0;
+    for i in 0..400u64 {
+        // Two small messages queued for every frame taken.
+        for j in 0..2 {
+            let m = message(2, Kind::OneWay, 0, 200, (i * 2 + j) as u8);
+            p.client
+                .send(OutMessage::from_bytes(10 + i * 2 + j, m, Delivery::Default));
+        }
+        let mut buf = Vec::new();
+        assert!(p.client.poll_transmit(p.now, &mut buf));
+        let (n, _) = huge_bytes_before(&buf, |s| s == 1, 0);
+        big_bytes += n;
+        small_bytes += huge_bytes_before(&buf, |s| s != 1, 0).0;
+        p.server.handle_data(p.now, &buf);
+        let mut back = Vec::new();
+        while p.server.poll_transmit(p.now, &mut back) {}
+        p.client.handle_data(p.now, &back);
+    }
+    assert!(
+        big_bytes >= 20 * room && big_bytes * 2 >= small_bytes,
+        "the large message got {big_bytes} bytes against {small_bytes} of small ones"
+    );
+}
