@@ -556,6 +556,8 @@ pub struct Connection {
     small_run: usize,
     /// Stream ids of ordered messages in progress (at most one).
     ordered_busy: HashSet<u32>,
+    /// The stream id of the ordered message started last (0: none yet).
+    last_ordered: u32,
     stats: ConnStats,
     /// With [`ConnConfig::in_order`]: the next stream id to deliver, and the messages
     /// (or aborts: `None`) that completed before it.
@@ -663,6 +665,7 @@ impl Connection {
             unwritten: 0,
             small_run: 0,
             ordered_busy: HashSet::new(),
+            last_ordered: 0,
             next_delivery: 1,
             held: BTreeMap::new(),
             stats: ConnStats::default(),
@@ -706,6 +709,15 @@ impl Connection {
             State::Handshaking => !self.control.is_empty(),
             State::Open(_) => !self.control.is_empty() || self.can_send(),
         }
+    }
+
+    /// The stream id of the ordered message started last, in progress or done (0 before
+    /// the first). Ordered messages start one at a time, so every frame of one is made
+    /// while it is the last started: a driver that spreads streams over several lanes
+    /// (QUIC) reads this after each [`poll_transmit`](Self::poll_transmit) to keep
+    /// ordered messages on one lane, in order.
+    pub fn last_ordered_stream(&self) -> u32 {
+        self.last_ordered
     }
 
     /// Messages queued or in progress (not yet fully sent).
@@ -1162,6 +1174,7 @@ impl Connection {
             self.streams_wrapped |= self.next_stream == 1;
             if ordered {
                 self.ordered_busy.insert(stream);
+                self.last_ordered = stream;
             }
             let allowed = msg.source.len().min(u64::from(frame::INITIAL_WINDOW));
             self.active.push_back(OutStream {

@@ -8,15 +8,26 @@
 //! - one **bidirectional control stream**, opened by the client: the handshake records,
 //!   keep-alives and `CLOSE` frames (everything but message data), in order;
 //! - one **unidirectional stream per message**: every `DATA` frame of the core's stream id,
-//!   from `FIRST` to `LAST` (then the QUIC stream is finished), and its `ABORT` if any.
+//!   from `FIRST` to `LAST` (then the QUIC stream is finished), and its `ABORT` if any;
+//! - except `@ordered` messages ([`Delivery::Ordered`](super::Delivery)): they share one
+//!   unidirectional **ordered lane**, opened with the first of them and kept for the
+//!   connection. The core starts them one at a time, so on the lane each one's frames
+//!   follow the previous one's `LAST`, and the receiver completes them in the order sent,
+//!   whatever QUIC loses or reorders. (On streams of their own, a small one sent after a
+//!   large one was often complete first, even on loopback: QUIC sends its streams side
+//!   by side.)
 //!
 //! The receiving side reassembles whole frames per QUIC stream and hands each to the core
 //! in one piece, so frames of different streams never mix. Message frames wait until the
 //! handshake record arrived on the control stream. Everything else (handshake, message
 //! kinds, pools, cancel, keep-alive, timeouts, limits) is the core's, as over TCP.
 //!
-//! Messages of the `@ordered` kind still start one after another at the sender, but two
-//! of them on different QUIC streams may arrive in either order when packets are lost.
+//! UDP socket buffers are raised to [`UDP_BUFFER`] where the kernel allows, and QUIC's
+//! receive windows bounded by [`RECEIVE_WINDOW`]: on a loaded machine's loopback the
+//! kernel's default 208 KiB receive buffer overflowed while the receiving thread was not
+//! running (hundreds of drops per run), each drop costing quinn a loss recovery (a probe
+//! timeout of 25 ms and more, and a smaller congestion window) that made large messages
+//! slow and erratic.
 //!
 //! Writes go through a per-stream task each; a byte budget per connection
 //! ([`SEND_BUDGET`]) stops the core from producing frames faster than QUIC takes them,
@@ -59,14 +70,39 @@ pub type QuicClientTls = ClientTls;
 /// TLS of a QUIC server: the same as over TCP ([`ServerTls`]).
 pub type QuicServerTls = ServerTls;
 
+/// The UDP socket buffers asked for, each way (the kernel caps them at
+/// `net.core.rmem_max` / `wmem_max`): room for the bursts a peer sends while this side's
+/// thread is not running.
+pub const UDP_BUFFER: usize = 4 << 20;
+
+/// QUIC's receive window, per connection and per stream: the most bytes a peer may send
+/// ahead of what this side has read. Bounded (quinn's default connection window is
+/// unbounded) so that what is in flight towards one connection fits its socket buffer;
+/// 2 MiB still fills a 40 MiB/s path with a 50 ms round trip.
+pub const RECEIVE_WINDOW: u32 = 2 << 20;
+
+/// A UDP socket bound to `addr`, with buffers of [`UDP_BUFFER`] where the kernel allows.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    // Best effort: a kernel that refuses leaves its default, and QUIC recovers what
+    // overflows as any loss, only slower.
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, UDP_BUFFER);
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(&socket, UDP_BUFFER);
+    Ok(socket)
+}
+
 /// QUIC's own limits, from the connection's: as many concurrent message streams as the
-/// core accepts in progress, one control stream, an idle timeout past the core's own.
+/// core accepts in progress and the ordered lane, one control stream, an idle timeout
+/// past the core's own.
 fn transport_config(conn: &ConnConfig, server: bool) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     let streams = u32::try_from(conn.max_incoming_streams)
         .unwrap_or(u32::MAX)
-        .clamp(1, 1 << 16);
+        .clamp(1, 1 << 16)
+        + 1;
     t.max_concurrent_uni_streams(VarInt::from_u32(streams));
+    t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
+    t.stream_receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     t.max_concurrent_bidi_streams(VarInt::from_u32(u32::from(server)));
     let idle = conn.inactivity_timeout.max(conn.handshake_timeout) + Duration::from_secs(5);
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
@@ -115,7 +151,14 @@ impl Dialer {
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let endpoint = quinn::Endpoint::client(local).map_err(|e| e.to_string())?;
+        let socket = udp_socket(local).map_err(|e| e.to_string())?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| e.to_string())?;
         let conn = endpoint
             .connect_with(self.config.clone(), addr, &self.server_name)
             .map_err(|e| e.to_string())?
@@ -201,7 +244,7 @@ impl NetServer {
     ) -> std::io::Result<NetServer> {
         let (handle, runtime) = runtime_handle()?;
         let server_config = tls.quinn_config(&config.conn)?;
-        let socket = std::net::UdpSocket::bind(addr)?;
+        let socket = udp_socket(addr)?;
         let local_addr = socket.local_addr()?;
         let endpoint = {
             let _guard = handle.enter();
@@ -297,6 +340,7 @@ async fn run_quic<H: Host>(
         conn: conn.clone(),
         control: control_tx,
         streams: HashMap::new(),
+        lane: None,
         record_sent: false,
         budget: Arc::clone(&budget),
         wake: Arc::clone(&wake),
@@ -304,8 +348,11 @@ async fn run_quic<H: Host>(
         open_timeout: config.inactivity_timeout,
     };
     let mut out = Vec::with_capacity(WRITE_BATCH + MAX_FRAME);
+    // The ordered messages' stream ids seen while making `out`.
+    let mut ordered = Vec::new();
     loop {
         out.clear();
+        ordered.clear();
         let notified = wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -314,14 +361,19 @@ async fn run_quic<H: Host>(
         let Some((closed, deadline)) = host.with(|c, now| {
             c.handle_timeout(now);
             if room || c.is_closed() {
-                while out.len() < WRITE_BATCH && c.poll_transmit(now, &mut out) {}
+                while out.len() < WRITE_BATCH && c.poll_transmit(now, &mut out) {
+                    let s = c.last_ordered_stream();
+                    if s != 0 && ordered.last() != Some(&s) {
+                        ordered.push(s);
+                    }
+                }
             }
             (c.is_closed(), c.poll_timeout())
         }) else {
             break;
         };
         if !out.is_empty() {
-            if let Err(e) = router.route(&out).await {
+            if let Err(e) = router.route(&out, &ordered).await {
                 host.with(|c, _| c.handle_io_error(e));
                 break;
             }
@@ -345,11 +397,11 @@ async fn run_quic<H: Host>(
     let Router {
         control,
         streams,
+        lane,
         mut writers,
         ..
     } = router;
-    drop(control);
-    drop(streams);
+    drop((control, streams, lane));
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while writers.join_next().await.is_some() {}
     })
@@ -362,8 +414,10 @@ async fn run_quic<H: Host>(
 struct Router {
     conn: quinn::Connection,
     control: mpsc::UnboundedSender<Chunk>,
-    /// Core stream id -> the writer of its QUIC stream.
+    /// Core stream id -> the writer of its QUIC stream (the lane's, for an ordered one).
     streams: HashMap<u32, mpsc::UnboundedSender<Chunk>>,
+    /// The writer of the QUIC stream all ordered messages share, once one was sent.
+    lane: Option<mpsc::UnboundedSender<Chunk>>,
     record_sent: bool,
     budget: Arc<Semaphore>,
     wake: Arc<Notify>,
@@ -382,7 +436,22 @@ impl Router {
         }
     }
 
-    async fn route(&mut self, out: &[u8]) -> Result<(), String> {
+    /// Opens a QUIC stream (waiting, up to the inactivity timeout, for the peer to grant
+    /// one) and starts its writer.
+    async fn open(&mut self) -> Result<mpsc::UnboundedSender<Chunk>, String> {
+        let send = tokio::time::timeout(self.open_timeout, self.conn.open_uni())
+            .await
+            .map_err(|_| "no stream granted by the peer".to_string())?
+            .map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.writers
+            .spawn(write_stream(send, rx, Arc::clone(&self.wake), false));
+        Ok(tx)
+    }
+
+    /// Routes the frames of `out`; `ordered` holds the stream ids of ordered messages
+    /// among them.
+    async fn route(&mut self, out: &[u8], ordered: &[u32]) -> Result<(), String> {
         // Consecutive frames of one target go out as one chunk (one QUIC write).
         let mut batches: Vec<(Option<u32>, Vec<u8>)> = Vec::new();
         let mut finished = Vec::new();
@@ -416,13 +485,17 @@ impl Router {
             let stream = u32_at(f, 4);
             let first = k == kind::DATA && f[1] & data_flags::FIRST != 0;
             if first && !self.streams.contains_key(&stream) {
-                let send = tokio::time::timeout(self.open_timeout, self.conn.open_uni())
-                    .await
-                    .map_err(|_| "no stream granted by the peer".to_string())?
-                    .map_err(|e| e.to_string())?;
-                let (tx, rx) = mpsc::unbounded_channel();
-                self.writers
-                    .spawn(write_stream(send, rx, Arc::clone(&self.wake), false));
+                let tx = if ordered.contains(&stream) {
+                    match &self.lane {
+                        Some(lane) => lane.clone(),
+                        None => {
+                            let lane = self.open().await?;
+                            self.lane.insert(lane).clone()
+                        }
+                    }
+                } else {
+                    self.open().await?
+                };
                 self.streams.insert(stream, tx);
             }
             // A stream we never opened (an ABORT of an unknown one): the control stream.
