@@ -451,8 +451,9 @@ fn hostile_idle_streams_are_closed_by_inactivity() {
             streams
         });
         eprintln!("opened {} idle streams", opened.len());
+        // The limit, and one more: the ordered lane.
         assert!(
-            opened.len() <= 64,
+            opened.len() <= 64 + 1,
             "QUIC granted more streams than the limit"
         );
         // The good client keeps its idle connection alive, well within the server's
