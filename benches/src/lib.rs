@@ -3,6 +3,8 @@
 
 pub mod chart;
 pub mod echo;
+pub mod gateway_peer;
+pub mod gateway_report;
 mod iox_peer;
 mod ipc_peer;
 pub mod net_peer;

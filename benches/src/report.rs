@@ -718,7 +718,13 @@ pub fn run(paths: &Paths) -> Result<Vec<PathBuf>> {
     } else {
         Vec::new()
     };
-    if rtt.cases.is_empty() && thr.cases.is_empty() && memory.is_empty() && net.cases.is_empty() {
+    let gateway = load_group(&paths.criterion, "gateway")?;
+    if rtt.cases.is_empty()
+        && thr.cases.is_empty()
+        && memory.is_empty()
+        && net.cases.is_empty()
+        && gateway.cases.is_empty()
+    {
         return Err(format!(
             "no results under {} (run `cargo bench -p benches` first)",
             paths.criterion.display()
@@ -733,7 +739,15 @@ pub fn run(paths: &Paths) -> Result<Vec<PathBuf>> {
             &crate::net_report::render_net(&net, &net_ratios),
         );
     }
-    // Only the network bench ran: the other sections keep what they say.
+    if !gateway.cases.is_empty() {
+        page = splice(
+            &page,
+            "gateway",
+            "## Gateway (gateway)",
+            &crate::gateway_report::render_gateway(&gateway),
+        );
+    }
+    // Only the network benches ran: the other sections keep what they say.
     if rtt.cases.is_empty() && thr.cases.is_empty() && memory.is_empty() {
         std::fs::write(&paths.page, page)?;
         written.push(paths.page.clone());

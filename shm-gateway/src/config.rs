@@ -30,6 +30,10 @@
 //! max_connections = 16                # optional (default 64)
 //! max_message = 8388608               # optional (default: the listener's)
 //! anonymous = false                   # optional: also clients without a certificate (TCP)
+//! max_queued = 64                     # optional: messages (replies, events) held per remote
+//!                                     # connection toward a client that reads slowly; when
+//!                                     # full, the gateway stops reading the service's ring
+//!                                     # (backpressure: the service waits, nothing is lost)
 //!
 //! [[import]]                          # a remote service under a local name
 //! name = "display"                    # the local name clients connect to
@@ -48,6 +52,9 @@
 //! inactivity_timeout_ms = 30000       # optional: a silent remote is gone (default 30 s)
 //! backoff_min_ms = 100                # optional: first reconnect delay (default 100 ms)
 //! backoff_max_ms = 5000               # optional: longest reconnect delay (default 5 s)
+//! max_queued = 256                    # optional: messages held per local client toward a
+//!                                     # remote that reads slowly; when full, the gateway
+//!                                     # stops reading the client's ring (backpressure)
 //! ```
 //!
 //! Unknown keys are errors, and a syntax error names the file and line.
@@ -204,6 +211,19 @@ pub struct Export {
     /// The largest rings accepted from the local service (default 64 MiB each).
     #[serde(default)]
     pub ring_sizes: Option<[u64; 2]>,
+    /// Messages held per remote connection toward its client (queued or being written):
+    /// at the bound the gateway stops reading the service's ring until the client takes
+    /// some (backpressure; nothing is dropped).
+    #[serde(default = "default_export_queued")]
+    pub max_queued: usize,
+}
+
+fn default_export_queued() -> usize {
+    64
+}
+
+fn default_import_queued() -> usize {
+    256
 }
 
 impl Export {
@@ -272,6 +292,11 @@ pub struct Import {
     /// The longest reconnect delay, in ms.
     #[serde(default = "default_backoff_max")]
     pub backoff_max_ms: u64,
+    /// Messages held per local client toward the remote, waiting for the connection:
+    /// at the bound the gateway stops reading the client's ring until the remote takes
+    /// some (backpressure; a `@no_queue` message is dropped instead).
+    #[serde(default = "default_import_queued")]
+    pub max_queued: usize,
 }
 
 fn default_keepalive() -> u64 {
@@ -403,6 +428,9 @@ impl Config {
             if e.max_connections == 0 {
                 return Err(format!("{what}: max_connections must be at least 1"));
             }
+            if e.max_queued == 0 {
+                return Err(format!("{what}: max_queued must be at least 1"));
+            }
         }
         if !self.export.is_empty() {
             let Some(listen) = &self.listen else {
@@ -429,6 +457,9 @@ impl Config {
                 return Err(format!("{what}: imported twice"));
             }
             versions(&what, i.versions)?;
+            if i.max_queued == 0 {
+                return Err(format!("{what}: max_queued must be at least 1"));
+            }
             if let Address::Quic(_) | Address::Tls(_) = i.address()?
                 && self.tls.is_none()
             {

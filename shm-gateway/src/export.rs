@@ -12,6 +12,13 @@
 //! Two threads per connection: one writes what arrives from the network into the ring (it
 //! may wait for room, which the connection's I/O tasks must never do), the other reads
 //! the ring and hands each message to the connection.
+//!
+//! Toward a remote client that reads slowly the gateway holds at most the export's
+//! `max_queued` messages per connection (queued or being written): at the bound the ring
+//! reader stops reading the service's ring until the connection sent some
+//! (backpressure). The service then sees a slow client: its ring fills and its sends wait,
+//! as they would for a local client that reads slowly (an RPC server drops a client
+//! whose ring stays full for its `reply_timeout`, 5 s by default).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,6 +41,8 @@ use crate::stats::Counters;
 const RING_WAIT: Duration = Duration::from_secs(10);
 /// How often the ring reader looks at whether its connection ended.
 const POLL: Duration = Duration::from_millis(100);
+/// How often a stalled ring reader (its client reads slowly) looks whether there is room.
+const STALL_POLL: Duration = Duration::from_millis(1);
 
 /// The names a client certificate carries for the policy: its subject alternative names
 /// (DNS names first), then its subject's common name.
@@ -231,11 +240,27 @@ fn run_link(s: &ExportShared, link: &Link, rx: mpsc::Receiver<NetMessage>) {
     std::thread::scope(|scope| {
         let done2 = Arc::clone(&done);
         // Ring -> network.
+        let max_queued = s.config.max_queued;
         scope.spawn(move || {
             let counters = &s.counters;
             loop {
                 if done2.load(Ordering::Relaxed) {
                     break;
+                }
+                // Backpressure: while the remote client has `max_queued` messages not
+                // yet sent to it, the service's messages stay in its ring, and the
+                // service waits for room as it would for a slow local client. Nothing
+                // piles up here, nothing is dropped.
+                if link.unsent() >= max_queued {
+                    Counters::bump(&counters.stalls);
+                    debug!(max_queued, "the remote client is slow: not reading the ring");
+                    while link.unsent() >= max_queued
+                        && !done2.load(Ordering::Relaxed)
+                        && !link.is_closed()
+                    {
+                        std::thread::sleep(STALL_POLL);
+                    }
+                    continue;
                 }
                 match channel.recv_timeout(POLL) {
                     Ok(m) => {

@@ -17,6 +17,12 @@
 //!   a new remote session (state the remote service kept for this client is gone, as with
 //!   any reconnecting network client).
 //!
+//! Toward a remote that reads slowly the gateway holds at most `max_queued` messages per
+//! local client (plus the few handed to the connection): at the bound it stops reading
+//! the client's ring until there is room (backpressure: the client's sends wait for ring
+//! room, nothing is lost); a message that finds no room for 10 s fails (a call gets
+//! `CallError::Transport(Other)` naming the bound), a `@no_queue` one is dropped at once.
+//!
 //! The local client sees these as the `CallError`s a direct network client gets, because
 //! the gateway writes them as the transport's own failure replies (`LOCAL`).
 
@@ -43,6 +49,9 @@ use crate::stats::Counters;
 
 /// How long a reply or event may wait for room in the local client's ring.
 const RING_WAIT: Duration = Duration::from_secs(10);
+/// How long a message from a local client may wait for room in the queue toward the
+/// remote (`max_queued`) before it fails.
+const QUEUE_WAIT: Duration = Duration::from_secs(10);
 /// How often the loops look at whether they must stop.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -194,6 +203,7 @@ fn net_client(s: &ImportShared) -> Result<NetClient, String> {
     config.conn.keepalive_interval = Duration::from_millis(c.keepalive_ms);
     config.conn.inactivity_timeout = Duration::from_millis(c.inactivity_timeout_ms);
     config.pool.max_connections = 1;
+    config.pool.max_queued = c.max_queued;
     config.pool.backoff_min = Duration::from_millis(c.backoff_min_ms);
     config.pool.backoff_max = Duration::from_millis(c.backoff_max_ms);
     let client = match (&s.address, &s.tls) {
@@ -300,18 +310,40 @@ fn up_loop(
             outstanding(pending).insert(shape.request_id, (shape.message_id, shape.idempotent()));
         }
         let n = bytes.len() as u64;
-        match sender.send_message(bytes) {
+        // Backpressure: with `max_queued` messages waiting for the remote, this thread
+        // waits for room and the client's ring is not read meanwhile (its sends wait, as
+        // for a slow local service). After `QUEUE_WAIT` without room the message fails;
+        // a `@no_queue` one is dropped at once.
+        let wait = if shape.flags & shm_channel::layout::flags::NO_QUEUE != 0 {
+            Duration::ZERO
+        } else {
+            QUEUE_WAIT
+        };
+        if !sender.has_room() {
+            Counters::bump(&c.stalls);
+            debug!(max_queued = s.config.max_queued, "the remote is slow: waiting for room");
+        }
+        match sender.send_message_timeout(bytes, wait) {
             Ok(()) => {
                 Counters::bump(&c.messages_out);
                 Counters::add(&c.bytes_out, n);
             }
             Err(e) => {
                 outstanding(pending).remove(&shape.request_id);
-                let code = match e {
-                    TransportError::NotConnected => LocalFailure::NotConnected,
-                    _ => LocalFailure::Other,
+                let (code, why) = match e {
+                    TransportError::NotConnected => {
+                        (LocalFailure::NotConnected, format!("gateway: {e}"))
+                    }
+                    TransportError::Timeout => (
+                        LocalFailure::Other,
+                        format!(
+                            "gateway: {} took none of the {} messages queued for it in {QUEUE_WAIT:?}",
+                            s.config.remote, s.config.max_queued
+                        ),
+                    ),
+                    _ => (LocalFailure::Other, format!("gateway: {e}")),
                 };
-                fail(code, &format!("gateway: {e}"));
+                fail(code, &why);
             }
         }
     }

@@ -37,6 +37,7 @@ pub mod import;
 pub mod pki;
 pub mod relay;
 pub mod stats;
+pub mod testbed;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

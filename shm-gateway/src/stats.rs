@@ -82,6 +82,9 @@ counters! {
     drops,
     /// Calls the gateway failed itself (remote down, connection lost, too large).
     failed_calls,
+    /// Times the gateway stopped reading a ring because the peer on the other side of
+    /// the network was not taking messages (`max_queued` reached): backpressure.
+    stalls,
 }
 
 impl Counters {

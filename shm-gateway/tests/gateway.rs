@@ -8,21 +8,22 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use shm_channel::layout::{MessageHeader, MessageView, MessageWriter};
 use shm_channel::net::{
-    ClientConfig as NetConfig, ClientEvent, ConnError, Identity, NetClient, ProtocolSpec,
-    QuicClientTls,
+    ClientConfig as NetConfig, ClientEvent, ConnConfig, ConnError, ConnEvent, Connection,
+    Delivery, Identity, NetClient, OutMessage, ProtocolSpec, QuicClientTls,
 };
-use shm_channel::rpc::{CallError, ServeOptions, TransportError};
+use shm_channel::rpc::{self, CallError, ServeOptions, TransportError};
 use shm_channel::wire::{Bounded, VecView};
 use shm_gateway::stats::Stats;
-use support::{ChildGuard, child_role, unique_name, with_watchdog};
+use shm_gateway::testbed::{self, GatewayProcess, ServiceSpec, Site};
+use support::{ChildGuard, child_role, with_watchdog};
 
 #[allow(dead_code)]
 mod idl {
@@ -37,6 +38,10 @@ const STEP: Duration = Duration::from_secs(20);
 const DISPLAY_ROLE: &str = "display-server";
 const ROLE_TEST: &str = "child_roles";
 const DIR_ENV: &str = "SHM_GATEWAY_TEST_DIR";
+const ECHO_ROLE: &str = "echo-server";
+const NAME_ENV: &str = "SHM_GATEWAY_TEST_NAME";
+/// The echo service's rings, each way.
+const ECHO_RING: u64 = 1 << 20;
 
 // ------------------------------------------------------------------ the display service
 
@@ -142,208 +147,64 @@ fn child_roles() {
         );
         println!("display server ended: {end:?}");
     }
+    if child_role().as_deref() == Some(ECHO_ROLE) {
+        let dir = PathBuf::from(std::env::var(DIR_ENV).expect("dir"));
+        let name = std::env::var(NAME_ENV).expect("name");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            std::thread::sleep(LIMIT);
+            stop2.store(true, Ordering::Relaxed);
+        });
+        println!("serving");
+        // A slow client is waited for a minute (the slow-peer test pauses for seconds).
+        let end = testbed::serve_echo(
+            &name,
+            &dir,
+            ECHO_RING,
+            Duration::from_secs(60),
+            &testbed::Echo::default(),
+            stop,
+        );
+        println!("echo server ended: {end:?}");
+    }
 }
 
 // ------------------------------------------------------------------ machines and gateways
 
-/// A scratch directory with certificates: a CA, `gw-a`, `gw-b`, `intruder` (signed by
-/// the CA but allowed nowhere), and `stranger` (signed by another CA).
-struct Site {
-    root: PathBuf,
-}
-
-impl Site {
-    fn new() -> Site {
-        let root = std::env::temp_dir().join(unique_name("gw"));
-        std::fs::create_dir_all(&root).unwrap();
-        let names = ["gw-a", "gw-b", "intruder"].map(String::from);
-        shm_gateway::pki::make_certs("test CA", &names)
-            .unwrap()
-            .write(&root.join("certs"))
-            .unwrap();
-        shm_gateway::pki::make_certs("other CA", &["stranger".into()])
-            .unwrap()
-            .write(&root.join("other"))
-            .unwrap();
-        Site { root }
-    }
-
-    /// A "machine"'s runtime directory.
-    fn machine(&self, name: &str) -> PathBuf {
-        self.root.join(format!("rt-{name}"))
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.root.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    fn identity(&self, dir: &str, name: &str) -> Identity {
-        let d = self.root.join(dir);
-        shm_gateway::pki::load_identity(
-            &d.join(format!("{name}.pem")),
-            &d.join(format!("{name}.key")),
-        )
-        .unwrap()
-    }
-
-    fn ca(&self) -> Vec<shm_channel::net::quic::CertificateDer<'static>> {
-        shm_gateway::pki::load_certs(&self.root.join("certs/ca.pem")).unwrap()
+/// The display service as the gateways carry it.
+fn display_spec() -> ServiceSpec {
+    ServiceSpec {
+        name: "display".into(),
+        protocol: "Display".into(),
+        versions: [1, 2],
+        ring_sizes: [display::CLIENT_TO_SERVER_MAX, display::SERVER_TO_CLIENT_MAX],
+        max_message: 4 << 20,
     }
 }
 
-impl Drop for Site {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
-    }
+fn new_site() -> Site {
+    Site::new().expect("a scratch site")
 }
 
-/// A UDP port free now on loopback (a gateway binds it, and binds it again on restart).
 fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    testbed::free_udp_port().expect("a free UDP port")
 }
 
 /// Gateway B's configuration: exports `display` (allowed to `gw-a`) and nothing else.
 fn config_b(site: &Site, port: u16) -> PathBuf {
-    let text = format!(
-        r#"
-[gateway]
-name = "b"
-runtime_dir = "{rt}"
-control = "{root}/b.ctl"
-
-[tls]
-cert = "certs/gw-b.pem"
-key = "certs/gw-b.key"
-ca = "certs/ca.pem"
-
-[listen]
-quic = "127.0.0.1:{port}"
-tcp = "127.0.0.1:{port}"
-
-[[export]]
-service = "display"
-protocol = "Display"
-versions = [1, 2]
-allow = ["gw-a"]
-max_message = 4194304
-"#,
-        rt = site.machine("b").display(),
-        root = site.root.display(),
-    );
-    site.write("b.toml", &text)
+    site.config_b(port, &display_spec(), "", "").unwrap()
 }
 
 /// Gateway A's configuration: imports B's display as `display`.
 fn config_a(site: &Site, port: u16) -> PathBuf {
-    let text = format!(
-        r#"
-[gateway]
-name = "a"
-runtime_dir = "{rt}"
-control = "{root}/a.ctl"
-
-[tls]
-cert = "certs/gw-a.pem"
-key = "certs/gw-a.key"
-ca = "certs/ca.pem"
-
-[[import]]
-name = "display"
-remote = "quic://127.0.0.1:{port}"
-server_name = "gw-b"
-protocol = "Display"
-versions = [1, 2]
-ring_sizes = [{c2s}, {s2c}]
-max_message = 4194304
-connect_timeout_ms = 2000
-keepalive_ms = 1000
-inactivity_timeout_ms = 3000
-backoff_min_ms = 100
-backoff_max_ms = 1000
-"#,
-        rt = site.machine("a").display(),
-        root = site.root.display(),
-        c2s = display::CLIENT_TO_SERVER_MAX,
-        s2c = display::SERVER_TO_CLIENT_MAX,
-    );
-    site.write("a.toml", &text)
+    site.config_a(port, &display_spec(), "").unwrap()
 }
 
-/// A `shm-gateway run` process, killed when dropped; its log goes to `<config>.log`
-/// (printed when the test fails).
-struct GatewayProcess {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl GatewayProcess {
-    fn start(config: &Path) -> GatewayProcess {
-        let log = config.with_extension("log");
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shm-gateway"))
-            .args(["run", "-v", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn shm-gateway");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        let mut g = GatewayProcess {
-            child: Some(child),
-            log,
-        };
-        match rx.recv_timeout(STEP) {
-            Ok(l) if l == "shm-gateway: ready" => {}
-            other => {
-                let status = g.child.as_mut().unwrap().try_wait();
-                panic!(
-                    "the gateway did not start ({other:?}, {status:?}); its log:\n{}",
-                    std::fs::read_to_string(&g.log).unwrap_or_default()
-                );
-            }
-        }
-        g
-    }
-
-    /// SIGKILL, as a crash.
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        self.kill9();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- {} ----\n{}",
-                self.log.display(),
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
+/// A `shm-gateway run` process.
+fn start_gateway(config: &Path) -> GatewayProcess {
+    GatewayProcess::binary(env!("CARGO_BIN_EXE_shm-gateway").as_ref(), config)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn start_display_server(site: &Site) -> ChildGuard {
@@ -448,7 +309,7 @@ fn display_session(client: &mut display::Client) {
 }
 
 fn stats(site: &Site, gw: &str) -> Stats {
-    shm_gateway::control::query(&site.root.join(format!("{gw}.ctl"))).expect("stats")
+    shm_gateway::control::query(&site.control(gw)).expect("stats")
 }
 
 // ------------------------------------------------------------------ tests
@@ -459,11 +320,11 @@ fn gateway_end_to_end_display_calls_events_and_restart() {
         return;
     }
     with_watchdog(LIMIT, || {
-        let site = Site::new();
+        let site = new_site();
         let port = free_udp_port();
         let _server = start_display_server(&site);
-        let mut gw_b = GatewayProcess::start(&config_b(&site, port));
-        let _gw_a = GatewayProcess::start(&config_a(&site, port));
+        let mut gw_b = start_gateway(&config_b(&site, port));
+        let _gw_a = start_gateway(&config_a(&site, port));
 
         let mut client = connect_display(&site);
         display_session(&mut client);
@@ -511,7 +372,7 @@ fn gateway_end_to_end_display_calls_events_and_restart() {
         println!("errors while B was down: {errors:?}");
 
         // B comes back: the same client works again (a new session on B).
-        let _gw_b = GatewayProcess::start(&config_b(&site, port));
+        let _gw_b = start_gateway(&config_b(&site, port));
         let started = Instant::now();
         loop {
             match client.create_surface(&rect(8, 8), &PixelFormat::Rgba8, "after") {
@@ -544,13 +405,13 @@ fn gateway_policy_refuses_strangers_and_unexported_services() {
         return;
     }
     with_watchdog(LIMIT, || {
-        let site = Site::new();
+        let site = new_site();
         let port = free_udp_port();
         let _server = start_display_server(&site);
-        let _gw_b = GatewayProcess::start(&config_b(&site, port));
+        let _gw_b = start_gateway(&config_b(&site, port));
         let addr = vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))];
         let connect = |protocol: &str, identity: Option<Identity>| {
-            let mut tls = QuicClientTls::new("gw-b", site.ca());
+            let mut tls = QuicClientTls::new("gw-b", site.ca().unwrap());
             tls.identity = identity;
             let mut config = NetConfig::new(ProtocolSpec::new(protocol, 2));
             config.connect_timeout = Duration::from_secs(5);
@@ -570,13 +431,13 @@ fn gateway_policy_refuses_strangers_and_unexported_services() {
         let e = refused(connect("Display", None));
         println!("no certificate: {e}");
         // A certificate of another CA: TLS refuses it.
-        let e = refused(connect("Display", Some(site.identity("other", "stranger"))));
+        let e = refused(connect("Display", Some(site.identity("other", "stranger").unwrap())));
         println!("another CA: {e}");
         // The right CA, a name not allowed: the gateway refuses it.
-        let e = refused(connect("Display", Some(site.identity("certs", "intruder"))));
+        let e = refused(connect("Display", Some(site.identity("certs", "intruder").unwrap())));
         assert!(e.contains("certificate intruder is not allowed"), "{e}");
         // The right certificate, a protocol that is not exported.
-        let e = refused(connect("Secret", Some(site.identity("certs", "gw-a"))));
+        let e = refused(connect("Secret", Some(site.identity("certs", "gw-a").unwrap())));
         assert!(
             e.to_lowercase().contains("secret") || e.contains("refused"),
             "{e}"
@@ -584,7 +445,7 @@ fn gateway_policy_refuses_strangers_and_unexported_services() {
 
         // The right certificate and service: a direct QUIC client of the export (no
         // gateway on its side) is served.
-        let net = connect("Display", Some(site.identity("certs", "gw-a"))).expect("allowed");
+        let net = connect("Display", Some(site.identity("certs", "gw-a").unwrap())).expect("allowed");
         let mut client = display::Client::new(net);
         client.set_default_timeout(STEP);
         let s = client
@@ -595,16 +456,16 @@ fn gateway_policy_refuses_strangers_and_unexported_services() {
 
         // The same over TCP with mutual TLS: the policy reads the same certificate.
         let tcp = |identity: Identity| {
-            let mut tls = QuicClientTls::new("gw-b", site.ca());
+            let mut tls = QuicClientTls::new("gw-b", site.ca().unwrap());
             tls.identity = Some(identity);
             let mut config = NetConfig::new(ProtocolSpec::new("Display", 2));
             config.tls = Some(tls);
             NetClient::connect(addr.clone(), config, STEP)
         };
-        let e = refused(tcp(site.identity("certs", "intruder")));
+        let e = refused(tcp(site.identity("certs", "intruder").unwrap()));
         assert!(e.contains("certificate intruder is not allowed"), "{e}");
         let mut over_tcp =
-            display::Client::new(tcp(site.identity("certs", "gw-a")).expect("TLS over TCP"));
+            display::Client::new(tcp(site.identity("certs", "gw-a").unwrap()).expect("TLS over TCP"));
         over_tcp.set_default_timeout(STEP);
         over_tcp
             .create_surface(&rect(4, 4), &PixelFormat::Bgra8, "tcp")
@@ -623,11 +484,11 @@ fn gateway_check_names_the_file_and_line_of_an_error() {
         return;
     }
     with_watchdog(LIMIT, || {
-        let site = Site::new();
+        let site = new_site();
         let bad = site.write(
             "bad.toml",
             "[gateway]\nname = \"x\"\n\n[[import]]\nname = \"display\"\nremote = \"quic://h:1\"\nprotocl = \"Display\"\n",
-        );
+        ).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_shm-gateway"))
             .args(["check", "--config"])
             .arg(&bad)
@@ -683,11 +544,11 @@ fn gateway_latency() {
     }
     with_watchdog(Duration::from_secs(600), || {
         let n = 5_000;
-        let site = Site::new();
+        let site = new_site();
         let port = free_udp_port();
         let _server = start_display_server(&site);
-        let _gw_b = GatewayProcess::start(&config_b(&site, port));
-        let _gw_a = GatewayProcess::start(&config_a(&site, port));
+        let _gw_b = start_gateway(&config_b(&site, port));
+        let _gw_a = start_gateway(&config_a(&site, port));
 
         let config = display::client_config()
             .runtime_dir(site.machine("b"))
@@ -695,8 +556,8 @@ fn gateway_latency() {
         let mut shm = display::Client::connect_with("display", &config).expect("shm client");
         let direct = round_trips(&mut shm, n);
 
-        let mut tls = QuicClientTls::new("gw-b", site.ca());
-        tls.identity = Some(site.identity("certs", "gw-a"));
+        let mut tls = QuicClientTls::new("gw-b", site.ca().unwrap());
+        tls.identity = Some(site.identity("certs", "gw-a").unwrap());
         let net = NetClient::connect_quic(
             vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))],
             NetConfig::new(ProtocolSpec::new("Display", 2)),
@@ -733,5 +594,403 @@ fn gateway_latency() {
             display::CLIENT_TO_SERVER_MAX,
             display::SERVER_TO_CLIENT_MAX
         );
+    });
+}
+
+// ------------------------------------------------------------------ the echo service
+
+fn start_echo_server(site: &Site, name: &str) -> ChildGuard {
+    let mut server = ChildGuard::spawn(
+        ROLE_TEST,
+        ECHO_ROLE,
+        &[
+            (DIR_ENV, site.machine("b").display().to_string()),
+            (NAME_ENV, name.to_owned()),
+        ],
+    );
+    server.wait_for_line("serving");
+    server
+}
+
+/// An RPC client of the echo service over shm on `machine` (through gateway A's import
+/// on machine A), retried until the name is bound.
+fn connect_echo(site: &Site, machine: &str) -> rpc::Client<shm_channel::Channel> {
+    let config = shm_channel::ClientConfig::new(testbed::ECHO_PROTOCOL, 1..=1)
+        .ring_sizes(ECHO_RING, ECHO_RING)
+        .runtime_dir(site.machine(machine))
+        .timeout(STEP);
+    let deadline = Instant::now() + STEP;
+    loop {
+        match shm_channel::connect("echo", &config) {
+            Ok(c) => {
+                let mut client = rpc::Client::new(c);
+                client.set_default_timeout(STEP);
+                return client;
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("connecting to echo on machine {machine}: {e}"),
+        }
+    }
+}
+
+/// A QUIC client of gateway B's export `GwEcho`, as `gw-a`.
+fn quic_echo_client(site: &Site, port: u16) -> Result<NetClient, TransportError> {
+    let mut tls = QuicClientTls::new("gw-b", site.ca().unwrap());
+    tls.identity = Some(site.identity("certs", "gw-a").unwrap());
+    let mut config = NetConfig::new(ProtocolSpec::new(testbed::ECHO_PROTOCOL, 1));
+    config.connect_timeout = Duration::from_secs(5);
+    config.conn.max_message = 4 << 20;
+    let addr = vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))];
+    NetClient::connect_quic(addr, config, &tls, STEP)
+}
+
+/// The reason a refused connection got: its connect's error, or the reason of the
+/// close that followed its handshake.
+fn refusal(r: Result<NetClient, TransportError>) -> String {
+    match r {
+        Ok(c) => match c.wait_event(STEP, |e| matches!(e, ClientEvent::Closed(_))) {
+            Some(ClientEvent::Closed(ConnError::ClosedByPeer { reason, .. })) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        },
+        Err(e) => e.to_string(),
+    }
+}
+
+/// One `echo` call of `payload`, checked.
+fn echo<T: shm_channel::rpc::Transport>(
+    client: &mut rpc::Client<T>,
+    payload: &[u8],
+) -> Result<(), CallError> {
+    client.call_with(
+        &testbed::ECHO,
+        &[payload.len() as u64],
+        |sink| {
+            sink.object(0, payload.len() as u64)?.copy_from_slice(payload);
+            Ok(())
+        },
+        STEP,
+        |m| {
+            assert_eq!(m.object(0), Some(payload), "the echo differs");
+            Ok::<(), String>(())
+        },
+    )
+}
+
+#[test]
+fn gateway_resends_an_idempotent_call_across_a_remote_restart_and_answers_once() {
+    if child_role().is_some() {
+        return;
+    }
+    with_watchdog(LIMIT, || {
+        let site = new_site();
+        let port = free_udp_port();
+        let spec = testbed::echo_spec("echo", ECHO_RING);
+        let _server = start_echo_server(&site, "echo");
+        let config_b = site.config_b(port, &spec, "", "").unwrap();
+        let mut gw_b = start_gateway(&config_b);
+        let _gw_a = start_gateway(&site.config_a(port, &spec, "").unwrap());
+
+        let mut client = connect_echo(&site, "a");
+        echo(&mut client, b"warm-up").expect("a call through both gateways");
+        // The `@idempotent` call: the service holds it 1.5 s; gateway B dies meanwhile.
+        let slow = std::thread::spawn(move || {
+            let mut words = [0u8; 16];
+            words[..8].copy_from_slice(&1500u64.to_le_bytes());
+            words[8..].copy_from_slice(&7u64.to_le_bytes());
+            let r = client.call_with(
+                &testbed::SLOW,
+                &[16],
+                |sink| {
+                    sink.object(0, 16)?.copy_from_slice(&words);
+                    Ok(())
+                },
+                Duration::from_secs(60),
+                |m| {
+                    let d = m.object(0).ok_or("no object")?;
+                    let word = |i: usize| u64::from_le_bytes(d[i * 8..i * 8 + 8].try_into().unwrap());
+                    Ok::<_, String>((word(0), word(1)))
+                },
+            );
+            (client, r)
+        });
+        // Once B handed the call to the service, B crashes and comes back.
+        let deadline = Instant::now() + STEP;
+        while stats(&site, "b").export("echo").unwrap().messages_in < 2 {
+            assert!(Instant::now() < deadline, "the call never reached B");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        gw_b.kill9();
+        std::thread::sleep(Duration::from_millis(300));
+        let _gw_b = start_gateway(&config_b);
+
+        let (mut client, r) = slow.join().unwrap();
+        let (tag, executions) = r.expect("the idempotent call is answered after B restarted");
+        assert_eq!(tag, 7);
+        // Sent twice to the service (B's first channel died with B), answered once.
+        assert_eq!(executions, 2, "the call was not resent");
+        for i in 0..5u8 {
+            echo(&mut client, &[i; 100]).expect("calls after the restart");
+        }
+        let a = stats(&site, "a");
+        let imported = a.import("echo").unwrap();
+        // Replies written to the local client: warm-up, the idempotent call once, five.
+        assert_eq!(imported.messages_in, 7, "a reply arrived twice or never: {a}");
+        assert!(imported.connects >= 2, "{a}");
+        println!("gateway A: {a}");
+    });
+}
+
+#[test]
+fn gateway_export_limits_refuse_clearly_and_spare_the_other_clients() {
+    if child_role().is_some() {
+        return;
+    }
+    with_watchdog(LIMIT, || {
+        let site = new_site();
+        let port = free_udp_port();
+        let mut spec = testbed::echo_spec("echo", ECHO_RING);
+        spec.max_message = 64 << 10;
+        let _server = start_echo_server(&site, "echo");
+        let _gw_b = start_gateway(
+            &site
+                .config_b(port, &spec, "", "max_connections = 2")
+                .unwrap(),
+        );
+        let mut first = rpc::Client::new(quic_echo_client(&site, port).expect("client 1"));
+        let mut second = rpc::Client::new(quic_echo_client(&site, port).expect("client 2"));
+        echo(&mut first, b"one").expect("client 1");
+        echo(&mut second, b"two").expect("client 2");
+
+        // A third connection: refused, with the limit in the reason.
+        let why = refusal(quic_echo_client(&site, port));
+        assert!(
+            why.contains("its limit of 2 connections is reached"),
+            "{why}"
+        );
+        // A message over the export's limit: refused with the sizes, before it leaves.
+        let big = vec![9u8; 100 << 10];
+        match echo(&mut first, &big) {
+            Err(
+                CallError::TooLarge { size, max }
+                | CallError::Transport(TransportError::TooLarge { size, max }),
+            ) => {
+                assert!(size > 100 << 10 && max == 64 << 10, "{size} / {max}");
+            }
+            other => panic!("a message over the limit: {other:?}"),
+        }
+        // Both clients keep working, the one that sent too much included.
+        for i in 0..10u8 {
+            echo(&mut first, &[i; 1000]).expect("client 1 after its refused message");
+            echo(&mut second, &[i; 60 << 10]).expect("client 2 at the limit");
+        }
+        // A connection that leaves frees its place.
+        drop(first);
+        let deadline = Instant::now() + STEP;
+        let mut third = loop {
+            match quic_echo_client(&site, port) {
+                Ok(c) => {
+                    let mut c = rpc::Client::new(c);
+                    match echo(&mut c, b"three") {
+                        Ok(()) => break c,
+                        Err(e) => assert!(Instant::now() < deadline, "never admitted: {e:?}"),
+                    }
+                }
+                Err(e) => assert!(Instant::now() < deadline, "never admitted: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        echo(&mut third, b"again").expect("the newcomer");
+        echo(&mut second, b"still").expect("client 2");
+        let b = stats(&site, "b");
+        let exported = b.export("echo").unwrap();
+        assert!(exported.refused >= 1, "{b}");
+        assert_eq!(exported.open, 2, "{b}");
+        println!("gateway B: {b}");
+    });
+}
+
+/// A remote client speaking the wire protocol itself (the sans-io `Connection`) over a
+/// plain TCP socket, so that it can stop reading the socket altogether.
+struct RawPeer {
+    sock: std::net::TcpStream,
+    conn: Connection,
+    buf: Vec<u8>,
+}
+
+impl RawPeer {
+    fn connect(port: u16) -> RawPeer {
+        let sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        sock.set_nodelay(true).unwrap();
+        // A small, fixed receive buffer: what the kernel holds for a peer that reads
+        // nothing stays far below the replies asked for.
+        rustix::net::sockopt::set_socket_recv_buffer_size(&sock, 64 << 10).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut config = ConnConfig::default();
+        config.max_message = 4 << 20;
+        let conn = Connection::client(
+            Instant::now(),
+            config,
+            0x5157,
+            vec![ProtocolSpec::new(testbed::ECHO_PROTOCOL, 1)],
+        );
+        let mut peer = RawPeer {
+            sock,
+            conn,
+            buf: vec![0; 1 << 16],
+        };
+        match peer.next_event(STEP) {
+            Some(ConnEvent::Connected(_)) => peer,
+            other => panic!("the handshake: {other:?}"),
+        }
+    }
+
+    /// Writes every frame the connection has to send.
+    fn flush(&mut self) {
+        use std::io::Write;
+        let mut out = Vec::new();
+        while self.conn.poll_transmit(Instant::now(), &mut out) {}
+        self.sock.write_all(&out).expect("writing to the gateway");
+    }
+
+    /// Reads until the connection has an event (or `limit` passes).
+    fn next_event(&mut self, limit: Duration) -> Option<ConnEvent> {
+        use std::io::Read;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(e) = self.conn.poll_event() {
+                return Some(e);
+            }
+            self.flush();
+            if Instant::now() > deadline {
+                return None;
+            }
+            match self.sock.read(&mut self.buf) {
+                Ok(0) => return None,
+                Ok(n) => self.conn.handle_data(Instant::now(), &self.buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("reading from the gateway: {e}"),
+            }
+        }
+    }
+
+    /// Queues a `fill` call of `len` bytes with `seed` under request id `id`.
+    fn fill(&mut self, id: u64, len: u64, seed: u64) {
+        let size = shm_channel::layout::message_len([16]).unwrap() as usize;
+        let mut bytes = vec![0u8; size];
+        let header = MessageHeader::new(testbed::FILL.id, shm_channel::Kind::Request, 1, id);
+        let mut w = MessageWriter::new(&mut bytes, header).unwrap();
+        let words = w.object_mut(0, 16).unwrap();
+        words[..8].copy_from_slice(&len.to_le_bytes());
+        words[8..].copy_from_slice(&seed.to_le_bytes());
+        w.finish().unwrap();
+        self.conn
+            .send(OutMessage::from_bytes(id, bytes, Delivery::Default));
+    }
+}
+
+#[test]
+fn gateway_holds_a_bounded_queue_toward_a_client_that_stops_reading() {
+    if child_role().is_some() {
+        return;
+    }
+    with_watchdog(LIMIT, || {
+        const CALLS: u64 = 128;
+        const REPLY: u64 = 256 << 10;
+        const MAX_QUEUED: u64 = 4;
+        let site = new_site();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let _server = start_echo_server(&site, "echo");
+        // Plain TCP, anonymous: the raw peer speaks the wire protocol without TLS.
+        let config = site
+            .write(
+                "slow.toml",
+                &format!(
+                    r#"
+[gateway]
+name = "b"
+runtime_dir = "{rt}"
+control = "{ctl}"
+
+[listen]
+tcp = "127.0.0.1:{port}"
+
+[[export]]
+service = "echo"
+protocol = "{protocol}"
+allow = []
+anonymous = true
+max_message = 4194304
+max_queued = {MAX_QUEUED}
+"#,
+                    rt = site.machine("b").display(),
+                    ctl = site.control("b").display(),
+                    protocol = testbed::ECHO_PROTOCOL,
+                ),
+            )
+            .unwrap();
+        let _gw_b = start_gateway(&config);
+        let mut peer = RawPeer::connect(port);
+        // 32 MiB of replies asked for; then the peer reads nothing.
+        for id in 1..=CALLS {
+            peer.fill(id, REPLY, id);
+        }
+        peer.flush();
+        let deadline = Instant::now() + STEP;
+        let stalled = loop {
+            let s = stats(&site, "b");
+            let e = *s.export("echo").unwrap();
+            if e.stalls > 0 && e.messages_in == CALLS {
+                break e;
+            }
+            assert!(Instant::now() < deadline, "the gateway never stalled: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The gateway stopped taking replies out of the ring: far fewer than asked for
+        // went to the connection (the sockets' buffers hold a few MiB at most).
+        std::thread::sleep(Duration::from_millis(500));
+        let held = *stats(&site, "b").export("echo").unwrap();
+        assert!(
+            held.messages_out < CALLS / 2,
+            "{} of {CALLS} replies went to a peer that reads nothing",
+            held.messages_out
+        );
+        assert_eq!(held.drops, 0);
+        println!("stalled: {stalled}; held back: {held}");
+        // The peer reads again: every reply arrives, whole, once.
+        let mut seen = std::collections::HashSet::new();
+        while (seen.len() as u64) < CALLS {
+            match peer.next_event(STEP) {
+                Some(ConnEvent::Message { bytes, .. }) => {
+                    let view = MessageView::parse(&bytes).unwrap();
+                    let id = view.header().request_id;
+                    let data = view.object(0).expect("a reply object");
+                    assert_eq!(data.len() as u64, REPLY);
+                    assert!(
+                        data.iter()
+                            .enumerate()
+                            .all(|(i, b)| *b == testbed::fill_byte(id, i)),
+                        "reply {id} damaged"
+                    );
+                    assert!(seen.insert(id), "reply {id} twice");
+                }
+                Some(_) => {}
+                None => panic!("only {} of {CALLS} replies arrived", seen.len()),
+            }
+        }
+        let done = stats(&site, "b");
+        let e = done.export("echo").unwrap();
+        assert_eq!((e.messages_out, e.drops), (CALLS, 0), "{done}");
     });
 }

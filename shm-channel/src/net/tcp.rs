@@ -1193,6 +1193,23 @@ impl NetSender {
     /// Its token (for [`cancel`](Self::cancel) and [`ClientEvent::Failed`]) is its request
     /// id when it awaits a reply.
     pub fn send_message(&self, bytes: Vec<u8>) -> Result<(), TransportError> {
+        // A full queue fails at once (`Timeout`).
+        self.send_message_timeout(bytes, Duration::ZERO)
+    }
+
+    /// Whether a message would find room in the send queue now.
+    pub fn has_room(&self) -> bool {
+        lock(&self.shared.core).pool.has_room()
+    }
+
+    /// [`send_message`](Self::send_message), waiting up to `timeout` for room in the
+    /// send queue ([`PoolConfig::max_queued`](super::PoolConfig::max_queued)) before it
+    /// fails with `Timeout`: a gateway's backpressure toward a slow peer.
+    pub fn send_message_timeout(
+        &self,
+        bytes: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
         let header = *MessageView::parse(&bytes)
             .map_err(|e| TransportError::Layout(e.to_string()))?
             .header();
@@ -1200,14 +1217,13 @@ impl NetSender {
         if canceled_here(&self.shared, kind, header.flags, header.request_id) {
             return Ok(());
         }
-        // A gateway's thread must not block: a full queue fails at once (`Timeout`).
         send_bytes(
             &self.shared,
             header.flags,
             header.message_id,
             bytes,
             false,
-            Duration::ZERO,
+            timeout,
         )
     }
 }
@@ -1498,6 +1514,12 @@ impl Link {
     /// Whether the connection is closed.
     pub fn is_closed(&self) -> bool {
         lock(&self.conn.conn).is_closed()
+    }
+
+    /// Messages queued to the peer or being written, not yet fully sent (a gateway
+    /// bounds what it holds toward a slow peer with it).
+    pub fn unsent(&self) -> usize {
+        lock(&self.conn.conn).unsent()
     }
 }
 
