@@ -126,7 +126,10 @@ impl GatewayBench {
             .stdout(Stdio::piped());
         let mut child = cmd.spawn()?;
         let service_stdin = child.stdin.take();
-        let stdout = child.stdout.take().ok_or("the service's stdout is missing")?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("the service's stdout is missing")?;
         let mut service = Some(child);
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

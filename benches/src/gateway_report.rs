@@ -11,8 +11,14 @@ use crate::report::{Group, ratio_label, run_lines, size_label, time_label};
 /// The cases in the order the page shows them, with what each is.
 const CASES: [(&str, &str); 5] = [
     ("shm-direct", "shm, straight to the service"),
-    ("net-quic", "QUIC to the service's `NetServer` (direct network call)"),
-    ("net-tls", "TCP + TLS 1.3 to the service's `NetServer` (direct network call)"),
+    (
+        "net-quic",
+        "QUIC to the service's `NetServer` (direct network call)",
+    ),
+    (
+        "net-tls",
+        "TCP + TLS 1.3 to the service's `NetServer` (direct network call)",
+    ),
     ("gw-b-quic", "QUIC to gateway B, shm to the service"),
     (
         "gw-pair",
@@ -22,11 +28,31 @@ const CASES: [(&str, &str); 5] = [
 
 /// The comparisons: (case, base, what the difference is).
 const ADDED: [(&str, &str, &str); 5] = [
-    ("gw-pair", "net-quic", "the gateway pair, against the direct QUIC call"),
-    ("gw-pair", "net-tls", "the gateway pair, against the direct TLS call"),
-    ("gw-pair", "shm-direct", "the gateway pair, against shm straight to the service"),
-    ("gw-b-quic", "net-quic", "gateway B alone, against the direct QUIC call"),
-    ("gw-pair", "gw-b-quic", "gateway A (and the shm hop to it), against QUIC to B"),
+    (
+        "gw-pair",
+        "net-quic",
+        "the gateway pair, against the direct QUIC call",
+    ),
+    (
+        "gw-pair",
+        "net-tls",
+        "the gateway pair, against the direct TLS call",
+    ),
+    (
+        "gw-pair",
+        "shm-direct",
+        "the gateway pair, against shm straight to the service",
+    ),
+    (
+        "gw-b-quic",
+        "net-quic",
+        "gateway B alone, against the direct QUIC call",
+    ),
+    (
+        "gw-pair",
+        "gw-b-quic",
+        "gateway A (and the shm hop to it), against QUIC to B",
+    ),
 ];
 
 /// The sizes the bench measures.

@@ -253,7 +253,10 @@ fn run_link(s: &ExportShared, link: &Link, rx: mpsc::Receiver<NetMessage>) {
                 // piles up here, nothing is dropped.
                 if link.unsent() >= max_queued {
                     Counters::bump(&counters.stalls);
-                    debug!(max_queued, "the remote client is slow: not reading the ring");
+                    debug!(
+                        max_queued,
+                        "the remote client is slow: not reading the ring"
+                    );
                     while link.unsent() >= max_queued
                         && !done2.load(Ordering::Relaxed)
                         && !link.is_closed()

@@ -321,7 +321,10 @@ fn up_loop(
         };
         if !sender.has_room() {
             Counters::bump(&c.stalls);
-            debug!(max_queued = s.config.max_queued, "the remote is slow: waiting for room");
+            debug!(
+                max_queued = s.config.max_queued,
+                "the remote is slow: waiting for room"
+            );
         }
         match sender.send_message_timeout(bytes, wait) {
             Ok(()) => {

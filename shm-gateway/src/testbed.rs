@@ -253,7 +253,10 @@ impl GatewayProcess {
             .spawn()
             .map_err(|e| format!("spawning a gateway: {e}"))?;
         let stdin = child.stdin.take();
-        let stdout = child.stdout.take().ok_or("the gateway's stdout is missing")?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("the gateway's stdout is missing")?;
         let (tx, rx) = std::sync::mpsc::channel();
         // A thread reads, so a gateway that never says it is ready is a timeout.
         std::thread::spawn(move || {

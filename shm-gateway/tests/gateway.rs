@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use shm_channel::layout::{MessageHeader, MessageView, MessageWriter};
 use shm_channel::net::{
-    ClientConfig as NetConfig, ClientEvent, ConnConfig, ConnError, ConnEvent, Connection,
-    Delivery, Identity, NetClient, OutMessage, ProtocolSpec, QuicClientTls,
+    ClientConfig as NetConfig, ClientEvent, ConnConfig, ConnError, ConnEvent, Connection, Delivery,
+    Identity, NetClient, OutMessage, ProtocolSpec, QuicClientTls,
 };
 use shm_channel::rpc::{self, CallError, ServeOptions, TransportError};
 use shm_channel::wire::{Bounded, VecView};
@@ -431,13 +431,22 @@ fn gateway_policy_refuses_strangers_and_unexported_services() {
         let e = refused(connect("Display", None));
         println!("no certificate: {e}");
         // A certificate of another CA: TLS refuses it.
-        let e = refused(connect("Display", Some(site.identity("other", "stranger").unwrap())));
+        let e = refused(connect(
+            "Display",
+            Some(site.identity("other", "stranger").unwrap()),
+        ));
         println!("another CA: {e}");
         // The right CA, a name not allowed: the gateway refuses it.
-        let e = refused(connect("Display", Some(site.identity("certs", "intruder").unwrap())));
+        let e = refused(connect(
+            "Display",
+            Some(site.identity("certs", "intruder").unwrap()),
+        ));
         assert!(e.contains("certificate intruder is not allowed"), "{e}");
         // The right certificate, a protocol that is not exported.
-        let e = refused(connect("Secret", Some(site.identity("certs", "gw-a").unwrap())));
+        let e = refused(connect(
+            "Secret",
+            Some(site.identity("certs", "gw-a").unwrap()),
+        ));
         assert!(
             e.to_lowercase().contains("secret") || e.contains("refused"),
             "{e}"
@@ -445,7 +454,8 @@ fn gateway_policy_refuses_strangers_and_unexported_services() {
 
         // The right certificate and service: a direct QUIC client of the export (no
         // gateway on its side) is served.
-        let net = connect("Display", Some(site.identity("certs", "gw-a").unwrap())).expect("allowed");
+        let net =
+            connect("Display", Some(site.identity("certs", "gw-a").unwrap())).expect("allowed");
         let mut client = display::Client::new(net);
         client.set_default_timeout(STEP);
         let s = client
@@ -464,8 +474,9 @@ fn gateway_policy_refuses_strangers_and_unexported_services() {
         };
         let e = refused(tcp(site.identity("certs", "intruder").unwrap()));
         assert!(e.contains("certificate intruder is not allowed"), "{e}");
-        let mut over_tcp =
-            display::Client::new(tcp(site.identity("certs", "gw-a").unwrap()).expect("TLS over TCP"));
+        let mut over_tcp = display::Client::new(
+            tcp(site.identity("certs", "gw-a").unwrap()).expect("TLS over TCP"),
+        );
         over_tcp.set_default_timeout(STEP);
         over_tcp
             .create_surface(&rect(4, 4), &PixelFormat::Bgra8, "tcp")
@@ -668,7 +679,8 @@ fn echo<T: shm_channel::rpc::Transport>(
         &testbed::ECHO,
         &[payload.len() as u64],
         |sink| {
-            sink.object(0, payload.len() as u64)?.copy_from_slice(payload);
+            sink.object(0, payload.len() as u64)?
+                .copy_from_slice(payload);
             Ok(())
         },
         STEP,
@@ -710,7 +722,8 @@ fn gateway_resends_an_idempotent_call_across_a_remote_restart_and_answers_once()
                 Duration::from_secs(60),
                 |m| {
                     let d = m.object(0).ok_or("no object")?;
-                    let word = |i: usize| u64::from_le_bytes(d[i * 8..i * 8 + 8].try_into().unwrap());
+                    let word =
+                        |i: usize| u64::from_le_bytes(d[i * 8..i * 8 + 8].try_into().unwrap());
                     Ok::<_, String>((word(0), word(1)))
                 },
             );
@@ -737,7 +750,10 @@ fn gateway_resends_an_idempotent_call_across_a_remote_restart_and_answers_once()
         let a = stats(&site, "a");
         let imported = a.import("echo").unwrap();
         // Replies written to the local client: warm-up, the idempotent call once, five.
-        assert_eq!(imported.messages_in, 7, "a reply arrived twice or never: {a}");
+        assert_eq!(
+            imported.messages_in, 7,
+            "a reply arrived twice or never: {a}"
+        );
         assert!(imported.connects >= 2, "{a}");
         println!("gateway A: {a}");
     });
@@ -829,8 +845,10 @@ impl RawPeer {
         rustix::net::sockopt::set_socket_recv_buffer_size(&sock, 64 << 10).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
-        let mut config = ConnConfig::default();
-        config.max_message = 4 << 20;
+        let config = ConnConfig {
+            max_message: 4 << 20,
+            ..ConnConfig::default()
+        };
         let conn = Connection::client(
             Instant::now(),
             config,
