@@ -738,7 +738,7 @@ fn gateway_resends_an_idempotent_call_across_a_remote_restart_and_answers_once()
         let mut gw_b = start_gateway(config_b);
         let _gw_a = start_gateway(&site.config_a(port, &b.spec, "").unwrap());
 
-        let mut client = connect_echo(&site, "a");
+        let mut client = connect_echo(site, "a");
         echo(&mut client, b"warm-up").expect("a call through both gateways");
         // The `@idempotent` call: the service holds it 1.5 s; gateway B dies meanwhile.
         let slow = std::thread::spawn(move || {
@@ -764,13 +764,13 @@ fn gateway_resends_an_idempotent_call_across_a_remote_restart_and_answers_once()
         });
         // Once B handed the call to the service, B crashes and comes back.
         let deadline = Instant::now() + STEP;
-        while stats(&site, "b").export("echo").unwrap().messages_in < 2 {
+        while stats(site, "b").export("echo").unwrap().messages_in < 2 {
             assert!(Instant::now() < deadline, "the call never reached B");
             std::thread::sleep(Duration::from_millis(10));
         }
         gw_b.kill9();
         std::thread::sleep(Duration::from_millis(300));
-        let _gw_b = start_gateway(&config_b);
+        let _gw_b = start_gateway(config_b);
 
         let (mut client, r) = slow.join().unwrap();
         let (tag, executions) = r.expect("the idempotent call is answered after B restarted");
@@ -780,7 +780,7 @@ fn gateway_resends_an_idempotent_call_across_a_remote_restart_and_answers_once()
         for i in 0..5u8 {
             echo(&mut client, &[i; 100]).expect("calls after the restart");
         }
-        let a = stats(&site, "a");
+        let a = stats(site, "a");
         let imported = a.import("echo").unwrap();
         // Replies written to the local client: warm-up, the idempotent call once, five.
         assert_eq!(
@@ -801,13 +801,13 @@ fn gateway_export_limits_refuse_clearly_and_spare_the_other_clients() {
         let b = echo_b(64 << 10, "max_connections = 2");
         let (site, port) = (&b.site, b.port);
         let _gw_b = start_gateway(&b.config);
-        let mut first = rpc::Client::new(quic_echo_client(&site, port).expect("client 1"));
-        let mut second = rpc::Client::new(quic_echo_client(&site, port).expect("client 2"));
+        let mut first = rpc::Client::new(quic_echo_client(site, port).expect("client 1"));
+        let mut second = rpc::Client::new(quic_echo_client(site, port).expect("client 2"));
         echo(&mut first, b"one").expect("client 1");
         echo(&mut second, b"two").expect("client 2");
 
         // A third connection: refused, with the limit in the reason.
-        let why = refusal(quic_echo_client(&site, port));
+        let why = refusal(quic_echo_client(site, port));
         assert!(
             why.contains("its limit of 2 connections is reached"),
             "{why}"
@@ -829,7 +829,7 @@ fn gateway_export_limits_refuse_clearly_and_spare_the_other_clients() {
             echo(&mut second, &[i; 60 << 10]).expect("client 2 at the limit");
         }
         echo(&mut second, b"still").expect("client 2");
-        let b = stats(&site, "b");
+        let b = stats(site, "b");
         let exported = b.export("echo").unwrap();
         assert!(exported.refused >= 1, "{b}");
         assert_eq!(exported.open, 2, "{b}");
@@ -851,7 +851,7 @@ fn gateway_export_frees_the_place_of_a_client_that_left() {
         let b = echo_b(ECHO_RING, "max_connections = 1");
         let (site, port) = (&b.site, b.port);
         let _gw_b = start_gateway(&b.config);
-        let mut first = rpc::Client::new(quic_echo_client(&site, port).expect("client 1"));
+        let mut first = rpc::Client::new(quic_echo_client(site, port).expect("client 1"));
         echo(&mut first, b"one").expect("client 1");
         // A connection that leaves (closing it, so that B learns at once) frees its place.
         let net = first.into_transport();
@@ -863,17 +863,17 @@ fn gateway_export_frees_the_place_of_a_client_that_left() {
         }
         drop(net);
         let deadline = Instant::now() + STEP;
-        while stats(&site, "b").export("echo").unwrap().open > 1 {
+        while stats(site, "b").export("echo").unwrap().open > 1 {
             assert!(
                 Instant::now() < deadline,
                 "B never saw client 1 leave: {}",
-                stats(&site, "b")
+                stats(site, "b")
             );
             std::thread::sleep(Duration::from_millis(20));
         }
         let deadline = Instant::now() + STEP;
         let mut third = loop {
-            match quic_echo_client(&site, port) {
+            match quic_echo_client(site, port) {
                 Ok(c) => {
                     let mut c = rpc::Client::new(c);
                     // A refused connection's pool retries the call until its timeout.
