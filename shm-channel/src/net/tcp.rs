@@ -336,8 +336,8 @@ where
     }
     let reader = AbortOnDrop(reader);
     // Frames as the core gives them: headers copied, payloads slices of the messages,
-    // written with vectored writes; a stream without them (TLS, which would make a record
-    // of each piece) gets them flattened into `flat`.
+    // written with vectored writes (TLS too: rustls encrypts records from the pieces, it
+    // does not make one of each); a stream without them gets them flattened into `flat`.
     let mut out = Transmit::new();
     let mut flat = Vec::new();
     let vectored = wr.is_write_vectored();
