@@ -65,6 +65,13 @@
 //!   kernel wake-up, never a held thread); [`WaitPolicy::SPIN`] never parks (the future
 //!   polls, yielding between bursts, until a message comes or the peer dies).
 //!
+//! [`AsyncChannel::recv_now`] is the spin without the runtime: one burst from within the
+//! caller's own `poll`, never awaiting, `None` if nothing came. The async RPC client's calls
+//! use it to read their reply themselves (see [`rpc::AsyncClient`](crate::rpc::AsyncClient)):
+//! a reply that comes within the burst then costs no yield, no trip through the scheduler
+//! and the reactor, no task hand-off. A `recv_now` whose spin ran out of its adaptive limit
+//! makes the next `recv` park at once, so a peer on our core is not spun for twice.
+//!
 //! Sending does not spin: a send that finds the ring full parks on the room doorbell at
 //! once (the full ring is the overloaded, rare case).
 //!
@@ -136,6 +143,9 @@ pub struct AsyncChannel {
     room_bell: AsyncFd<OwnedFd>,
     socket: AsyncFd<OwnedFd>,
     channel: Channel,
+    /// A [`recv_now`](Self::recv_now) spun until the adaptive limit ran out: the next
+    /// `recv` parks at once rather than spin the same wait again.
+    spun_out: bool,
 }
 
 impl fmt::Debug for AsyncChannel {
@@ -160,6 +170,7 @@ impl AsyncChannel {
             room_bell: register(bells.tx_writer_wake.as_fd())?,
             socket: register(channel.socket_fd())?,
             channel,
+            spun_out: false,
         })
     }
 
@@ -207,7 +218,7 @@ impl AsyncChannel {
         // The spin phase (see the module docs): started when the ring is first found empty,
         // dropped once it runs out (then this call parks, and does not spin again).
         let mut spin: Option<Spin> = None;
-        let mut spinning = true;
+        let mut spinning = !std::mem::take(&mut self.spun_out);
         loop {
             if peek(&mut self.channel)? {
                 break;
@@ -251,13 +262,40 @@ impl AsyncChannel {
         // The look above found a complete message and nothing read it since: take it.
         // (Taken here rather than inside the loop: a borrow returned from inside a loop keeps
         // the channel borrowed for the rest of the loop too.)
-        match self.channel.try_recv() {
-            Ok(Some(message)) => Ok(message),
-            Ok(None) => Err(RecvError::Wait(
-                "the peer broke the ring protocol: a complete message became incomplete".into(),
-            )),
-            Err(e) => Err(recv_error(e)),
+        take_peeked(&mut self.channel)
+    }
+
+    /// The next message if one is there or arrives within one spin burst, never awaiting:
+    /// for a caller that looks for its answer from within its own `poll` (the async
+    /// client's calls do, so that a reply that comes within a microsecond or so costs no
+    /// trip through the runtime's scheduler and reactor).
+    ///
+    /// Looks at the ring; if it is empty, spins as [`recv`](Self::recv) does, with the
+    /// same adaptive limit, for at most [`SPIN_BURST`]. `Ok(None)`: nothing came; the
+    /// caller should await [`recv`](Self::recv) (or poll again later). When the spin ran
+    /// out of its adaptive limit (the peer is slow, or shares our core), that next `recv`
+    /// parks at once instead of spinning again.
+    pub fn recv_now(&mut self) -> Result<Option<Message<'_>>, RecvError> {
+        if !peek(&mut self.channel)? {
+            let Some(mut spin) = self.channel.rx().start_spin() else {
+                return Ok(None);
+            };
+            match self.channel.rx().spin_burst(&mut spin, SPIN_BURST)? {
+                // Found: taken below (after a look through the channel, which also
+                // notices a dead peer).
+                Burst::Ready(()) => {
+                    if !peek(&mut self.channel)? {
+                        return Ok(None);
+                    }
+                }
+                Burst::Again => return Ok(None),
+                Burst::Expired => {
+                    self.spun_out = true;
+                    return Ok(None);
+                }
+            }
         }
+        take_peeked(&mut self.channel).map(Some)
     }
 
     /// Sends one message made of `objects` (id, data), waiting for room as long as it takes.
@@ -298,6 +336,17 @@ fn peek(channel: &mut Channel) -> Result<bool, RecvError> {
     match channel.try_peek() {
         Ok(true) => Ok(true),
         Ok(false) => Ok(false),
+        Err(e) => Err(recv_error(e)),
+    }
+}
+
+/// Takes the message a look found complete at the head of the ring.
+fn take_peeked(channel: &mut Channel) -> Result<Message<'_>, RecvError> {
+    match channel.try_recv() {
+        Ok(Some(message)) => Ok(message),
+        Ok(None) => Err(RecvError::Wait(
+            "the peer broke the ring protocol: a complete message became incomplete".into(),
+        )),
         Err(e) => Err(recv_error(e)),
     }
 }

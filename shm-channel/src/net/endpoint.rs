@@ -421,6 +421,24 @@ impl crate::rpc::AsyncTransport for AsyncEndpoint {
                 .map(EndpointMessage::Net),
         }
     }
+
+    fn reads_inline(&self) -> bool {
+        match self {
+            AsyncEndpoint::Shm(c) => crate::rpc::AsyncTransport::reads_inline(c),
+            AsyncEndpoint::Net(n) => crate::rpc::AsyncTransport::reads_inline(n),
+        }
+    }
+
+    fn recv_now(&mut self) -> Result<Option<EndpointMessage<'_>>, TransportError> {
+        Ok(match self {
+            AsyncEndpoint::Shm(c) => {
+                crate::rpc::AsyncTransport::recv_now(c)?.map(EndpointMessage::Shm)
+            }
+            AsyncEndpoint::Net(n) => {
+                crate::rpc::AsyncTransport::recv_now(n)?.map(EndpointMessage::Net)
+            }
+        })
+    }
 }
 
 /// How [`bind_url`] listens.

@@ -18,6 +18,30 @@
 //! reply; large payloads that must stay zero-copy go through the blocking
 //! [`Client`](super::Client), which decodes in place.
 //!
+//! # Calls read for themselves
+//!
+//! Handing every reply through the reader task costs a trip through the runtime per call:
+//! the call's future returns `Pending`, the scheduler polls its reactor (a system call)
+//! and runs the reader task, which spins, copies the reply, wakes the call, yields, and
+//! the scheduler polls the reactor again before it resumes the caller. Across cores that
+//! came to twice the bare channel's round trip. So where the transport allows it
+//! ([`AsyncTransport::reads_inline`]: shared memory does), a call that finds the transport
+//! free reads it itself, from within its own `poll`: it looks at the ring and spins one
+//! short burst ([`recv_now`](AsyncTransport::recv_now), the channel's adaptive limit, at
+//! most [`SPIN_BURST`](crate::async_channel::SPIN_BURST)), hands every message that is not
+//! its reply to its owner as the reader task would, and decodes its own reply in place: no
+//! copy, no allocation, no waker, no `Pending`. Only when the burst ends without its reply
+//! does it give the transport back, wake the reader task and wait as above.
+//!
+//! The transport lives in a slot that whoever reads takes (a call, within one `poll`, or
+//! the reader task, across its waits). A call that finds it with the reader task waits for
+//! the reader, and asks for it back: once every call in flight has its reply, the reader
+//! returns it to the slot and sleeps. A call that read inline wakes the reader when it
+//! puts the transport back, so events and late replies are still drained while no call
+//! runs; on a current-thread runtime the reader then runs only when the calling task
+//! yields. Each call consumes a unit of tokio's cooperative budget, so a task making
+//! calls that all complete inline still yields to the runtime now and then.
+//!
 //! Requests are written in place from the calling task. The async channel's room doorbell
 //! is not reachable for in-place sends, so a call that finds the ring full retries every
 //! millisecond (a full request ring is the rare, overloaded case).
@@ -26,7 +50,7 @@ use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
@@ -59,11 +83,17 @@ struct State {
     closed: Option<CallError>,
     events: EventQueue,
     event_waker: Option<Waker>,
+    /// The reader task's waker while it waits for the transport (lent to a call).
+    reader_waker: Option<Waker>,
+    /// A call that reads inline found the transport with the reader task: the reader puts
+    /// it back in the slot once every call in flight has its reply.
+    wants_inline: bool,
 }
 
 struct Shared {
     state: Mutex<State>,
     late_replies: AtomicU64,
+    inline_replies: AtomicU64,
 }
 
 impl Shared {
@@ -71,12 +101,35 @@ impl Shared {
         // Nothing panics while holding the lock; the state stays consistent.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Wakes the reader task if it waits for the transport.
+    fn resume_reader(&self) {
+        let waker = self.lock().reader_waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
 }
+
+/// The transport between two readers: `None` while the reader task or a call holds it.
+type Slot<T> = Mutex<Option<T>>;
+
+fn lock_slot<T>(slot: &Slot<T>) -> MutexGuard<'_, Option<T>> {
+    // Only a `take` or a store happens under this lock.
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How many messages for others a call hands on, at most, in one inline read before it
+/// leaves the rest to the reader task (a flood of events must not hold a call's `poll`).
+const INLINE_MESSAGES: usize = 64;
 
 /// An async RPC client over one shm channel. Calls take `&self`: share it (`Arc`) and call
 /// from many tasks at once.
 pub struct AsyncClient<T: AsyncTransport = AsyncChannel> {
     shared: Arc<Shared>,
+    slot: Arc<Slot<T>>,
+    /// Calls read the transport themselves when they can (see the module docs).
+    inline: bool,
     sender: T::Sender,
     version: u32,
     next_request: AtomicU64,
@@ -123,14 +176,21 @@ impl<T: AsyncTransport> AsyncClient<T> {
                 closed: None,
                 events: EventQueue::new(capacity),
                 event_waker: None,
+                reader_waker: None,
+                wants_inline: false,
             }),
             late_replies: AtomicU64::new(0),
+            inline_replies: AtomicU64::new(0),
         });
         let sender = channel.sender();
         let version = channel.version();
-        let reader = tokio::spawn(read_loop(channel, Arc::clone(&shared)));
+        let inline = channel.reads_inline();
+        let slot = Arc::new(Mutex::new(Some(channel)));
+        let reader = tokio::spawn(read_loop(Arc::clone(&slot), Arc::clone(&shared)));
         AsyncClient {
             shared,
+            slot,
+            inline,
             sender,
             version,
             next_request: AtomicU64::new(1),
@@ -146,6 +206,13 @@ impl<T: AsyncTransport> AsyncClient<T> {
     /// Replies discarded because no call waited for them any more.
     pub fn late_replies(&self) -> u64 {
         self.shared.late_replies.load(Ordering::Relaxed)
+    }
+
+    /// Replies that their call read itself, from within its own `poll`, rather than
+    /// through the reader task (see the module docs): how often a reply came within the
+    /// call's spin.
+    pub fn inline_replies(&self) -> u64 {
+        self.shared.inline_replies.load(Ordering::Relaxed)
     }
 
     /// Calls now waiting for their reply.
@@ -305,6 +372,9 @@ impl<T: AsyncTransport> AsyncClient<T> {
         decode: impl FnOnce(&dyn IncomingMessage) -> Result<R, String>,
     ) -> Result<R, CallError> {
         self.check_since(method)?;
+        // A call may complete without ever returning `Pending` (see the module docs): the
+        // budget makes a task that calls in a loop yield to the runtime now and then.
+        tokio::task::consume_budget().await;
         let deadline = Instant::now().checked_add(timeout);
         let id = self.next_id();
         // Registered before sending: the reply may come back before `send` returns.
@@ -326,7 +396,13 @@ impl<T: AsyncTransport> AsyncClient<T> {
         self.send(&out, object_lens, &mut once_fill(fill), deadline)
             .await?;
         guard.sent = true;
+        let mut decode = Some(decode);
         let wait = poll_fn(|cx| {
+            if self.inline && !self.delivered(id) {
+                if let Some(done) = self.read_inline(id, &mut decode) {
+                    return Poll::Ready(done);
+                }
+            }
             let mut state = self.shared.lock();
             let Some(w) = state.pending.get_mut(&id) else {
                 // Only the reader's end removes entries it did not answer: it set `closed`.
@@ -335,15 +411,27 @@ impl<T: AsyncTransport> AsyncClient<T> {
             match w.reply.take() {
                 Some(r) => {
                     state.pending.remove(&id);
-                    Poll::Ready(r)
+                    let idle_reader = state.reader_waker.take();
+                    drop(state);
+                    // The reader handed us this reply and went to sleep, lending the
+                    // transport to calls: it drains events again while none runs.
+                    if let Some(waker) = idle_reader {
+                        waker.wake();
+                    }
+                    Poll::Ready(r.and_then(|m| finish(&m, &mut decode)))
                 }
                 None => {
-                    w.waker = Some(cx.waker().clone());
+                    if !w.waker.as_ref().is_some_and(|old| old.will_wake(cx.waker())) {
+                        w.waker = Some(cx.waker().clone());
+                    }
+                    if self.inline {
+                        state.wants_inline = true;
+                    }
                     Poll::Pending
                 }
             }
         });
-        let reply = match deadline {
+        let result = match deadline {
             Some(d) => match tokio::time::timeout_at(d.into(), wait).await {
                 Ok(r) => r,
                 Err(_) => return Err(CallError::Timeout), // the guard cancels
@@ -351,7 +439,55 @@ impl<T: AsyncTransport> AsyncClient<T> {
             None => wait.await,
         };
         guard.done = true;
-        finish_reply(&reply?, decode)
+        result
+    }
+
+    /// Whether someone else already read the reply to call `id` (or the end came).
+    fn delivered(&self, id: u64) -> bool {
+        self.shared
+            .lock()
+            .pending
+            .get(&id)
+            .is_none_or(|w| w.reply.is_some())
+    }
+
+    /// Reads the transport from within the call's `poll`, if it is free: messages for others
+    /// go to them, our own reply is decoded in place. `None`: not found within one spin
+    /// burst (or the transport is with someone else); the call waits.
+    fn read_inline<R>(
+        &self,
+        id: u64,
+        decode: &mut Option<impl FnOnce(&dyn IncomingMessage) -> Result<R, String>>,
+    ) -> Option<Result<R, CallError>> {
+        let transport = lock_slot(&self.slot).take()?;
+        let mut lent = Lent {
+            slot: &self.slot,
+            shared: &self.shared,
+            transport: Some(transport),
+        };
+        let transport = lent.transport.as_mut()?;
+        for _ in 0..INLINE_MESSAGES {
+            match transport.recv_now() {
+                Ok(Some(msg)) => {
+                    if msg.kind() == Kind::Reply
+                        && msg.request_id() == id
+                        && self.shared.lock().pending.remove(&id).is_some()
+                    {
+                        self.shared.inline_replies.fetch_add(1, Ordering::Relaxed);
+                        return Some(finish(&msg, decode));
+                    }
+                    dispatch(&self.shared, &msg);
+                }
+                Ok(None) => return None,
+                Err(TransportError::MessageLost { .. }) => {}
+                Err(e) => {
+                    // Fails every call in flight, this one included (its entry's reply).
+                    close(&self.shared, CallError::from(e));
+                    return None;
+                }
+            }
+        }
+        None
     }
 
     /// The next event (waits as long as it takes); `Err` once the channel ended and every
@@ -366,6 +502,11 @@ impl<T: AsyncTransport> AsyncClient<T> {
                 return Poll::Ready(Err(e.clone()));
             }
             state.event_waker = Some(cx.waker().clone());
+            // Events come through the reader task: if it lent the transport to the calls
+            // and sleeps, it reads again.
+            if let Some(waker) = state.reader_waker.take() {
+                waker.wake();
+            }
             Poll::Pending
         })
         .await
@@ -406,40 +547,67 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-/// The reader task: hands each reply to its call, queues events, discards the rest.
-async fn read_loop<T: AsyncTransport>(mut channel: T, shared: Arc<Shared>) {
-    let end = loop {
-        let msg = match channel.recv().await {
-            Ok(m) => m,
-            Err(TransportError::MessageLost { .. }) => continue,
-            Err(e) => break CallError::from(e),
-        };
-        match msg.kind() {
-            Kind::Reply => {
-                let mut state = shared.lock();
-                match state.pending.get_mut(&msg.request_id()) {
-                    Some(w) => {
-                        w.reply = Some(Ok(OwnedMessage::copy_of(&msg)));
-                        if let Some(waker) = w.waker.take() {
-                            waker.wake();
-                        }
-                    }
-                    None => {
-                        shared.late_replies.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            Kind::Event => {
-                let event = OwnedMessage::copy_of(&msg);
-                let mut state = shared.lock();
-                state.events.push(event);
-                if let Some(waker) = state.event_waker.take() {
-                    waker.wake();
-                }
-            }
-            _ => {}
+/// [`finish_reply`] with a decoder kept in an `Option` (a call's `poll` may be called
+/// again; the decoder runs once).
+fn finish<R>(
+    msg: &dyn IncomingMessage,
+    decode: &mut Option<impl FnOnce(&dyn IncomingMessage) -> Result<R, String>>,
+) -> Result<R, CallError> {
+    match decode.take() {
+        Some(decode) => finish_reply(msg, decode),
+        None => Err(CallError::Protocol("a call's reply decoded twice".into())),
+    }
+}
+
+/// The transport lent to a call: back in its slot when dropped (a panicking decoder
+/// included), and the reader task woken to drain it while no call reads.
+struct Lent<'a, T> {
+    slot: &'a Slot<T>,
+    shared: &'a Shared,
+    transport: Option<T>,
+}
+
+impl<T> Drop for Lent<'_, T> {
+    fn drop(&mut self) {
+        if let Some(transport) = self.transport.take() {
+            *lock_slot(self.slot) = Some(transport);
         }
-    };
+        self.shared.resume_reader();
+    }
+}
+
+/// Hands a message to whoever waits for it: a reply to its call, an event to the queue; a
+/// reply nobody waits for any more is counted and discarded.
+fn dispatch(shared: &Shared, msg: &dyn IncomingMessage) {
+    match msg.kind() {
+        Kind::Reply => {
+            let mut state = shared.lock();
+            match state.pending.get_mut(&msg.request_id()) {
+                Some(w) => {
+                    w.reply = Some(Ok(OwnedMessage::copy_of(msg)));
+                    if let Some(waker) = w.waker.take() {
+                        waker.wake();
+                    }
+                }
+                None => {
+                    shared.late_replies.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Kind::Event => {
+            let event = OwnedMessage::copy_of(msg);
+            let mut state = shared.lock();
+            state.events.push(event);
+            if let Some(waker) = state.event_waker.take() {
+                waker.wake();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The transport ended with `end`: every call in flight and every later one fails with it.
+fn close(shared: &Shared, end: CallError) {
     let mut state = shared.lock();
     state.closed = Some(end.clone());
     for (_, w) in state.pending.iter_mut() {
@@ -450,8 +618,82 @@ async fn read_loop<T: AsyncTransport>(mut channel: T, shared: Arc<Shared>) {
             waker.wake();
         }
     }
-    if let Some(waker) = state.event_waker.take() {
+    for waker in [state.event_waker.take(), state.reader_waker.take()]
+        .into_iter()
+        .flatten()
+    {
         waker.wake();
+    }
+}
+
+/// Takes the transport from its slot, or waits until whoever has it puts it back; `None`
+/// once the client is closed.
+fn take_transport<T>(slot: &Slot<T>, shared: &Shared, cx: &mut Context<'_>) -> Poll<Option<T>> {
+    // Lock order: state, then slot (a call puts the transport back, then wakes us).
+    let mut state = shared.lock();
+    if state.closed.is_some() {
+        return Poll::Ready(None);
+    }
+    if let Some(transport) = lock_slot(slot).take() {
+        state.reader_waker = None;
+        return Poll::Ready(Some(transport));
+    }
+    state.reader_waker = Some(cx.waker().clone());
+    Poll::Pending
+}
+
+/// After a message, with the transport in `held`: lends it to the calls (puts it in the
+/// slot) if one asked, every call in flight has its reply (so none waits for a reader) and
+/// nobody awaits an event; then sleeps until a call or `recv_event` needs a reader again.
+/// The check, the lending and the waker are one critical section: a call that starts to
+/// wait for the reader meanwhile is seen, and a call that gives the transport back after
+/// it finds the reader asleep.
+async fn maybe_lend<T>(slot: &Slot<T>, shared: &Shared, held: &mut Option<T>) {
+    let mut lent = false;
+    poll_fn(|cx| {
+        if lent {
+            return Poll::Ready(());
+        }
+        let mut state = shared.lock();
+        if !state.wants_inline
+            || state.event_waker.is_some()
+            || state.pending.values().any(|w| w.reply.is_none())
+        {
+            return Poll::Ready(());
+        }
+        state.wants_inline = false;
+        if let Some(transport) = held.take() {
+            *lock_slot(slot) = Some(transport);
+        }
+        state.reader_waker = Some(cx.waker().clone());
+        lent = true;
+        Poll::Pending
+    })
+    .await;
+}
+
+/// The reader task: hands each reply to its call, queues events, discards the rest, while
+/// it holds the transport (see the module docs).
+async fn read_loop<T: AsyncTransport>(slot: Arc<Slot<T>>, shared: Arc<Shared>) {
+    let mut held: Option<T> = None;
+    loop {
+        let transport = match held.as_mut() {
+            Some(transport) => transport,
+            None => match poll_fn(|cx| take_transport(&slot, &shared, cx)).await {
+                Some(transport) => held.insert(transport),
+                None => return,
+            },
+        };
+        match transport.recv().await {
+            Ok(msg) => dispatch(&shared, &msg),
+            Err(TransportError::MessageLost { .. }) => {}
+            Err(e) => {
+                // Dropping the transport closes it.
+                close(&shared, CallError::from(e));
+                return;
+            }
+        }
+        maybe_lend(&slot, &shared, &mut held).await;
     }
 }
 

@@ -430,6 +430,22 @@ pub trait AsyncTransport: Send + 'static {
     fn recv(
         &mut self,
     ) -> impl std::future::Future<Output = Result<Self::Message<'_>, TransportError>> + Send;
+
+    /// Whether a call of the async client may read this transport itself, from within its
+    /// own `poll` ([`recv_now`](Self::recv_now)), rather than always wait for the client's
+    /// reader task: worth it where a reply can come within a microsecond (shared memory),
+    /// since each hand-over through the reader task is a trip through the runtime's
+    /// scheduler and reactor. `false` unless implemented.
+    fn reads_inline(&self) -> bool {
+        false
+    }
+
+    /// The next message if one is there or comes within a short spin, never awaiting;
+    /// `Ok(None)` otherwise (then [`recv`](Self::recv) waits for it). Called only when
+    /// [`reads_inline`](Self::reads_inline) says so.
+    fn recv_now(&mut self) -> Result<Option<Self::Message<'_>>, TransportError> {
+        Ok(None)
+    }
 }
 
 #[cfg(feature = "tokio")]
@@ -447,5 +463,13 @@ impl AsyncTransport for crate::async_channel::AsyncChannel {
 
     async fn recv(&mut self) -> Result<Message<'_>, TransportError> {
         Ok(crate::async_channel::AsyncChannel::recv(self).await?)
+    }
+
+    fn reads_inline(&self) -> bool {
+        true
+    }
+
+    fn recv_now(&mut self) -> Result<Option<Message<'_>>, TransportError> {
+        Ok(crate::async_channel::AsyncChannel::recv_now(self)?)
     }
 }
