@@ -40,9 +40,10 @@ fn authority(name: &str) -> (CertificateDer<'static>, Issuer<'static, KeyPair>) 
 
 /// A server certificate for `localhost`, issued by `issuer`.
 fn server_identity(issuer: &Issuer<'static, KeyPair>) -> Identity {
-    let mut params =
-        CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
-    params.distinguished_name.push(DnType::CommonName, "localhost");
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
@@ -119,7 +120,10 @@ fn blocking_client_over(scheme: &str) {
     let mut c = kinds::Client::connect_url_with(&url, &trust)
         .unwrap_or_else(|e| panic!("connect {url}: {e}"));
     c.set_default_timeout(LONG);
-    assert!(c.rpc().transport().net().is_some(), "{url} is not a network endpoint");
+    assert!(
+        c.rpc().transport().net().is_some(),
+        "{url} is not a network endpoint"
+    );
     assert_eq!(c.version(), kinds::VERSION);
     for n in 0..20 {
         assert_eq!(c.plain(n), Ok(n + 1));
@@ -147,7 +151,11 @@ fn blocking_client_over(scheme: &str) {
         std::thread::sleep(Duration::from_millis(5));
     };
     pushed.sort_unstable();
-    assert_eq!(pushed, (0..50).collect::<Vec<u64>>(), "one-ways over {scheme}");
+    assert_eq!(
+        pushed,
+        (0..50).collect::<Vec<u64>>(),
+        "one-ways over {scheme}"
+    );
     drop(c);
 
     // A client that trusts only another authority does not get through.

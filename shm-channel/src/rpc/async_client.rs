@@ -398,10 +398,11 @@ impl<T: AsyncTransport> AsyncClient<T> {
         guard.sent = true;
         let mut decode = Some(decode);
         let wait = poll_fn(|cx| {
-            if self.inline && !self.delivered(id) {
-                if let Some(done) = self.read_inline(id, &mut decode) {
-                    return Poll::Ready(done);
-                }
+            if self.inline
+                && !self.delivered(id)
+                && let Some(done) = self.read_inline(id, &mut decode)
+            {
+                return Poll::Ready(done);
             }
             let mut state = self.shared.lock();
             let Some(w) = state.pending.get_mut(&id) else {
@@ -421,7 +422,11 @@ impl<T: AsyncTransport> AsyncClient<T> {
                     Poll::Ready(r.and_then(|m| finish(&m, &mut decode)))
                 }
                 None => {
-                    if !w.waker.as_ref().is_some_and(|old| old.will_wake(cx.waker())) {
+                    if !w
+                        .waker
+                        .as_ref()
+                        .is_some_and(|old| old.will_wake(cx.waker()))
+                    {
                         w.waker = Some(cx.waker().clone());
                     }
                     if self.inline {
