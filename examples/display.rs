@@ -108,7 +108,24 @@ const QUICK: Plan = Plan {
     frames: 8,
 };
 
+/// With `RUST_LOG` set (`info`, `debug`, `shm_channel::net=trace,info`, ...): the
+/// network connectors' `tracing` logs on stderr.
+fn init_logs() {
+    use tracing_subscriber::prelude::*;
+    let Some(filter) = std::env::var("RUST_LOG").ok() else {
+        return;
+    };
+    match filter.parse::<tracing_subscriber::filter::Targets>() {
+        Ok(targets) => tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(targets)
+            .init(),
+        Err(e) => eprintln!("RUST_LOG={filter}: {e}; no logs"),
+    }
+}
+
 fn main() -> ExitCode {
+    init_logs();
     let args: Vec<String> = std::env::args().collect();
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     let (role, result) = match rest[..] {
@@ -398,6 +415,10 @@ fn client(plan: &Plan, url: Option<&str>) -> Result<()> {
             let pid = server.child()?.id();
             let measured = demo(&mut client, plan, pid, &url)?;
             report(plan, &measured, None);
+            if let Some(net) = client.rpc().transport().net() {
+                println!("network counters (client):");
+                print!("{}", net.stats());
+            }
             drop(client);
             server.wait_success(START_STOP)
         }

@@ -37,6 +37,8 @@ fn run(name: &str, args: &[&str]) -> String {
     let mut child = Command::new(example(name))
         .args(args)
         .stdin(Stdio::null())
+        // No logs on stderr (the display demo prints them when asked).
+        .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -112,6 +114,10 @@ fn display_demo_runs_over_tcp() {
         "round trip p50",
         "frames: 8 x 3.0 MiB written in place, committed, vsync'd",
         "client -> server       4.0 MiB (@buffer; no ring: network)",
+        // The client's net counters, at the end.
+        "network counters (client):",
+        "connections_opened   1",
+        "dropped_refused ",
     ] {
         assert!(out.contains(line), "no `{line}` in:\n{out}");
     }

@@ -574,8 +574,18 @@ pub struct ConnStats {
     pub frames_compressed: u64,
     /// Message bytes sent (before compression).
     pub raw_bytes_sent: u64,
-    /// Frame bytes sent (headers and payloads, after compression).
+    /// Bytes sent: data frames (headers and payloads, after compression), the handshake
+    /// record and control frames.
     pub wire_bytes_sent: u64,
+    /// Messages sent whole (their last frame went out).
+    pub messages_sent: u64,
+    /// Messages received whole (a streamed one counts when it starts).
+    pub messages_received: u64,
+    /// Message bytes received (after decompression; a streamed message's data as it
+    /// is handed on).
+    pub raw_bytes_received: u64,
+    /// Bytes received (handshake record and frames, as read from the socket).
+    pub wire_bytes_received: u64,
 }
 
 impl std::ops::AddAssign for ConnStats {
@@ -584,6 +594,10 @@ impl std::ops::AddAssign for ConnStats {
         self.frames_compressed += o.frames_compressed;
         self.raw_bytes_sent += o.raw_bytes_sent;
         self.wire_bytes_sent += o.wire_bytes_sent;
+        self.messages_sent += o.messages_sent;
+        self.messages_received += o.messages_received;
+        self.raw_bytes_received += o.raw_bytes_received;
+        self.wire_bytes_received += o.wire_bytes_received;
     }
 }
 
@@ -971,6 +985,7 @@ impl Connection {
             out.put_slice(&f);
             self.unwritten += f.len();
             self.last_tx = now;
+            self.stats.wire_bytes_sent += f.len() as u64;
             return true;
         }
         if self.send_budget.is_some_and(|b| self.unwritten >= b) {
@@ -1074,6 +1089,7 @@ impl Connection {
                 let keep = (delivery == Delivery::Idempotent).then_some(s.msg);
                 self.awaiting.insert(id, (token, delivery, keep));
             }
+            self.stats.messages_sent += 1;
             self.events.push_back(ConnEvent::Sent { token });
         } else {
             self.active.push_back(s);
@@ -1194,6 +1210,7 @@ impl Connection {
         if self.is_closed() {
             return;
         }
+        self.stats.wire_bytes_received += data.len() as u64;
         let mut data = data;
         // First complete the unit (frame or record) begun by earlier bytes, taking from
         // `data` only what it lacks.
@@ -1621,6 +1638,7 @@ impl Connection {
                 if to > from {
                     *pending += to - from;
                     let piece = data[(from - at) as usize..(to - at) as usize].to_vec();
+                    self.stats.raw_bytes_received += piece.len() as u64;
                     self.events.push_back(ConnEvent::StreamData {
                         stream: h.stream,
                         bytes: piece,
@@ -1704,6 +1722,7 @@ impl Connection {
             if self.side == Side::Client && header.kind() == Some(Kind::Reply) {
                 self.awaiting.remove(&header.request_id);
             }
+            self.stats.messages_received += 1;
             self.events.push_back(ConnEvent::StreamStarted {
                 protocol: h.protocol,
                 stream: h.stream,
@@ -1726,8 +1745,7 @@ impl Connection {
     fn deliver(&mut self, stream: u32, message: Option<(u16, Vec<u8>)>) -> Result<(), ConnError> {
         if !self.config.in_order {
             if let Some((protocol, bytes)) = message {
-                self.events
-                    .push_back(ConnEvent::Message { protocol, bytes });
+                self.push_message(protocol, bytes);
             }
             return Ok(());
         }
@@ -1749,11 +1767,18 @@ impl Connection {
         while let Some(m) = self.held.remove(&self.next_delivery) {
             self.next_delivery = self.next_delivery.wrapping_add(1).max(1);
             if let Some((protocol, bytes)) = m {
-                self.events
-                    .push_back(ConnEvent::Message { protocol, bytes });
+                self.push_message(protocol, bytes);
             }
         }
         Ok(())
+    }
+
+    /// Hands a complete message on, counted.
+    fn push_message(&mut self, protocol: u16, bytes: Vec<u8>) {
+        self.stats.messages_received += 1;
+        self.stats.raw_bytes_received += bytes.len() as u64;
+        self.events
+            .push_back(ConnEvent::Message { protocol, bytes });
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next run.

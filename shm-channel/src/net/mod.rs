@@ -22,6 +22,7 @@ pub mod pool;
 #[cfg(feature = "quic")]
 pub mod quic;
 pub mod socks;
+pub mod stats;
 pub mod stream;
 pub mod tcp;
 pub mod tls;
@@ -40,6 +41,7 @@ pub use endpoint::{
 pub use frame::{CloseCode, FrameError, ProtocolSpec};
 pub use pool::{Canceled, ConnId, Failure, Pool, PoolAction, PoolConfig, PoolEvent};
 pub use socks::Socks5Proxy;
+pub use stats::NetStats;
 pub use stream::{NetStream, ReaderSource, StreamError};
 pub use tcp::{
     ClientConfig, ClientEvent, ClientInfo, Forward, Link, NET_CHANNEL_IDS, NetClient, NetMessage,

@@ -265,6 +265,10 @@ pub struct Pool<A> {
     want_connection: bool,
     /// What removed connections sent.
     gone_stats: ConnStats,
+    /// Connects after a failure, so far.
+    reconnects: u64,
+    /// Idempotent messages requeued to go out again, so far.
+    resends: u64,
 }
 
 impl<A> std::fmt::Debug for Pool<A> {
@@ -308,6 +312,8 @@ impl<A: Clone> Pool<A> {
             pending_backoff: false,
             want_connection: false,
             gone_stats: ConnStats::default(),
+            reconnects: 0,
+            resends: 0,
         }
     }
 
@@ -575,6 +581,10 @@ impl<A: Clone> Pool<A> {
         }
         let conn = self.next_conn;
         self.next_conn += 1;
+        if self.failures > 0 {
+            self.reconnects += 1;
+            tracing::info!(conn, attempt = self.failures, "reconnecting");
+        }
         let addr = self.addrs[self.next_addr % self.addrs.len()].clone();
         self.next_addr = self.next_addr.wrapping_add(1);
         self.conns.insert(conn, Slot::Connecting);
@@ -670,6 +680,16 @@ impl<A: Clone> Pool<A> {
         s
     }
 
+    /// Connects made after a failed connect or a dropped connection, so far.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// Idempotent messages sent again because their connection dropped, so far.
+    pub fn resends(&self) -> u64 {
+        self.resends
+    }
+
     fn schedule_retry(&mut self, now: Instant) {
         let exp = self.failures.saturating_sub(1).min(20);
         let base = self
@@ -683,6 +703,11 @@ impl<A: Clone> Pool<A> {
         self.rng ^= self.rng << 17;
         let frac = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
         let delay = base.mul_f64(0.5 + 0.5 * frac);
+        tracing::info!(
+            failures = self.failures,
+            backoff_ms = delay.as_millis() as u64,
+            "reconnect backoff"
+        );
         self.retry_at = Some(now + delay);
     }
 
@@ -822,7 +847,15 @@ impl<A: Clone> Pool<A> {
                 (Progress::NotStarted, _) => {
                     self.fail(u.token, u.request_id, Failure::NotConnected)
                 }
-                (_, Some(m)) if u.delivery == Delivery::Idempotent => requeue.push(m),
+                (_, Some(m)) if u.delivery == Delivery::Idempotent => {
+                    self.resends += 1;
+                    tracing::debug!(
+                        token = u.token,
+                        request_id = u.request_id,
+                        "resending an idempotent message"
+                    );
+                    requeue.push(m)
+                }
                 (Progress::Partial, _) => self.fail(
                     u.token,
                     u.request_id,

@@ -46,10 +46,12 @@ pub use super::tls::{
 use quinn::{ReadError, ReadExactError, RecvStream, SendStream, VarInt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
+use tracing::{Instrument, Span};
 
 use super::conn::{ConnConfig, ConnError};
 use super::frame::{self, FRAME_HEADER, FrameError, data_flags, kind};
 use super::pool::ConnId;
+use super::stats::{Counters, bump};
 use super::tcp::{
     ClientConfig, ClientConn, ClientShared, Host, NetClient, NetServer, Served, ServerConfig,
     ServerShared, WRITE_BATCH, accept_conn, connect_failed, runtime_handle,
@@ -145,6 +147,7 @@ impl Dialer {
     async fn dial(
         &self,
         addr: SocketAddr,
+        counters: &Counters,
     ) -> Result<(quinn::Endpoint, quinn::Connection, SendStream, RecvStream), String> {
         let local: SocketAddr = if addr.is_ipv6() {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
@@ -163,7 +166,17 @@ impl Dialer {
             .connect_with(self.config.clone(), addr, &self.server_name)
             .map_err(|e| e.to_string())?
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                // The peer answered, and the TLS handshake (or QUIC's own) failed.
+                if matches!(
+                    e,
+                    quinn::ConnectionError::TransportError(_)
+                        | quinn::ConnectionError::ConnectionClosed(_)
+                ) {
+                    bump(&counters.handshakes_failed);
+                }
+                e.to_string()
+            })?;
         let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         Ok((endpoint, conn, send, recv))
     }
@@ -177,13 +190,14 @@ pub(super) async fn connect_task(
     wake: Arc<Notify>,
 ) {
     let timeout = shared.config.connect_timeout;
-    let (endpoint, conn, send, recv) = match tokio::time::timeout(timeout, dialer.dial(addr)).await
-    {
+    let dialing = dialer.dial(addr, &shared.counters);
+    let (endpoint, conn, send, recv) = match tokio::time::timeout(timeout, dialing).await {
         Ok(Ok(parts)) => parts,
         Ok(Err(e)) => {
             return connect_failed(&shared, id, format!("connecting to quic://{addr}: {e}"));
         }
         Err(_) => {
+            bump(&shared.counters.timeouts);
             return connect_failed(
                 &shared,
                 id,
@@ -255,8 +269,9 @@ impl NetServer {
                 Arc::new(quinn::TokioRuntime),
             )?
         };
-        let shared = ServerShared::new(config, protocols);
-        let accept = handle.spawn(accept_loop(endpoint, Arc::clone(&shared)));
+        let shared = ServerShared::new(config, protocols, "quic", local_addr);
+        let accept = handle
+            .spawn(accept_loop(endpoint, Arc::clone(&shared)).instrument(shared.span.clone()));
         shared.keep_task(accept);
         Ok(NetServer::from_parts(local_addr, shared, runtime))
     }
@@ -268,17 +283,28 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<ServerShared>) {
             return;
         }
         let shared2 = Arc::clone(&shared);
-        let task = tokio::spawn(async move {
+        let peer = incoming.remote_address();
+        let span = shared.conn_span(peer);
+        span.in_scope(|| tracing::debug!("accepting a QUIC connection"));
+        let handshake = async move {
             let conn_config = shared2.conn_config().clone();
             let limit = conn_config.handshake_timeout;
             // A peer that never finishes TLS, or never opens the control stream, is
             // dropped at the handshake timeout.
-            let Ok(Ok(conn)) = tokio::time::timeout(limit, incoming).await else {
-                return;
+            let conn = match tokio::time::timeout(limit, incoming).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
+                    return shared2.handshake_failed(peer, format!("QUIC handshake: {e}"), false);
+                }
+                Err(_) => {
+                    let error = "QUIC handshake: timed out".into();
+                    return shared2.handshake_failed(peer, error, true);
+                }
             };
             let Ok(Ok((send, recv))) = tokio::time::timeout(limit, conn.accept_bi()).await else {
                 conn.close(VarInt::from_u32(1), b"no control stream");
-                return;
+                let error = "QUIC: no control stream opened in time".into();
+                return shared2.handshake_failed(peer, error, true);
             };
             // Mutual TLS: the client's certificate, verified by rustls.
             let client = conn
@@ -286,10 +312,11 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<ServerShared>) {
                 .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
                 .and_then(|chain| PeerIdentity::from_chain(&chain))
                 .map(Arc::new);
-            let sc = accept_conn(&shared2, conn.remote_address(), client);
+            let sc = accept_conn(&shared2, conn.remote_address(), client, Span::current());
             let wake = sc.wake();
             run_quic(conn, send, recv, sc, wake, &conn_config).await;
-        });
+        };
+        let task = tokio::spawn(handshake.instrument(span));
         shared.keep_task(task);
     }
 }
@@ -320,18 +347,12 @@ async fn run_quic<H: Host>(
     // Readers: aborted when this returns (or is aborted, as by a server's kill).
     let mut readers = JoinSet::new();
     let (open_tx, open_rx) = watch::channel(false);
-    readers.spawn(read_control(
-        recv,
-        Arc::clone(&host),
-        Arc::clone(&wake),
-        open_tx,
-    ));
-    readers.spawn(accept_streams(
-        conn.clone(),
-        Arc::clone(&host),
-        Arc::clone(&wake),
-        open_rx,
-    ));
+    readers
+        .spawn(read_control(recv, Arc::clone(&host), Arc::clone(&wake), open_tx).in_current_span());
+    readers.spawn(
+        accept_streams(conn.clone(), Arc::clone(&host), Arc::clone(&wake), open_rx)
+            .in_current_span(),
+    );
     let budget = Arc::new(Semaphore::new(SEND_BUDGET));
     let mut writers = JoinSet::new();
     let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -661,12 +682,9 @@ async fn accept_streams<H: Host>(
 ) {
     let mut readers = JoinSet::new();
     while let Ok(recv) = conn.accept_uni().await {
-        readers.spawn(read_stream(
-            recv,
-            Arc::clone(&host),
-            Arc::clone(&wake),
-            open.clone(),
-        ));
+        readers.spawn(
+            read_stream(recv, Arc::clone(&host), Arc::clone(&wake), open.clone()).in_current_span(),
+        );
         while readers.try_join_next().is_some() {}
     }
 }

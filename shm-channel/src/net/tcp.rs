@@ -27,11 +27,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tracing::{Instrument, Span};
 
-use super::conn::{ConnConfig, ConnError, ConnEvent, Connection, Delivery, OutMessage};
+use super::conn::{ConnConfig, ConnError, ConnEvent, ConnStats, Connection, Delivery, OutMessage};
 use super::frame::ProtocolSpec;
 use super::pool::{Canceled, ConnId, Failure, Pool, PoolAction, PoolConfig, PoolEvent};
 use super::socks::Socks5Proxy;
+use super::stats::{Counters, NetStats, bump};
 use super::stream::{NetStream, Piece, ReaderSource};
 use super::tls::{ClientTls, PeerIdentity, ServerTls};
 use super::transmit::{Transmit, TransmitBuf};
@@ -307,7 +309,7 @@ where
     let (mut rd, mut wr) = tokio::io::split(stream);
     let reader_host = Arc::clone(&host);
     let reader_wake = Arc::clone(&wake);
-    let reader = tokio::spawn(async move {
+    let reader = async move {
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
             let r = rd.read(&mut buf).await;
@@ -325,7 +327,8 @@ where
                 break;
             }
         }
-    });
+    };
+    let reader = tokio::spawn(reader.in_current_span());
     // Aborted with the writer, too (a killed server's tasks): the read half holds the
     // socket open until the reader goes.
     struct AbortOnDrop(JoinHandle<()>);
@@ -468,6 +471,8 @@ enum Waker {
 struct ClientCore {
     pool: Pool<SocketAddr>,
     wakes: HashMap<ConnId, Arc<Notify>>,
+    /// Each connection's span, and whether its handshake finished.
+    spans: HashMap<ConnId, (Span, bool)>,
     next_token: u64,
 }
 
@@ -494,6 +499,13 @@ pub(super) struct ClientShared {
     delivered: AtomicU64,
     /// Runs of the pool task and of the connections' tasks ([`NetClient::wakeups`]).
     wakeups: AtomicU64,
+    /// What [`NetClient::stats`] reads beside the pool's own counters.
+    pub(super) counters: Counters,
+    /// The client's span (`net_client{transport, dest, protocol}`), its connections'
+    /// spans' parent.
+    span: Span,
+    /// `tcp`, `tls` or `quic`.
+    transport: &'static str,
     /// Connects over QUIC instead of TCP.
     #[cfg(feature = "quic")]
     pub(super) quic: Option<Arc<super::quic::Dialer>>,
@@ -521,24 +533,53 @@ impl ClientShared {
         let mut events = Vec::new();
         while let Some(e) = core.pool.poll_event() {
             match e {
-                PoolEvent::Message { bytes, .. } => {
+                PoolEvent::Message { bytes, conn, .. } => {
+                    tracing::trace!(conn, len = bytes.len(), "message received");
                     if let Some(m) = NetMessage::from_wire(bytes) {
                         inbox.push(m);
                     }
                 }
-                PoolEvent::Connected { peer, .. } => {
-                    if let Some((_, v)) = peer.protocols.first() {
-                        self.version.store(*v, Ordering::Relaxed);
+                PoolEvent::Connected { peer, conn } => {
+                    let version = peer.protocols.first().map_or(0, |(_, v)| *v);
+                    if version != 0 {
+                        self.version.store(version, Ordering::Relaxed);
+                    }
+                    bump(&self.counters.connections_opened);
+                    if let Some((span, opened)) = core.spans.get_mut(&conn) {
+                        *opened = true;
+                        span.in_scope(|| {
+                            tracing::info!(
+                                instance = %format_args!("{:032x}", peer.instance),
+                                version,
+                                buffer = peer.buffer_size,
+                                compression = peer.compression,
+                                "connected"
+                            )
+                        });
                     }
                     events.push(ClientEvent::Connected {
                         instance: peer.instance,
                     });
                 }
-                PoolEvent::ConnectFailed { error, .. } => {
+                PoolEvent::ConnectFailed { error, conn } => {
+                    bump(&self.counters.connects_failed);
+                    let span = core
+                        .spans
+                        .get(&conn)
+                        .map_or_else(Span::none, |s| s.0.clone());
+                    span.in_scope(|| tracing::warn!(%error, "connect failed"));
                     events.push(ClientEvent::ConnectFailed(error))
                 }
-                PoolEvent::Closed { error, .. } => events.push(ClientEvent::Closed(error)),
+                PoolEvent::Closed { error, conn } => {
+                    let (span, opened) = core
+                        .spans
+                        .get(&conn)
+                        .map_or_else(|| (Span::none(), false), |(s, o)| (s.clone(), *o));
+                    span.in_scope(|| self.counters.closed(&error, opened, true));
+                    events.push(ClientEvent::Closed(error))
+                }
                 PoolEvent::Sent { token } => {
+                    tracing::trace!(token, "message sent");
                     self.delivered.fetch_add(1, Ordering::Relaxed);
                     self.settle(token, Ok(()));
                 }
@@ -556,6 +597,7 @@ impl ClientShared {
                     if let Some(id) = request_id {
                         inbox.push(NetMessage::local_failure(id, &failure));
                     }
+                    self.count_failure(&failure, token, false, false);
                     self.settle(token, Err(failure.clone()));
                     events.push(ClientEvent::Failed { token, failure });
                 }
@@ -589,6 +631,32 @@ impl ClientShared {
         {
             self.room_cv.notify_all();
         }
+    }
+
+    /// Counts (and logs, at debug: it is per message) a message not delivered;
+    /// `at_send`: refused by the send itself (not failed later on its way); `no_queue`:
+    /// the send was not to wait in the queue.
+    fn count_failure(&self, failure: &Failure, token: u64, at_send: bool, no_queue: bool) {
+        let c = &self.counters;
+        let (counter, reason) = match failure {
+            Failure::Canceled => return,
+            Failure::QueueFull if no_queue => (&c.dropped_no_queue, "no_queue"),
+            Failure::QueueFull => (&c.dropped_queue_full, "queue full"),
+            Failure::TooLarge { .. } | Failure::Source(_) => (&c.dropped_refused, "refused"),
+            Failure::PoolClosed if at_send => (&c.dropped_refused, "refused"),
+            _ => (&c.messages_failed, "failed"),
+        };
+        bump(counter);
+        tracing::debug!(token, reason, %failure, "message not delivered");
+    }
+
+    /// What it did so far.
+    fn stats(&self) -> NetStats {
+        let core = lock(&self.core);
+        let mut s = self.counters.snapshot(core.pool.stats());
+        s.reconnects = core.pool.reconnects();
+        s.resends = core.pool.resends();
+        s
     }
 
     /// Records the outcome of a tracked message.
@@ -636,6 +704,7 @@ impl ClientShared {
                     let left = time_left(deadline);
                     if left.is_zero() || !can_block() {
                         lock(&self.tracked).remove(&token);
+                        self.count_failure(&Failure::QueueFull, token, true, false);
                         return Err(TransportError::Timeout);
                     }
                     msg = m;
@@ -658,8 +727,9 @@ impl ClientShared {
                 r => {
                     core.pool.process();
                     self.drain_from(&mut core, Waker::User);
-                    if r.is_err() {
+                    if let Err((f, _)) = &r {
                         lock(&self.tracked).remove(&token);
+                        self.count_failure(f, token, true, no_queue);
                     }
                     return r.map(|()| token).map_err(|(f, _)| match f {
                         Failure::NotConnected => TransportError::NotConnected,
@@ -704,6 +774,7 @@ impl Host for ClientConn {
         core.pool.remove(self.id);
         core.wakes.remove(&self.id);
         self.shared.drain_from(&mut core, Waker::Conn(self.id));
+        core.spans.remove(&self.id);
     }
 }
 
@@ -717,7 +788,18 @@ async fn pool_task(shared: Arc<ClientShared>) {
             while let Some(PoolAction::Connect { conn, addr }) = core.pool.poll_action(now) {
                 let wake = Arc::new(Notify::new());
                 core.wakes.insert(conn, Arc::clone(&wake));
-                tokio::spawn(connect_task(Arc::clone(&shared), conn, addr, wake));
+                let span = tracing::info_span!(
+                    parent: &shared.span,
+                    "net_conn",
+                    side = "client",
+                    transport = shared.transport,
+                    peer = %addr,
+                    protocol = %shared.config.protocol.name,
+                    conn,
+                );
+                span.in_scope(|| tracing::debug!("connecting"));
+                core.spans.insert(conn, (span.clone(), false));
+                tokio::spawn(connect_task(Arc::clone(&shared), conn, addr, wake).instrument(span));
             }
             shared.drain_from(&mut core, Waker::Pool);
             if core.pool.is_closed() && core.wakes.is_empty() {
@@ -756,11 +838,16 @@ async fn dial(shared: &ClientShared, addr: SocketAddr) -> Result<Dialed, String>
     tune_socket(&stream);
     match &shared.tls {
         None => Ok(Dialed::Plain(stream)),
-        Some((connector, name)) => connector
-            .connect(name.clone(), stream)
-            .await
-            .map(|s| Dialed::Tls(Box::new(s)))
-            .map_err(|e| format!("TLS handshake with {addr}: {e}")),
+        Some((connector, name)) => match connector.connect(name.clone(), stream).await {
+            Ok(s) => {
+                tracing::debug!(server_name = ?name, "TLS handshake done");
+                Ok(Dialed::Tls(Box::new(s)))
+            }
+            Err(e) => {
+                bump(&shared.counters.handshakes_failed);
+                Err(format!("TLS handshake with {addr}: {e}"))
+            }
+        },
     }
 }
 
@@ -774,7 +861,10 @@ async fn connect_task(shared: Arc<ClientShared>, id: ConnId, addr: SocketAddr, w
     let stream = match tokio::time::timeout(timeout, dial(&shared, addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return connect_failed(&shared, id, e),
-        Err(_) => return connect_failed(&shared, id, format!("connecting to {addr}: timed out")),
+        Err(_) => {
+            bump(&shared.counters.timeouts);
+            return connect_failed(&shared, id, format!("connecting to {addr}: timed out"));
+        }
     };
     shared.with_pool(|p| p.handle_connected(Instant::now(), id));
     let host = Arc::new(ClientConn {
@@ -792,6 +882,7 @@ pub(super) fn connect_failed(shared: &ClientShared, id: ConnId, error: String) {
     core.pool.handle_connect_failed(Instant::now(), id, error);
     core.wakes.remove(&id);
     shared.drain_from(&mut core, Waker::User);
+    core.spans.remove(&id);
 }
 
 /// The pool of connections to one destination, as an RPC transport. Clone its
@@ -858,6 +949,21 @@ impl NetClient {
             )),
             None => None,
         };
+        #[cfg(feature = "quic")]
+        let is_quic = quic.is_some();
+        #[cfg(not(feature = "quic"))]
+        let is_quic = false;
+        let transport = match (is_quic, tls.is_some()) {
+            (true, _) => "quic",
+            (false, true) => "tls",
+            (false, false) => "tcp",
+        };
+        let span = tracing::info_span!(
+            "net_client",
+            transport,
+            dest = ?addrs,
+            protocol = %config.protocol.name,
+        );
         let mut pool_config = config.pool.clone();
         pool_config.seed = rand::random();
         // A client has no consumer for streamed messages: they arrive reassembled.
@@ -876,6 +982,7 @@ impl NetClient {
             core: Mutex::new(ClientCore {
                 pool,
                 wakes: HashMap::new(),
+                spans: HashMap::new(),
                 next_token: 1 << 63,
             }),
             room_cv: Condvar::new(),
@@ -894,11 +1001,14 @@ impl NetClient {
             runtime: handle.clone(),
             delivered: AtomicU64::new(0),
             wakeups: AtomicU64::new(0),
+            counters: Counters::default(),
+            span,
+            transport,
             #[cfg(feature = "quic")]
             quic,
             tls,
         });
-        handle.spawn(pool_task(Arc::clone(&shared)));
+        handle.spawn(pool_task(Arc::clone(&shared)).instrument(shared.span.clone()));
         Ok(NetClient {
             shared,
             _runtime: runtime,
@@ -973,9 +1083,10 @@ impl NetClient {
         lock(&self.shared.core).pool.open_connections()
     }
 
-    /// What the pool's connections sent so far (frames, compression).
-    pub fn stats(&self) -> super::conn::ConnStats {
-        lock(&self.shared.core).pool.stats()
+    /// What it did so far: connections, messages, bytes, retries, drops (see
+    /// [`NetStats`]). Takes the pool's lock briefly.
+    pub fn stats(&self) -> NetStats {
+        self.shared.stats()
     }
 
     /// Messages fully sent so far.
@@ -1589,6 +1700,14 @@ pub(super) struct ServerShared {
     /// Every connection, so that a kill also ends their dispatch threads.
     conns: Mutex<Vec<std::sync::Weak<ServerConn>>>,
     stopped: AtomicBool,
+    /// What [`NetServer::stats`] reads beside its connections' own counters.
+    pub(super) counters: Counters,
+    /// The traffic of connections gone (each adds its own as it is dropped).
+    gone: Mutex<ConnStats>,
+    /// `net_server{transport, local, protocols}`, its connections' spans' parent.
+    pub(super) span: Span,
+    /// `tcp`, `tls` or `quic`.
+    transport: &'static str,
 }
 
 /// A protocol of a connection served by a [`Forward`], and the link it was handed.
@@ -1617,6 +1736,16 @@ pub(super) struct ServerConn {
     stream_handlers: Mutex<Vec<Option<StreamHandler>>>,
     /// Itself, for the links it hands out and the threads of stream handlers.
     me: std::sync::Weak<ServerConn>,
+    /// `net_conn{side, transport, peer, conn, protocol}`.
+    span: Span,
+    /// Its handshake finished.
+    opened: AtomicBool,
+}
+
+impl Drop for ServerConn {
+    fn drop(&mut self) {
+        *lock(&self.server.gone) += lock(&self.conn).stats();
+    }
 }
 
 impl Host for ServerConn {
@@ -1628,9 +1757,11 @@ impl Host for ServerConn {
             events.push(e);
         }
         drop(c);
+        let _span = (!events.is_empty()).then(|| self.span.enter());
         for e in events {
             match e {
                 ConnEvent::Connected(peer) => {
+                    self.accepted(&peer);
                     let handlers = peer
                         .protocols
                         .iter()
@@ -1665,6 +1796,7 @@ impl Host for ServerConn {
                     });
                 }
                 ConnEvent::Message { protocol, bytes } => {
+                    tracing::trace!(protocol, len = bytes.len(), "message received");
                     let forward = lock(&self.forwards)
                         .get(protocol as usize)
                         .cloned()
@@ -1680,6 +1812,8 @@ impl Host for ServerConn {
                     }
                 }
                 ConnEvent::Closed(error) => {
+                    let opened = self.opened.load(Ordering::Relaxed);
+                    self.server.counters.closed(&error, opened, false);
                     lock(&self.requests).take();
                     let forwards = std::mem::take(&mut *lock(&self.forwards));
                     for (f, link) in forwards.into_iter().flatten() {
@@ -1691,7 +1825,11 @@ impl Host for ServerConn {
                         error,
                     });
                 }
-                ConnEvent::Sent { .. } | ConnEvent::Failed { .. } => {}
+                ConnEvent::Sent { .. } => {}
+                ConnEvent::Failed { token, reason, .. } => {
+                    bump(&self.server.counters.dropped_refused);
+                    tracing::debug!(token, reason = %reason, "message not delivered");
+                }
                 ConnEvent::StreamStarted {
                     protocol,
                     stream,
@@ -1733,6 +1871,25 @@ impl Host for ServerConn {
 }
 
 impl ServerConn {
+    /// Counts and logs a finished handshake.
+    fn accepted(&self, peer: &super::conn::PeerInfo) {
+        self.opened.store(true, Ordering::Relaxed);
+        bump(&self.server.counters.connections_opened);
+        let names: Vec<&str> = peer
+            .protocols
+            .iter()
+            .filter(|(_, v)| *v != 0)
+            .map(|(spec, _)| spec.name.as_str())
+            .collect();
+        self.span
+            .record("protocol", tracing::field::display(names.join(",")));
+        tracing::info!(
+            instance = %format_args!("{:032x}", peer.instance),
+            client = self.client.as_ref().map(|c| c.subject()),
+            "accepted"
+        );
+    }
+
     /// Puts this client in the event hub of each protocol it speaks that has one.
     fn register_events(&self, protocols: &[(ProtocolSpec, u32)]) {
         for (spec, version) in protocols {
@@ -1843,12 +2000,28 @@ pub(super) fn runtime_handle()
 }
 
 impl ServerShared {
-    pub(super) fn new(mut config: ServerConfig, protocols: Vec<Served>) -> Arc<Self> {
+    pub(super) fn new(
+        mut config: ServerConfig,
+        protocols: Vec<Served>,
+        transport: &'static str,
+        local: SocketAddr,
+    ) -> Arc<Self> {
         if protocols.iter().all(|p| p.streams.is_none()) {
             // Nobody would consume them: streamed messages are reassembled.
             config.conn.max_streamed = 0;
         }
+        let names: Vec<&str> = protocols.iter().map(|p| p.spec.name.as_str()).collect();
+        let span = tracing::info_span!(
+            "net_server",
+            transport,
+            local = %local,
+            protocols = %names.join(","),
+        );
         Arc::new(ServerShared {
+            counters: Counters::default(),
+            gone: Mutex::new(ConnStats::default()),
+            span,
+            transport,
             instance: config.instance.unwrap_or_else(process_instance),
             config,
             protocols,
@@ -1879,6 +2052,29 @@ impl ServerShared {
         tasks.push(task);
     }
 
+    /// The span of a connection from `peer` (its id and protocol recorded later).
+    pub(super) fn conn_span(&self, peer: SocketAddr) -> Span {
+        tracing::info_span!(
+            parent: &self.span,
+            "net_conn",
+            side = "server",
+            transport = self.transport,
+            peer = %peer,
+            conn = tracing::field::Empty,
+            protocol = tracing::field::Empty,
+        )
+    }
+
+    /// A TLS handshake (or QUIC's) failed, or timed out (`timed_out`).
+    pub(super) fn handshake_failed(&self, peer: SocketAddr, error: String, timed_out: bool) {
+        bump(&self.counters.handshakes_failed);
+        if timed_out {
+            bump(&self.counters.timeouts);
+        }
+        tracing::warn!(%error, "handshake failed");
+        self.event(ServerEvent::HandshakeFailed { peer, error });
+    }
+
     pub(super) fn event(&self, e: ServerEvent) {
         lock(&self.events).push(e);
         self.events_cv.notify_all();
@@ -1899,12 +2095,15 @@ impl TransportSender for ConnSender {
     ) -> Result<(), TransportError> {
         let bytes = build(out, object_lens, fill)?;
         let mut c = lock(&self.0.conn);
+        let counters = &self.0.server.counters;
         if c.is_closed() {
+            bump(&counters.messages_failed);
             return Err(TransportError::PeerDied);
         }
         if let Some(p) = c.peer()
             && bytes.len() as u64 > p.max_message
         {
+            bump(&counters.dropped_refused);
             return Err(TransportError::TooLarge {
                 size: bytes.len() as u64,
                 max: p.max_message,
@@ -1980,8 +2179,10 @@ impl NetServer {
             let _guard = handle.enter();
             TcpListener::from_std(std_listener)?
         };
-        let shared = ServerShared::new(config, protocols);
-        let accept = handle.spawn(accept_loop(listener, Arc::clone(&shared), tls));
+        let transport = if tls.is_some() { "tls" } else { "tcp" };
+        let shared = ServerShared::new(config, protocols, transport, local_addr);
+        let accept = handle
+            .spawn(accept_loop(listener, Arc::clone(&shared), tls).instrument(shared.span.clone()));
         lock(&shared.tasks).push(accept);
         Ok(NetServer {
             local_addr,
@@ -2009,6 +2210,23 @@ impl NetServer {
         self.local_addr
     }
 
+    /// What it did so far: connections, messages, bytes, drops (see [`NetStats`]).
+    /// Locks each live connection briefly.
+    pub fn stats(&self) -> NetStats {
+        let conns: Vec<_> = lock(&self.shared.conns)
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        let mut traffic = ConnStats::default();
+        for c in &conns {
+            traffic += lock(&c.conn).stats();
+        }
+        // Read while `conns` are held: none of them can add itself to `gone` meanwhile.
+        traffic += *lock(&self.shared.gone);
+        drop(conns);
+        self.shared.counters.snapshot(traffic)
+    }
+
     /// The events so far, taken.
     pub fn take_events(&self) -> Vec<ServerEvent> {
         std::mem::take(&mut *lock(&self.shared.events))
@@ -2030,7 +2248,8 @@ impl NetServer {
         for t in lock(&self.shared.tasks).drain(..) {
             t.abort();
         }
-        for c in lock(&self.shared.conns).drain(..) {
+        // (Kept in the list: their traffic still counts in `stats` until they are gone.)
+        for c in lock(&self.shared.conns).iter() {
             if let Some(c) = c.upgrade() {
                 lock(&c.requests).take();
                 lock(&c.forwards).clear();
@@ -2065,20 +2284,19 @@ async fn accept_loop(
             return;
         }
         tune_socket(&stream);
+        let span = shared.conn_span(peer);
+        span.in_scope(|| tracing::debug!("accepted a TCP connection"));
         let task = match &tls {
             None => {
-                let sc = accept_conn(&shared, peer, None);
+                let sc = accept_conn(&shared, peer, None, span.clone());
                 let wake = Arc::clone(&sc.wake);
-                tokio::spawn(run_connection(stream, sc, wake))
+                tokio::spawn(run_connection(stream, sc, wake).instrument(span))
             }
             // The TLS handshake runs on the connection's task: a slow client never holds
             // the accept loop.
-            Some(acceptor) => tokio::spawn(accept_tls(
-                acceptor.clone(),
-                stream,
-                peer,
-                Arc::clone(&shared),
-            )),
+            Some(acceptor) => tokio::spawn(
+                accept_tls(acceptor.clone(), stream, peer, Arc::clone(&shared)).instrument(span),
+            ),
         };
         shared.keep_task(task);
     }
@@ -2101,14 +2319,16 @@ async fn accept_tls(
                 .peer_certificates()
                 .and_then(PeerIdentity::from_chain)
                 .map(Arc::new);
-            let sc = accept_conn(&shared, peer, client);
+            let sc = accept_conn(&shared, peer, client, Span::current());
             let wake = Arc::clone(&sc.wake);
             return run_connection(tls, sc, wake).await;
         }
         Ok(Err(e)) => format!("TLS handshake: {e}"),
-        Err(_) => "TLS handshake: timed out".to_string(),
+        Err(_) => {
+            return shared.handshake_failed(peer, "TLS handshake: timed out".into(), true);
+        }
     };
-    shared.event(ServerEvent::HandshakeFailed { peer, error });
+    shared.handshake_failed(peer, error, false);
 }
 
 /// Who sent the request a handler is serving: see [`current_client`].
@@ -2168,6 +2388,7 @@ pub(super) fn accept_conn(
     shared: &Arc<ServerShared>,
     peer: SocketAddr,
     client: Option<Arc<PeerIdentity>>,
+    span: Span,
 ) -> Arc<ServerConn> {
     let conn = Connection::server(
         Instant::now(),
@@ -2177,6 +2398,17 @@ pub(super) fn accept_conn(
     );
     let (tx, rx) = std::sync::mpsc::channel();
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    span.record("conn", id);
+    if let Some(c) = &client {
+        span.in_scope(|| {
+            tracing::info!(
+                subject = c.subject(),
+                common_name = c.common_name(),
+                "client certificate verified"
+            )
+        });
+    }
     let sc = Arc::new_cyclic(|me| ServerConn {
         server: Arc::clone(shared),
         peer,
@@ -2186,8 +2418,10 @@ pub(super) fn accept_conn(
         requests: Mutex::new(Some(tx)),
         handlers: Mutex::new(Vec::new()),
         forwards: Mutex::new(Vec::new()),
-        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        id,
         me: me.clone(),
+        span,
+        opened: AtomicBool::new(false),
         streams: Mutex::new(HashMap::new()),
         stream_handlers: Mutex::new(Vec::new()),
     });
