@@ -57,14 +57,14 @@ fn echo(
 }
 
 fn server(net: Net, addr: SocketAddr, name: &str) -> NetServer {
+    server_with(net, addr, name, ServerConfig::default())
+}
+
+fn server_with(net: Net, addr: SocketAddr, name: &str, config: ServerConfig) -> NetServer {
     // A restarted server's port may take a moment to free up.
     let deadline = Instant::now() + WAIT;
     loop {
-        match net.bind(
-            addr,
-            ServerConfig::default(),
-            vec![Served::new(proto(name), echo)],
-        ) {
+        match net.bind(addr, config.clone(), vec![Served::new(proto(name), echo)]) {
             Ok(s) => return s,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
@@ -191,9 +191,9 @@ fn stats_count_a_killed_servers_failed_connects_and_reconnects() {
             assert_eq!(s.connections_closed, 1, "{net:?}: {s:?}");
             assert!(s.connects_failed >= 2, "{net:?}: {s:?}");
             assert!(s.reconnects >= s.connects_failed, "{net:?}: {s:?}");
-            if net == Net::Quic {
-                assert_eq!(s.keepalive_failures, 1, "{net:?}: {s:?}");
-            }
+            // (Over QUIC the dead server's silence may have told, or quinn's close of its
+            // dropped connection: either way one close.)
+            assert!(s.keepalive_failures <= 1, "{net:?}: {s:?}");
             let second = server(net, addr, "Echo");
             let s = wait_stats(|| client.stats(), |s| s.connections_opened == 2);
             eprintln!("{net:?} after the restart:\n{s}");
@@ -386,6 +386,51 @@ fn stats_count_hostile_frames_over_quic() {
             (ep, conn, send, recv, stream)
         });
         expect_hostile(&srv, 2, 1);
+    });
+}
+
+#[test]
+fn stats_count_a_silent_clients_keepalive_failure() {
+    with_watchdog(Duration::from_secs(60), || {
+        for net in BOTH {
+            let config = ServerConfig {
+                conn: ConnConfig {
+                    inactivity_timeout: Duration::from_millis(300),
+                    ..ConnConfig::default()
+                },
+                ..ServerConfig::default()
+            };
+            let srv = server_with(net, localhost(), "Echo", config);
+            let addr = srv.local_addr();
+            // A client that says hello, then nothing (no keep-alive either).
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let _silent: Box<dyn std::any::Any> = match net {
+                Net::Tcp => {
+                    let mut raw = TcpStream::connect(addr).unwrap();
+                    raw.set_read_timeout(Some(WAIT)).unwrap();
+                    raw.write_all(&hello(8)).unwrap();
+                    read_record(&mut raw);
+                    Box::new(raw)
+                }
+                Net::Quic => Box::new(rt.block_on(async {
+                    let (ep, conn, mut send, mut recv) = raw_quic(addr).await;
+                    send.write_all(&hello(8)).await.unwrap();
+                    let mut head = [0u8; frame::RECORD_HEADER];
+                    recv.read_exact(&mut head).await.unwrap();
+                    (ep, conn, send, recv)
+                })),
+            };
+            let s = wait_stats(|| srv.stats(), |s| s.keepalive_failures == 1);
+            eprintln!("{net:?} server:\n{s}");
+            assert_eq!(s.keepalive_failures, 1, "{net:?}: {s:?}");
+            assert_eq!(s.connections_opened, 1, "{net:?}: {s:?}");
+            assert_eq!(s.connections_closed, 1, "{net:?}: {s:?}");
+            assert_eq!(s.hostile_frames + s.handshakes_failed, 0, "{net:?}: {s:?}");
+        }
     });
 }
 
