@@ -1943,6 +1943,8 @@ impl ServerConn {
             .map_or(0, |(v, _)| *v);
         let kind = header.kind();
         let (Some(handler), Some(Kind::Request | Kind::OneWay)) = (handler, kind) else {
+            bump(&self.server.counters.dropped_refused);
+            tracing::debug!(stream, "streamed message refused: no stream handler for it");
             lock(&self.conn).refuse_stream(stream);
             self.wake.notify_one();
             return;
