@@ -15,6 +15,7 @@ mod transport;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use shm_channel::net::frame::{self, FrameHeader, Hello, ProtocolSpec, kind};
 use shm_channel::net::{ClientConfig, ConnConfig, NetClient, NetServer, NetStats, Served};
 use shm_channel::rpc::{
     Client, HandlerError, IncomingMessage, Method, Outgoing, RequestView, Responder, Transport,
-    TransportError, send_objects,
+    TransportError, flags, send_objects,
 };
 use support::with_watchdog;
 use transport::Net;
@@ -206,6 +207,66 @@ fn stats_count_a_killed_servers_failed_connects_and_reconnects() {
                 b"two"
             );
             assert_eq!(second.stats().connections_opened, 1, "{net:?}");
+        }
+    });
+}
+
+#[test]
+fn stats_count_an_idempotent_calls_resend() {
+    with_watchdog(Duration::from_secs(90), || {
+        for net in BOTH {
+            // A first server whose handler holds the call until it is killed.
+            let seen = Arc::new(AtomicBool::new(false));
+            let release = Arc::new(AtomicBool::new(false));
+            let (s, r) = (Arc::clone(&seen), Arc::clone(&release));
+            let first = net
+                .bind(
+                    localhost(),
+                    ServerConfig::default(),
+                    vec![Served::new(proto("Echo"), move |_req, _resp| {
+                        s.store(true, Ordering::SeqCst);
+                        let until = Instant::now() + WAIT;
+                        while !r.load(Ordering::SeqCst) && Instant::now() < until {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(HandlerError::Failed("released".into()))
+                    })],
+                )
+                .unwrap();
+            let addr = first.local_addr();
+            // Keep-alives while the reply is awaited: how a client finds a killed QUIC
+            // server gone.
+            let mut config = client_config("Echo");
+            config.conn.keepalive_interval = Duration::from_millis(200);
+            config.conn.inactivity_timeout = Duration::from_secs(2);
+            let mut client = net.connect(vec![addr], config, WAIT).unwrap();
+            let id = 1 << 41;
+            let call = Outgoing::new(ECHO.id, Kind::Request)
+                .request_id(id)
+                .flags(flags::IDEMPOTENT);
+            send_objects(&client.sender(), &call, &[(0, b"again")], WAIT).unwrap();
+            let deadline = Instant::now() + WAIT;
+            while !seen.load(Ordering::SeqCst) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(
+                seen.load(Ordering::SeqCst),
+                "{net:?}: the call never arrived"
+            );
+            first.kill();
+            release.store(true, Ordering::SeqCst);
+            drop(first);
+            let second = server(net, addr, "Echo");
+            // Sent again once the pool found its connection gone, answered by the second.
+            let reply = client.recv_timeout(WAIT).unwrap();
+            assert_eq!(reply.request_id(), id, "{net:?}");
+            assert_eq!(reply.object(0), Some(&b"again"[..]), "{net:?}");
+            let s = client.stats();
+            eprintln!("{net:?}:\n{s}");
+            assert_eq!(s.resends, 1, "{net:?}: {s:?}");
+            assert_eq!(s.messages_sent, 2, "{net:?}: {s:?}");
+            assert_eq!(s.messages_failed, 0, "{net:?}: {s:?}");
+            assert_eq!(second.stats().messages_received, 1, "{net:?}");
         }
     });
 }
