@@ -271,6 +271,13 @@ pub struct ConnConfig {
     /// delivered but not yet consumed ([`Connection::stream_consumed`]); what a slow
     /// consumer costs in memory, per stream.
     pub stream_window: u32,
+    /// Flow control for the whole connection (HTTP/2's connection window): the most bytes
+    /// granted beyond the first 64 KiB of each stream ([`frame::INITIAL_WINDOW`]) that
+    /// are in flight, being reassembled or delivered but not yet consumed, summed over
+    /// every incoming stream. Grants past it wait, oldest stream first, until messages
+    /// complete or are consumed. One message alone may exceed it (up to
+    /// [`max_message`](Self::max_message)): it is granted when nothing else holds credit.
+    pub receive_window: u64,
     /// Client: how long without sending anything before a keep-alive goes out (while
     /// replies are pending, or always with [`keepalive_idle`](Self::keepalive_idle)).
     pub keepalive_interval: Duration,
@@ -299,6 +306,7 @@ impl std::fmt::Debug for ConnConfig {
         f.debug_struct("ConnConfig")
             .field("buffer_size", &self.buffer_size)
             .field("max_message", &self.max_message)
+            .field("receive_window", &self.receive_window)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("inactivity_timeout", &self.inactivity_timeout)
             .field("max_keepalives", &self.max_keepalives)
@@ -315,6 +323,7 @@ impl Default for ConnConfig {
             window: 16,
             max_streamed: u64::MAX,
             stream_window: 1 << 20,
+            receive_window: 16 << 20,
             keepalive_interval: Duration::from_secs(10),
             keepalive_idle: false,
             inactivity_timeout: Duration::from_secs(60),
@@ -363,6 +372,18 @@ pub enum ConnError {
     /// Closed on purpose by this side.
     #[error("closed locally")]
     Local,
+    /// The peer did not read what this side sent: `queued` bytes could not be sent for
+    /// `waited` (a server's reply or event found no room in the connection's bounded
+    /// send queue for its whole timeout). No `CLOSE` frame: it would wait behind them.
+    #[error(
+        "the peer does not read: {queued} bytes queued for it could not be sent for {waited:?}"
+    )]
+    SlowPeer {
+        /// Bytes queued for the peer when it was given up on.
+        queued: u64,
+        /// How long the send that gave up waited for room.
+        waited: Duration,
+    },
 }
 
 impl ConnError {
@@ -486,6 +507,11 @@ impl OutStream {
     }
 }
 
+/// The first bytes of a message of `len` bytes, which its sender sends without a grant.
+fn initial_window(len: u64) -> u64 {
+    len.min(u64::from(frame::INITIAL_WINDOW))
+}
+
 /// A message being received.
 struct InStream {
     protocol: u16,
@@ -495,6 +521,20 @@ struct InStream {
     /// Message bytes the sender may send in all (initial window plus grants).
     granted: u64,
     body: Body,
+}
+
+impl InStream {
+    /// What this stream counts against [`ConnConfig::receive_window`]: the bytes it holds
+    /// or may still be sent (a reassembled message keeps all it receives; a streamed one
+    /// what is in flight or unconsumed), beyond the initial window no grant gave.
+    fn charge(&self) -> u64 {
+        let occupancy = match self.body {
+            Body::Whole(_) => self.granted,
+            Body::Streamed { pending, .. } => (self.granted - self.received) + pending,
+            Body::Refused => 0,
+        };
+        occupancy.saturating_sub(initial_window(self.len))
+    }
 }
 
 /// What a receiver does with a stream's bytes.
@@ -525,6 +565,10 @@ pub struct Connection {
     /// Received bytes not yet parsed (at most one frame or one handshake record).
     rx: Vec<u8>,
     incoming: HashMap<u32, InStream>,
+    /// Incoming streams whose grant waits for room in the connection window, oldest first.
+    withheld: VecDeque<u32>,
+    /// Message bytes queued or in progress that are not yet in a frame.
+    queued_bytes: u64,
     /// Frames that go out before any data (handshake, keep-alives, close).
     control: VecDeque<Vec<u8>>,
     queue: VecDeque<OutMessage>,
@@ -659,6 +703,8 @@ impl Connection {
             state: State::Handshaking,
             rx: Vec::new(),
             incoming: HashMap::new(),
+            withheld: VecDeque::new(),
+            queued_bytes: 0,
             control: VecDeque::new(),
             queue: VecDeque::new(),
             active: VecDeque::new(),
@@ -739,6 +785,20 @@ impl Connection {
         self.queue.len() + self.active.len()
     }
 
+    /// Message bytes queued or in progress that have not gone into a frame yet: what the
+    /// peer's reading (and its credit) still has to take. Frames already handed to
+    /// [`poll_transmit`](Self::poll_transmit)'s buffer are not counted.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes
+    }
+
+    /// Bytes of incoming streams counted against [`ConnConfig::receive_window`] now (see
+    /// there): granted beyond each stream's initial window and not yet delivered, or
+    /// delivered piece by piece and not yet consumed.
+    pub fn receive_window_used(&self) -> u64 {
+        self.incoming.values().map(InStream::charge).sum()
+    }
+
     /// Requests fully sent whose reply has not arrived.
     pub fn awaiting(&self) -> usize {
         self.awaiting.len()
@@ -747,6 +807,7 @@ impl Connection {
     /// Queues a message. On a closed connection it comes back at once in an
     /// [`Unfinished`] of [`take_unfinished`](Self::take_unfinished).
     pub fn send(&mut self, msg: OutMessage) {
+        self.queued_bytes += msg.source.len();
         self.queue.push_back(msg);
     }
 
@@ -755,7 +816,10 @@ impl Connection {
         if let Some(i) = self.queue.iter().position(|m| m.token == token) {
             // `position` found it.
             return match self.queue.remove(i) {
-                Some(m) => CancelOutcome::Canceled(Box::new(m)),
+                Some(m) => {
+                    self.queued_bytes -= m.source.len();
+                    CancelOutcome::Canceled(Box::new(m))
+                }
                 None => CancelOutcome::Unknown,
             };
         }
@@ -794,6 +858,7 @@ impl Connection {
         }
         self.state = State::Closed;
         self.held.clear();
+        self.withheld.clear();
         self.abort_incoming(&format!("the connection closed: {reason}"));
         self.events.push_back(ConnEvent::Closed(reason));
     }
@@ -827,6 +892,7 @@ impl Connection {
         {
             *pending = pending.saturating_sub(n);
             self.grant(stream);
+            self.grant_withheld();
         }
     }
 
@@ -841,6 +907,7 @@ impl Connection {
         {
             s.body = Body::Refused;
             self.push_abort(stream, frame::abort_flags::REFUSED);
+            self.grant_withheld();
         }
     }
 
@@ -855,14 +922,45 @@ impl Connection {
 
     /// Grants the sender of `stream` more credit if enough room opened: for a streamed
     /// message, the window minus what is in flight or unconsumed (sent once half a window
-    /// is free, so grants stay few); for a reassembled one, all of it.
+    /// is free, so grants stay few); for a reassembled one, all of it. Either only within
+    /// the connection window: otherwise the stream waits its turn behind the others
+    /// waiting ([`grant_withheld`](Self::grant_withheld)).
     fn grant(&mut self, stream: u32) {
+        let waiting = self.withheld.contains(&stream);
+        let first = self.withheld.front() == Some(&stream);
+        // Strictly oldest first: a large message waiting for the window is never starved
+        // by smaller ones granted past it.
+        if (!self.withheld.is_empty() && !first) || !self.try_grant(stream) {
+            if !waiting {
+                self.withheld.push_back(stream);
+            }
+        } else if first {
+            self.withheld.pop_front();
+        }
+    }
+
+    /// Grants the streams waiting for the connection window, oldest first, while it has
+    /// room.
+    fn grant_withheld(&mut self) {
+        while let Some(&stream) = self.withheld.front() {
+            if self.incoming.contains_key(&stream) && !self.try_grant(stream) {
+                return;
+            }
+            self.withheld.pop_front();
+        }
+    }
+
+    /// Grants `stream` what it may have now; `false` when the connection window holds it
+    /// back (nothing granted).
+    fn try_grant(&mut self, stream: u32) -> bool {
         let window = u64::from(self.config.stream_window.max(frame::MIN_BUFFER));
+        let used = self.receive_window_used();
+        let room = self.config.receive_window.saturating_sub(used);
         let Some(s) = self.incoming.get_mut(&stream) else {
-            return;
+            return true;
         };
         let left = s.len - s.granted;
-        let give = match s.body {
+        let want = match s.body {
             Body::Refused => 0,
             Body::Whole(_) => left,
             Body::Streamed { pending, .. } => {
@@ -875,9 +973,18 @@ impl Connection {
                 }
             }
         };
-        if give == 0 {
-            return;
+        if want == 0 {
+            return true;
         }
+        let give = if want <= room || used == 0 {
+            // Within the window, or alone: a message larger than the window still gets
+            // in when nothing else holds credit.
+            want
+        } else if matches!(s.body, Body::Streamed { .. }) && room >= (window / 2).min(want) {
+            room
+        } else {
+            return false;
+        };
         s.granted += give;
         let mut rest = give;
         while rest > 0 {
@@ -890,6 +997,7 @@ impl Connection {
             h.encode(&mut f);
             self.control.push_back(f);
         }
+        true
     }
 
     /// Whether some frame of a message could go out now (a queued message, or an active
@@ -948,6 +1056,7 @@ impl Connection {
             });
         }
         self.ordered_busy.clear();
+        self.queued_bytes = 0;
         out
     }
 
@@ -1008,6 +1117,7 @@ impl Connection {
         let payload = match Self::take_payload(&mut s.msg, want, &mut self.scratch) {
             Ok(p) => p,
             Err(reason) => {
+                self.queued_bytes -= left;
                 self.ordered_busy.remove(&s.stream);
                 // Even a stream that sent nothing yet: its id is used, and a receiver that
                 // delivers in order must not wait for it.
@@ -1027,6 +1137,7 @@ impl Connection {
             }
         };
         s.sent += want as u64;
+        self.queued_bytes -= want as u64;
         let last = s.sent == s.msg.source.len();
         let mut flags = 0;
         if first {
@@ -1165,6 +1276,7 @@ impl Connection {
             let len = self.queue[i].source.len();
             if !self.queue[i].streamed && len > max_message {
                 if let Some(m) = self.queue.remove(i) {
+                    self.queued_bytes -= len;
                     self.events.push_back(ConnEvent::Failed {
                         token: m.token,
                         request_id: m.request_id,
@@ -1246,8 +1358,11 @@ impl Connection {
                 Err(e) => result = Err(e),
             }
         }
-        if let Err(e) = result {
-            self.close(e);
+        match result {
+            Err(e) => self.close(e),
+            // Messages that completed gave their credit back.
+            Ok(()) if !self.is_closed() => self.grant_withheld(),
+            Ok(()) => {}
         }
     }
 
@@ -1457,6 +1572,7 @@ impl Connection {
                 // own ABORT so that it forgets the stream.
                 if let Some(i) = self.active.iter().position(|s| s.stream == h.stream) {
                     if let Some(s) = self.active.remove(i) {
+                        self.queued_bytes -= s.msg.source.len() - s.sent;
                         self.ordered_busy.remove(&s.stream);
                         self.push_abort(s.stream, 0);
                         self.events.push_back(ConnEvent::Failed {
@@ -1686,7 +1802,7 @@ impl Connection {
         } else {
             (self.config.max_message, "message")
         };
-        let initial = len.min(u64::from(frame::INITIAL_WINDOW));
+        let initial = initial_window(len);
         let mut stream = InStream {
             protocol: h.protocol,
             len,

@@ -56,3 +56,5 @@ pub use quic::{QuicClientTls, QuicServerTls};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod window_tests;

@@ -257,6 +257,24 @@ pub(super) trait Host: Send + Sync + 'static {
     fn with<R>(&self, f: impl FnOnce(&mut Connection, Instant) -> R) -> Option<R>;
     /// The socket is closed and dropped.
     fn finished(&self);
+    /// What wakes a reader paused by [`reading_paused`](Self::reading_paused); `None`: it
+    /// never pauses.
+    fn backlog_room(&self) -> Option<&Notify> {
+        None
+    }
+    /// Whether the socket should not be read for now (the application is behind).
+    fn reading_paused(&self) -> bool {
+        false
+    }
+    /// Whether the connection was given up on with bytes still to write (the peer does
+    /// not read): the writer stops waiting for the socket and drops it.
+    fn abandoned(&self) -> bool {
+        false
+    }
+    /// What wakes a writer when the connection is abandoned; `None`: it never is.
+    fn give_up(&self) -> Option<&Notify> {
+        None
+    }
 }
 
 /// Bytes gathered per socket write: a few frames, so that a huge message still yields to
@@ -312,6 +330,19 @@ where
     let reader = async move {
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
+            if let Some(room) = reader_host.backlog_room() {
+                // Requests wait for the handler: stop reading until it catches up, so
+                // TCP's own flow control holds the peer back.
+                loop {
+                    let notified = room.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if !reader_host.reading_paused() {
+                        break;
+                    }
+                    notified.await;
+                }
+            }
             let r = rd.read(&mut buf).await;
             let now = Instant::now();
             let done = reader_host.with(|c, _| {
@@ -360,18 +391,29 @@ where
         };
         if !out.is_empty() {
             written = out.len();
-            let sent = if vectored {
-                write_vectored_all(&mut wr, &mut out).await
-            } else {
-                flat.clear();
-                out.flatten_into(&mut flat);
-                wr.write_all(&flat).await
+            let write = async {
+                if vectored {
+                    write_vectored_all(&mut wr, &mut out).await
+                } else {
+                    flat.clear();
+                    out.flatten_into(&mut flat);
+                    wr.write_all(&flat).await
+                }
             };
-            if let Err(e) = sent {
-                host.with(|c, _| c.handle_io_error(e.to_string()));
-                break;
+            // A peer that does not read holds the write forever: given up on, the writer
+            // stops waiting and drops the socket.
+            let sent = tokio::select! {
+                r = write => Some(r),
+                () = abandoned(&*host) => None,
+            };
+            match sent {
+                None => break,
+                Some(Err(e)) => {
+                    host.with(|c, _| c.handle_io_error(e.to_string()));
+                    break;
+                }
+                Some(Ok(())) => {}
             }
-            continue;
         }
         if closed {
             break;
@@ -386,9 +428,29 @@ where
             None => notified.await,
         }
     }
-    let _ = wr.shutdown().await;
+    if !host.abandoned() {
+        // (A TLS shutdown writes, which a peer that does not read would hold forever.)
+        let _ = wr.shutdown().await;
+    }
     drop(reader);
     host.finished();
+}
+
+/// Returns once the host gave the connection up ([`Host::abandoned`]); never for a host
+/// that cannot.
+async fn abandoned<H: Host>(host: &H) {
+    let Some(give_up) = host.give_up() else {
+        return std::future::pending().await;
+    };
+    loop {
+        let notified = give_up.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if host.abandoned() {
+            return;
+        }
+        notified.await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1639,8 +1701,22 @@ impl Link {
 pub struct ServerConfig {
     /// The connections' behaviour (buffer size, inactivity timeout, keep-alive guard).
     pub conn: ConnConfig,
-    /// How long writing a reply may wait.
+    /// How long writing a reply may wait (for room in the connection's send queue, see
+    /// [`max_queued_bytes`](Self::max_queued_bytes)).
     pub reply_timeout: Duration,
+    /// The most bytes of replies and events queued for one client and not yet written to
+    /// its socket. When a message does not fit, its send waits up to its timeout for room
+    /// (the reply timeout for a handler's reply, the caller's for an event) — a `no_queue`
+    /// one not at all: it fails with [`TransportError::Dropped`] and the connection stays.
+    /// A send that times out fails with [`TransportError::Timeout`] and closes the
+    /// connection ([`ConnError::SlowPeer`]): a client that has read nothing for that long
+    /// is not reading. One message larger than the bound is queued when nothing else is.
+    pub max_queued_bytes: u64,
+    /// The most bytes of complete requests waiting for a connection's handler thread:
+    /// past it the server stops reading that client's socket until the handler catches
+    /// up, so TCP's flow control holds the client back (TCP and TLS; over QUIC the
+    /// connection's stream limits do). Streamed messages are flow-controlled on their own.
+    pub max_request_backlog: u64,
     /// The instance id in the handshake (default: [`process_instance`]).
     pub instance: Option<u128>,
     /// TLS over TCP (`tls://`), with mutual TLS when [`ServerTls::client_roots`] is set;
@@ -1654,6 +1730,8 @@ impl Default for ServerConfig {
         ServerConfig {
             conn: ConnConfig::default(),
             reply_timeout: Duration::from_secs(5),
+            max_queued_bytes: 8 << 20,
+            max_request_backlog: 8 << 20,
             instance: None,
             tls: None,
         }
@@ -1740,6 +1818,17 @@ pub(super) struct ServerConn {
     span: Span,
     /// Its handshake finished.
     opened: AtomicBool,
+    /// Signalled (with `conn`'s mutex) when queued bytes went out or the connection
+    /// closed: what replies and events waiting for room wait on.
+    room: Condvar,
+    /// Bytes of requests handed to the dispatch thread and not yet handled.
+    backlog: AtomicU64,
+    /// Wakes the reader paused for the backlog.
+    backlog_room: Notify,
+    /// Given up on: the peer does not read ([`ConnError::SlowPeer`]).
+    abandoned: AtomicBool,
+    /// Wakes the writer when the connection is given up on.
+    give_up: Notify,
 }
 
 impl Drop for ServerConn {
@@ -1749,9 +1838,30 @@ impl Drop for ServerConn {
 }
 
 impl Host for ServerConn {
+    fn backlog_room(&self) -> Option<&Notify> {
+        Some(&self.backlog_room)
+    }
+
+    fn reading_paused(&self) -> bool {
+        self.backlog.load(Ordering::Acquire) >= self.server.config.max_request_backlog
+            && lock(&self.requests).is_some()
+    }
+
+    fn abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
+    }
+
+    fn give_up(&self) -> Option<&Notify> {
+        Some(&self.give_up)
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut Connection, Instant) -> R) -> Option<R> {
         let mut c = lock(&self.conn);
+        let queued = c.queued_bytes();
         let r = f(&mut c, Instant::now());
+        if c.queued_bytes() < queued || c.is_closed() {
+            self.room.notify_all();
+        }
         let mut events = Vec::new();
         while let Some(e) = c.poll_event() {
             events.push(e);
@@ -1805,7 +1915,11 @@ impl Host for ServerConn {
                         (Some((f, link)), Some(m)) => f.message(&link, m),
                         (None, Some(m)) => {
                             if let Some(tx) = lock(&self.requests).as_ref() {
-                                let _ = tx.send((protocol, m));
+                                let len = m.bytes().len() as u64;
+                                self.backlog.fetch_add(len, Ordering::AcqRel);
+                                if tx.send((protocol, m)).is_err() {
+                                    self.backlog.fetch_sub(len, Ordering::AcqRel);
+                                }
                             }
                         }
                         _ => {}
@@ -1815,6 +1929,8 @@ impl Host for ServerConn {
                     let opened = self.opened.load(Ordering::Relaxed);
                     self.server.counters.closed(&error, opened, false);
                     lock(&self.requests).take();
+                    // A reader paused for the backlog has nothing more to wait for.
+                    self.backlog_room.notify_one();
                     let forwards = std::mem::take(&mut *lock(&self.forwards));
                     for (f, link) in forwards.into_iter().flatten() {
                         f.closed(&link, &error);
@@ -1867,6 +1983,8 @@ impl Host for ServerConn {
         lock(&self.requests).take();
         self.unregister_events();
         lock(&self.streams).clear();
+        let _guard = lock(&self.conn);
+        self.room.notify_all();
     }
 }
 
@@ -2093,23 +2211,59 @@ impl TransportSender for ConnSender {
         out: &Outgoing,
         object_lens: &[u64],
         fill: &mut dyn FnMut(&mut dyn ObjectSink) -> Result<(), TransportError>,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> Result<(), TransportError> {
         let bytes = build(out, object_lens, fill)?;
+        let len = bytes.len() as u64;
+        let max = self.0.server.config.max_queued_bytes;
+        let deadline = Instant::now().checked_add(timeout);
         let mut c = lock(&self.0.conn);
         let counters = &self.0.server.counters;
-        if c.is_closed() {
-            bump(&counters.messages_failed);
-            return Err(TransportError::PeerDied);
-        }
-        if let Some(p) = c.peer()
-            && bytes.len() as u64 > p.max_message
-        {
-            bump(&counters.dropped_refused);
-            return Err(TransportError::TooLarge {
-                size: bytes.len() as u64,
-                max: p.max_message,
-            });
+        loop {
+            if c.is_closed() {
+                bump(&counters.messages_failed);
+                return Err(TransportError::PeerDied);
+            }
+            if let Some(p) = c.peer()
+                && len > p.max_message
+            {
+                bump(&counters.dropped_refused);
+                return Err(TransportError::TooLarge {
+                    size: len,
+                    max: p.max_message,
+                });
+            }
+            let queued = c.queued_bytes();
+            if queued == 0 || queued.saturating_add(len) <= max {
+                break;
+            }
+            if out.no_queue {
+                bump(&counters.dropped_no_queue);
+                return Err(TransportError::Dropped);
+            }
+            c = match wait_until(&self.0.room, c, deadline) {
+                Ok(c) => c,
+                Err(e) => {
+                    bump(&counters.dropped_queue_full);
+                    // Nothing went out for the whole timeout: the client does not read.
+                    let mut c = lock(&self.0.conn);
+                    if !c.is_closed() {
+                        let queued = c.queued_bytes();
+                        c.close(ConnError::SlowPeer {
+                            queued,
+                            waited: timeout,
+                        });
+                        self.0.abandoned.store(true, Ordering::Release);
+                    }
+                    drop(c);
+                    // Hands the close on (server event, event hubs) at once: the writer,
+                    // stuck on the socket, will not look again.
+                    self.0.with(|_, _| ());
+                    self.0.give_up.notify_one();
+                    self.0.wake.notify_one();
+                    return Err(e);
+                }
+            };
         }
         c.send(OutMessage::from_bytes(0, bytes, Delivery::Default));
         drop(c);
@@ -2426,6 +2580,11 @@ pub(super) fn accept_conn(
         opened: AtomicBool::new(false),
         streams: Mutex::new(HashMap::new()),
         stream_handlers: Mutex::new(Vec::new()),
+        room: Condvar::new(),
+        backlog: AtomicU64::new(0),
+        backlog_room: Notify::new(),
+        abandoned: AtomicBool::new(false),
+        give_up: Notify::new(),
     });
     // Handlers may block (they are the application's code): a thread per connection,
     // requests of one connection in order.
@@ -2449,11 +2608,20 @@ pub(super) fn accept_conn(
         while let Ok((protocol, msg)) = rx.recv() {
             let entry = lock(&worker.handlers).get(protocol as usize).cloned();
             let Some((version, Some(handler))) = entry else {
+                worker
+                    .backlog
+                    .fetch_sub(msg.bytes().len() as u64, Ordering::AcqRel);
+                worker.backlog_room.notify_one();
                 continue;
             };
             let mut h = |v: &RequestView<'_>, r: Responder<'_>| handler(v, r);
             let channel = Some(worker.channel_id());
-            if dispatch(&msg, &sender, channel, version, &mut h, &opts).is_err() {
+            let result = dispatch(&msg, &sender, channel, version, &mut h, &opts);
+            worker
+                .backlog
+                .fetch_sub(msg.bytes().len() as u64, Ordering::AcqRel);
+            worker.backlog_room.notify_one();
+            if result.is_err() {
                 break;
             }
         }

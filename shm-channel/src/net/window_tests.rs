@@ -1,0 +1,227 @@
+//! The connection-wide receive window (`ConnConfig::receive_window`), sans-io: an honest
+//! sender is held to it by the grants, and a hostile one that sends past them is closed.
+
+use std::time::{Duration, Instant};
+
+use super::conn::{ConnConfig, ConnError, ConnEvent, Connection, Delivery, OutMessage};
+use super::frame::{self, FRAME_HEADER, FrameError, FrameHeader, ProtocolSpec, data_flags, kind};
+use super::tests::message;
+use shm_layout::Kind;
+
+const WINDOW: u64 = 1 << 20;
+
+fn config() -> ConnConfig {
+    ConnConfig {
+        buffer_size: frame::MAX_BUFFER,
+        inactivity_timeout: Duration::from_secs(60),
+        ..ConnConfig::default()
+    }
+}
+
+fn server_config() -> ConnConfig {
+    ConnConfig {
+        receive_window: WINDOW,
+        ..config()
+    }
+}
+
+fn events(c: &mut Connection) -> Vec<ConnEvent> {
+    std::iter::from_fn(|| c.poll_event()).collect()
+}
+
+fn delivered(events: &[ConnEvent]) -> Vec<Vec<u8>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ConnEvent::Message { bytes, .. } => Some(bytes.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `WINDOW` grants among frames a server sent: (stream, bytes).
+fn grants(mut buf: &[u8]) -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    while let Ok(Some(h)) = FrameHeader::decode(buf, frame::MAX_BUFFER) {
+        if h.kind == kind::WINDOW {
+            out.push((h.stream, u64::from(h.raw)));
+        }
+        buf = &buf[FRAME_HEADER + h.payload as usize..];
+    }
+    out
+}
+
+/// A server connection past its handshake with a client whose frames the test writes by
+/// hand (the client `Connection` only did the handshake).
+fn open_server() -> (Instant, Connection) {
+    let now = Instant::now();
+    let protocols = vec![ProtocolSpec::new("Echo", 1)];
+    let mut client = Connection::client(now, config(), 1, protocols.clone());
+    let mut server = Connection::server(now, server_config(), 2, protocols);
+    for _ in 0..3 {
+        let mut buf = Vec::new();
+        while client.poll_transmit(now, &mut buf) {}
+        server.handle_data(now, &buf);
+        buf.clear();
+        while server.poll_transmit(now, &mut buf) {}
+        client.handle_data(now, &buf);
+    }
+    assert!(server.is_open());
+    events(&mut server);
+    (now, server)
+}
+
+/// The DATA frames of `bytes` on `stream` covering message bytes `from..to`.
+fn frames(stream: u32, bytes: &[u8], from: usize, to: usize) -> Vec<u8> {
+    let room = frame::MAX_BUFFER as usize - FRAME_HEADER;
+    let mut out = Vec::new();
+    let mut at = from;
+    while at < to {
+        let n = room.min(to - at);
+        let mut flags = 0;
+        if at == 0 {
+            flags |= data_flags::FIRST;
+        }
+        if at + n == bytes.len() {
+            flags |= data_flags::LAST;
+        }
+        FrameHeader {
+            kind: kind::DATA,
+            flags,
+            protocol: 0,
+            stream,
+            payload: n as u32,
+            raw: n as u32,
+        }
+        .encode(&mut out);
+        out.extend_from_slice(&bytes[at..at + n]);
+        at += n;
+    }
+    out
+}
+
+/// Whatever the server wants to send, as bytes.
+fn output(server: &mut Connection, now: Instant) -> Vec<u8> {
+    let mut buf = Vec::new();
+    while server.poll_transmit(now, &mut buf) {}
+    buf
+}
+
+#[test]
+fn an_honest_sender_is_held_to_the_connection_window_and_everything_arrives() {
+    let now = Instant::now();
+    let protocols = vec![ProtocolSpec::new("Echo", 1)];
+    let mut client = Connection::client(now, config(), 1, protocols.clone());
+    let mut server = Connection::server(now, server_config(), 2, protocols);
+    // Eight messages of 600 KiB: each alone fits the 1 MiB window, two do not.
+    let sent: Vec<Vec<u8>> = (0..8u8)
+        .map(|i| message(u64::from(i), Kind::OneWay, 0, 600 << 10, i))
+        .collect();
+    for (i, m) in sent.iter().enumerate() {
+        client.send(OutMessage::from_bytes(
+            i as u64,
+            m.clone(),
+            Delivery::Default,
+        ));
+    }
+    let mut got = Vec::new();
+    let mut peak = 0;
+    let mut rounds = 0;
+    loop {
+        let mut buf = Vec::new();
+        // A few frames at a time, so that grants and data interleave as on a socket.
+        for _ in 0..4 {
+            if !client.poll_transmit(now, &mut buf) {
+                break;
+            }
+        }
+        let moved = !buf.is_empty();
+        server.handle_data(now, &buf);
+        let used = server.receive_window_used();
+        peak = peak.max(used);
+        assert!(
+            used <= WINDOW,
+            "{used} bytes of credit out, window {WINDOW}"
+        );
+        got.extend(delivered(&events(&mut server)));
+        let back = output(&mut server, now);
+        client.handle_data(now, &back);
+        events(&mut client);
+        rounds += 1;
+        if !moved && back.is_empty() {
+            break;
+        }
+        assert!(rounds < 100_000, "no progress");
+    }
+    // Without the window every stream would be granted at its first frame: 8 x 536 KiB.
+    assert!(peak > 0, "grants were made");
+    got.sort_by_key(|m| m[0]);
+    assert_eq!(got.len(), sent.len(), "every message arrived");
+    assert!(got == sent, "intact");
+    assert_eq!(server.receive_window_used(), 0);
+}
+
+#[test]
+fn a_hostile_sender_gets_no_credit_past_the_connection_window() {
+    let (now, mut server) = open_server();
+    // Sixteen streams open a 512 KiB message each with one first frame.
+    let len = 512 << 10;
+    let msgs: Vec<Vec<u8>> = (1..=16u8)
+        .map(|i| message(u64::from(i), Kind::OneWay, 0, len, i))
+        .collect();
+    let first = frame::MAX_BUFFER as usize - FRAME_HEADER;
+    let mut buf = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        buf.extend(frames(i as u32 + 1, m, 0, first));
+    }
+    server.handle_data(now, &buf);
+    assert!(server.is_open());
+    let g = grants(&output(&mut server, now));
+    let total: u64 = g.iter().map(|(_, n)| n).sum();
+    let extra = msgs[0].len() as u64 - u64::from(frame::INITIAL_WINDOW);
+    // Streams 1 and 2 fit the window (2 x 448 KiB); the other 14 wait.
+    assert_eq!(g, vec![(1, extra), (2, extra)]);
+    assert!(total <= WINDOW);
+    assert_eq!(server.receive_window_used(), total);
+
+    // Stream 1 completes: its credit comes back and the oldest waiting stream (3, not
+    // 16) is granted.
+    server.handle_data(now, &frames(1, &msgs[0], first, msgs[0].len()));
+    assert_eq!(delivered(&events(&mut server)), vec![msgs[0].clone()]);
+    assert_eq!(grants(&output(&mut server, now)), vec![(3, extra)]);
+
+    // Stream 9 sends past its initial window without a grant: the connection closes.
+    let initial = frame::INITIAL_WINDOW as usize;
+    server.handle_data(now, &frames(9, &msgs[8], first, initial + first));
+    assert!(server.is_closed());
+    let closed = events(&mut server).into_iter().find_map(|e| match e {
+        ConnEvent::Closed(e) => Some(e),
+        _ => None,
+    });
+    assert!(
+        matches!(&closed, Some(ConnError::Frame(FrameError::Malformed(m))) if m.contains("granted")),
+        "{closed:?}"
+    );
+}
+
+#[test]
+fn a_message_larger_than_the_window_gets_in_alone() {
+    let (now, mut server) = open_server();
+    let big = message(1, Kind::OneWay, 0, 3 << 20, 1);
+    let small = message(2, Kind::OneWay, 0, 300 << 10, 2);
+    let first = frame::MAX_BUFFER as usize - FRAME_HEADER;
+    let mut buf = frames(1, &big, 0, first);
+    buf.extend(frames(2, &small, 0, first));
+    server.handle_data(now, &buf);
+    // Nothing else holds credit: the 3 MiB message is granted though the window is 1 MiB;
+    // the small one waits behind it.
+    let extra = big.len() as u64 - u64::from(frame::INITIAL_WINDOW);
+    assert_eq!(grants(&output(&mut server, now)), vec![(1, extra)]);
+    server.handle_data(now, &frames(1, &big, first, big.len()));
+    assert_eq!(delivered(&events(&mut server)).len(), 1);
+    let small_extra = small.len() as u64 - u64::from(frame::INITIAL_WINDOW);
+    assert_eq!(grants(&output(&mut server, now)), vec![(2, small_extra)]);
+    server.handle_data(now, &frames(2, &small, first, small.len()));
+    assert_eq!(delivered(&events(&mut server)), vec![small]);
+    assert!(server.is_open());
+}
