@@ -864,3 +864,49 @@ fn a_client_holding_the_reply_lock_is_dropped_and_others_are_served() {
         std::fs::remove_dir_all(&dir).ok();
     });
 }
+
+/// A peer's ring header that claims a larger maximum than its memfd holds is refused when
+/// the ring is opened (`RegionError::Truncated`), before anything could grow into pages
+/// the file does not have. (Without the check the ring opens, and the lie only surfaces as
+/// an I/O error at the growth that reaches past the file.)
+#[test]
+fn a_forged_ring_maximum_beyond_its_memfd_is_refused() {
+    use shm_channel::RegionError;
+    use shm_channel::layout::{PAGE_SIZE, ring::MAX_SIZE};
+    use shm_channel::ring::RingError;
+    use shm_channel::{Ring, RingConfig};
+
+    if child_role().is_some() {
+        return;
+    }
+    let real = 4 * PAGE_SIZE;
+    let claimed = 64 * PAGE_SIZE;
+    let ring =
+        Ring::create_memfd(&unique_name("forged"), &RingConfig::new(PROTOCOL, real)).unwrap();
+    let file = ring_file(&ring);
+    assert_eq!(
+        file.metadata().unwrap().len(),
+        real,
+        "the memfd holds the true maximum"
+    );
+    let open = || {
+        let fd = ring.fd().expect("memfd").try_clone_to_owned().unwrap();
+        Ring::open_memfd(fd, claimed, STEP)
+    };
+    // The honest header opens (the opener allows up to `claimed`).
+    assert_eq!(open().expect("the honest ring").max_size(), real);
+    // The forged one, as a hostile creator would write it: its file is sealed at 4 pages
+    // and can never hold the 64 it claims.
+    file.write_all_at(&claimed.to_le_bytes(), MAX_SIZE as u64)
+        .unwrap();
+    match open() {
+        Err(RingError::Region(RegionError::Truncated { len, file_len })) => {
+            assert_eq!((len as u64, file_len), (claimed, real));
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(r) => panic!(
+            "a ring claiming {} bytes in a file of {real} was accepted",
+            r.max_size()
+        ),
+    }
+}
