@@ -414,6 +414,7 @@ where
                 }
                 Some(Ok(())) => {}
             }
+            continue;
         }
         if closed {
             break;
