@@ -206,14 +206,22 @@ pub(super) async fn connect_task(
         }
     };
     shared.with_pool(|p| p.handle_connected(Instant::now(), id));
+    let _live = super::tcp::LiveConn::new(&shared);
     let conn_config = shared.config.conn.clone();
     let host = Arc::new(ClientConn {
         shared: Arc::clone(&shared),
         id,
     });
     run_quic(conn, send, recv, host, wake, &conn_config).await;
+    // The endpoint's driver sends the CONNECTION_CLOSE that `run_quic` asked for: give it
+    // a moment (the close goes out at once; draining the connection would take 3 PTOs),
+    // or the server learns of the end only at its idle timeout.
+    let _ = tokio::time::timeout(QUIC_CLOSE_FLUSH, endpoint.wait_idle()).await;
     drop(endpoint);
 }
+
+/// See [`connect_task`]'s end.
+const QUIC_CLOSE_FLUSH: Duration = Duration::from_millis(50);
 
 impl NetClient {
     /// A client of the QUIC destination at `addrs` (see [`new`](Self::new)): the same pool,

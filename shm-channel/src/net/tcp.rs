@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -562,6 +562,9 @@ pub(super) struct ClientShared {
     delivered: AtomicU64,
     /// Runs of the pool task and of the connections' tasks ([`NetClient::wakeups`]).
     wakeups: AtomicU64,
+    /// Connection tasks past their connect (what [`NetClient`]'s drop waits for, briefly,
+    /// so that their `CLOSE` reaches the peer).
+    pub(super) live_conns: AtomicUsize,
     /// What [`NetClient::stats`] reads beside the pool's own counters.
     pub(super) counters: Counters,
     /// The client's span (`net_client{transport, dest, protocol}`), its connections'
@@ -930,6 +933,7 @@ async fn connect_task(shared: Arc<ClientShared>, id: ConnId, addr: SocketAddr, w
         }
     };
     shared.with_pool(|p| p.handle_connected(Instant::now(), id));
+    let _live = LiveConn::new(&shared);
     let host = Arc::new(ClientConn {
         shared: Arc::clone(&shared),
         id,
@@ -939,6 +943,29 @@ async fn connect_task(shared: Arc<ClientShared>, id: ConnId, addr: SocketAddr, w
         Dialed::Tls(s) => run_connection(*s, host, wake).await,
     }
 }
+
+/// Counts a connection task past its connect in [`ClientShared::live_conns`] while it runs
+/// (also when its runtime drops it).
+pub(super) struct LiveConn<'a>(&'a ClientShared);
+
+impl<'a> LiveConn<'a> {
+    pub(super) fn new(shared: &'a ClientShared) -> LiveConn<'a> {
+        shared.live_conns.fetch_add(1, Ordering::AcqRel);
+        LiveConn(shared)
+    }
+}
+
+impl Drop for LiveConn<'_> {
+    fn drop(&mut self) {
+        self.0.live_conns.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How long dropping a [`NetClient`] that owns its runtime waits for its connections to
+/// say `CLOSE` and shut down. Without it the runtime's end cut them off mid-close: over TCP
+/// the peer saw an EOF instead of the reason, and over QUIC it saw nothing at all until its
+/// idle timeout, keeping the client's place (a gateway's `max_connections`) that long.
+const DROP_GRACE: Duration = Duration::from_millis(500);
 
 pub(super) fn connect_failed(shared: &ClientShared, id: ConnId, error: String) {
     let mut core = lock(&shared.core);
@@ -1064,6 +1091,7 @@ impl NetClient {
             runtime: handle.clone(),
             delivered: AtomicU64::new(0),
             wakeups: AtomicU64::new(0),
+            live_conns: AtomicUsize::new(0),
             counters: Counters::default(),
             span,
             transport,
@@ -1217,6 +1245,12 @@ impl Drop for NetClient {
         self.shared.closed.store(true, Ordering::Relaxed);
         self.shared.with_pool(|p| p.close(true));
         if let Some(rt) = self._runtime.take().and_then(|rt| Arc::try_unwrap(rt).ok()) {
+            // The connections run on this runtime, not on the dropping thread's (if it has
+            // one): waiting for them cannot deadlock, and is bounded.
+            let deadline = Instant::now() + DROP_GRACE;
+            while self.shared.live_conns.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             rt.shutdown_background();
         }
     }
