@@ -297,6 +297,8 @@ fn serve_child<S>(
 #[test]
 fn child() {
     let Some(role) = child_role() else { return };
+    // `boom` panics on purpose.
+    support::quiet_expected_panics("kaboom");
     let dir = PathBuf::from(std::env::var(DIR_ENV).expect("dir env"));
     let name = std::env::var(NAME_ENV).expect("name env");
     match role.as_str() {

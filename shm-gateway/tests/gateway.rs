@@ -664,7 +664,10 @@ fn refusal(r: Result<NetClient, TransportError>) -> String {
     match r {
         Ok(c) => match c.wait_event(STEP, |e| matches!(e, ClientEvent::Closed(_))) {
             Some(ClientEvent::Closed(ConnError::ClosedByPeer { reason, .. })) => reason,
-            other => panic!("expected a refusal, got {other:?}"),
+            other => panic!(
+                "expected a refusal, got {other:?} (events: {:?})",
+                c.take_events()
+            ),
         },
         Err(e) => e.to_string(),
     }
@@ -773,22 +776,38 @@ fn gateway_resends_an_idempotent_call_across_a_remote_restart_and_answers_once()
         let _gw_b = start_gateway(config_b);
 
         let (mut client, r) = slow.join().unwrap();
-        let (tag, executions) = r.expect("the idempotent call is answered after B restarted");
-        assert_eq!(tag, 7);
+        // Both gateways' counters, for every failure below.
+        let both = || {
+            format!(
+                "gateway A: {}\ngateway B: {}",
+                stats(site, "a"),
+                stats(site, "b")
+            )
+        };
+        let (tag, executions) = r.unwrap_or_else(|e| {
+            panic!(
+                "the idempotent call was not answered after B restarted: {e}\n{}",
+                both()
+            )
+        });
+        assert_eq!(tag, 7, "{}", both());
         // Sent twice to the service (B's first channel died with B), answered once.
-        assert_eq!(executions, 2, "the call was not resent");
+        assert_eq!(executions, 2, "the call was not resent\n{}", both());
         for i in 0..5u8 {
-            echo(&mut client, &[i; 100]).expect("calls after the restart");
+            echo(&mut client, &[i; 100])
+                .unwrap_or_else(|e| panic!("call {i} after the restart: {e}\n{}", both()));
         }
         let a = stats(site, "a");
         let imported = a.import("echo").unwrap();
         // Replies written to the local client: warm-up, the idempotent call once, five.
         assert_eq!(
-            imported.messages_in, 7,
-            "a reply arrived twice or never: {a}"
+            imported.messages_in,
+            7,
+            "a reply arrived twice or never\n{}",
+            both()
         );
-        assert!(imported.connects >= 2, "{a}");
-        println!("gateway A: {a}");
+        assert!(imported.connects >= 2, "{}", both());
+        println!("{}", both());
     });
 }
 
@@ -801,16 +820,19 @@ fn gateway_export_limits_refuse_clearly_and_spare_the_other_clients() {
         let b = echo_b(64 << 10, "max_connections = 2");
         let (site, port) = (&b.site, b.port);
         let _gw_b = start_gateway(&b.config);
+        // Gateway B's counters, for every failure below.
+        let b_now = || format!("gateway B: {}", stats(site, "b"));
         let mut first = rpc::Client::new(quic_echo_client(site, port).expect("client 1"));
         let mut second = rpc::Client::new(quic_echo_client(site, port).expect("client 2"));
-        echo(&mut first, b"one").expect("client 1");
-        echo(&mut second, b"two").expect("client 2");
+        echo(&mut first, b"one").unwrap_or_else(|e| panic!("client 1: {e}\n{}", b_now()));
+        echo(&mut second, b"two").unwrap_or_else(|e| panic!("client 2: {e}\n{}", b_now()));
 
         // A third connection: refused, with the limit in the reason.
         let why = refusal(quic_echo_client(site, port));
         assert!(
             why.contains("its limit of 2 connections is reached"),
-            "{why}"
+            "{why}\n{}",
+            b_now()
         );
         // A message over the export's limit: refused with the sizes, before it leaves.
         let big = vec![9u8; 100 << 10];
@@ -821,14 +843,20 @@ fn gateway_export_limits_refuse_clearly_and_spare_the_other_clients() {
             ) => {
                 assert!(size > 100 << 10 && max == 64 << 10, "{size} / {max}");
             }
-            other => panic!("a message over the limit: {other:?}"),
+            other => panic!("a message over the limit: {other:?}\n{}", b_now()),
         }
         // Both clients keep working, the one that sent too much included.
         for i in 0..10u8 {
-            echo(&mut first, &[i; 1000]).expect("client 1 after its refused message");
-            echo(&mut second, &[i; 60 << 10]).expect("client 2 at the limit");
+            echo(&mut first, &[i; 1000]).unwrap_or_else(|e| {
+                panic!(
+                    "client 1, call {i} after its refused message: {e}\n{}",
+                    b_now()
+                )
+            });
+            echo(&mut second, &[i; 60 << 10])
+                .unwrap_or_else(|e| panic!("client 2, call {i} at the limit: {e}\n{}", b_now()));
         }
-        echo(&mut second, b"still").expect("client 2");
+        echo(&mut second, b"still").unwrap_or_else(|e| panic!("client 2: {e}\n{}", b_now()));
         let b = stats(site, "b");
         let exported = b.export("echo").unwrap();
         assert!(exported.refused >= 1, "{b}");

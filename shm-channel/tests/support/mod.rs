@@ -24,6 +24,24 @@ pub fn child_role() -> Option<String> {
     std::env::var(CHILD_ENV).ok()
 }
 
+/// In a child whose handlers panic on purpose: a panic whose message starts with
+/// `marker` prints one line, not the default report with its backtrace, so that CI logs
+/// show real failures first. Any other panic still gets the default report.
+pub fn quiet_expected_panics(marker: &'static str) {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+        match message {
+            Some(m) if m.starts_with(marker) => eprintln!("(an expected handler panic: {m})"),
+            _ => default(info),
+        }
+    }));
+}
+
 /// Hand a child the runtime directory and the service name of its test, and
 /// a number its role reads (a count, an index).
 const DIR_ENV: &str = "SHM_CHANNEL_TEST_DIR";
