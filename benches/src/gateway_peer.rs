@@ -37,10 +37,8 @@ use shm_channel::net::{
 use shm_channel::rpc;
 use shm_gateway::testbed::{self, Echo, GatewayProcess, ServiceSpec, Site};
 
-use crate::echo::{
-    Result, START_STOP, STUCK, check_len, check_payload, fill_payload, kill_child,
-    wait_child_success,
-};
+use crate::echo::{Result, START_STOP, STUCK, check_len, kill_child, wait_child_success};
+use crate::net_peer::rpc_round_trip;
 
 /// Names the role when this process is re-executed: `service` or `gateway`.
 pub const GATEWAY_PEER_ENV: &str = "SHM_BENCH_GW_ROLE";
@@ -253,8 +251,8 @@ impl GatewayBench {
             self.seq += 1;
             let seq = self.seq;
             match self.conn(case)? {
-                Conn::Shm(c) => echo_call(c, seq, len)?,
-                Conn::Net(c) => echo_call(c, seq, len)?,
+                Conn::Shm(c) => rpc_round_trip(c, &testbed::ECHO, seq, len)?,
+                Conn::Net(c) => rpc_round_trip(c, &testbed::ECHO, seq, len)?,
             }
             each();
         }
@@ -291,23 +289,6 @@ fn gateway_command(config: &Path) -> Result<Command> {
         .env(CONFIG_ENV, config)
         .env(PARENT_ENV, std::process::id().to_string());
     Ok(cmd)
-}
-
-fn echo_call<T: rpc::Transport>(c: &mut rpc::Client<T>, seq: u64, len: usize) -> Result<()> {
-    c.call_with(
-        &testbed::ECHO,
-        &[len as u64],
-        |sink| {
-            fill_payload(sink.object(0, len as u64)?, seq);
-            Ok(())
-        },
-        STUCK,
-        |m| {
-            let data = m.object(0).ok_or("a reply without its payload")?;
-            check_payload(data, seq, len).map_err(|e| e.to_string())
-        },
-    )?;
-    Ok(())
 }
 
 /// If this process is a re-executed service or gateway, serves and returns the exit

@@ -231,7 +231,7 @@ impl NetBench {
             let seq = self.seq;
             match &mut self.conn {
                 Conn::Bare(c) => c.round_trip(seq, len)?,
-                Conn::Rpc(c) => rpc_round_trip(c, seq, len)?,
+                Conn::Rpc(c) => rpc_round_trip(c, &ECHO, seq, len)?,
             }
             each();
         }
@@ -335,7 +335,7 @@ impl NetBench {
             }
             self.seq += 1;
             let start = Instant::now();
-            rpc_round_trip(c, self.seq, len)?;
+            rpc_round_trip(c, &ECHO, self.seq, len)?;
             let took = start.elapsed();
             big.since += 1;
             // The huge message is out once the count of messages written passed it.
@@ -414,9 +414,16 @@ fn check_noise(data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn rpc_round_trip(c: &mut rpc::Client<NetClient>, seq: u64, len: usize) -> Result<()> {
+/// One echo call of `len` bytes (payload `seq`) through `method` (an echo: the reply is
+/// the request's object 0), its reply checked. Shared with the gateway bench.
+pub(crate) fn rpc_round_trip<T: rpc::Transport>(
+    c: &mut rpc::Client<T>,
+    method: &Method,
+    seq: u64,
+    len: usize,
+) -> Result<()> {
     c.call_with(
-        &ECHO,
+        method,
         &[len as u64],
         |sink| {
             fill_payload(sink.object(0, len as u64)?, seq);
