@@ -318,6 +318,27 @@ async fn write_vectored_all<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Writes one batch of frames, then flushes: a TLS stream takes the plaintext and may
+/// keep the tail of its records when the socket is full (tokio-rustls answers `Ok` then);
+/// without the flush they would wait for the next write, and a last request or reply for
+/// a keep-alive or a timeout. Over plain TCP the flush does nothing. `flat` is scratch
+/// for a stream without vectored writes.
+pub(super) async fn write_batch<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut Transmit,
+    flat: &mut Vec<u8>,
+    vectored: bool,
+) -> std::io::Result<()> {
+    if vectored {
+        write_vectored_all(wr, out).await?;
+    } else {
+        flat.clear();
+        out.flatten_into(flat);
+        wr.write_all(flat).await?;
+    }
+    wr.flush().await
+}
+
 /// Runs one connection over `stream` until it closes.
 async fn run_connection<S, H>(stream: S, host: Arc<H>, wake: Arc<Notify>)
 where
@@ -391,15 +412,7 @@ where
         };
         if !out.is_empty() {
             written = out.len();
-            let write = async {
-                if vectored {
-                    write_vectored_all(&mut wr, &mut out).await
-                } else {
-                    flat.clear();
-                    out.flatten_into(&mut flat);
-                    wr.write_all(&flat).await
-                }
-            };
+            let write = write_batch(&mut wr, &mut out, &mut flat, vectored);
             // A peer that does not read holds the write forever: given up on, the writer
             // stops waiting and drops the socket.
             let sent = tokio::select! {

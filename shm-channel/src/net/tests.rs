@@ -1576,3 +1576,70 @@ fn small_messages_do_not_starve_a_large_one() {
         "the large message got {big_bytes} bytes against {small_bytes} of small ones"
     );
 }
+
+/// A TLS stream takes a batch's plaintext and, when the socket is full, may keep the tail
+/// of its records (tokio-rustls answers `Ok` then). The connection's writer flushes after
+/// every batch: without it the tail waited for the next write, and the last request of a
+/// busy client for a keep-alive or its timeout (`net_contenders`' `rpc-tls` under load,
+/// about one run in twenty). Here the "socket" is a pipe that holds 16 KiB, so the tail
+/// is always kept; the reader must get the whole batch with nothing written after it.
+#[test]
+fn a_tls_batch_reaches_the_peer_whole_with_nothing_written_after_it() {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use rustls::pki_types::{PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWrite};
+
+    use super::tcp::write_batch;
+    use super::tls::{ClientTls, Identity, ServerTls};
+    use super::transmit::{Transmit, TransmitBuf};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+        let server = ServerTls::new(Identity::new(vec![cert.clone()], key))
+            .rustls_config()
+            .unwrap();
+        let client = ClientTls::new("localhost", vec![cert])
+            .rustls_config()
+            .unwrap();
+        let (a, b) = tokio::io::duplex(16 << 10);
+        let connect = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let accept = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let name = ServerName::try_from("localhost").unwrap();
+        let (c, s) = tokio::join!(connect.connect(name, a), accept.accept(b));
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+
+        let payload: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        let len = payload.len();
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; len];
+            // Only turns a hang into a failure: the batch arrives in milliseconds.
+            match tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut got)).await {
+                Ok(Ok(_)) => Ok(got),
+                Ok(Err(e)) => Err(format!("reading: {e}")),
+                Err(_) => Err("the tail of the batch never arrived".to_owned()),
+            }
+        });
+        let mut out = Transmit::new();
+        out.put_slice(b"header");
+        out.put_bytes(Bytes::from(payload[6..].to_vec()));
+        let mut flat = Vec::new();
+        let vectored = c.is_write_vectored();
+        write_batch(&mut c, &mut out, &mut flat, vectored)
+            .await
+            .unwrap();
+        // Nothing more is written; `c` stays open until the reader is done.
+        let got = reader.await.unwrap().unwrap();
+        assert_eq!(&got[..6], b"header");
+        assert!(got[6..] == payload[6..], "the batch arrived damaged");
+        drop(c);
+    });
+}
