@@ -154,7 +154,7 @@ impl GatewayBench {
             service_stdin,
             quic_port: quic.parse()?,
             tls_port: tls.parse()?,
-            gw_port: testbed::free_udp_port()?,
+            gw_port: testbed::free_port()?,
             gateways: Vec::new(),
             conns: Vec::new(),
             seq: 0,

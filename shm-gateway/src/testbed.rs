@@ -211,9 +211,21 @@ pub struct ServiceSpec {
     pub max_message: u64,
 }
 
-/// A UDP port free now on loopback (a gateway binds it, and binds it again on restart).
-pub fn free_udp_port() -> std::io::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A port free now on loopback for both UDP and TCP: gateway B listens on it for QUIC
+/// and TCP alike (and again after a restart). A port free for UDP alone was not enough:
+/// its TCP twin can be the local end of some other connection (a CI run saw gateway B
+/// refused with "Address already in use").
+pub fn free_port() -> std::io::Result<u16> {
+    let mut last = None;
+    for _ in 0..64 {
+        let udp = UdpSocket::bind("127.0.0.1:0")?;
+        let port = udp.local_addr()?.port();
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_tcp) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port free for UDP and TCP")))
 }
 
 /// A gateway process: the `shm-gateway` binary or a re-executed binary running

@@ -187,8 +187,8 @@ fn new_site() -> Site {
     Site::new().expect("a scratch site")
 }
 
-fn free_udp_port() -> u16 {
-    testbed::free_udp_port().expect("a free UDP port")
+fn free_port() -> u16 {
+    testbed::free_port().expect("a port free for UDP and TCP")
 }
 
 /// Gateway B's configuration: exports `display` (allowed to `gw-a`) and nothing else.
@@ -321,7 +321,7 @@ fn gateway_end_to_end_display_calls_events_and_restart() {
     }
     with_watchdog(LIMIT, || {
         let site = new_site();
-        let port = free_udp_port();
+        let port = free_port();
         let _server = start_display_server(&site);
         let mut gw_b = start_gateway(&config_b(&site, port));
         let _gw_a = start_gateway(&config_a(&site, port));
@@ -406,7 +406,7 @@ fn gateway_policy_refuses_strangers_and_unexported_services() {
     }
     with_watchdog(LIMIT, || {
         let site = new_site();
-        let port = free_udp_port();
+        let port = free_port();
         let _server = start_display_server(&site);
         let _gw_b = start_gateway(&config_b(&site, port));
         let addr = vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))];
@@ -556,7 +556,7 @@ fn gateway_latency() {
     with_watchdog(Duration::from_secs(600), || {
         let n = 5_000;
         let site = new_site();
-        let port = free_udp_port();
+        let port = free_port();
         let _server = start_display_server(&site);
         let _gw_b = start_gateway(&config_b(&site, port));
         let _gw_a = start_gateway(&config_a(&site, port));
@@ -716,7 +716,7 @@ struct EchoB {
 
 fn echo_b(max_message: u64, extra_export: &str) -> EchoB {
     let site = new_site();
-    let port = free_udp_port();
+    let port = free_port();
     let mut spec = testbed::echo_spec("echo", ECHO_RING);
     spec.max_message = max_message;
     let server = start_echo_server(&site, "echo");
