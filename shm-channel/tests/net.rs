@@ -24,8 +24,8 @@ use shm_channel::layout::{Kind, MessageHeader, MessageView, MessageWriter, messa
 use shm_channel::net::frame::{self, FrameHeader, Hello, ProtocolSpec, data_flags, kind};
 use shm_channel::net::{
     Canceled, ClientConfig, ClientEvent, CloseCode, Compressor, ConnConfig, ConnError, ConnEvent,
-    Connection, Delivery, Failure, Lz4, NetServer, OutMessage, PoolConfig, Served, ServerConfig,
-    ServerEvent, Snappy,
+    Connection, Delivery, Failure, Lz4, NetClient, NetServer, OutMessage, PoolConfig, Served,
+    ServerConfig, ServerEvent, Snappy,
 };
 use shm_channel::rpc::{
     AsyncClient, CallError, Client, HandlerError, IncomingMessage, LocalFailure, Method, Outgoing,
@@ -476,6 +476,72 @@ fn a_handler_that_falls_behind_holds_its_client_back() {
         }
         assert_eq!(handled.load(Ordering::SeqCst), CALLS as usize, "each once");
         assert_eq!(received(), CALLS);
+    });
+}
+
+/// A server at its connection limit answers a newcomer's handshake and closes it with
+/// the reason; the clients it serves keep working; a client that leaves frees its place.
+#[test]
+fn a_server_at_its_connection_limit_refuses_newcomers_clearly() {
+    with_watchdog(Duration::from_secs(60), || {
+        let srv = server(
+            ServerConfig {
+                max_connections: 2,
+                ..ServerConfig::default()
+            },
+            Duration::ZERO,
+        );
+        let addr = srv.local_addr();
+        let call = |client: &mut Client<NetClient>, i: u64| {
+            let data = payload(1000, i);
+            let got = client.call(&ECHO, &[(0, &data)], WAIT, decode_echo);
+            assert_eq!(got.as_deref(), Ok(&data[..]), "call {i}");
+        };
+        let connect = || Client::new(transport::client(vec![addr], client_config()).unwrap());
+        let mut first = connect();
+        let mut second = connect();
+        call(&mut first, 1);
+        call(&mut second, 2);
+        assert_eq!(srv.connections(), 2);
+
+        // A third: its call fails, its connection refused with the limit in the reason.
+        let mut third = connect();
+        let data = payload(10, 3);
+        let refused = third.call(&ECHO, &[(0, &data)], Duration::from_secs(2), decode_echo);
+        assert!(refused.is_err(), "a refused client's call: {refused:?}");
+        let closed = third
+            .transport()
+            .wait_event(WAIT, |e| matches!(e, ClientEvent::Closed(_)));
+        match closed {
+            Some(ClientEvent::Closed(ConnError::ClosedByPeer {
+                code: CloseCode::Refused,
+                reason,
+            })) => assert!(
+                reason.contains("the server's limit of 2 connections is reached"),
+                "{reason}"
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        println!("refused call: {refused:?}");
+        assert!(srv.stats().connections_refused >= 1, "{}", srv.stats());
+        // The two it serves are untouched.
+        for i in 10..20 {
+            call(&mut first, i);
+            call(&mut second, i);
+        }
+        drop(third);
+
+        // One leaves: its place is free again.
+        drop(first);
+        let deadline = Instant::now() + WAIT;
+        while srv.connections() > 1 {
+            assert!(Instant::now() < deadline, "the place was never freed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut fourth = connect();
+        call(&mut fourth, 4);
+        call(&mut second, 5);
+        assert_eq!(srv.connections(), 2);
     });
 }
 

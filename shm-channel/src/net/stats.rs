@@ -66,6 +66,9 @@ net_stats! {
     counted {
         /// Connections whose handshake succeeded (client: connected; server: accepted).
         connections_opened,
+        /// Server: connections refused at its limit (`ServerConfig::max_connections`),
+        /// once their handshake was answered.
+        connections_refused,
         /// Of those, the ones that closed since, for any reason.
         connections_closed,
         /// Client: connection attempts that never opened (the TCP or QUIC connect, the TLS

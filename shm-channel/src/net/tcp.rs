@@ -1777,6 +1777,13 @@ pub struct ServerConfig {
     /// QUIC, every stream of the connection stops being read and QUIC's stream and
     /// connection windows do). Streamed messages are flow-controlled on their own.
     pub max_request_backlog: u64,
+    /// The most connections served at once, their handshakes included: a connection
+    /// beyond it is told why (its handshake is answered, then closed with
+    /// [`CloseCode::Refused`](super::frame::CloseCode) and "the server's limit of N
+    /// connections is reached") and costs no handler thread. Every connection may hold
+    /// the queues and windows above, so this bounds what clients together make the
+    /// server hold.
+    pub max_connections: usize,
     /// The instance id in the handshake (default: [`process_instance`]).
     pub instance: Option<u128>,
     /// TLS over TCP (`tls://`), with mutual TLS when [`ServerTls::client_roots`] is set;
@@ -1792,6 +1799,7 @@ impl Default for ServerConfig {
             reply_timeout: Duration::from_secs(5),
             max_queued_bytes: 8 << 20,
             max_request_backlog: 8 << 20,
+            max_connections: 1024,
             instance: None,
             tls: None,
         }
@@ -1838,6 +1846,8 @@ pub(super) struct ServerShared {
     /// Every connection, so that a kill also ends their dispatch threads.
     conns: Mutex<Vec<std::sync::Weak<ServerConn>>>,
     stopped: AtomicBool,
+    /// Connections admitted under [`ServerConfig::max_connections`] and not finished.
+    live: AtomicUsize,
     /// What [`NetServer::stats`] reads beside its connections' own counters.
     pub(super) counters: Counters,
     /// The traffic of connections gone (each adds its own as it is dropped).
@@ -1889,10 +1899,14 @@ pub(super) struct ServerConn {
     abandoned: AtomicBool,
     /// Wakes the writer when the connection is given up on.
     give_up: Notify,
+    /// Counted in the server's `live` connections (until it finishes); `false`: over
+    /// the limit, to be refused once its handshake is answered.
+    admitted: AtomicBool,
 }
 
 impl Drop for ServerConn {
     fn drop(&mut self) {
+        self.leave();
         *lock(&self.server.gone) += lock(&self.conn).stats();
     }
 }
@@ -1930,6 +1944,15 @@ impl Host for ServerConn {
         let _span = (!events.is_empty()).then(|| self.span.enter());
         for e in events {
             match e {
+                ConnEvent::Connected(_) if !self.admitted.load(Ordering::Acquire) => {
+                    let max = self.server.config.max_connections;
+                    bump(&self.server.counters.connections_refused);
+                    tracing::warn!(max, "refused: the server's connection limit is reached");
+                    lock(&self.conn).close(ConnError::Refused(format!(
+                        "the server's limit of {max} connections is reached"
+                    )));
+                    self.wake.notify_one();
+                }
                 ConnEvent::Connected(peer) => {
                     self.accepted(&peer);
                     let handlers = peer
@@ -2040,6 +2063,7 @@ impl Host for ServerConn {
     }
 
     fn finished(&self) {
+        self.leave();
         lock(&self.requests).take();
         self.unregister_events();
         lock(&self.streams).clear();
@@ -2049,6 +2073,13 @@ impl Host for ServerConn {
 }
 
 impl ServerConn {
+    /// Gives its place under [`ServerConfig::max_connections`] back (once).
+    fn leave(&self) {
+        if self.admitted.swap(false, Ordering::AcqRel) {
+            self.server.live.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// Counts and logs a finished handshake.
     fn accepted(&self, peer: &super::conn::PeerInfo) {
         self.opened.store(true, Ordering::Relaxed);
@@ -2210,6 +2241,7 @@ impl ServerShared {
             tasks: Mutex::new(Vec::new()),
             conns: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
+            live: AtomicUsize::new(0),
         })
     }
 
@@ -2426,6 +2458,12 @@ impl NetServer {
         self.local_addr
     }
 
+    /// The connections it serves now, those still in their handshake included: what
+    /// counts against [`ServerConfig::max_connections`].
+    pub fn connections(&self) -> usize {
+        self.shared.live.load(Ordering::Acquire)
+    }
+
     /// What it did so far: connections, messages, bytes, drops (see [`NetStats`]).
     /// Locks each live connection briefly.
     pub fn stats(&self) -> NetStats {
@@ -2599,7 +2637,8 @@ impl Drop for CurrentClient {
 }
 
 /// A new connection of `shared` from `peer` (authenticated as `client`, with mutual
-/// TLS), with its dispatch thread.
+/// TLS), with its dispatch thread; beyond [`ServerConfig::max_connections`], without
+/// one, to be refused once its handshake is answered.
 pub(super) fn accept_conn(
     shared: &Arc<ServerShared>,
     peer: SocketAddr,
@@ -2612,6 +2651,10 @@ pub(super) fn accept_conn(
         shared.instance,
         shared.protocols.iter().map(|p| p.spec.clone()).collect(),
     );
+    let admitted = shared.live.fetch_add(1, Ordering::AcqRel) < shared.config.max_connections;
+    if !admitted {
+        shared.live.fetch_sub(1, Ordering::AcqRel);
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -2631,7 +2674,7 @@ pub(super) fn accept_conn(
         client: client.clone(),
         conn: Mutex::new(conn),
         wake: Arc::new(Notify::new()),
-        requests: Mutex::new(Some(tx)),
+        requests: Mutex::new(admitted.then_some(tx)),
         handlers: Mutex::new(Vec::new()),
         forwards: Mutex::new(Vec::new()),
         id,
@@ -2645,6 +2688,7 @@ pub(super) fn accept_conn(
         backlog_room: Notify::new(),
         abandoned: AtomicBool::new(false),
         give_up: Notify::new(),
+        admitted: AtomicBool::new(admitted),
     });
     // Handlers may block (they are the application's code): a thread per connection,
     // requests of one connection in order.
@@ -2652,6 +2696,9 @@ pub(super) fn accept_conn(
         let mut conns = lock(&shared.conns);
         conns.retain(|c| c.strong_count() > 0);
         conns.push(Arc::downgrade(&sc));
+    }
+    if !admitted {
+        return sc;
     }
     let worker = Arc::clone(&sc);
     // Requests are owned copies already: nothing for copy_on_receive to do.
