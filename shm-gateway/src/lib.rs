@@ -130,6 +130,10 @@ impl Gateway {
             // as a ring keeps them (the network completes a small message sent after a
             // large one first).
             server_config.conn.in_order = true;
+            // The exports' own limits refuse first, with the service in the reason; the
+            // server's (per transport) only bounds what connections that never finish
+            // their handshake, or are being refused, hold.
+            server_config.max_connections = listen.max_connections.saturating_mul(2);
             server_config.conn.max_message = exports
                 .iter()
                 .map(|e| e.max_message)
