@@ -391,21 +391,27 @@ fn an_idle_client_does_not_spin() {
 
 /// A handler that falls behind holds its client back instead of the server taking every
 /// request into memory: past `max_request_backlog` the server stops reading the
-/// connection (over QUIC every stream of it), so the transport's flow control stops the
-/// client. Here the handler holds the first of 64 requests of 256 KiB (16 MiB) with a
-/// 1 MiB backlog: the server receives a handful, not all 64 (without the pause it
-/// received all of them, over QUIC, within a second); once released, every request is
-/// answered, right, once.
+/// connection, so TCP's flow control stops the client. Here the handler holds the first
+/// of 64 requests of 256 KiB (16 MiB) with a 1 MiB backlog: the server receives a
+/// handful, not all 64; once released, every request is answered, right, once.
+///
+/// Not over QUIC: there the server never stops reading (docs/SECURITY.md, "Known
+/// weaknesses"). A paused QUIC connection was tried: its unread message streams used up
+/// QUIC's connection window, so the client's grants on the control stream stopped too,
+/// and replies that needed them waited for their timeout.
 #[test]
 fn a_handler_that_falls_behind_holds_its_client_back() {
+    if transport::is_quic() {
+        println!("skipped over QUIC: the request backlog does not pause reading there");
+        return;
+    }
     const CALLS: u64 = 64;
     const SIZE: usize = 256 << 10;
     const BACKLOG: u64 = 1 << 20;
     /// The requests the server may have received while held: under 1 MiB (the one in
-    /// the handler included) before the last read, and what that read completed: over TCP
-    /// one read of 64 KiB, up to 16 frames of 4 KiB, each possibly a message's last (the
-    /// client sends the 64 round robin, so they end together); over QUIC one frame per
-    /// runtime thread. Seen: 4-5 over QUIC, 5-13 over TCP.
+    /// the handler included) before the last read, and what that read completed: one read
+    /// of 64 KiB, up to 16 frames of 4 KiB, each possibly a message's last (the client
+    /// sends the 64 round robin, so they end together). Seen: 5-13.
     const MOST_HELD: u64 = 24;
     with_watchdog(Duration::from_secs(90), || {
         let release = Arc::new(AtomicBool::new(false));
@@ -450,17 +456,13 @@ fn a_handler_that_falls_behind_holds_its_client_back() {
         // Until the server's count of received requests stops growing for 500 ms (or
         // all arrived).
         let received = || srv.stats().messages_received;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let (mut last, mut since) = (received(), Instant::now());
-        while Instant::now() < deadline && last < CALLS {
-            std::thread::sleep(Duration::from_millis(50));
-            let now = received();
-            if now != last {
-                (last, since) = (now, Instant::now());
-            } else if last > 0 && since.elapsed() >= Duration::from_millis(500) {
-                break;
-            }
-        }
+        support::settled(
+            received,
+            0,
+            CALLS,
+            Duration::from_millis(500),
+            Duration::from_secs(20),
+        );
         let held = received();
         println!("the server received {held} of {CALLS} requests while its handler was held");
         assert!(held >= 1, "no request reached the server");

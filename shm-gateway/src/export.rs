@@ -196,6 +196,7 @@ impl Forward for ExportForward {
 
     fn message(&self, link: &Link, message: NetMessage) {
         let s = &self.0;
+        Counters::bump(&s.counters.received);
         let len = message.bytes().len() as u64;
         if len > s.max_message {
             Counters::bump(&s.counters.drops);

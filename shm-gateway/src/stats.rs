@@ -66,8 +66,12 @@ counters! {
     accepted,
     /// Connections refused (policy, limits, the local service unreachable).
     refused,
-    /// Messages from the network to the local side.
+    /// Messages from the network to the local side (written into its ring).
     messages_in,
+    /// Exports: messages that arrived from the network, written into the ring or not
+    /// yet: `received - messages_in - drops` wait in the gateway for room in the
+    /// service's ring (each for at most 10 s, then the connection closes).
+    received,
     /// Messages from the local side to the network.
     messages_out,
     /// Bytes of `messages_in`.

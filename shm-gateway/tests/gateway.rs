@@ -19,7 +19,10 @@ use shm_channel::net::{
     ClientConfig as NetConfig, ClientEvent, ConnConfig, ConnError, ConnEvent, Connection, Delivery,
     Identity, NetClient, OutMessage, ProtocolSpec, QuicClientTls,
 };
-use shm_channel::rpc::{self, CallError, ServeOptions, TransportError};
+use shm_channel::rpc::{
+    self, CallError, IncomingMessage, Outgoing, ServeOptions, Transport, TransportError,
+    send_objects,
+};
 use shm_channel::wire::{Bounded, VecView};
 use shm_gateway::stats::Stats;
 use shm_gateway::testbed::{self, GatewayProcess, ServiceSpec, Site};
@@ -864,6 +867,89 @@ fn gateway_export_limits_refuse_clearly_and_spare_the_other_clients() {
         assert!(exported.refused >= 1, "{b}");
         assert_eq!(exported.open, 2, "{b}");
         println!("gateway B: {b}");
+    });
+}
+
+/// A burst toward a service that stops taking messages (busy with a slow call): 128 MiB
+/// of calls over QUIC wait in gateway B (its `received` counter ahead of `messages_in`)
+/// and, once the service resumes, every call is answered, right, once. The
+/// messages a connection holds for order count against its receive window
+/// (`ConnConfig::in_order`, see `net::window_tests`), and the first of them is granted
+/// past them: this runs that with 513 QUIC streams that complete in any order.
+#[test]
+fn gateway_carries_a_burst_to_a_stuck_service_and_answers_every_call_once_it_resumes() {
+    if child_role().is_some() {
+        return;
+    }
+    with_watchdog(LIMIT, || {
+        const CALLS: u64 = 512;
+        const SIZE: usize = 256 << 10;
+        let b = echo_b(ECHO_RING, "");
+        let (site, port) = (&b.site, b.port);
+        let _gw_b = start_gateway(&b.config);
+        let mut client = quic_echo_client(site, port).expect("client");
+        let tx = client.sender();
+        let send = |method: u64, id: u64, data: &[u8]| {
+            let out = Outgoing::new(method, shm_channel::Kind::Request).request_id(id);
+            send_objects(&tx, &out, &[(0, data)], STEP)
+                .unwrap_or_else(|e| panic!("sending call {id}: {e}"));
+        };
+        let mut words = [0u8; 16];
+        words[..8].copy_from_slice(&4000u64.to_le_bytes());
+        words[8..].copy_from_slice(&7u64.to_le_bytes());
+        send(testbed::SLOW.id, 1, &words);
+        for id in 2..=CALLS + 1 {
+            send(testbed::ECHO.id, id, &vec![testbed::fill_byte(id, 0); SIZE]);
+        }
+        // While the slow call holds the service (4 s): until gateway B's count of
+        // messages received stops growing for a second.
+        let received = || stats(site, "b").export("echo").unwrap().received;
+        support::settled(received, 0, CALLS + 1, Duration::from_secs(1), STEP);
+        let held = stats(site, "b");
+        println!("while the service was stuck: {held}");
+        let e = *held.export("echo").unwrap();
+        assert!(
+            e.received > e.messages_in + 1,
+            "no message waited for the stuck service: {held}"
+        );
+        assert_eq!(e.drops, 0, "{held}");
+        // The service catches up: every call answered, right, once.
+        let mut seen = std::collections::HashSet::new();
+        while (seen.len() as u64) < CALLS + 1 {
+            let m = client.recv_timeout(STEP).unwrap_or_else(|e| {
+                panic!(
+                    "{} of {} replies arrived: {e}\n{}",
+                    seen.len(),
+                    CALLS + 1,
+                    stats(site, "b")
+                )
+            });
+            let id = m.request_id();
+            let data = m.object(0).expect("a reply object");
+            if id == 1 {
+                assert_eq!(&data[..8], &7u64.to_le_bytes(), "the slow call's tag");
+            } else {
+                assert_eq!(
+                    data.len(),
+                    SIZE,
+                    "reply {id}: {:?}\n{}",
+                    String::from_utf8_lossy(&data[..data.len().min(300)]),
+                    stats(site, "b")
+                );
+                assert!(
+                    data.iter().all(|b| *b == testbed::fill_byte(id, 0)),
+                    "reply {id} damaged"
+                );
+            }
+            assert!(seen.insert(id), "reply {id} twice");
+        }
+        let done = stats(site, "b");
+        let e = done.export("echo").unwrap();
+        assert_eq!(
+            (e.received, e.messages_in, e.drops),
+            (CALLS + 1, CALLS + 1, 0),
+            "{done}"
+        );
     });
 }
 

@@ -607,6 +607,19 @@ pub struct Connection {
     /// (or aborts: `None`) that completed before it.
     next_delivery: u32,
     held: BTreeMap<u32, Option<(u16, Vec<u8>)>>,
+    /// What `held` counts against [`ConnConfig::receive_window`] (its messages' bytes
+    /// beyond their initial windows): without it a peer that leaves a stream id out (or
+    /// whose first message is slow) could complete message after message, each granted
+    /// once the one before was done, and all of them wait here.
+    held_charge: u64,
+}
+
+/// What a message held for order counts against the receive window.
+fn held_charge(m: &Option<(u16, Vec<u8>)>) -> u64 {
+    m.as_ref().map_or(0, |(_, bytes)| {
+        let len = bytes.len() as u64;
+        len - initial_window(len)
+    })
 }
 
 /// Counters of one connection (or, summed, of a pool).
@@ -728,6 +741,7 @@ impl Connection {
             last_ordered: 0,
             next_delivery: 1,
             held: BTreeMap::new(),
+            held_charge: 0,
             stats: ConnStats::default(),
         }
     }
@@ -793,10 +807,18 @@ impl Connection {
     }
 
     /// Bytes of incoming streams counted against [`ConnConfig::receive_window`] now (see
-    /// there): granted beyond each stream's initial window and not yet delivered, or
+    /// there): granted beyond each stream's initial window and not yet delivered (with
+    /// [`ConnConfig::in_order`], complete messages held for an earlier one included), or
     /// delivered piece by piece and not yet consumed.
     pub fn receive_window_used(&self) -> u64 {
-        self.incoming.values().map(InStream::charge).sum()
+        self.incoming.values().map(InStream::charge).sum::<u64>() + self.held_charge
+    }
+
+    /// Whether `stream` is the one the messages held for order wait for: it is granted
+    /// past them (and past the order of the streams waiting for the window), or they
+    /// would wait for it and it for their credit, for ever.
+    fn is_head(&self, stream: u32) -> bool {
+        self.config.in_order && stream == self.next_delivery
     }
 
     /// Requests fully sent whose reply has not arrived.
@@ -858,6 +880,7 @@ impl Connection {
         }
         self.state = State::Closed;
         self.held.clear();
+        self.held_charge = 0;
         self.withheld.clear();
         self.abort_incoming(&format!("the connection closed: {reason}"));
         self.events.push_back(ConnEvent::Closed(reason));
@@ -927,15 +950,15 @@ impl Connection {
     /// waiting ([`grant_withheld`](Self::grant_withheld)).
     fn grant(&mut self, stream: u32) {
         let waiting = self.withheld.contains(&stream);
-        let first = self.withheld.front() == Some(&stream);
+        let first = self.withheld.front() == Some(&stream) || self.is_head(stream);
         // Strictly oldest first: a large message waiting for the window is never starved
         // by smaller ones granted past it.
         if (!self.withheld.is_empty() && !first) || !self.try_grant(stream) {
             if !waiting {
                 self.withheld.push_back(stream);
             }
-        } else if first {
-            self.withheld.pop_front();
+        } else if waiting {
+            self.withheld.retain(|s| *s != stream);
         }
     }
 
@@ -944,6 +967,16 @@ impl Connection {
     fn grant_withheld(&mut self) {
         while let Some(&stream) = self.withheld.front() {
             if self.incoming.contains_key(&stream) && !self.try_grant(stream) {
+                // The head of the order goes past the queue (see `is_head`).
+                let head = self.next_delivery;
+                if self.config.in_order
+                    && head != stream
+                    && self.withheld.contains(&head)
+                    && self.incoming.contains_key(&head)
+                    && self.try_grant(head)
+                {
+                    self.withheld.retain(|s| *s != head);
+                }
                 return;
             }
             self.withheld.pop_front();
@@ -954,7 +987,11 @@ impl Connection {
     /// back (nothing granted).
     fn try_grant(&mut self, stream: u32) -> bool {
         let window = u64::from(self.config.stream_window.max(frame::MIN_BUFFER));
-        let used = self.receive_window_used();
+        let mut used = self.receive_window_used();
+        if self.is_head(stream) {
+            // What waits for this stream does not hold it back.
+            used -= self.held_charge;
+        }
         let room = self.config.receive_window.saturating_sub(used);
         let Some(s) = self.incoming.get_mut(&stream) else {
             return true;
@@ -1081,6 +1118,22 @@ impl Connection {
         self.unwritten = self.unwritten.saturating_sub(n);
     }
 
+    /// Appends the next control frame or handshake record to send to `out` (grants,
+    /// keep-alives, `CLOSE`: what [`poll_transmit`](Self::poll_transmit) yields first);
+    /// `false` when there is none. For a driver whose data path is full but whose control
+    /// frames travel apart (QUIC's control stream): the peer's replies may be waiting for
+    /// this side's grants, and its data for those replies.
+    pub fn poll_control<O: TransmitBuf + ?Sized>(&mut self, now: Instant, out: &mut O) -> bool {
+        let Some(f) = self.control.pop_front() else {
+            return false;
+        };
+        out.put_slice(&f);
+        self.unwritten += f.len();
+        self.last_tx = now;
+        self.stats.wire_bytes_sent += f.len() as u64;
+        true
+    }
+
     /// Appends the next frame (or handshake record) to send to `out`; `false` when there is
     /// nothing to send now (or the [send budget](Self::set_send_budget) is spent).
     ///
@@ -1090,11 +1143,7 @@ impl Connection {
     /// in a row, so that a flood of small messages never starves a large one; the large
     /// ones take turns, a frame each.
     pub fn poll_transmit<O: TransmitBuf + ?Sized>(&mut self, now: Instant, out: &mut O) -> bool {
-        if let Some(f) = self.control.pop_front() {
-            out.put_slice(&f);
-            self.unwritten += f.len();
-            self.last_tx = now;
-            self.stats.wire_bytes_sent += f.len() as u64;
+        if self.poll_control(now, out) {
             return true;
         }
         if self.send_budget.is_some_and(|b| self.unwritten >= b) {
@@ -1879,8 +1928,12 @@ impl Connection {
             }
             .into());
         }
-        self.held.insert(stream, message);
+        self.held_charge += held_charge(&message);
+        if let Some(old) = self.held.insert(stream, message) {
+            self.held_charge -= held_charge(&old);
+        }
         while let Some(m) = self.held.remove(&self.next_delivery) {
+            self.held_charge -= held_charge(&m);
             self.next_delivery = self.next_delivery.wrapping_add(1).max(1);
             if let Some((protocol, bytes)) = m {
                 self.push_message(protocol, bytes);

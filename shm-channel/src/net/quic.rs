@@ -54,7 +54,7 @@ use super::pool::ConnId;
 use super::stats::{Counters, bump};
 use super::tcp::{
     ClientConfig, ClientConn, ClientShared, Host, NetClient, NetServer, Served, ServerConfig,
-    ServerShared, WRITE_BATCH, accept_conn, connect_failed, runtime_handle, wait_for_backlog_room,
+    ServerShared, WRITE_BATCH, accept_conn, connect_failed, runtime_handle,
 };
 use crate::rpc::TransportError;
 
@@ -396,6 +396,11 @@ async fn run_quic<H: Host>(
                         ordered.push(s);
                     }
                 }
+            } else {
+                // Control frames still go, on the control stream, past the data QUIC is
+                // not taking: the peer's replies may be waiting for our grants, and the
+                // peer may not take our data until it has sent them.
+                while out.len() < WRITE_BATCH && c.poll_control(now, &mut out) {}
             }
             (c.is_closed(), c.poll_timeout())
         }) else {
@@ -619,9 +624,6 @@ async fn read_control<H: Host>(
     // the very error it would over TCP.
     let mut raw = false;
     loop {
-        // A hostile peer may put message frames here too: the backlog holds this stream
-        // back as it does the message streams (here and before each unit below).
-        wait_for_backlog_room(&*host).await;
         match recv.read(&mut chunk).await {
             Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
             Ok(None) => {
@@ -666,7 +668,6 @@ async fn read_control<H: Host>(
                     len
                 }
             };
-            wait_for_backlog_room(&*host).await;
             let closed = host.with(|c, now| {
                 c.handle_data(now, &rest[..unit]);
                 c.is_closed()
@@ -713,9 +714,6 @@ async fn read_stream<H: Host>(
         return;
     }
     loop {
-        // Past the request backlog the stream is not read: QUIC's stream and connection
-        // windows hold the peer back.
-        wait_for_backlog_room(&*host).await;
         let mut head = [0u8; FRAME_HEADER];
         match recv.read_exact(&mut head).await {
             Ok(()) => {}
@@ -755,9 +753,6 @@ async fn read_stream<H: Host>(
             }
             Err(ReadExactError::ReadError(_)) => return,
         }
-        // Again before the frame goes in: a reader waiting for data when the backlog
-        // filled must not complete one more request each (up to one per stream).
-        wait_for_backlog_room(&*host).await;
         let closed = host.with(|c, now| {
             c.handle_data(now, &f);
             c.is_closed()

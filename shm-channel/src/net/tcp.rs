@@ -339,27 +339,6 @@ pub(super) async fn write_batch<W: AsyncWrite + Unpin>(
     wr.flush().await
 }
 
-/// Returns once `host` takes more requests ([`Host::reading_paused`] is false). A reader
-/// waits here before each read: a server whose handler is behind stops reading that
-/// client, and the transport's own flow control (TCP's window; QUIC's stream and
-/// connection windows) holds the client back instead of the server's memory. Every
-/// reader of a connection may wait at once (QUIC has one per stream): room is announced
-/// with `notify_waiters`, and each waiter registers before it checks.
-pub(super) async fn wait_for_backlog_room<H: Host>(host: &H) {
-    let Some(room) = host.backlog_room() else {
-        return;
-    };
-    loop {
-        let notified = room.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if !host.reading_paused() {
-            return;
-        }
-        notified.await;
-    }
-}
-
 /// Runs one connection over `stream` until it closes.
 async fn run_connection<S, H>(stream: S, host: Arc<H>, wake: Arc<Notify>)
 where
@@ -372,9 +351,19 @@ where
     let reader = async move {
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
-            // Requests wait for the handler: stop reading until it catches up, so TCP's
-            // own flow control holds the peer back.
-            wait_for_backlog_room(&*reader_host).await;
+            if let Some(room) = reader_host.backlog_room() {
+                // Requests wait for the handler: stop reading until it catches up, so
+                // TCP's own flow control holds the peer back.
+                loop {
+                    let notified = room.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if !reader_host.reading_paused() {
+                        break;
+                    }
+                    notified.await;
+                }
+            }
             let r = rd.read(&mut buf).await;
             let now = Instant::now();
             let done = reader_host.with(|c, _| {
@@ -1667,7 +1656,8 @@ pub trait Forward: Send + Sync + 'static {
     /// A client finished its handshake naming this protocol. `Err(reason)` refuses it: the
     /// connection is closed with [`CloseCode::Refused`](super::CloseCode) and the reason.
     fn opened(&self, link: &Link) -> Result<(), String>;
-    /// A complete, validated message of this protocol arrived on `link`.
+    /// A complete, validated message of this protocol arrived on `link`. Nothing holds the
+    /// client back while the forwarder keeps messages: bound them yourself.
     fn message(&self, link: &Link, message: NetMessage);
     /// The connection closed (after [`opened`](Self::opened) accepted it).
     fn closed(&self, link: &Link, error: &ConnError);
@@ -1773,9 +1763,8 @@ pub struct ServerConfig {
     pub max_queued_bytes: u64,
     /// The most bytes of complete requests waiting for a connection's handler thread:
     /// past it the server stops reading that client's socket until the handler catches
-    /// up, so the transport's flow control holds the client back (TCP's window; over
-    /// QUIC, every stream of the connection stops being read and QUIC's stream and
-    /// connection windows do). Streamed messages are flow-controlled on their own.
+    /// up, so TCP's flow control holds the client back (TCP and TLS; not over QUIC, see
+    /// `docs/SECURITY.md`). Streamed messages are flow-controlled on their own.
     pub max_request_backlog: u64,
     /// The most connections served at once, their handshakes included: a connection
     /// beyond it is told why (its handshake is answered, then closed with
@@ -2012,8 +2001,8 @@ impl Host for ServerConn {
                     let opened = self.opened.load(Ordering::Relaxed);
                     self.server.counters.closed(&error, opened, false);
                     lock(&self.requests).take();
-                    // Readers paused for the backlog have nothing more to wait for.
-                    self.backlog_room.notify_waiters();
+                    // A reader paused for the backlog has nothing more to wait for.
+                    self.backlog_room.notify_one();
                     let forwards = std::mem::take(&mut *lock(&self.forwards));
                     for (f, link) in forwards.into_iter().flatten() {
                         f.closed(&link, &error);
@@ -2718,7 +2707,7 @@ pub(super) fn accept_conn(
                 worker
                     .backlog
                     .fetch_sub(msg.bytes().len() as u64, Ordering::AcqRel);
-                worker.backlog_room.notify_waiters();
+                worker.backlog_room.notify_one();
                 continue;
             };
             let mut h = |v: &RequestView<'_>, r: Responder<'_>| handler(v, r);
@@ -2727,7 +2716,7 @@ pub(super) fn accept_conn(
             worker
                 .backlog
                 .fetch_sub(msg.bytes().len() as u64, Ordering::AcqRel);
-            worker.backlog_room.notify_waiters();
+            worker.backlog_room.notify_one();
             if result.is_err() {
                 break;
             }

@@ -54,10 +54,15 @@ fn grants(mut buf: &[u8]) -> Vec<(u32, u64)> {
 /// A server connection past its handshake with a client whose frames the test writes by
 /// hand (the client `Connection` only did the handshake).
 fn open_server() -> (Instant, Connection) {
+    open_server_with(server_config())
+}
+
+/// [`open_server`] with the server's `config`.
+fn open_server_with(config_of_server: ConnConfig) -> (Instant, Connection) {
     let now = Instant::now();
     let protocols = vec![ProtocolSpec::new("Echo", 1)];
     let mut client = Connection::client(now, config(), 1, protocols.clone());
-    let mut server = Connection::server(now, server_config(), 2, protocols);
+    let mut server = Connection::server(now, config_of_server, 2, protocols);
     for _ in 0..3 {
         let mut buf = Vec::new();
         while client.poll_transmit(now, &mut buf) {}
@@ -224,4 +229,90 @@ fn a_message_larger_than_the_window_gets_in_alone() {
     server.handle_data(now, &frames(2, &small, first, small.len()));
     assert_eq!(delivered(&events(&mut server)), vec![small]);
     assert!(server.is_open());
+}
+
+/// With `in_order` (a gateway's connections), messages that completed before an earlier
+/// one wait for it, and their bytes count against the window: a peer cannot make the
+/// server hold message after message behind a stream it leaves unfinished (or never
+/// starts). The stream they wait for is granted past them and past the streams queued for
+/// the window, or everything would wait for ever.
+#[test]
+fn messages_held_for_order_count_against_the_window_and_the_first_gets_past_them() {
+    let (now, mut server) = open_server_with(ConnConfig {
+        in_order: true,
+        ..server_config()
+    });
+    let len = 512 << 10;
+    let msgs: Vec<Vec<u8>> = (1..=12u8)
+        .map(|i| message(u64::from(i), Kind::OneWay, 0, len, i))
+        .collect();
+    let first = frame::MAX_BUFFER as usize - FRAME_HEADER;
+    let extra = msgs[0].len() as u64 - u64::from(frame::INITIAL_WINDOW);
+    // Streams 2 to 12 open (stream 1 is late): 2 and 3 fit the 1 MiB window.
+    let mut buf = Vec::new();
+    for (i, m) in msgs.iter().enumerate().skip(1) {
+        buf.extend(frames(i as u32 + 1, m, 0, first));
+    }
+    server.handle_data(now, &buf);
+    let mut granted: Vec<u32> = grants(&output(&mut server, now))
+        .into_iter()
+        .map(|(s, n)| {
+            assert_eq!(n, extra);
+            s
+        })
+        .collect();
+    assert_eq!(granted, vec![2, 3]);
+    // The peer completes every stream it is granted: they all wait for stream 1, and
+    // their bytes keep the window closed to the others.
+    let mut completed = Vec::new();
+    while let Some(s) = granted.pop() {
+        let m = &msgs[s as usize - 1];
+        server.handle_data(now, &frames(s, m, first, m.len()));
+        completed.push(s);
+        let used = server.receive_window_used();
+        assert!(
+            used <= WINDOW,
+            "{used} bytes held past the {WINDOW} B window"
+        );
+        granted.extend(
+            grants(&output(&mut server, now))
+                .into_iter()
+                .map(|(s, _)| s),
+        );
+    }
+    completed.sort_unstable();
+    // Without the held bytes counted: 2 to 12, each granted once the one before was held.
+    assert_eq!(completed, vec![2, 3]);
+    assert!(
+        delivered(&events(&mut server)).is_empty(),
+        "they wait for 1"
+    );
+    assert!(server.is_open());
+
+    // Stream 1 opens: granted at once, past the held messages and the waiting streams.
+    server.handle_data(now, &frames(1, &msgs[0], 0, first));
+    assert_eq!(grants(&output(&mut server, now)), vec![(1, extra)]);
+    server.handle_data(now, &frames(1, &msgs[0], first, msgs[0].len()));
+    let mut got = delivered(&events(&mut server));
+    assert_eq!(
+        got,
+        msgs[..3].to_vec(),
+        "1, then the two that waited for it"
+    );
+    // The window opens for the rest, oldest first; all arrive, in order.
+    let mut rounds = 0;
+    while got.len() < msgs.len() {
+        let g = grants(&output(&mut server, now));
+        assert!(!g.is_empty(), "no grant with {} of 12 delivered", got.len());
+        for (s, _) in g {
+            let m = &msgs[s as usize - 1];
+            server.handle_data(now, &frames(s, m, first, m.len()));
+            assert!(server.receive_window_used() <= WINDOW);
+        }
+        got.extend(delivered(&events(&mut server)));
+        rounds += 1;
+        assert!(rounds < 100, "no progress");
+    }
+    assert!(got == msgs, "all, in order");
+    assert_eq!(server.receive_window_used(), 0);
 }

@@ -300,6 +300,31 @@ impl ChildGuard {
     }
 }
 
+/// Reads the counter `read` every 20 ms until it has stayed put for `quiet` (past its
+/// first change from `start`), reached `enough`, or `limit` passed; its last value. For a
+/// count that grows while something flows and stops when it is held back.
+#[allow(dead_code, reason = "each test crate uses a subset")]
+pub fn settled(
+    mut read: impl FnMut() -> u64,
+    start: u64,
+    enough: u64,
+    quiet: Duration,
+    limit: Duration,
+) -> u64 {
+    let deadline = Instant::now() + limit;
+    let (mut last, mut since) = (start, Instant::now());
+    while Instant::now() < deadline && last < enough {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = read();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if last > start && since.elapsed() >= quiet {
+            break;
+        }
+    }
+    last
+}
+
 /// Runs `f` on a thread and fails the test if it has not finished within
 /// `limit` (a hang becomes a failure, not a stuck CI run).
 pub fn with_watchdog<T: Send + 'static>(
