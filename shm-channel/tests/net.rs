@@ -547,6 +547,69 @@ fn a_server_at_its_connection_limit_refuses_newcomers_clearly() {
     });
 }
 
+/// Past `max_connections`, as many again are answered and refused at once (each must
+/// send its hello within a second); more than that are dropped unanswered, so a flood of
+/// silent connections beyond the limit costs the server little. Over TCP (raw sockets).
+#[test]
+fn past_the_refusals_a_server_at_its_limit_drops_connections_unanswered() {
+    if transport::is_quic() {
+        println!("skipped over QUIC: the test's silent connections are raw TCP sockets");
+        return;
+    }
+    with_watchdog(Duration::from_secs(60), || {
+        let srv = server(
+            ServerConfig {
+                max_connections: 2,
+                ..ServerConfig::default()
+            },
+            Duration::ZERO,
+        );
+        let addr = srv.local_addr();
+        let mut served: Vec<_> = (0..2u64)
+            .map(|i| {
+                let mut c = Client::new(transport::client(vec![addr], client_config()).unwrap());
+                let data = payload(100, i);
+                assert_eq!(c.call(&ECHO, &[(0, &data)], WAIT, decode_echo), Ok(data));
+                c
+            })
+            .collect();
+        // The silent ones hold the two places for refusals for a second; the next is
+        // dropped at once. (A machine that stalls this thread for that second gives the
+        // fifth a refusal place: tried again.)
+        let dropped_at_once = (0..3).any(|_| {
+            let before = srv.stats().connections_refused;
+            let _silent: Vec<TcpStream> = (0..2)
+                .map(|_| TcpStream::connect(addr).expect("connect"))
+                .collect();
+            let opened = Instant::now();
+            let mut fifth = TcpStream::connect(addr).expect("connect");
+            fifth.set_read_timeout(Some(WAIT)).unwrap();
+            let mut byte = [0u8; 1];
+            let ended = matches!(fifth.read(&mut byte), Ok(0) | Err(_));
+            assert!(ended, "the fifth connection was answered");
+            let quick = opened.elapsed() < Duration::from_millis(900);
+            let refused = srv.stats().connections_refused - before;
+            println!(
+                "fifth ended after {:?}; refused: {refused}",
+                opened.elapsed()
+            );
+            // Let the silent ones' places go before trying again.
+            std::thread::sleep(Duration::from_millis(1500));
+            quick && refused == 1
+        });
+        assert!(
+            dropped_at_once,
+            "the fifth connection was never dropped at once"
+        );
+        // The two served clients never noticed.
+        for (i, c) in served.iter_mut().enumerate() {
+            let data = payload(100, i as u64 + 10);
+            assert_eq!(c.call(&ECHO, &[(0, &data)], WAIT, decode_echo), Ok(data));
+        }
+        assert_eq!(srv.connections(), 2);
+    });
+}
+
 #[test]
 fn clientserver_sendrequest() {
     with_watchdog(Duration::from_secs(30), || {

@@ -69,8 +69,10 @@ counters! {
     /// Messages from the network to the local side (written into its ring).
     messages_in,
     /// Exports: messages that arrived from the network, written into the ring or not
-    /// yet: `received - messages_in - drops` wait in the gateway for room in the
-    /// service's ring (each for at most 10 s, then the connection closes).
+    /// yet. While the connections last, `received - messages_in - drops` wait in the
+    /// gateway for room in the service's ring (each for at most 10 s, then the
+    /// connection closes); those a closing connection left behind are not counted
+    /// anywhere else.
     received,
     /// Messages from the local side to the network.
     messages_out,

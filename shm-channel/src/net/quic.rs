@@ -320,7 +320,14 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<ServerShared>) {
                 .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
                 .and_then(|chain| PeerIdentity::from_chain(&chain))
                 .map(Arc::new);
-            let sc = accept_conn(&shared2, conn.remote_address(), client, Span::current());
+            let Some(sc) = accept_conn(&shared2, conn.remote_address(), client, Span::current())
+            else {
+                conn.close(
+                    VarInt::from_u32(0),
+                    b"the server is at its connection limit",
+                );
+                return;
+            };
             let wake = sc.wake();
             run_quic(conn, send, recv, sc, wake, &conn_config).await;
         };

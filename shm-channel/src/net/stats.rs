@@ -66,8 +66,8 @@ net_stats! {
     counted {
         /// Connections whose handshake succeeded (client: connected; server: accepted).
         connections_opened,
-        /// Server: connections refused at its limit (`ServerConfig::max_connections`),
-        /// once their handshake was answered.
+        /// Server: connections refused at its limit (`ServerConfig::max_connections`):
+        /// answered and closed, or (past as many again at once) dropped unanswered.
         connections_refused,
         /// Of those, the ones that closed since, for any reason.
         connections_closed,

@@ -1766,12 +1766,14 @@ pub struct ServerConfig {
     /// up, so TCP's flow control holds the client back (TCP and TLS; not over QUIC, see
     /// `docs/SECURITY.md`). Streamed messages are flow-controlled on their own.
     pub max_request_backlog: u64,
-    /// The most connections served at once, their handshakes included: a connection
-    /// beyond it is told why (its handshake is answered, then closed with
-    /// [`CloseCode::Refused`](super::frame::CloseCode) and "the server's limit of N
-    /// connections is reached") and costs no handler thread. Every connection may hold
-    /// the queues and windows above, so this bounds what clients together make the
-    /// server hold.
+    /// The most connections served at once, counted from the end of their TLS or QUIC
+    /// handshake (those are bounded by `conn.handshake_timeout`), ours included. A
+    /// connection beyond it is told why: its hello (due within a second) is answered,
+    /// then the connection is closed with [`CloseCode::Refused`](super::frame::CloseCode)
+    /// and "the server's limit of N connections is reached"; it costs no handler thread.
+    /// Past as many again being refused at once, more are dropped unanswered. Every
+    /// connection may hold the queues and windows above, so this bounds what clients
+    /// together make the server hold.
     pub max_connections: usize,
     /// The instance id in the handshake (default: [`process_instance`]).
     pub instance: Option<u128>,
@@ -1837,6 +1839,8 @@ pub(super) struct ServerShared {
     stopped: AtomicBool,
     /// Connections admitted under [`ServerConfig::max_connections`] and not finished.
     live: AtomicUsize,
+    /// Connections beyond it being answered and refused (at most as many again).
+    refusing: AtomicUsize,
     /// What [`NetServer::stats`] reads beside its connections' own counters.
     pub(super) counters: Counters,
     /// The traffic of connections gone (each adds its own as it is dropped).
@@ -1891,6 +1895,8 @@ pub(super) struct ServerConn {
     /// Counted in the server's `live` connections (until it finishes); `false`: over
     /// the limit, to be refused once its handshake is answered.
     admitted: AtomicBool,
+    /// Counted in the server's `refusing` connections (until it finishes).
+    refusing: AtomicBool,
 }
 
 impl Drop for ServerConn {
@@ -2062,10 +2068,14 @@ impl Host for ServerConn {
 }
 
 impl ServerConn {
-    /// Gives its place under [`ServerConfig::max_connections`] back (once).
+    /// Gives its place under [`ServerConfig::max_connections`] (or among those being
+    /// refused) back, once.
     fn leave(&self) {
         if self.admitted.swap(false, Ordering::AcqRel) {
             self.server.live.fetch_sub(1, Ordering::AcqRel);
+        }
+        if self.refusing.swap(false, Ordering::AcqRel) {
+            self.server.refusing.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -2231,6 +2241,7 @@ impl ServerShared {
             conns: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
             live: AtomicUsize::new(0),
+            refusing: AtomicUsize::new(0),
         })
     }
 
@@ -2531,7 +2542,10 @@ async fn accept_loop(
         span.in_scope(|| tracing::debug!("accepted a TCP connection"));
         let task = match &tls {
             None => {
-                let sc = accept_conn(&shared, peer, None, span.clone());
+                // (`None`: over the limit and too many being refused: dropped unanswered.)
+                let Some(sc) = accept_conn(&shared, peer, None, span.clone()) else {
+                    continue;
+                };
                 let wake = Arc::clone(&sc.wake);
                 tokio::spawn(run_connection(stream, sc, wake).instrument(span))
             }
@@ -2562,7 +2576,9 @@ async fn accept_tls(
                 .peer_certificates()
                 .and_then(PeerIdentity::from_chain)
                 .map(Arc::new);
-            let sc = accept_conn(&shared, peer, client, Span::current());
+            let Some(sc) = accept_conn(&shared, peer, client, Span::current()) else {
+                return;
+            };
             let wake = Arc::clone(&sc.wake);
             return run_connection(tls, sc, wake).await;
         }
@@ -2625,25 +2641,49 @@ impl Drop for CurrentClient {
     }
 }
 
+/// How long a connection over [`ServerConfig::max_connections`] may take to send its
+/// hello before it is dropped without an answer.
+const REFUSAL_HANDSHAKE: Duration = Duration::from_secs(1);
+
+/// Takes a place under `max` in `count`, if there is one (never past it, even for a
+/// moment: accepts run at once over TCP, TLS and QUIC).
+fn take_place(count: &AtomicUsize, max: usize) -> bool {
+    count
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
+}
+
 /// A new connection of `shared` from `peer` (authenticated as `client`, with mutual
-/// TLS), with its dispatch thread; beyond [`ServerConfig::max_connections`], without
-/// one, to be refused once its handshake is answered.
+/// TLS), with its dispatch thread. Beyond [`ServerConfig::max_connections`]: without one,
+/// to be refused once its handshake is answered (which it must send within
+/// [`REFUSAL_HANDSHAKE`]); `None` when as many again are being refused already (the
+/// caller drops it unanswered).
 pub(super) fn accept_conn(
     shared: &Arc<ServerShared>,
     peer: SocketAddr,
     client: Option<Arc<PeerIdentity>>,
     span: Span,
-) -> Arc<ServerConn> {
+) -> Option<Arc<ServerConn>> {
+    let max = shared.config.max_connections;
+    let admitted = take_place(&shared.live, max);
+    let refusing = !admitted && take_place(&shared.refusing, max.max(1));
+    let mut config = shared.config.conn.clone();
+    if !admitted {
+        if !refusing {
+            bump(&shared.counters.connections_refused);
+            span.in_scope(|| tracing::warn!(max, "dropped: the server is at its connection limit"));
+            return None;
+        }
+        config.handshake_timeout = config.handshake_timeout.min(REFUSAL_HANDSHAKE);
+    }
     let conn = Connection::server(
         Instant::now(),
-        shared.config.conn.clone(),
+        config,
         shared.instance,
         shared.protocols.iter().map(|p| p.spec.clone()).collect(),
     );
-    let admitted = shared.live.fetch_add(1, Ordering::AcqRel) < shared.config.max_connections;
-    if !admitted {
-        shared.live.fetch_sub(1, Ordering::AcqRel);
-    }
     let (tx, rx) = std::sync::mpsc::channel();
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -2678,6 +2718,7 @@ pub(super) fn accept_conn(
         abandoned: AtomicBool::new(false),
         give_up: Notify::new(),
         admitted: AtomicBool::new(admitted),
+        refusing: AtomicBool::new(refusing),
     });
     // Handlers may block (they are the application's code): a thread per connection,
     // requests of one connection in order.
@@ -2687,7 +2728,7 @@ pub(super) fn accept_conn(
         conns.push(Arc::downgrade(&sc));
     }
     if !admitted {
-        return sc;
+        return Some(sc);
     }
     let worker = Arc::clone(&sc);
     // Requests are owned copies already: nothing for copy_on_receive to do.
@@ -2722,7 +2763,7 @@ pub(super) fn accept_conn(
             }
         }
     });
-    sc
+    Some(sc)
 }
 
 impl ServerConn {

@@ -316,3 +316,54 @@ fn messages_held_for_order_count_against_the_window_and_the_first_gets_past_them
     assert!(got == msgs, "all, in order");
     assert_eq!(server.receive_window_used(), 0);
 }
+
+/// The stream the held messages wait for, queued for the window behind later streams, is
+/// granted as soon as the window has room for it alone, before the streams queued ahead
+/// of it.
+#[test]
+fn a_late_first_stream_queued_for_the_window_is_granted_before_the_streams_ahead_of_it() {
+    let (now, mut server) = open_server_with(ConnConfig {
+        in_order: true,
+        ..server_config()
+    });
+    let len = 512 << 10;
+    let msgs: Vec<Vec<u8>> = (1..=6u8)
+        .map(|i| message(u64::from(i), Kind::OneWay, 0, len, i))
+        .collect();
+    let first = frame::MAX_BUFFER as usize - FRAME_HEADER;
+    let extra = msgs[0].len() as u64 - u64::from(frame::INITIAL_WINDOW);
+    let finish = |server: &mut Connection, s: u32| {
+        let m = &msgs[s as usize - 1];
+        server.handle_data(now, &frames(s, m, first, m.len()));
+    };
+    // Streams 2 to 6 open; 2 and 3 take the window.
+    let mut buf = Vec::new();
+    for (i, m) in msgs.iter().enumerate().skip(1) {
+        buf.extend(frames(i as u32 + 1, m, 0, first));
+    }
+    server.handle_data(now, &buf);
+    let g = grants(&output(&mut server, now));
+    assert_eq!(g, vec![(2, extra), (3, extra)]);
+    // Stream 1 opens: no room, it waits behind 4, 5 and 6.
+    server.handle_data(now, &frames(1, &msgs[0], 0, first));
+    assert_eq!(grants(&output(&mut server, now)), vec![]);
+    // 3 completes and is held (its bytes still count): 4, first in the queue, does not
+    // fit; 1 does (what waits for it does not count against it) and goes first.
+    finish(&mut server, 3);
+    assert_eq!(grants(&output(&mut server, now)), vec![(1, extra)]);
+    assert!(delivered(&events(&mut server)).is_empty());
+    finish(&mut server, 1);
+    assert_eq!(delivered(&events(&mut server)), vec![msgs[0].clone()]);
+    finish(&mut server, 2);
+    assert_eq!(delivered(&events(&mut server)), msgs[1..3].to_vec());
+    // Then the rest, oldest first.
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        for (s, _) in grants(&output(&mut server, now)) {
+            finish(&mut server, s);
+        }
+        got.extend(delivered(&events(&mut server)));
+    }
+    assert!(got == msgs[3..], "4, 5, 6 in order");
+    assert_eq!(server.receive_window_used(), 0);
+}
