@@ -481,18 +481,21 @@ fn a_handler_that_falls_behind_holds_its_client_back() {
     });
 }
 
+/// An echo server that serves two connections at most.
+fn server_of_two() -> NetServer {
+    let config = ServerConfig {
+        max_connections: 2,
+        ..ServerConfig::default()
+    };
+    server(config, Duration::ZERO)
+}
+
 /// A server at its connection limit answers a newcomer's handshake and closes it with
 /// the reason; the clients it serves keep working; a client that leaves frees its place.
 #[test]
 fn a_server_at_its_connection_limit_refuses_newcomers_clearly() {
     with_watchdog(Duration::from_secs(60), || {
-        let srv = server(
-            ServerConfig {
-                max_connections: 2,
-                ..ServerConfig::default()
-            },
-            Duration::ZERO,
-        );
+        let srv = server_of_two();
         let addr = srv.local_addr();
         let call = |client: &mut Client<NetClient>, i: u64| {
             let data = payload(1000, i);
@@ -557,13 +560,7 @@ fn past_the_refusals_a_server_at_its_limit_drops_connections_unanswered() {
         return;
     }
     with_watchdog(Duration::from_secs(60), || {
-        let srv = server(
-            ServerConfig {
-                max_connections: 2,
-                ..ServerConfig::default()
-            },
-            Duration::ZERO,
-        );
+        let srv = server_of_two();
         let addr = srv.local_addr();
         let mut served: Vec<_> = (0..2u64)
             .map(|i| {
