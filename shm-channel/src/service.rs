@@ -1067,36 +1067,43 @@ impl Service {
     }
 
     /// Makes room among the pending handshakes: refuses (as [`RefusalCode::Busy`]) the oldest
-    /// handshake of the uid that holds the most of them. So a client that opens many
-    /// connections and never completes them only ever pushes out its own (another uid's
-    /// newcomer always finds room), and a newcomer is never the one dropped while older
-    /// connections of the same uid still wait.
+    /// handshake of the process that holds the most of them within the uid that holds the
+    /// most. So a client that opens many connections and never completes them only ever
+    /// pushes out its own: another uid's newcomer always finds room, and so does a
+    /// newcomer of its own uid from another process, however slow its hello; within a
+    /// process, a newcomer is never the one dropped while its older connections still
+    /// wait. (Processes in another pid namespace report pid 0 and count as one.)
     fn evict_one(&mut self) {
-        let mut counts: HashMap<u32, usize> = HashMap::new();
+        let mut per_uid: HashMap<u32, usize> = HashMap::new();
+        let mut per_process: HashMap<(u32, u32), usize> = HashMap::new();
         for p in &self.pending {
-            *counts.entry(p.peer.uid).or_default() += 1;
+            *per_uid.entry(p.peer.uid).or_default() += 1;
+            *per_process.entry((p.peer.uid, p.peer.pid)).or_default() += 1;
         }
-        let count = |uid: u32| counts.get(&uid).copied().unwrap_or(0);
-        // Ties go to the uid whose oldest handshake is older.
+        let uid_count = |p: &PeerCredentials| per_uid.get(&p.uid).copied().unwrap_or(0);
+        let process_count =
+            |p: &PeerCredentials| per_process.get(&(p.uid, p.pid)).copied().unwrap_or(0);
+        // Ties go to the older handshake.
         let victim = self
             .pending
             .iter()
             .enumerate()
             .max_by(|(_, a), (_, b)| {
-                count(a.peer.uid)
-                    .cmp(&count(b.peer.uid))
+                uid_count(&a.peer)
+                    .cmp(&uid_count(&b.peer))
+                    .then(process_count(&a.peer).cmp(&process_count(&b.peer)))
                     .then(b.deadline.cmp(&a.deadline))
             })
             .map(|(i, _)| i);
         let Some(i) = victim else { return };
-        let held = self.pending.get(i).map_or(0, |p| count(p.peer.uid));
+        let held = self.pending.get(i).map_or(0, |p| process_count(&p.peer));
         let total = self.pending.len();
         let p = self.pending.swap_remove(i);
         let reason = format!(
             "{total} handshakes in progress, over the limit of {} (max_pending_handshakes); \
-             this one, the oldest of uid {} which holds {held}, was dropped to make room; \
-             try again",
-            self.config.max_pending, p.peer.uid
+             this one, the oldest of process {} (uid {}) which holds {held}, was dropped to \
+             make room; try again",
+            self.config.max_pending, p.peer.pid, p.peer.uid
         );
         self.refuse(&p.stream, Some(p.peer), RefusalCode::Busy, reason);
     }

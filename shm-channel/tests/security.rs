@@ -306,6 +306,57 @@ fn stall_and_serve(hostile_uid: Option<u32>) {
     });
 }
 
+/// Within one uid, the process holding the most pending handshakes loses one first: a
+/// newcomer of the service's own uid whose hello is slow is not pushed out by another
+/// process of that uid opening connections and never finishing them. Before, the oldest
+/// handshake of the uid went first, and the newcomer, older than the flood, was the one
+/// dropped. (Here the newcomer is this test process, silent; the flood is the stalling
+/// child's twelve connections, over a limit of four.)
+#[test]
+fn a_slow_newcomer_is_not_pushed_out_by_another_process_of_its_uid() {
+    if child_role().is_some() {
+        return;
+    }
+    with_watchdog(LIMIT, || {
+        let dir = runtime_dir();
+        let name = unique_name("flood");
+        let config = service_config(&dir)
+            .max_pending_handshakes(STALL_PENDING)
+            .handshake_timeout(Duration::from_secs(120));
+        let mut svc = Service::bind(&name, config).unwrap();
+        let newcomer = UnixStream::connect(svc.path()).unwrap();
+        let mut hostile =
+            ChildGuard::spawn("security_child", "stall", &service_env(&dir, &name, 0));
+        hostile.wait_for_line("stalling");
+        // Takes the thirteen connections in, and makes room among them.
+        assert!(svc.try_accept().unwrap().is_none());
+        assert_eq!(svc.pending_handshakes(), STALL_PENDING);
+        let refused = svc.take_refused();
+        assert_eq!(refused.len(), STALLERS + 1 - STALL_PENDING, "{refused:?}");
+        for r in &refused {
+            assert_eq!(r.code, RefusalCode::Busy);
+            assert_eq!(
+                r.peer.map(|p| p.pid),
+                Some(hostile.id()),
+                "a handshake of another process was dropped: {r:?}"
+            );
+        }
+        assert!(
+            refused[0].reason.contains("which holds"),
+            "{}",
+            refused[0].reason
+        );
+        // The newcomer got no answer: its handshake still waits for its hello.
+        newcomer.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        match (&newcomer).read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("the newcomer was answered: {other:?}"),
+        }
+        drop(hostile);
+    });
+}
+
 /// One uid cannot take every channel: at its per-uid limit, another uid still gets in.
 #[test]
 fn channels_per_uid_are_limited() {
