@@ -25,7 +25,7 @@ use super::conn::{
     CancelOutcome, ConnConfig, ConnError, ConnEvent, ConnStats, Connection, Delivery, OutMessage,
     PeerInfo, Progress,
 };
-use super::frame::ProtocolSpec;
+use super::frame::{CloseCode, ProtocolSpec};
 
 /// A connection of a pool.
 pub type ConnId = u64;
@@ -837,10 +837,26 @@ impl<A: Clone> Pool<A> {
         let instance = c.peer().map(|p| p.instance).or(self.peer_instance);
         let unfinished = c.take_unfinished();
         let pool_closed = self.closing == Closing::Done;
+        // Refused by the server (its connection limit, a gateway's policy) or by us (no
+        // protocol in common): nothing of ours was handled, and waiting for another
+        // connection would most likely end the same way, at the caller's timeout. Its
+        // messages fail now, with the reason.
+        let refused = match &error {
+            ConnError::ClosedByPeer {
+                code: CloseCode::Refused,
+                reason,
+            }
+            | ConnError::Refused(reason) => Some(format!("the connection was refused: {reason}")),
+            _ => None,
+        };
         let mut requeue = Vec::new();
         for u in unfinished {
             match (u.progress, u.message) {
                 _ if pool_closed => self.fail(u.token, u.request_id, Failure::PoolClosed),
+                _ if refused.is_some() => {
+                    let why = refused.clone().unwrap_or_default();
+                    self.fail(u.token, u.request_id, Failure::ConnectionLost(why));
+                }
                 (Progress::NotStarted, Some(m)) if u.delivery != Delivery::OneShot => {
                     requeue.push(m)
                 }
@@ -884,6 +900,13 @@ impl<A: Clone> Pool<A> {
         }
         self.events.push_back(PoolEvent::Closed { conn, error });
         self.fail_one_shots_without_connection();
+        if let Some(why) = refused
+            && self.open_connections() == 0
+        {
+            for m in std::mem::take(&mut self.queue) {
+                self.fail(m.token, m.request_id, Failure::ConnectionLost(why.clone()));
+            }
+        }
     }
 
     /// The next thing that happened.
