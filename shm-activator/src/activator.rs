@@ -104,6 +104,8 @@ pub struct UnitInfo {
     pub pid: Option<u32>,
     /// How the last process ended: its exit code, or minus its signal.
     pub last_exit: Option<i32>,
+    /// Why the last start failed, if one did (it stays after a later success).
+    pub failure: Option<String>,
 }
 
 struct Unit {
@@ -208,6 +210,7 @@ impl Activator {
             restarts: u.restarts,
             pid: u.pid,
             last_exit: u.last_exit,
+            failure: u.failure.as_ref().map(|(_, f)| format!("{f:?}")),
         })
     }
 
@@ -461,10 +464,11 @@ fn supervise(inner: &Arc<Inner>, name: &str, file: &ServiceFile, mut attempt: u6
             u.failure = Some((attempt, failure.clone()));
         });
     };
+    // The socket bound for a service of another uid: kept (and the name held) for as long
+    // as this supervises it, rebound for each start.
+    let mut socket = None;
     loop {
-        // `_socket`: the socket bound for a service of another uid, kept (and the name
-        // held) for as long as that process runs.
-        let (mut child, _socket) = match spawn(inner, name, file) {
+        let mut child = match spawn(inner, name, file, &mut socket) {
             Ok(c) => c,
             Err(failure) => return fail(attempt, failure),
         };
@@ -571,15 +575,16 @@ fn supervise(inner: &Arc<Inner>, name: &str, file: &ServiceFile, mut attempt: u6
     }
 }
 
-/// Starts the service's command as its uid.
 /// Starts the service's command as its uid. For another uid than ours, binds its socket
-/// first and passes it as stdin (`PreparedSocket`): the service may not be able to enter our
-/// runtime directory, and it must be the one listening.
+/// first (in `socket`, or again there for a restart) and passes it as stdin
+/// (`PreparedSocket`): the service may not be able to enter our runtime directory, and it
+/// must be the one listening.
 fn spawn(
     inner: &Inner,
     name: &str,
     file: &ServiceFile,
-) -> Result<(Child, Option<PreparedSocket>), StartFailure> {
+    socket: &mut Option<PreparedSocket>,
+) -> Result<Child, StartFailure> {
     let mut cmd = Command::new(&file.command);
     cmd.args(&file.args)
         .envs(&file.env)
@@ -589,7 +594,6 @@ fn spawn(
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
     }
     let me = rustix::process::geteuid().as_raw();
-    let mut prepared = None;
     if file.uid != me {
         if me != 0 {
             return Err(StartFailure::CannotStart(format!(
@@ -603,12 +607,21 @@ fn spawn(
             .unwrap_or(file.uid);
         // As root, std drops the supplementary groups before setuid.
         cmd.uid(file.uid).gid(gid);
-        let mut socket = PreparedSocket::bind(&inner.config.runtime_dir, name, inner.config.access)
-            .map_err(|e| StartFailure::CannotStart(format!("cannot bind its socket: {e}")))?;
-        if let Some(stdin) = socket.take_stdin() {
+        let cannot =
+            |e: BindError| StartFailure::CannotStart(format!("cannot bind its socket: {e}"));
+        let prepared = match socket {
+            Some(s) => {
+                s.rebind().map_err(cannot)?;
+                s
+            }
+            None => socket.insert(
+                PreparedSocket::bind(&inner.config.runtime_dir, name, inner.config.access)
+                    .map_err(cannot)?,
+            ),
+        };
+        if let Some(stdin) = prepared.take_stdin() {
             cmd.stdin(stdin).env(LISTEN_STDIN_ENV, name);
         }
-        prepared = Some(socket);
     }
     // Its own process group: stopping it stops whatever it started too (a shell wrapper's
     // children), and a Ctrl-C meant for the activator does not reach it directly.
@@ -620,7 +633,7 @@ fn spawn(
         }
         _ => StartFailure::CannotStart(format!("starting {} failed: {e}", file.command)),
     })?;
-    Ok((child, prepared))
+    Ok(child)
 }
 
 /// Kills the service's process group (it leads it; not reaped yet, so the group id is still

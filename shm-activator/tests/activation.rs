@@ -17,7 +17,8 @@ use shm_channel::ring::RecvError;
 use shm_channel::service::{self, ConnectError, CredentialPolicy, Service};
 
 use common::{
-    CRASH, CRASH_STATUS, Services, call, client_config, euid, listen_as, service_config, wait_until,
+    CRASH, CRASH_STATUS, Services, call, client_config, euid, listen_as, service_config,
+    wait_for_unit, wait_until,
 };
 use support::{runtime_dir, unique_name, with_watchdog};
 
@@ -176,10 +177,8 @@ fn a_crashed_service_is_restarted_per_its_policy() {
         assert_eq!(call(&mut ch, 1, b"one").unwrap(), b"one");
         let first = ch.peer().pid;
         crash(&mut ch);
-        wait_until("the restart", || {
-            activator
-                .unit(&again)
-                .is_some_and(|u| u.starts == 2 && u.phase == Phase::Running)
+        wait_for_unit(&activator, &again, "the restart", |u| {
+            u.starts == 2 && u.phase == Phase::Running
         });
         let unit = activator.unit(&again).unwrap();
         assert_eq!((unit.restarts, unit.last_exit), (1, Some(CRASH_STATUS)));
@@ -336,10 +335,8 @@ fn a_service_runs_as_the_uid_of_its_file() {
         assert_eq!(services.starts(&name), [ch.peer().pid]);
 
         crash(&mut ch);
-        wait_until("the restart", || {
-            activator
-                .unit(&name)
-                .is_some_and(|u| u.starts == 2 && u.phase == Phase::Running)
+        wait_for_unit(&activator, &name, "the restart", |u| {
+            u.starts == 2 && u.phase == Phase::Running
         });
         let mut ch = service::connect(&name, &config).expect("reconnect");
         assert_eq!(call(&mut ch, 2, b"two").unwrap(), b"two");

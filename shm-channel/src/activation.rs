@@ -533,11 +533,12 @@ impl ActivationRequest {
 /// [`LISTEN_STDIN_ENV`](crate::service::LISTEN_STDIN_ENV) to the name: its
 /// [`Service::bind`](crate::Service::bind) then listens on it. Keep this for as long as the
 /// service runs (it holds the name); dropping it removes the socket file and releases the
-/// name.
+/// name. To start the service again, [`rebind`](Self::rebind) it rather than bind anew.
 #[derive(Debug)]
 pub struct PreparedSocket {
     fd: Option<std::os::fd::OwnedFd>,
     claim: Claim,
+    access: Access,
 }
 
 impl PreparedSocket {
@@ -557,7 +558,37 @@ impl PreparedSocket {
         Ok(PreparedSocket {
             fd: Some(fd),
             claim,
+            access,
         })
+    }
+
+    /// A fresh socket at the same path, for the next start of the service (the one that
+    /// had the last socket ended), the name still held. Releasing the name and claiming it
+    /// again instead could find it taken by ourselves: the name's lock is on an open file
+    /// that a process this one forks at that moment (from another thread) holds until it
+    /// execs, and an activator restarting a service saw "already in use" that way.
+    pub fn rebind(&mut self) -> Result<(), BindError> {
+        self.fd = None;
+        let path = &self.claim.path;
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(BindError::Io {
+                    op: "remove the old socket",
+                    path: path.clone(),
+                    source,
+                });
+            }
+        }
+        let fd = sys::bind_unlistened(path).map_err(|source| BindError::Io {
+            op: "bind",
+            path: path.clone(),
+            source,
+        })?;
+        set_socket_mode(path, self.access)?;
+        self.fd = Some(fd);
+        Ok(())
     }
 
     /// The socket's path.

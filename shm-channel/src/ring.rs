@@ -1764,6 +1764,10 @@ impl RingReader {
     /// [`receive`](Self::receive) does before parking (see [`WaitPolicy`]);
     /// `None` when it parks at once. Drive it with
     /// [`spin_burst`](Self::spin_burst).
+    #[cfg_attr(
+        not(feature = "tokio"),
+        allow(dead_code, reason = "used by the async channel")
+    )]
     pub(crate) fn start_spin(&self) -> Option<Spin> {
         self.mem.reader_spin.begin(None)
     }
@@ -1772,6 +1776,10 @@ impl RingReader {
     /// at the ring until a complete message is there ([`Burst::Ready`]; not
     /// consumed: receive it). Learns from the outcome as the blocking spin
     /// does (both share the limit).
+    #[cfg_attr(
+        not(feature = "tokio"),
+        allow(dead_code, reason = "used by the async channel")
+    )]
     pub(crate) fn spin_burst(
         &mut self,
         spin: &mut Spin,
@@ -1796,6 +1804,10 @@ impl RingReader {
     /// For async code, after [`arm_doorbell`](Self::arm_doorbell) said to
     /// wait: counts the sleep in [`WaitStats::parks`] (the runtime sleeps,
     /// not [`Ring`]'s park).
+    #[cfg_attr(
+        not(feature = "tokio"),
+        allow(dead_code, reason = "used by the async channel")
+    )]
     pub(crate) fn note_park(&self) {
         self.mem.stats.parked();
     }

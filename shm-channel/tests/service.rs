@@ -1166,3 +1166,31 @@ fn try_accept_never_waits_and_pending_handshakes_are_bounded() {
     assert!(answer.starts_with(b"SHMC\x01\x00\x03\x00"), "{answer:?}");
     assert_eq!(answer[12..14], 8u16.to_le_bytes(), "code 8: busy");
 }
+
+/// A prepared socket rebound for a service's next start keeps the name (nobody else can
+/// claim it meanwhile, the activator itself included) and puts a fresh socket at the path;
+/// dropped, it releases both.
+#[test]
+fn a_rebound_prepared_socket_keeps_its_name() {
+    use shm_channel::activation::PreparedSocket;
+    use std::os::unix::fs::FileTypeExt;
+    let dir = runtime_dir();
+    let name = unique_name("rebind");
+    let mut socket = PreparedSocket::bind(&dir, &name, Access::Owner).unwrap();
+    let path = socket.path().to_owned();
+    let first = socket.take_stdin();
+    assert!(first.is_some());
+    assert!(socket.take_stdin().is_none(), "handed out once");
+    drop(first);
+    socket.rebind().unwrap();
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert!(socket.take_stdin().is_some(), "a fresh socket to hand out");
+    match PreparedSocket::bind(&dir, &name, Access::Owner) {
+        Err(BindError::InUse { .. }) => {}
+        other => panic!("the name was free while rebound: {other:?}"),
+    }
+    drop(socket);
+    assert!(!path.exists());
+    drop(PreparedSocket::bind(&dir, &name, Access::Owner).expect("released"));
+}

@@ -168,6 +168,28 @@ pub fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+/// Polls `activator`'s unit `name` every 10 ms until `f` holds for it; fails after the
+/// watchdog, saying what the unit was.
+pub fn wait_for_unit(
+    activator: &shm_activator::Activator,
+    name: &str,
+    what: &str,
+    mut f: impl FnMut(&shm_activator::UnitInfo) -> bool,
+) {
+    let deadline = Instant::now() + crate::support::WATCHDOG;
+    loop {
+        let unit = activator.unit(name);
+        if unit.as_ref().is_some_and(&mut f) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; the unit: {unit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Polls `f` every 10 ms until it is true; fails after the watchdog.
 pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + crate::support::WATCHDOG;

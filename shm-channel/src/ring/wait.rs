@@ -191,6 +191,10 @@ impl SpinLimit {
     /// runtime and calls again with the same `spin`). The limit adapts as
     /// for [`spin`](Self::spin), so the async and blocking waits of one ring
     /// learn together.
+    #[cfg_attr(
+        not(feature = "tokio"),
+        allow(dead_code, reason = "used by the async channel")
+    )]
     pub(super) fn burst<T>(
         &self,
         spin: &mut Spin,
@@ -248,6 +252,10 @@ enum Step {
     /// A spin hint, no clock read.
     Spun,
     /// Read the clock (this is the time), and maybe yielded the thread.
+    #[cfg_attr(
+        not(feature = "tokio"),
+        allow(dead_code, reason = "used by the async channel")
+    )]
     Checked(Instant),
     /// The limit passed.
     Expired,
@@ -278,6 +286,10 @@ impl Spin {
 
 /// How a [`SpinLimit::burst`] ended.
 #[derive(Debug)]
+#[cfg_attr(
+    not(feature = "tokio"),
+    allow(dead_code, reason = "used by the async channel")
+)]
 pub(crate) enum Burst<T> {
     /// `ready()` said yes, with this.
     Ready(T),
