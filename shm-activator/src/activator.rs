@@ -210,7 +210,7 @@ impl Activator {
             restarts: u.restarts,
             pid: u.pid,
             last_exit: u.last_exit,
-            failure: u.failure.as_ref().map(|(_, f)| format!("{f:?}")),
+            failure: u.failure.as_ref().map(|(_, f)| f.to_string()),
         })
     }
 

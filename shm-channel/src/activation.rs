@@ -285,16 +285,20 @@ pub enum ActivationAnswer {
 }
 
 /// Why the activator could not start a service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum StartFailure {
     /// The command does not exist or cannot be executed.
+    #[error("its command is missing: {0}")]
     CommandMissing(String),
     /// It ended before binding: its exit code, or minus the signal that killed it.
+    #[error("it ended before binding its socket (status {0})")]
     Exited(i32),
     /// It did not bind within this time and was stopped.
+    #[error("it did not bind its socket within {0:?} and was stopped")]
     DidNotBind(Duration),
     /// Anything else that kept it from starting.
+    #[error("it could not start: {0}")]
     CannotStart(String),
 }
 
@@ -549,12 +553,7 @@ impl PreparedSocket {
             reason,
         })?;
         let claim = claim_name(dir, name, access)?;
-        let fd = sys::bind_unlistened(&claim.path).map_err(|source| BindError::Io {
-            op: "bind",
-            path: claim.path.clone(),
-            source,
-        })?;
-        set_socket_mode(&claim.path, access)?;
+        let fd = bind_prepared(&claim.path, access)?;
         Ok(PreparedSocket {
             fd: Some(fd),
             claim,
@@ -581,13 +580,7 @@ impl PreparedSocket {
                 });
             }
         }
-        let fd = sys::bind_unlistened(path).map_err(|source| BindError::Io {
-            op: "bind",
-            path: path.clone(),
-            source,
-        })?;
-        set_socket_mode(path, self.access)?;
-        self.fd = Some(fd);
+        self.fd = Some(bind_prepared(path, self.access)?);
         Ok(())
     }
 
@@ -602,6 +595,17 @@ impl PreparedSocket {
     pub fn take_stdin(&mut self) -> Option<std::process::Stdio> {
         self.fd.take().map(std::process::Stdio::from)
     }
+}
+
+/// A socket bound (not listening) at `path`, with the mode `access` asks for.
+fn bind_prepared(path: &Path, access: Access) -> Result<std::os::fd::OwnedFd, BindError> {
+    let fd = sys::bind_unlistened(path).map_err(|source| BindError::Io {
+        op: "bind",
+        path: path.to_owned(),
+        source,
+    })?;
+    set_socket_mode(path, access)?;
+    Ok(fd)
 }
 
 impl Drop for PreparedSocket {

@@ -851,12 +851,16 @@ impl<A: Clone> Pool<A> {
         };
         let mut requeue = Vec::new();
         for u in unfinished {
+            let failure = if pool_closed {
+                Some(Failure::PoolClosed)
+            } else {
+                refused.clone().map(Failure::ConnectionLost)
+            };
+            if let Some(failure) = failure {
+                self.fail(u.token, u.request_id, failure);
+                continue;
+            }
             match (u.progress, u.message) {
-                _ if pool_closed => self.fail(u.token, u.request_id, Failure::PoolClosed),
-                _ if refused.is_some() => {
-                    let why = refused.clone().unwrap_or_default();
-                    self.fail(u.token, u.request_id, Failure::ConnectionLost(why));
-                }
                 (Progress::NotStarted, Some(m)) if u.delivery != Delivery::OneShot => {
                     requeue.push(m)
                 }

@@ -66,11 +66,11 @@ net_stats! {
     counted {
         /// Connections whose handshake succeeded (client: connected; server: accepted).
         connections_opened,
+        /// Of those, the ones that closed since, for any reason.
+        connections_closed,
         /// Server: connections refused at its limit (`ServerConfig::max_connections`):
         /// answered and closed, or (past as many again at once) dropped unanswered.
         connections_refused,
-        /// Of those, the ones that closed since, for any reason.
-        connections_closed,
         /// Client: connection attempts that never opened (the TCP or QUIC connect, the TLS
         /// handshake or ours failed or timed out; a connection closed before its handshake
         /// finished).
